@@ -1,0 +1,48 @@
+# cnnbench: the commands the README documents. Each sets up .venv on first use.
+#   make sweep [SPACE=search_spaces/NAME.yaml] [STUDY=name] [TRIALS=n] [TIMEOUT=minutes]
+#              [ENGINE=optuna|kerastuner] [ALGO=...] [STORAGE=url]
+#   make test | make bench | make check SPACE=... | make leaderboard [STUDY=...]
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SPACE ?= search_spaces/default.yaml
+ENGINE ?= optuna
+# On machines without network, the offline CIFAR-10 copy beside the checkout is used when
+# present; elsewhere keras.datasets.cifar10 downloads it once. An explicit setting wins.
+ifeq ($(origin CNNBENCH_CIFAR10), undefined)
+  ifneq ($(wildcard ../shared/datasets/cifar10-jpeg/train),)
+    export CNNBENCH_CIFAR10 := $(abspath ../shared/datasets/cifar10-jpeg)
+  endif
+endif
+export TF_CPP_MIN_LOG_LEVEL ?= 3
+
+SWEEP_ARGS := --space $(SPACE) --engine $(ENGINE) \
+	$(if $(STUDY),--study $(STUDY)) $(if $(TRIALS),--trials $(TRIALS)) \
+	$(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(ALGO),--algo $(ALGO)) \
+	$(if $(STORAGE),--storage $(STORAGE)) $(if $(WORKERS),--workers $(WORKERS))
+
+.PHONY: sweep test bench check leaderboard clean-venv
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+sweep: $(VENV)/.installed
+	$(BIN)/cnnbench sweep $(SWEEP_ARGS)
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+check: $(VENV)/.installed
+	$(BIN)/cnnbench check $(SPACE)
+
+leaderboard: $(VENV)/.installed
+	$(BIN)/cnnbench leaderboard $(STUDY)
+
+clean-venv:
+	rm -rf $(VENV)

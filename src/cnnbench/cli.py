@@ -1,0 +1,153 @@
+"""The ``cnnbench`` command: parse arguments, call the library, choose the exit code.
+
+Exit codes: 0 success; 1 some work failed (an image that could not be classified, a sweep
+with no completed trial); 2 bad input (space file, data, arguments), nothing written;
+130 interrupted (what finished is kept).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+# TensorFlow's C++ start-up chatter buries our output; errors still show.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from cnnbench.data import DataError  # noqa: E402
+from cnnbench.space import SpaceError  # noqa: E402
+
+BAD_INPUT, INTERRUPTED = 2, 130
+
+
+def cmd_check(args) -> int:
+    from cnnbench.report import check_summary
+    from cnnbench.space import load_space
+
+    space = load_space(args.space)
+    print(check_summary(space))
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from cnnbench.report import print_leaderboard, wide_console
+    from cnnbench.results import leaderboard_frame
+    from cnnbench.sweep import SweepRequest, prepare, run_sweep
+
+    request = SweepRequest(space_file=args.space, study=args.study, trials=args.trials,
+                           timeout_minutes=args.timeout, engine=args.engine, algo=args.algo,
+                           storage=args.storage, results=args.results)
+    sweep = prepare(request)
+    summary = run_sweep(sweep)
+    console = wide_console()
+    frame = leaderboard_frame(summary["records"], sweep.space)
+    print_leaderboard(frame, f"{sweep.study}: top trials", list(sweep.space.searched()), top=5, console=console)
+    print(f"leaderboard: {sweep.paths.root / 'leaderboard.md'}")
+    card = summary["card"]
+    if card:
+        print(f"best trial {card['trial']}: validation accuracy {card['validation']['accuracy']:.4f}, "
+              f"test accuracy {card['test']['accuracy']:.4f} on {card['test']['images']} test images")
+        print(f"exported model: {summary['best_model']}")
+    else:
+        print("no trial completed, so no model was exported")
+    if summary["interrupted"]:
+        print("interrupted: finished trials are kept; run the same command again to continue")
+        return INTERRUPTED
+    return 0 if card else 1
+
+
+def cmd_leaderboard(args) -> int:
+    from cnnbench.report import rich_table, wide_console
+    from cnnbench.results import read_json, read_study_leaderboard, studies_frame
+
+    root = Path(args.results)
+    console = wide_console()
+    if args.study:
+        study_dir = root / args.study
+        if not (study_dir / "leaderboard.csv").exists():
+            print(f"cnnbench: no leaderboard for study {args.study!r} in {root}", file=sys.stderr)
+            return BAD_INPUT
+        frame = read_study_leaderboard(study_dir)
+        searched = list(read_json(study_dir / "run.json").get("space", {}).get("params", {}))
+        cols = ["trial", "state", "engine", *searched, "val_accuracy", "val_loss", "epochs_run",
+                "train_seconds", "images_per_s", "params", "flops", "fail_reason"]
+        console.print(rich_table(frame, f"{args.study}: {len(frame)} trials, best first", cols, args.top))
+    else:
+        frame = studies_frame(root)
+        if frame.empty:
+            print(f"cnnbench: no studies in {root}", file=sys.stderr)
+            return BAD_INPUT
+        console.print(rich_table(frame, "All studies, best first", top=args.top))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from cnnbench.predict import classify, load
+
+    if not Path(args.model).exists():
+        print(f"cnnbench: {args.model}: no such model file", file=sys.stderr)
+        return BAD_INPUT
+    model, names = load(args.model)
+    results = classify(model, names, args.images, top=args.top)
+    if args.json:
+        print(json.dumps([{"image": r.path, "error": r.error or None,
+                           "predictions": [{"class": c, "probability": round(p, 6)} for c, p in r.top or []]}
+                          for r in results], indent=2))
+    else:
+        for r in results:
+            if r.error:
+                print(f"{r.path}: error: {r.error}", file=sys.stderr)
+            else:
+                print(f"{r.path}: " + ", ".join(f"{c} {p:.3f}" for c, p in r.top))
+    return 1 if any(r.error for r in results) else 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cnnbench", description="Hyperparameter search for CNNs on CIFAR-10.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("sweep", help="run (or continue) a search and export the best model")
+    s.add_argument("--space", default="search_spaces/default.yaml", help="search-space YAML file")
+    s.add_argument("--study", help="study name (default: the space file's name); the same name resumes")
+    s.add_argument("--trials", type=int, help="finished trials wanted in the study (default: the space's budget)")
+    s.add_argument("--timeout", type=float, help="minutes after which no new trial starts")
+    s.add_argument("--engine", default="optuna", help="optuna or kerastuner")
+    s.add_argument("--algo", help="optuna: tpe|random|grid|cmaes; kerastuner: random|bayesian|hyperband|grid")
+    s.add_argument("--storage", help="Optuna RDB URL shared by many machines (default: a journal file)")
+    s.add_argument("--results", default="results", help="results folder")
+    s.set_defaults(func=cmd_sweep)
+
+    c = sub.add_parser("check", help="validate a space file and print what it searches")
+    c.add_argument("space")
+    c.set_defaults(func=cmd_check)
+
+    lb = sub.add_parser("leaderboard", help="print a study's leaderboard, or all studies")
+    lb.add_argument("study", nargs="?")
+    lb.add_argument("--results", default="results")
+    lb.add_argument("--top", type=int, default=20, help="rows to show")
+    lb.set_defaults(func=cmd_leaderboard)
+
+    pr = sub.add_parser("predict", help="classify images with an exported model")
+    pr.add_argument("model", help="path to model.keras")
+    pr.add_argument("images", nargs="+")
+    pr.add_argument("--top", type=int, default=1, help="classes to show per image")
+    pr.add_argument("--json", action="store_true", help="machine-readable output")
+    pr.set_defaults(func=cmd_predict)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (SpaceError, DataError) as e:
+        print(f"cnnbench: {e}", file=sys.stderr)
+        return BAD_INPUT
+    except KeyboardInterrupt:
+        print("cnnbench: interrupted", file=sys.stderr)
+        return INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""CIFAR-10 (or any image folder) as uint8 arrays: sources, splits, and a decode cache.
+
+Sources, in the order they are looked for:
+  1. the ``CNNBENCH_CIFAR10`` environment variable, else ``data.path`` in the space file,
+     naming an image folder (``train/<class>/*``, ``test/<class>/*``), the official
+     ``cifar-10-batches-py`` folder, or ``cifar-10-python.tar.gz``;
+  2. ``keras.datasets.cifar10`` (downloads once into ~/.keras, then cached there).
+
+The search only ever sees ``train`` and ``val`` (a stratified, seeded split of the training
+images); ``test`` is touched once, to evaluate the exported model.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cnnbench.space import Data
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
+# Published SHA-256 of https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz
+CIFAR10_TAR_SHA256 = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+class DataError(ValueError):
+    """The data source is missing, malformed or fails its checksum."""
+
+
+@dataclass
+class DataBundle:
+    x_train: np.ndarray   # uint8, (n, size, size, 3)
+    y_train: np.ndarray   # int64 class indices
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: tuple[str, ...]
+    source: str           # where the images came from
+    fingerprint: str      # sha256 prefix over the train+test arrays actually used
+
+    def channel_stats(self) -> tuple[list[float], list[float]]:
+        """Per-channel mean and variance of training images scaled to [0, 1]."""
+        sample = self.x_train[:5000].astype(np.float32) / 255.0
+        return sample.mean(axis=(0, 1, 2)).tolist(), sample.var(axis=(0, 1, 2)).tolist()
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("CNNBENCH_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "cnnbench")
+    return Path(root)
+
+
+def resolve_source(opts: Data, space_dir: Path | None = None) -> str | None:
+    """The local copy to read, or None for the Keras download."""
+    path = os.environ.get("CNNBENCH_CIFAR10") or opts.path
+    if not path:
+        return None
+    p = Path(path).expanduser()
+    if not p.is_absolute() and opts.path and not os.environ.get("CNNBENCH_CIFAR10") and space_dir:
+        p = space_dir / p
+    return str(p)
+
+
+def load_data(opts: Data, seed: int, space_dir: Path | None = None) -> DataBundle:
+    """Train/val/test arrays for a space's ``data`` section, subsets and split applied."""
+    source = resolve_source(opts, space_dir)
+    rng = np.random.default_rng(seed)
+    if source and Path(source).is_dir() and (Path(source) / "train").is_dir():
+        x_tr, y_tr, x_te, y_te, names = _load_image_folder(Path(source), opts, seed)
+    else:
+        x_tr, y_tr, x_te, y_te, names = _load_arrays(source)
+        if opts.train_subset:
+            keep = stratified_pick(y_tr, opts.train_subset, rng)
+            x_tr, y_tr = x_tr[keep], y_tr[keep]
+        if opts.test_subset:
+            keep = stratified_pick(y_te, opts.test_subset, np.random.default_rng(seed + 1))
+            x_te, y_te = x_te[keep], y_te[keep]
+    val = stratified_pick(y_tr, max(len(names), round(len(y_tr) * opts.validation_fraction)), rng)
+    is_val = np.zeros(len(y_tr), bool)
+    is_val[val] = True
+    digest = hashlib.sha256()
+    for arr in (x_tr, y_tr, x_te, y_te):
+        digest.update(np.ascontiguousarray(arr).data)
+    return DataBundle(x_tr[~is_val], y_tr[~is_val], x_tr[is_val], y_tr[is_val], x_te, y_te,
+                      tuple(names), source or "keras.datasets.cifar10", digest.hexdigest()[:16])
+
+
+def stratified_pick(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of ``n`` items drawn so each class keeps its share (seeded)."""
+    labels = np.asarray(labels)
+    if n >= len(labels):
+        return np.arange(len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = np.floor(counts * n / len(labels)).astype(int)
+    # Hand the rounding remainder to the largest classes so the total is exactly n.
+    for i in np.argsort(-counts)[: n - quota.sum()]:
+        quota[i] += 1
+    picked = [rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quota)]
+    return np.sort(np.concatenate(picked))
+
+
+# ---- image folders ------------------------------------------------------------------------
+
+def _list_split(root: Path, split: str, classes: list[str]) -> tuple[list[Path], np.ndarray]:
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        found = sorted(p for p in (root / split / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files += found
+        labels += [label] * len(found)
+    return files, np.array(labels, np.int64)
+
+
+def _load_image_folder(root: Path, opts: Data, seed: int):
+    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    if len(classes) < 2:
+        raise DataError(f"{root}/train: needs one subfolder per class, found {len(classes)}")
+    if not (root / "test").is_dir():
+        raise DataError(f"{root}: no test/ folder beside train/")
+    missing = [c for c in classes if not (root / "test" / c).is_dir()]
+    if missing:
+        raise DataError(f"{root}/test: no folder for class(es) {', '.join(missing)}")
+    splits = {}
+    for split, n, split_seed in (("train", opts.train_subset, seed), ("test", opts.test_subset, seed + 1)):
+        files, labels = _list_split(root, split, classes)
+        if not files:
+            raise DataError(f"{root}/{split}: no images found")
+        if n:
+            keep = stratified_pick(labels, n, np.random.default_rng(split_seed))
+            files, labels = [files[i] for i in keep], labels[keep]
+        splits[split] = (_decode_cached(files, opts.image_size), labels)
+    return (*splits["train"], *splits["test"], classes)
+
+
+def _decode_cached(files: list[Path], size: int) -> np.ndarray:
+    """Decode images to (n, size, size, 3) uint8, reusing a cache keyed on the file list."""
+    key = hashlib.sha256(f"v1 {size}".encode())
+    for f in files:
+        st = f.stat()
+        key.update(f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    cache = cache_dir() / f"images-{key.hexdigest()[:24]}.npy"
+    if cache.exists():
+        return np.load(cache)
+    with ThreadPoolExecutor(os.cpu_count() or 2) as pool:  # Pillow releases the GIL while decoding
+        images = np.stack(list(pool.map(lambda f: read_image(f, size), files, chunksize=256)))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".tmp{os.getpid()}.npy")
+    np.save(tmp, images)
+    os.replace(tmp, cache)  # atomic: a concurrent reader never sees half a file
+    return images
+
+
+def read_image(path, size: int | None = None) -> np.ndarray:
+    """One image file as uint8 RGB (grayscale, palette and RGBA converted), optionally resized."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if size and im.size != (size, size):
+            im = im.resize((size, size), Image.BILINEAR)
+        return np.asarray(im, dtype=np.uint8)
+
+
+# ---- the official python format and the Keras download ------------------------------------
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """Admits only what CIFAR-10's pickles hold: numpy arrays, lists, dicts, bytes, numbers."""
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise DataError(f"refusing to unpickle {module}.{name}: not part of the CIFAR-10 format")
+        return super().find_class(module, name)
+
+
+def _unpickle(blob: bytes, where: str) -> dict:
+    try:
+        batch = _ArraysOnlyUnpickler(io.BytesIO(blob), encoding="bytes").load()
+    except DataError as e:
+        raise DataError(f"{where}: {e}") from None
+    except Exception as e:
+        raise DataError(f"{where}: not a CIFAR-10 batch ({type(e).__name__}: {e})") from None
+    if not isinstance(batch, dict):
+        raise DataError(f"{where}: not a CIFAR-10 batch (a {type(batch).__name__}, not a dict)")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+
+
+def _batch_arrays(batch: dict, where: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        data = np.asarray(batch["data"], np.uint8)
+        labels = np.asarray(batch["labels"], np.int64)
+        images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # rows hold R, G, B planes
+    except (KeyError, ValueError) as e:
+        raise DataError(f"{where}: malformed CIFAR-10 batch ({type(e).__name__}: {e})") from None
+    if len(images) != len(labels):
+        raise DataError(f"{where}: {len(images)} images but {len(labels)} labels")
+    return np.ascontiguousarray(images), labels
+
+
+def _from_batches(read, where: str):
+    """Assemble train/test from a reader of the official file names."""
+    train = [_batch_arrays(_unpickle(read(f"data_batch_{i}"), f"{where}/data_batch_{i}"),
+                           f"{where}/data_batch_{i}") for i in range(1, 6)]
+    x_te, y_te = _batch_arrays(_unpickle(read("test_batch"), f"{where}/test_batch"), f"{where}/test_batch")
+    names = list(CIFAR10_CLASSES)
+    try:
+        meta = _unpickle(read("batches.meta"), f"{where}/batches.meta")
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta["label_names"]]
+    except (DataError, KeyError, FileNotFoundError):
+        pass  # the class names are CIFAR-10's own either way
+    return (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), x_te, y_te, names)
+
+
+def _load_arrays(source: str | None):
+    if source is None:
+        import keras
+
+        (x_tr, y_tr), (x_te, y_te) = keras.datasets.cifar10.load_data()
+        return x_tr, y_tr.ravel().astype(np.int64), x_te, y_te.ravel().astype(np.int64), list(CIFAR10_CLASSES)
+    path = Path(source)
+    if path.is_dir():
+        folder = path / "cifar-10-batches-py" if (path / "cifar-10-batches-py").is_dir() else path
+        if not (folder / "data_batch_1").exists():
+            raise DataError(f"{path}: neither an image folder (train/, test/) nor cifar-10-batches-py "
+                            "(data_batch_1..5, test_batch)")
+
+        def read(name):
+            try:
+                return (folder / name).read_bytes()
+            except FileNotFoundError:
+                raise DataError(f"{folder}: missing {name}") from None
+        return _from_batches(read, str(folder))
+    if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
+        return _load_tarball(path)
+    raise DataError(f"{path}: not found (expected an image folder, cifar-10-batches-py or "
+                    "cifar-10-python.tar.gz)")
+
+
+def _load_tarball(path: Path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != CIFAR10_TAR_SHA256:
+        raise DataError(f"{path}: SHA-256 {digest.hexdigest()} is not the published "
+                        f"{CIFAR10_TAR_SHA256} of cifar-10-python.tar.gz")
+    with tarfile.open(path, "r:gz") as tar:
+        members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+
+        def read(name):
+            if name not in members:
+                raise DataError(f"{path}: missing cifar-10-batches-py/{name}")
+            return tar.extractfile(members[name]).read()
+        return _from_batches(read, str(path))

@@ -1,0 +1,150 @@
+"""The Optuna engine: a ``Space`` becomes suggest_* calls; the study lives in a shared storage.
+
+The default storage is a JournalStorage file in the study folder, which several processes
+on one machine can append to at once; ``storage`` takes any Optuna RDB URL instead
+(PostgreSQL/MySQL for many machines). Trial outcomes are stored as user attributes so the
+leaderboard can be rebuilt from the storage alone.
+"""
+from __future__ import annotations
+
+import optuna
+from optuna.trial import TrialState
+
+from cnnbench.data import DataBundle
+from cnnbench.engines.base import Progress, StudyPaths, TrialRecord, run_trial
+from cnnbench.space import ChoiceParam, FloatParam, IntParam, Space, SpaceError
+
+NAME = "optuna"
+_STATE = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
+          TrialState.RUNNING: "running", TrialState.WAITING: "running"}
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def suggest(trial: optuna.Trial, space: Space) -> dict:
+    """The searched values for one trial; conditional parameters only when their condition holds."""
+    values: dict = {}
+    for name, p in space.searched().items():
+        if not p.condition_holds(space.complete(values)):
+            continue
+        if isinstance(p, IntParam):
+            values[name] = trial.suggest_int(name, p.low, p.high, step=p.step, log=p.log)
+        elif isinstance(p, FloatParam):
+            values[name] = trial.suggest_float(name, p.low, p.high, log=p.log, step=p.step)
+        elif isinstance(p, ChoiceParam):
+            values[name] = trial.suggest_categorical(name, p.choices)
+    return values
+
+
+def make_sampler(space: Space, algo: str | None = None) -> optuna.samplers.BaseSampler:
+    kind, seed = algo or space.search.sampler, space.seed
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "grid":
+        grid = {}
+        for name in space.searched():
+            values = space.candidate_values(name)
+            if values is None:
+                raise SpaceError(f"{space.source}: params.{name}: the grid sampler needs a finite space, "
+                                 "but this is a continuous float range (give it a step, or use choices)")
+            grid[name] = values
+        return optuna.samplers.GridSampler(grid, seed=seed)
+    startup = max(3, min(10, space.budget.trials // 4))  # random trials before TPE/CMA-ES model the space
+    tpe = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True,
+                                     warn_independent_sampling=False)
+    if kind == "cmaes":  # CMA-ES takes the numeric parameters; TPE the categorical ones
+        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup, independent_sampler=tpe,
+                                            warn_independent_sampling=False)
+    return tpe
+
+
+def make_pruner(space: Space) -> optuna.pruners.BasePruner:
+    max_epochs = max(space.extremes("epochs"))
+    kind = space.search.pruner
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs, reduction_factor=3)
+    if kind == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def storage_for(paths: StudyPaths, url: str | None):
+    if url:
+        return url
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    paths.root.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(paths.root / "optuna.journal")))
+
+
+def open_study(study: str, paths: StudyPaths, space: Space, storage: str | None = None,
+               algo: str | None = None) -> optuna.Study:
+    return optuna.create_study(study_name=study, storage=storage_for(paths, storage),
+                               direction="maximize", sampler=make_sampler(space, algo),
+                               pruner=make_pruner(space), load_if_exists=True)
+
+
+def run(study: str, space: Space, data: DataBundle, paths: StudyPaths, trials: int,
+        timeout_minutes: float | None, progress: Progress, on_record=None,
+        storage: str | None = None, algo: str | None = None) -> None:
+    """Run trials until ``trials`` have finished in the study (earlier runs count) or time is up."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    st = open_study(study, paths, space, storage, algo)
+
+    def objective(trial: optuna.Trial) -> float:
+        params = suggest(trial, space)
+
+        def should_stop(epoch: int, val_accuracy: float) -> bool:
+            trial.report(val_accuracy, epoch)
+            return trial.should_prune()
+
+        record = run_trial(trial.number, NAME, params, space, data, paths, should_stop, progress)
+        for key, value in record.metrics().items():
+            trial.set_user_attr(key, value)
+        trial.set_user_attr("config", record.config)
+        if on_record:
+            on_record(record)
+        if record.state == "pruned":
+            raise optuna.TrialPruned(record.fail_reason or "pruned")
+        if record.state == "failed":
+            raise RuntimeError(record.fail_reason)
+        return record.val_accuracy
+
+    remaining = trials - len(st.get_trials(deepcopy=False, states=FINISHED))
+    if remaining <= 0:
+        return
+    st.optimize(objective, n_trials=None, timeout=timeout_minutes * 60 if timeout_minutes else None,
+                catch=(RuntimeError,),
+                callbacks=[optuna.study.MaxTrialsCallback(trials, states=FINISHED)])
+
+
+def records(study: str, paths: StudyPaths, storage: str | None = None) -> list[TrialRecord]:
+    """Every trial in the study as a leaderboard record, read back from the storage."""
+    st = optuna.load_study(study_name=study, storage=storage_for(paths, storage))
+    out = []
+    for t in st.get_trials(deepcopy=False):
+        attrs = dict(t.user_attrs)
+        rec = TrialRecord(trial=t.number, state=_STATE.get(t.state, t.state.name.lower()), engine=NAME,
+                          params=dict(t.params), config=attrs.pop("config", {}))
+        for key, value in attrs.items():
+            if hasattr(rec, key):
+                setattr(rec, key, value)
+        if rec.state == "pruned" and rec.val_accuracy is None and t.intermediate_values:
+            rec.val_accuracy = max(t.intermediate_values.values())
+            rec.epochs_run = len(t.intermediate_values)
+        if rec.state == "failed" and not rec.fail_reason:
+            rec.fail_reason = "process ended during the trial" if t.datetime_complete else "unknown"
+        out.append(rec)
+    return out
+
+
+def exists(study: str, paths: StudyPaths, storage: str | None = None) -> bool:
+    if not storage and not (paths.root / "optuna.journal").exists():
+        return False
+    try:
+        optuna.load_study(study_name=study, storage=storage_for(paths, storage))
+        return True
+    except KeyError:
+        return False

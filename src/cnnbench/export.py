@@ -1,0 +1,99 @@
+"""The best trial, evaluated once on the test split and exported with its model card."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from cnnbench.data import DataBundle
+from cnnbench.engines.base import StudyPaths, TrialRecord
+from cnnbench.results import atomic_write
+
+
+def evaluate(model, x: np.ndarray, y: np.ndarray, class_names) -> dict:
+    """Accuracy, per-class accuracy and confusion matrix (rows: true class, columns: predicted)."""
+    predicted = model.predict(x, batch_size=512, verbose=0).argmax(axis=1)
+    k = len(class_names)
+    confusion = np.zeros((k, k), np.int64)
+    np.add.at(confusion, (y, predicted), 1)
+    per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
+    return {"images": int(len(y)), "accuracy": float((predicted == y).mean()),
+            "per_class_accuracy": {n: round(float(a), 4) for n, a in zip(class_names, per_class)},
+            "confusion_matrix": confusion.tolist()}
+
+
+def best_record(records: list[TrialRecord], paths: StudyPaths) -> TrialRecord | None:
+    """The completed trial with the best validation accuracy whose model file exists."""
+    done = [r for r in records if r.state == "complete" and paths.trial_model(r.trial).exists()]
+    return max(done, key=lambda r: (r.val_accuracy, -r.trial), default=None)
+
+
+def export_best(records: list[TrialRecord], paths: StudyPaths, data: DataBundle, run: dict) -> dict | None:
+    """Evaluate the best trial on the test split; write best/model.keras and the model card."""
+    import keras
+
+    best = best_record(records, paths)
+    if best is None:
+        return None
+    source = paths.trial_model(best.trial)
+    model = keras.models.load_model(source, compile=False)
+    test = evaluate(model, data.x_test, data.y_test, data.class_names)
+    card = {
+        "study": run.get("study"), "engine": best.engine, "trial": best.trial,
+        "classes": list(data.class_names),
+        "input": "uint8 RGB images of any size, shape (batch, height, width, 3); "
+                 f"resized to {data.x_train.shape[1]}x{data.x_train.shape[1]} inside the model",
+        "output": "class probabilities (softmax) in the order of 'classes'",
+        "hyperparameters": best.params, "config": best.config,
+        "validation": {"accuracy": best.val_accuracy, "loss": best.val_loss, "best_epoch": best.best_epoch,
+                       "images": int(len(data.y_val))},
+        "test": test,
+        "params": best.model_params, "flops_per_image": best.flops,
+        "training": {"epochs_run": best.epochs_run, "train_seconds": best.train_seconds,
+                     "images_per_s": best.images_per_s, "train_images": int(len(data.y_train))},
+        "data": {"source": data.source, "fingerprint": data.fingerprint},
+        **{k: run.get(k) for k in ("space_file", "space_hash", "space", "seed", "versions", "git_revision",
+                                   "command")},
+    }
+    paths.best.mkdir(parents=True, exist_ok=True)
+    tmp = paths.best / ".model.tmp.keras"
+    shutil.copyfile(source, tmp)
+    tmp.replace(paths.best / "model.keras")
+    atomic_write(paths.best / "model_card.json", json.dumps(card, indent=2, default=str) + "\n")
+    atomic_write(paths.best / "model_card.md", card_markdown(card))
+    return card
+
+
+def card_markdown(card: dict) -> str:
+    names = card["classes"]
+    lines = [
+        f"# Model card: {card['study']} (trial {card['trial']}, {card['engine']})", "",
+        f"- Test accuracy: **{card['test']['accuracy']:.4f}** on {card['test']['images']} images "
+        f"({card['data']['source']}, fingerprint {card['data']['fingerprint']})",
+        f"- Validation accuracy: {card['validation']['accuracy']:.4f} (best epoch {card['validation']['best_epoch']})",
+        f"- Parameters: {card['params']:,}; FLOPs per image: {card['flops_per_image']:,}",
+        f"- Training: {card['training']['epochs_run']} epochs, {card['training']['train_seconds']} s, "
+        f"{card['training']['images_per_s']} images/s on {card['training']['train_images']} images",
+        f"- Space: `{card['space_file']}` (hash {card['space_hash']}), seed {card['seed']}, "
+        f"code {card['git_revision']}",
+        f"- Made by: `{card['command']}`",
+        f"- Versions: " + ", ".join(f"{k} {v}" for k, v in (card['versions'] or {}).items()),
+        "", "Load it anywhere with plain Keras: `keras.models.load_model(\"model.keras\")`; it takes uint8 RGB.",
+        "", "## Hyperparameters", "", "| knob | value |", "|---|---|",
+        *[f"| {k} | {v} |" for k, v in card["config"].items()],
+        "", "## Per-class test accuracy", "", "| class | accuracy |", "|---|---|",
+        *[f"| {k} | {v:.4f} |" for k, v in card["test"]["per_class_accuracy"].items()],
+        "", "## Confusion matrix (rows: true class, columns: predicted)", "",
+        "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|",
+        *[f"| {n} | " + " | ".join(map(str, row)) + " |" for n, row in zip(names, card["test"]["confusion_matrix"])],
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def load_card(model_path: Path) -> dict:
+    try:
+        return json.loads((Path(model_path).parent / "model_card.json").read_text())
+    except (OSError, ValueError):
+        return {}

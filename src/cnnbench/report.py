@@ -1,0 +1,167 @@
+"""Everything people read: live sweep progress, leaderboard tables, markdown.
+
+A terminal gets a rich progress display; anything else (a log file, CI) gets one plain
+line per event, so ``make sweep > sweep.log`` stays readable.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from cnnbench.engines.base import TrialRecord
+
+TERMINAL_COLUMNS = ["trial", "state", "val_accuracy", "val_loss", "epochs_run", "train_seconds",
+                    "images_per_s", "params"]
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10000:
+        return f"{value:,}"
+    return str(value)
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    header = "| " + " | ".join(frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    lines = [header, rule]
+    for row in frame.itertuples(index=False):
+        cells = [_fmt(v).replace("|", "\\|").replace("\n", " ") for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def study_markdown(study: str, frame: pd.DataFrame, run: dict) -> str:
+    return (f"# Leaderboard: {study}\n\n"
+            f"Space `{run.get('space_file', '?')}` (hash {run.get('space_hash', '?')}), engine "
+            f"{run.get('engine', '?')}, seed {run.get('seed', '?')}, code {run.get('git_revision', '?')}. "
+            f"Made by `{run.get('command', 'cnnbench sweep')}`; see results/README.md for the columns.\n\n"
+            + markdown_table(frame))
+
+
+def rich_table(frame: pd.DataFrame, title: str, columns: list[str] | None = None, top: int | None = None) -> Table:
+    columns = [c for c in (columns or list(frame.columns)) if c in frame.columns]
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c, justify="left" if frame[c].dtype == object else "right")
+    for row in frame.head(top).itertuples(index=False) if top else frame.itertuples(index=False):
+        values = dict(zip(frame.columns, row))
+        table.add_row(*(_fmt(values[c]) for c in columns))
+    return table
+
+
+def print_leaderboard(frame: pd.DataFrame, title: str, space_params: list[str] = (), top: int | None = 10,
+                      console: Console | None = None) -> None:
+    cols = TERMINAL_COLUMNS[:3] + [p for p in space_params if p in frame.columns] + TERMINAL_COLUMNS[3:]
+    (console or wide_console()).print(rich_table(frame, title, cols, top))
+
+
+def wide_console() -> Console:
+    """A console that does not squeeze tables to 80 columns when output goes to a file."""
+    return Console() if sys.stdout.isatty() else Console(width=220)
+
+
+class SweepProgress:
+    """Trial n of N, current epoch, best so far, elapsed and ETA: live on a terminal, lines otherwise."""
+
+    def __init__(self, study: str, total: int, done: int = 0, best: float | None = None,
+                 timeout_minutes: float | None = None, live: bool | None = None):
+        self.study, self.total, self.done, self.best = study, total, done, best
+        self.timeout = timeout_minutes * 60 if timeout_minutes else None
+        self.started = time.monotonic()
+        self.console = Console()
+        self.live = sys.stdout.isatty() if live is None else live
+        self.status = None
+        self.current = ""
+
+    # -- the Progress protocol of engines.base -------------------------------------------------
+    def trial_started(self, number: int, params: dict) -> None:
+        self.current = f"trial {number}"
+        self._say(f"start {self.current}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in params.items()))
+
+    def epoch_done(self, number: int, epoch: int, epochs: int, logs: dict) -> None:
+        self._say(f"trial {number} epoch {epoch}/{epochs}: val_accuracy {logs['val_accuracy']:.4f} "
+                  f"loss {logs['loss']:.4f}", quiet_when_live=True)
+
+    def trial_done(self, record: TrialRecord) -> None:
+        self.done += 1
+        if record.state == "complete" and (self.best is None or record.val_accuracy > self.best):
+            self.best = record.val_accuracy
+        detail = record.fail_reason if record.state == "failed" else f"val_accuracy {_fmt(record.val_accuracy)}"
+        self._say(f"trial {record.trial} {record.state}: {detail}")
+
+    # -- rendering -----------------------------------------------------------------------------
+    def _headline(self) -> str:
+        elapsed = time.monotonic() - self.started
+        eta = ""
+        if self.done and self.total > self.done:
+            eta = _clock(elapsed / max(self.done, 1) * (self.total - self.done))
+            if self.timeout:
+                eta = _clock(min(elapsed / self.done * (self.total - self.done), max(0, self.timeout - elapsed)))
+        best = f"{self.best:.4f}" if self.best is not None else "-"
+        return (f"[{self.study}] {min(self.done + 1, self.total)} of {self.total} | best val_accuracy {best} | "
+                f"elapsed {_clock(elapsed)}" + (f" | ETA {eta}" if eta else ""))
+
+    def _say(self, message: str, quiet_when_live: bool = False) -> None:
+        if self.live:
+            if self.status is None:
+                self.status = self.console.status("")
+                self.status.start()
+            self.status.update(f"{self._headline()}\n  {message}")
+            if not quiet_when_live:
+                self.console.log(message)
+        else:
+            print(f"{time.strftime('%H:%M:%S')} {self._headline()} | {message}", flush=True)
+
+    def close(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def check_summary(space) -> str:
+    """What ``cnnbench check`` prints: each parameter with its range, the size of the space,
+    and the range of parameter counts."""
+    from cnnbench.space import ChoiceParam, FixedParam, FloatParam, IntParam
+
+    lines = [f"{space.source}: valid (hash {space.fingerprint()})"]
+    if space.description:
+        lines.append(f"  {space.description.strip()}")
+    lines.append(f"  objective {space.objective}; budget {space.budget.trials} trials"
+                 + (f", {space.budget.timeout_minutes} min" if space.budget.timeout_minutes else "")
+                 + f"; sampler {space.search.sampler}; pruner {space.search.pruner}; seed {space.seed}")
+    d = space.data
+    lines.append(f"  data {d.dataset} ({d.path or 'CNNBENCH_CIFAR10 or keras download'}), validation "
+                 f"{d.validation_fraction:.0%}, train subset {d.train_subset or 'all'}, image {d.image_size}px")
+    lines.append("  parameters:")
+    for name, p in space.params.items():
+        if isinstance(p, IntParam):
+            desc = f"int {p.low}..{p.high}" + (f" step {p.step}" if p.step != 1 else "") + (" (log)" if p.log else "")
+        elif isinstance(p, FloatParam):
+            desc = f"float {p.low:g}..{p.high:g}" + (f" step {p.step:g}" if p.step else "") + (" (log)" if p.log else "")
+        elif isinstance(p, ChoiceParam):
+            desc = "one of " + ", ".join(map(str, p.choices))
+        else:
+            desc = f"fixed {p.value}"
+        if p.condition:
+            desc += "  when " + " and ".join(f"{k} in {v}" if isinstance(v, list) else f"{k} = {v}"
+                                             for k, v in p.condition.items())
+        lines.append(f"    {name:<18} {desc}")
+    size = space.size()
+    lines.append(f"  configurations: {size:,}" if size is not None else "  configurations: infinite (continuous ranges)")
+    low, high = space.param_range()
+    lines.append(f"  model parameters: {low:,} .. {high:,}")
+    return "\n".join(lines)

@@ -1,0 +1,101 @@
+"""Trial records -> leaderboard DataFrames and the files under ``results/``.
+
+Computing only: this module returns DataFrames and writes files atomically; ``report``
+renders them for people.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from cnnbench.engines.base import TrialRecord
+from cnnbench.knobs import coerce
+from cnnbench.space import FixedParam, Space
+
+METRICS = ["val_accuracy", "val_loss", "best_epoch", "epochs_run", "train_seconds", "images_per_s",
+           "params", "flops", "fail_reason"]
+_STATE_RANK = {"complete": 0, "pruned": 1, "running": 2, "failed": 3}
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` so a reader (or a crash) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def leaderboard_frame(records: list[TrialRecord], space: Space) -> pd.DataFrame:
+    """One row per trial, best first: completed by validation accuracy, then pruned, then failed.
+
+    There is a column for every parameter of the space; a conditional one that was not
+    active in a trial is left empty.
+    """
+    param_names = list(space.params)
+    rows = []
+    for r in records:
+        row = {"trial": r.trial, "state": r.state, "engine": r.engine}
+        for name, p in space.params.items():
+            # Fixed values are not chosen by the engine but were trained with: show them.
+            active_fixed = isinstance(p, FixedParam) and p.condition_holds(r.config)
+            row[name] = coerce(name, p.value) if active_fixed else r.params.get(name)
+        row.update(val_accuracy=r.val_accuracy, val_loss=r.val_loss, best_epoch=r.best_epoch,
+                   epochs_run=r.epochs_run, train_seconds=r.train_seconds, images_per_s=r.images_per_s,
+                   params=r.model_params, flops=r.flops, fail_reason=r.fail_reason)
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=["trial", "state", "engine", *param_names, *METRICS])
+    if frame.empty:
+        return frame
+    frame["_rank"] = frame["state"].map(_STATE_RANK).fillna(9)
+    frame = frame.sort_values(["_rank", "val_accuracy", "trial"], ascending=[True, False, True],
+                              na_position="last", kind="stable")
+    return frame.drop(columns="_rank").reset_index(drop=True)
+
+
+def write_study_leaderboard(frame: pd.DataFrame, study_dir: Path, markdown: str) -> None:
+    atomic_write(study_dir / "leaderboard.csv", frame.to_csv(index=False))
+    atomic_write(study_dir / "leaderboard.md", markdown)
+
+
+def read_study_leaderboard(study_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(study_dir / "leaderboard.csv", keep_default_na=True)
+
+
+def studies_frame(results_root: Path) -> pd.DataFrame:
+    """One row per study under ``results_root``: its counts, best trial and exported test accuracy."""
+    rows = []
+    for csv in sorted(results_root.glob("*/leaderboard.csv")):
+        study_dir = csv.parent
+        board = read_study_leaderboard(study_dir)
+        run = read_json(study_dir / "run.json")
+        card = read_json(study_dir / "best" / "model_card.json")
+        done = board[board["state"] == "complete"]
+        best = done.iloc[0] if len(done) else None
+        rows.append({
+            "study": study_dir.name,
+            "engine": run.get("engine", board["engine"].iloc[0] if len(board) else ""),
+            "space": run.get("space_file", ""),
+            "trials": len(board),
+            "complete": int((board["state"] == "complete").sum()),
+            "pruned": int((board["state"] == "pruned").sum()),
+            "failed": int((board["state"] == "failed").sum()),
+            "best_trial": None if best is None else int(best["trial"]),
+            "val_accuracy": None if best is None else float(best["val_accuracy"]),
+            "test_accuracy": card.get("test", {}).get("accuracy"),
+            "params": None if best is None else int(best["params"]),
+            "flops": None if best is None else int(best["flops"]),
+        })
+    frame = pd.DataFrame(rows, columns=["study", "engine", "space", "trials", "complete", "pruned", "failed",
+                                        "best_trial", "val_accuracy", "test_accuracy", "params", "flops"])
+    return frame.sort_values(["test_accuracy", "val_accuracy"], ascending=False,
+                             na_position="last").reset_index(drop=True)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}

@@ -1,0 +1,294 @@
+"""Search-space files: YAML -> validated, frozen ``Space`` objects.
+
+A space file is data, not code. It is parsed once here; engines only translate the
+resulting ``Space``. Every problem is reported as ``SpaceError("FILE: FIELD: PROBLEM")``
+before anything runs or is written.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cnnbench.knobs import KNOBS, coerce, default_config
+from cnnbench.model import ArchitectureError, architecture_stats
+
+Scalar = Union[bool, int, float, str]
+# Knobs that change the network's shape: their extremes bound its size and feasibility.
+ARCH_KNOBS = ("stages", "convs_per_stage", "base_filters", "filter_growth", "max_filters",
+              "kernel_size", "padding", "batch_norm", "pool_last_stage", "head", "dense_units")
+
+
+class SpaceError(ValueError):
+    """A search-space file is invalid. The message names the file, the field and the problem."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Param(_Strict):
+    # Active only when every named parameter takes one of the listed values.
+    condition: dict[str, Union[Scalar, list[Scalar]]] | None = None
+
+    def condition_holds(self, config: dict) -> bool:
+        for parent, wanted in (self.condition or {}).items():
+            allowed = wanted if isinstance(wanted, list) else [wanted]
+            if config.get(parent) not in allowed:
+                return False
+        return True
+
+
+class IntParam(_Param):
+    type: Literal["int"]
+    low: int
+    high: int
+    step: int = Field(1, ge=1)
+    log: bool = False
+
+
+class FloatParam(_Param):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+
+
+class ChoiceParam(_Param):
+    type: Literal["choice"]
+    choices: list[Scalar]
+
+
+class FixedParam(_Param):
+    type: Literal["fixed"]
+    value: Scalar
+
+
+Param = Annotated[Union[IntParam, FloatParam, ChoiceParam, FixedParam], Field(discriminator="type")]
+
+
+class Budget(_Strict):
+    trials: int = Field(20, ge=1)              # finished trials (complete, pruned or failed)
+    timeout_minutes: float | None = Field(None, gt=0)
+
+
+class Search(_Strict):
+    sampler: Literal["tpe", "random", "grid", "cmaes"] = "tpe"
+    pruner: Literal["median", "hyperband", "successive_halving", "none"] = "median"
+
+
+class Data(_Strict):
+    dataset: Literal["cifar10"] = "cifar10"
+    # A local copy: image folder, cifar-10-batches-py folder or cifar-10-python.tar.gz.
+    # The CNNBENCH_CIFAR10 environment variable overrides it. Relative to the space file.
+    path: str | None = None
+    validation_fraction: float = Field(0.1, gt=0, lt=1)
+    train_subset: int | None = Field(None, ge=20)  # images drawn (stratified) from train
+    test_subset: int | None = Field(None, ge=10)   # images drawn (stratified) from test
+    image_size: int = Field(32, ge=8)              # the model resizes every input to this
+
+
+class Space(_Strict):
+    description: str = ""
+    seed: int = 0
+    objective: Literal["val_accuracy"] = "val_accuracy"
+    budget: Budget = Budget()
+    search: Search = Search()
+    data: Data = Data()
+    params: dict[str, Param]
+    # Set by load_space, not by the file.
+    source: str = Field("", exclude=True)
+
+    @field_validator("params")
+    @classmethod
+    def _known_knobs(cls, params: dict) -> dict:
+        for name in params:
+            if name not in KNOBS:
+                raise ValueError(f"unknown parameter {name!r}; known: {', '.join(KNOBS)}")
+        return params
+
+    # ---- what the engines and commands use ------------------------------------------------
+    def searched(self) -> dict[str, Param]:
+        """Parameters with more than one value, parents before the parameters they condition."""
+        return {n: p for n, p in self._ordered().items() if not isinstance(p, FixedParam)}
+
+    def complete(self, values: dict[str, Any]) -> dict[str, Any]:
+        """A full configuration: knob defaults, then fixed values, then ``values``.
+
+        Conditional parameters whose condition fails keep their default.
+        """
+        config = default_config()
+        for name, param in self._ordered().items():
+            if not param.condition_holds(config):
+                continue
+            if isinstance(param, FixedParam):
+                config[name] = coerce(name, param.value)
+            elif name in values:
+                config[name] = coerce(name, values[name])
+        return config
+
+    def candidate_values(self, name: str) -> list | None:
+        """Every value parameter ``name`` can take, or None for a continuous range."""
+        p = self.params[name]
+        if isinstance(p, FixedParam):
+            return [p.value]
+        if isinstance(p, ChoiceParam):
+            return list(p.choices)
+        if isinstance(p, IntParam) and not p.log:
+            return list(range(p.low, p.high + 1, p.step))
+        if isinstance(p, IntParam):
+            return sorted({v for v in range(p.low, p.high + 1) if (v - p.low) % p.step == 0})
+        if p.step:
+            n = int(math.floor((p.high - p.low) / p.step + 1e-9))
+            return [p.low + i * p.step for i in range(n + 1)]
+        return None
+
+    def extremes(self, name: str) -> list:
+        """The smallest and largest values of a parameter (all values for non-numbers)."""
+        p = self.params.get(name)
+        if p is None:
+            return [KNOBS[name].default]
+        if isinstance(p, (IntParam, FloatParam)):
+            return [p.low, p.high]
+        return list(dict.fromkeys(self.candidate_values(name)))
+
+    def size(self) -> int | None:
+        """Number of distinct configurations, or None when a float range is searched."""
+        parents = sorted({k for p in self.params.values() for k in (p.condition or {})})
+        parent_values = [self.candidate_values(n) for n in parents]
+        if any(v is None for v in parent_values):
+            return None
+        total = 0
+        for combo in itertools.product(*parent_values):
+            assignment = dict(zip(parents, combo))
+            count = 1
+            for name, p in self.params.items():
+                if name in assignment or not p.condition_holds(assignment):
+                    continue
+                values = self.candidate_values(name)
+                if values is None:
+                    return None
+                count *= len(values)
+            total += count
+        return total
+
+    def param_range(self) -> tuple[int, int]:
+        """Smallest and largest parameter count over the space (corners of every size knob)."""
+        counts = [architecture_stats(cfg, self.data.image_size).params for cfg in self._corners()]
+        return min(counts), max(counts)
+
+    def fingerprint(self) -> str:
+        """Short hash of the validated space; equal spaces hash equal whatever their comments."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    # ---- internals ---------------------------------------------------------------------------
+    def _corners(self):
+        base = self.complete({})
+        for combo in itertools.product(*(self.extremes(k) for k in ARCH_KNOBS)):
+            cfg = dict(base)
+            cfg.update({k: coerce(k, v) for k, v in zip(ARCH_KNOBS, combo)})
+            yield cfg
+
+    def _ordered(self) -> dict[str, Param]:
+        done: dict[str, Param] = {}
+        pending = dict(self.params)
+        while pending:
+            ready = [n for n, p in pending.items() if all(k in done for k in (p.condition or {}))]
+            if not ready:
+                raise SpaceError(f"{self.source}: params: conditions form a cycle among {', '.join(pending)}")
+            for n in ready:
+                done[n] = pending.pop(n)
+        return done
+
+
+def load_space(path: str | Path) -> Space:
+    """Read and validate a space file. Raises SpaceError naming file, field and problem."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise SpaceError(f"{path}: cannot read: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise SpaceError(f"{path}: not valid YAML: {e}") from None
+    return parse_space(raw, str(path))
+
+
+def parse_space(raw: Any, source: str = "<space>") -> Space:
+    if not isinstance(raw, dict):
+        raise SpaceError(f"{source}: the file must be a mapping with a 'params' key")
+    try:
+        space = Space.model_validate({**raw, "source": source})
+    except ValidationError as e:
+        raise SpaceError(_first_error(source, e)) from None
+    _check_semantics(space)
+    return space
+
+
+def _first_error(source: str, error: ValidationError) -> str:
+    err = error.errors()[0]
+    loc = [str(x) for x in err["loc"]]
+    # A discriminated union puts the chosen type in the path (params.lr.float.low): drop it.
+    if len(loc) >= 3 and loc[0] == "params" and loc[2] in ("int", "float", "choice", "fixed"):
+        del loc[2]
+    field = ".".join(loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        problem = "unknown key"
+    elif err["type"] == "union_tag_invalid":
+        problem = "'type' must be one of int, float, choice, fixed"
+    elif err["type"] == "union_tag_not_found":
+        problem = "missing 'type' (one of int, float, choice, fixed)"
+    else:
+        problem = err["msg"]
+    return f"{source}: {field}: {problem}"
+
+
+def _check_semantics(space: Space) -> None:
+    src = space.source
+    for name, p in space.params.items():
+        field = f"{src}: params.{name}"
+        knob = KNOBS[name]
+        if isinstance(p, (IntParam, FloatParam)):
+            if isinstance(p, FloatParam) and knob.kind is not float:
+                raise SpaceError(f"{field}: {name} takes {knob.kind.__name__} values, not a float range")
+            if isinstance(p, IntParam) and knob.kind not in (int, float):
+                raise SpaceError(f"{field}: {name} takes {knob.kind.__name__} values, not an int range")
+            if p.low > p.high:
+                raise SpaceError(f"{field}: low ({p.low}) is above high ({p.high})")
+            if p.log and p.low <= 0:
+                raise SpaceError(f"{field}: a log range must be above zero, but low is {p.low}")
+            values = [p.low, p.high]
+        elif isinstance(p, ChoiceParam):
+            if not p.choices:
+                raise SpaceError(f"{field}.choices: empty; give at least one value")
+            if len(set(map(repr, p.choices))) != len(p.choices):
+                raise SpaceError(f"{field}.choices: a value is listed twice")
+            values = p.choices
+        else:
+            values = [p.value]
+        for v in values:
+            if problem := knob.problem(v):
+                raise SpaceError(f"{field}: {problem} ({knob.doc})")
+        for parent, wanted in (p.condition or {}).items():
+            if parent not in space.params:
+                raise SpaceError(f"{field}.condition: unknown parameter {parent!r} (not in params)")
+            possible = space.candidate_values(parent)
+            if possible is None:
+                raise SpaceError(f"{field}.condition: {parent!r} is a continuous range; "
+                                 "conditions need a choice, int or fixed parameter")
+            for w in wanted if isinstance(wanted, list) else [wanted]:
+                if w not in possible:
+                    raise SpaceError(f"{field}.condition: {parent!r} never takes the value {w!r}")
+    space._ordered()  # raises on cycles
+    for cfg in space._corners():
+        try:
+            architecture_stats(cfg, space.data.image_size)
+        except ArchitectureError as e:
+            raise SpaceError(f"{src}: params: architecture impossible: {e}") from None

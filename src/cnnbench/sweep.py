@@ -1,0 +1,146 @@
+"""One sweep from start to finish: validate, load data, run an engine, rank, export.
+
+Everything that can be wrong with the input is checked before anything is written. The
+leaderboard is rewritten after every trial, so an interrupted or killed sweep loses at
+most the trial that was running.
+"""
+from __future__ import annotations
+
+import importlib
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from cnnbench import provenance
+from cnnbench.data import load_data
+from cnnbench.engines.base import StudyPaths
+from cnnbench.export import export_best
+from cnnbench.report import SweepProgress, markdown_table, study_markdown
+from cnnbench.results import (atomic_write, leaderboard_frame, studies_frame, write_study_leaderboard,
+                              read_json)
+from cnnbench.space import Space, SpaceError, load_space
+
+# The engines, by name. Each module has NAME, run(), records() and exists().
+ENGINES = {"optuna": "cnnbench.engines.optuna_engine", "kerastuner": "cnnbench.engines.kerastuner_engine"}
+
+
+def engine_module(name: str):
+    return importlib.import_module(ENGINES[name])
+
+
+@dataclass
+class SweepRequest:
+    space_file: str
+    study: str | None = None
+    trials: int | None = None
+    timeout_minutes: float | None = None
+    engine: str = "optuna"
+    algo: str | None = None        # sampler (optuna) or tuner (kerastuner); default from the space
+    storage: str | None = None     # Optuna RDB URL; default: a journal file in the study folder
+    results: str = "results"
+
+
+@dataclass
+class Sweep:
+    """A validated request: the space, the study folder and the provenance, nothing written yet."""
+    request: SweepRequest
+    space: Space
+    study: str
+    paths: StudyPaths
+    run: dict
+
+    @property
+    def trials(self) -> int:
+        return self.request.trials or self.space.budget.trials
+
+    @property
+    def timeout(self) -> float | None:
+        return self.request.timeout_minutes or self.space.budget.timeout_minutes
+
+
+def prepare(request: SweepRequest) -> Sweep:
+    """Validate the request. Raises SpaceError for a bad space or a study it does not match."""
+    space = load_space(request.space_file)
+    if request.trials is not None and request.trials < 1:
+        raise SpaceError(f"--trials: must be at least 1, got {request.trials}")
+    if request.timeout_minutes is not None and request.timeout_minutes <= 0:
+        raise SpaceError(f"--timeout: must be above 0 minutes, got {request.timeout_minutes}")
+    if request.engine not in ENGINES:
+        raise SpaceError(f"--engine: {request.engine!r} is not one of {', '.join(ENGINES)}")
+    study = request.study or Path(request.space_file).stem
+    if not study.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise SpaceError(f"--study: {study!r} may hold only letters, digits, '-', '_' and '.'")
+    paths = StudyPaths(Path(request.results) / study)
+    earlier = read_json(paths.root / "run.json")
+    if earlier and earlier.get("space_hash") != space.fingerprint():
+        raise SpaceError(f"{request.space_file}: study {study!r} in {paths.root} was run with a different "
+                         f"space (hash {earlier.get('space_hash')}, now {space.fingerprint()}); "
+                         "use a new STUDY name, or the space it was made with")
+    if earlier and earlier.get("engine") not in (None, request.engine):
+        raise SpaceError(f"--engine: study {study!r} was run with {earlier.get('engine')}; "
+                         "use a new STUDY name to compare engines")
+    engine_module(request.engine)  # import errors surface before any work
+    run = {
+        "study": study, "engine": request.engine, "algo": request.algo or space.search.sampler,
+        "space_file": request.space_file, "space_hash": space.fingerprint(),
+        "space": space.model_dump(mode="json"), "seed": space.seed,
+        "versions": provenance.versions(), "git_revision": provenance.git_revision(),
+        "command": "cnnbench " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "cnnbench sweep",
+    }
+    return Sweep(request, space, study, paths, run)
+
+
+def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
+    """Run the trials, keep the leaderboard current, export the best model. Returns a summary."""
+    req, space, paths = sweep.request, sweep.space, sweep.paths
+    engine = engine_module(req.engine)
+    data = load_data(space.data, space.seed, Path(req.space_file).resolve().parent)
+    run = {**sweep.run, "data": {"source": data.source, "fingerprint": data.fingerprint,
+                                 "train": len(data.y_train), "val": len(data.y_val), "test": len(data.y_test)},
+           "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    paths.root.mkdir(parents=True, exist_ok=True)
+    atomic_write(paths.root / "run.json", _json(run))
+    atomic_write(paths.root / "space.yaml", yaml.safe_dump(run["space"], sort_keys=False))
+
+    before = engine.records(sweep.study, paths, req.storage) if engine.exists(sweep.study, paths, req.storage) else []
+    finished = [r for r in before if r.state != "running"]
+    best = max((r.val_accuracy for r in finished if r.state == "complete"), default=None)
+    progress = SweepProgress(sweep.study, sweep.trials, len(finished), best, sweep.timeout, live)
+
+    def refresh(_record=None) -> list:
+        records = engine.records(sweep.study, paths, req.storage)
+        frame = leaderboard_frame(records, space)
+        write_study_leaderboard(frame, paths.root, study_markdown(sweep.study, frame, run))
+        return records
+
+    interrupted = False
+    try:
+        engine.run(sweep.study, space, data, paths, sweep.trials, sweep.timeout, progress,
+                   on_record=refresh, storage=req.storage, algo=req.algo)
+    except KeyboardInterrupt:
+        interrupted = True  # keep what finished: rank it and export it below
+    finally:
+        progress.close()
+    records = refresh()
+    card = export_best(records, paths, data, run)
+    write_global_leaderboard(Path(req.results))
+    return {"study": sweep.study, "records": records, "card": card, "interrupted": interrupted,
+            "best_model": str(paths.best / "model.keras") if card else None}
+
+
+def write_global_leaderboard(results_root: Path) -> None:
+    frame = studies_frame(results_root)
+    atomic_write(results_root / "leaderboard.md",
+                 "# All studies, best first\n\nOne row per study under results/: its best trial by validation "
+                 "accuracy and that model's test accuracy. Rewritten by every `cnnbench sweep`.\n\n"
+                 + markdown_table(frame))
+
+
+def _json(obj) -> str:
+    import json
+
+    return json.dumps(obj, indent=2, default=str) + "\n"

@@ -1,0 +1,166 @@
+"""Train one configuration and measure it: the only place that calls ``fit``.
+
+``train_and_evaluate(config, data, on_epoch, seed)`` builds the model, feeds it augmented
+batches, reports validation accuracy after every epoch (so an engine can prune), keeps
+the weights of the best epoch, and returns a ``TrialResult``. Engines decide what to
+try; this module decides nothing about the search.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cnnbench.data import DataBundle
+from cnnbench.model import architecture_stats, build_model
+
+VAL_BATCH = 512  # evaluation batch; independent of the searched training batch size
+
+
+class PruneTrial(Exception):
+    """Raised by an ``on_epoch`` callback to stop a trial that is not promising."""
+
+
+class TrialFailed(RuntimeError):
+    """Training itself went wrong (e.g. the loss became NaN); the message says how."""
+
+
+@dataclass
+class TrialResult:
+    val_accuracy: float      # best over epochs
+    val_loss: float          # at the best epoch
+    best_epoch: int          # 1-based
+    epochs_run: int
+    train_seconds: float     # time in training steps, validation excluded
+    images_per_s: float      # training throughput, first (tracing) epoch excluded when possible
+    params: int
+    flops: int               # per image, forward pass
+    history: list[dict] = field(default_factory=list)
+    model: Any = None        # keras.Model holding the best epoch's weights
+
+
+def _train_dataset(x: np.ndarray, y: np.ndarray, config: dict, num_classes: int, seed: int):
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    pad = config["translate"]
+    if config["flip"] or pad:
+        size = x.shape[1]
+
+        def augment(image, label):
+            if config["flip"]:
+                image = tf.image.random_flip_left_right(image)
+            if pad:  # translate by up to `pad` pixels: reflect-pad, then crop back at random
+                image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+                image = tf.image.random_crop(image, [size, size, 3])
+            return image, label
+        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(config["batch_size"]).map(
+        lambda im, lab: (im, tf.one_hot(lab, num_classes)), num_parallel_calls=tf.data.AUTOTUNE
+    ).prefetch(tf.data.AUTOTUNE)
+
+
+def _eval_dataset(x: np.ndarray, y: np.ndarray, num_classes: int):
+    import tensorflow as tf
+
+    return tf.data.Dataset.from_tensor_slices((x, tf.one_hot(y, num_classes))).batch(VAL_BATCH)
+
+
+def _optimizer(config: dict, steps_per_epoch: int):
+    import keras
+
+    lr, total = config["learning_rate"], steps_per_epoch * config["epochs"]
+    if config["lr_schedule"] == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=total)
+    elif config["lr_schedule"] == "step":
+        lr = keras.optimizers.schedules.PiecewiseConstantDecay(
+            [max(1, total // 2), max(2, total * 3 // 4)], [lr, lr * 0.1, lr * 0.01])
+    wd = config["weight_decay"] or None
+    if config["optimizer"] == "sgd":
+        return keras.optimizers.SGD(lr, momentum=config["momentum"], nesterov=config["nesterov"],
+                                    weight_decay=wd)
+    if config["optimizer"] == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=config["weight_decay"])
+    return keras.optimizers.Adam(lr, weight_decay=wd)
+
+
+def _epoch_callback(on_epoch, n_train: int):
+    import keras
+
+    class EpochWatcher(keras.callbacks.Callback):
+        """Times training apart from validation, keeps the best weights, reports each epoch."""
+
+        def __init__(self):
+            super().__init__()
+            self.history, self.train_times = [], []
+            self.best, self.best_weights = -1.0, None
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+            self.val_started = None
+
+        def on_test_begin(self, logs=None):
+            self.val_started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = {k: float(v) for k, v in (logs or {}).items()}
+            self.train_times.append((self.val_started or time.perf_counter()) - self.started)
+            if not math.isfinite(logs.get("loss", 0.0)):
+                raise TrialFailed(f"training loss became {logs.get('loss')} at epoch {epoch + 1}")
+            logs["epoch"] = epoch + 1
+            self.history.append(logs)
+            if logs["val_accuracy"] > self.best:
+                self.best, self.best_weights = logs["val_accuracy"], self.model.get_weights()
+            if on_epoch is not None:
+                on_epoch(epoch + 1, logs)
+
+        def throughput(self) -> float:
+            times = self.train_times[1:] or self.train_times  # epoch 1 includes graph tracing
+            return n_train * len(times) / max(sum(times), 1e-9)
+
+    return EpochWatcher()
+
+
+def train_and_evaluate(config: dict, data: DataBundle, on_epoch: Callable[[int, dict], None] | None = None,
+                       seed: int = 0) -> TrialResult:
+    """Train ``config`` on ``data.x_train``, validating on ``data.x_val`` after every epoch.
+
+    ``on_epoch(epoch, logs)`` may raise PruneTrial to stop early. Raises TrialFailed when
+    training diverges.
+    """
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    num_classes = len(data.class_names)
+    image_size = data.x_train.shape[1]
+    mean, var = data.channel_stats()
+    model = build_model(config, num_classes, image_size, mean, var)
+    steps = math.ceil(len(data.x_train) / config["batch_size"])
+    model.compile(optimizer=_optimizer(config, steps),
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=config["label_smoothing"]),
+                  metrics=["accuracy"])
+    watcher = _epoch_callback(on_epoch, len(data.x_train))
+    stats = architecture_stats(config, image_size, num_classes)
+
+    def result(with_model) -> TrialResult:
+        best = max(watcher.history, key=lambda h: h["val_accuracy"])
+        return TrialResult(
+            val_accuracy=best["val_accuracy"], val_loss=best["val_loss"], best_epoch=best["epoch"],
+            epochs_run=len(watcher.history), train_seconds=round(sum(watcher.train_times), 2),
+            images_per_s=round(watcher.throughput(), 1), params=stats.params, flops=stats.flops,
+            history=watcher.history, model=with_model)
+
+    try:
+        model.fit(_train_dataset(data.x_train, data.y_train, config, num_classes, seed),
+                  validation_data=_eval_dataset(data.x_val, data.y_val, num_classes),
+                  epochs=config["epochs"], verbose=0, shuffle=False,  # the dataset shuffles itself
+                  callbacks=[watcher])
+    except PruneTrial as pruned:
+        pruned.result = result(None)  # the leaderboard still shows how far it got
+        raise
+    model.set_weights(watcher.best_weights)
+    return result(model)
