@@ -1,0 +1,134 @@
+"""Search-space parsing and every validation error the issue names."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from cnnbench.space import SpaceError, load_space, parse_space
+from conftest import SPACES, run_cli
+
+MINIMAL = {"params": {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}}
+
+
+def write(tmp_path, doc, name="space.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(doc) if not isinstance(doc, str) else doc)
+    return path
+
+
+@pytest.mark.parametrize("name", ["default", "seed", "smoke"])
+def test_shipped_spaces_are_valid(name):
+    space = load_space(SPACES / f"{name}.yaml")
+    assert space.params
+    low, high = space.param_range()
+    assert 0 < low <= high
+
+
+def test_seed_space_is_the_tutorial_cnn():
+    space = load_space(SPACES / "seed.yaml")
+    assert space.size() == 1
+    assert space.param_range() == (122_570, 122_570)  # the tutorial's model.summary() total
+
+
+def test_defaults_fill_unnamed_knobs_and_fixed_values_apply():
+    space = parse_space({"params": {"epochs": {"type": "fixed", "value": 3},
+                                    "optimizer": {"type": "choice", "choices": ["adam", "sgd"]}}})
+    config = space.complete({"optimizer": "sgd"})
+    assert config["epochs"] == 3 and config["optimizer"] == "sgd"
+    assert config["batch_size"] == 128  # knob default
+
+
+def test_conditional_parameter_only_when_condition_holds():
+    space = parse_space({"params": {
+        "optimizer": {"type": "choice", "choices": ["adam", "sgd"]},
+        "momentum": {"type": "float", "low": 0.8, "high": 0.9, "condition": {"optimizer": "sgd"}},
+        "nesterov": {"type": "choice", "choices": [True, False], "condition": {"optimizer": ["sgd"]}},
+    }})
+    assert list(space.searched()) == ["optimizer", "momentum", "nesterov"]
+    assert space.params["momentum"].condition_holds({"optimizer": "sgd"})
+    assert not space.params["momentum"].condition_holds({"optimizer": "adam"})
+
+
+def test_size_counts_conditional_branches():
+    space = parse_space({"params": {
+        "optimizer": {"type": "choice", "choices": ["adam", "adamw", "sgd"]},
+        "nesterov": {"type": "choice", "choices": [True, False], "condition": {"optimizer": "sgd"}},
+        "batch_size": {"type": "choice", "choices": [64, 128]},
+        "stages": {"type": "int", "low": 1, "high": 3},
+    }})
+    # adam, adamw: 1 each; sgd: 2 nesterov values -> 4 optimizer branches, x2 batch x3 stages
+    assert space.size() == 4 * 2 * 3
+    assert parse_space(MINIMAL).size() is None  # a float range is infinite
+
+
+def test_fingerprint_ignores_comments_and_order(tmp_path):
+    a = write(tmp_path, "# comment\nparams:\n  epochs: {type: fixed, value: 2}\n  flip: {type: fixed, value: true}\n", "a.yaml")
+    b = write(tmp_path, "params:\n  flip: {type: fixed, value: true}  # x\n  epochs: {type: fixed, value: 2}\n", "b.yaml")
+    c = write(tmp_path, "params:\n  flip: {type: fixed, value: true}\n  epochs: {type: fixed, value: 3}\n", "c.yaml")
+    assert load_space(a).fingerprint() == load_space(b).fingerprint() != load_space(c).fingerprint()
+
+
+BAD = {
+    "unknown top-level key": ({**MINIMAL, "bugdet": {"trials": 3}}, "bugdet", "unknown key"),
+    "unknown nested key": ({**MINIMAL, "budget": {"trails": 3}}, "budget.trails", "unknown key"),
+    "unknown parameter": ({"params": {"learning_rat": {"type": "fixed", "value": 0.1}}}, "params",
+                          "unknown parameter 'learning_rat'"),
+    "unknown param key": ({"params": {"epochs": {"type": "int", "low": 1, "high": 3, "hgh": 4}}},
+                          "params.epochs.hgh", "unknown key"),
+    "wrong type": ({**MINIMAL, "budget": {"trials": "many"}}, "budget.trials", "integer"),
+    "wrong value type for knob": ({"params": {"batch_size": {"type": "choice", "choices": [64, "big"]}}},
+                                  "params.batch_size", "'big' is not int"),
+    "value not allowed": ({"params": {"optimizer": {"type": "choice", "choices": ["adam", "lion"]}}},
+                          "params.optimizer", "'lion' is not one of"),
+    "empty choice": ({"params": {"optimizer": {"type": "choice", "choices": []}}},
+                     "params.optimizer.choices", "empty"),
+    "low above high": ({"params": {"dropout": {"type": "float", "low": 0.5, "high": 0.1}}},
+                       "params.dropout", "low (0.5) is above high (0.1)"),
+    "log range touching zero": ({"params": {"weight_decay": {"type": "float", "low": 0.0, "high": 0.1,
+                                                             "log": True}}},
+                                "params.weight_decay", "log range must be above zero"),
+    "condition on unknown parameter": ({"params": {"momentum": {"type": "float", "low": 0.8, "high": 0.9,
+                                                                "condition": {"optimiser": "sgd"}}}},
+                                       "params.momentum.condition", "unknown parameter 'optimiser'"),
+    "condition value never taken": ({"params": {
+        "optimizer": {"type": "choice", "choices": ["adam"]},
+        "momentum": {"type": "float", "low": 0.8, "high": 0.9, "condition": {"optimizer": "sgd"}}}},
+        "params.momentum.condition", "never takes the value 'sgd'"),
+    "too many poolings": ({"params": {"stages": {"type": "int", "low": 2, "high": 6}}},
+                          "params", "too many poolings"),
+    "missing type": ({"params": {"epochs": {"value": 3}}}, "params.epochs", "missing 'type'"),
+    "bad type": ({"params": {"epochs": {"type": "integer", "low": 1, "high": 3}}}, "params.epochs", "'type' must be"),
+    "not a mapping": ("- just\n- a list\n", "", "must be a mapping"),
+    "bad yaml": ("params: {epochs: [1, 2\n", "", "not valid YAML"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+def test_bad_space_names_file_field_and_problem(tmp_path, case):
+    doc, field, problem = BAD[case]
+    path = write(tmp_path, doc)
+    with pytest.raises(SpaceError) as err:
+        load_space(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: ")
+    assert f": {field}" in message if field else True
+    assert problem in message, message
+
+
+def test_cli_rejects_bad_space_with_exit_2_and_writes_nothing(tmp_path):
+    path = write(tmp_path, {"params": {"stages": {"type": "int", "low": 1, "high": 9}}})
+    results = tmp_path / "results"
+    for args in (["check", str(path)], ["sweep", "--space", str(path), "--results", str(results)]):
+        proc = run_cli(*args)
+        assert proc.returncode == 2, proc.stderr
+        assert f"{path}: params: architecture impossible" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert not results.exists()
+
+
+def test_cli_check_prints_what_is_searched():
+    proc = run_cli("check", str(SPACES / "smoke.yaml"))
+    assert proc.returncode == 0, proc.stderr
+    assert "momentum" in proc.stdout and "when optimizer = sgd" in proc.stdout
+    assert "learning_rate      float 0.001..0.01 (log)" in proc.stdout
+    assert "model parameters: 314 .. 5,562" in proc.stdout

@@ -1,0 +1,133 @@
+"""End to end, as a user runs it: smoke sweep, leaderboard rows, resume, export, reuse."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import SPACES, run_cli
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, jpeg_root):
+    """One smoke sweep of 3 trials, then the same study resumed up to 4."""
+    results = tmp_path_factory.mktemp("results")
+    env = {"CNNBENCH_CIFAR10": str(jpeg_root)}
+    args = ["sweep", "--space", str(SPACES / "smoke.yaml"), "--study", "smoke", "--results", str(results)]
+    first = run_cli(*args, env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    board_before = pd.read_csv(results / "smoke" / "leaderboard.csv")
+    second = run_cli(*args, "--trials", "4", env=env)
+    assert second.returncode == 0, second.stdout + second.stderr
+    return results, first, second, board_before, env
+
+
+def test_leaderboard_rows_and_columns(swept):
+    results, first, _, board, _ = swept
+    assert len(board) == 3 and set(board["trial"]) == {0, 1, 2}
+    assert set(board["state"]) <= {"complete", "pruned", "failed"}
+    for column in ["trial", "state", "engine", "stages", "base_filters", "optimizer", "momentum", "learning_rate",
+                   "val_accuracy", "val_loss", "epochs_run", "train_seconds", "images_per_s", "params", "flops"]:
+        assert column in board.columns, column
+    done = board[board["state"] == "complete"]
+    assert list(done["val_accuracy"]) == sorted(done["val_accuracy"], reverse=True)  # best first
+    assert (done["params"] > 0).all() and (done["images_per_s"] > 0).all() and (done["epochs_run"] == 2).all()
+    # momentum is conditional: empty exactly where the optimizer is not sgd
+    assert (board["momentum"].isna() == (board["optimizer"] != "sgd")).all()
+    assert "exported model:" in first.stdout and "test accuracy" in first.stdout
+    md = (results / "smoke" / "leaderboard.md").read_text()
+    assert "| trial | state | engine |" in md
+    assert "smoke" in (results / "leaderboard.md").read_text()
+
+
+def test_resume_keeps_completed_trials(swept):
+    results, _, second, before, _ = swept
+    after = pd.read_csv(results / "smoke" / "leaderboard.csv")
+    assert sorted(after["trial"]) == [0, 1, 2, 3]  # one new trial: the first three counted toward 4
+    merged = before.merge(after, on="trial", suffixes=("_before", "_after"))
+    assert (merged["val_accuracy_before"] == merged["val_accuracy_after"]).all()
+    assert "start trial 0" not in second.stdout
+
+
+def test_model_card_describes_itself(swept):
+    results = swept[0]
+    card = json.loads((results / "smoke" / "best" / "model_card.json").read_text())
+    for key in ("hyperparameters", "config", "validation", "test", "params", "flops_per_image", "training",
+                "data", "space_hash", "seed", "versions", "git_revision"):
+        assert key in card, key
+    test = card["test"]
+    assert test["images"] == 500 and 0.0 <= test["accuracy"] <= 1.0
+    confusion = np.array(test["confusion_matrix"])
+    assert confusion.shape == (10, 10) and confusion.sum() == 500
+    assert test["accuracy"] == pytest.approx(confusion.trace() / 500)
+    assert set(test["per_class_accuracy"]) == set(card["classes"])
+    board = pd.read_csv(results / "smoke" / "leaderboard.csv")
+    assert card["trial"] == int(board.iloc[0]["trial"])  # the best row is the exported one
+    assert (results / "smoke" / "best" / "model_card.md").read_text().startswith("# Model card")
+
+
+def test_exported_model_loads_in_fresh_process_with_plain_keras(swept, jpeg_root):
+    results = swept[0]
+    model = results / "smoke" / "best" / "model.keras"
+    image = next((jpeg_root / "test" / "cat").iterdir())
+    code = ("import sys, numpy as np, keras; from PIL import Image\n"
+            "m = keras.models.load_model(sys.argv[1], safe_mode=True)\n"
+            "x = np.asarray(Image.open(sys.argv[2]).convert('RGB'))[None]\n"
+            "big = np.zeros((1, 64, 48, 3), np.uint8)\n"
+            "p, q = m.predict(x, verbose=0), m.predict(big, verbose=0)\n"
+            "print(p.shape, q.shape, round(float(p.sum()), 3))")
+    proc = subprocess.run([sys.executable, "-c", code, str(model), str(image)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "(1, 10) (1, 10) 1.0"
+
+
+def test_predict_real_and_broken_images(swept, jpeg_root, tmp_path):
+    from PIL import Image
+
+    results = swept[0]
+    model = str(results / "smoke" / "best" / "model.keras")
+    real = str(next((jpeg_root / "test" / "ship").iterdir()))
+    gray = tmp_path / "gray.png"
+    Image.fromarray(np.full((70, 90), 128, np.uint8), "L").save(gray)
+    rgba = tmp_path / "rgba.png"
+    Image.fromarray(np.zeros((20, 20, 4), np.uint8), "RGBA").save(rgba)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg at all")
+    missing = tmp_path / "missing.png"
+
+    ok = run_cli("predict", model, real, str(gray), str(rgba), "--top", "3")
+    assert ok.returncode == 0, ok.stderr
+    lines = ok.stdout.strip().splitlines()
+    assert len(lines) == 3 and lines[0].startswith(real + ": ") and lines[0].count(",") == 2
+
+    mixed = run_cli("predict", model, str(broken), real, str(missing), "--json")
+    assert mixed.returncode == 1
+    out = json.loads(mixed.stdout)
+    assert [o["image"] for o in out] == [str(broken), real, str(missing)]
+    assert out[0]["error"].startswith("cannot read image") and out[2]["error"]
+    assert out[1]["error"] is None and len(out[1]["predictions"]) == 1
+    assert out[1]["predictions"][0]["class"] in json.loads(
+        (results / "smoke" / "best" / "model_card.json").read_text())["classes"]
+
+
+def test_leaderboard_command(swept):
+    results = swept[0]
+    one = run_cli("leaderboard", "smoke", "--results", str(results))
+    assert one.returncode == 0 and "smoke: 4 trials" in one.stdout
+    every = run_cli("leaderboard", "--results", str(results))
+    assert every.returncode == 0 and "smoke" in every.stdout
+    missing = run_cli("leaderboard", "nope", "--results", str(results))
+    assert missing.returncode == 2 and "no leaderboard for study 'nope'" in missing.stderr
+
+
+def test_changed_space_refuses_to_resume(swept, tmp_path):
+    results, *_, env = swept
+    changed = tmp_path / "smoke.yaml"
+    changed.write_text((SPACES / "smoke.yaml").read_text().replace("seed: 7", "seed: 8"))
+    proc = run_cli("sweep", "--space", str(changed), "--study", "smoke", "--results", str(results), env=env)
+    assert proc.returncode == 2 and "was run with a different space" in proc.stderr
