@@ -131,3 +131,27 @@ def test_changed_space_refuses_to_resume(swept, tmp_path):
     changed.write_text((SPACES / "smoke.yaml").read_text().replace("seed: 7", "seed: 8"))
     proc = run_cli("sweep", "--space", str(changed), "--study", "smoke", "--results", str(results), env=env)
     assert proc.returncode == 2 and "was run with a different space" in proc.stderr
+
+
+def test_ctrl_c_keeps_finished_trials_and_exports(tmp_path, jpeg_root):
+    """SIGINT mid-sweep: exit 130, finished trials ranked, best exported; the rerun continues."""
+    import os
+    import signal
+    import time
+
+    results = tmp_path / "results"
+    args = [sys.executable, "-m", "cnnbench.cli", "sweep", "--space", str(SPACES / "smoke.yaml"),
+            "--study", "interrupted", "--results", str(results), "--trials", "30"]
+    env = {**os.environ, "CNNBENCH_CIFAR10": str(jpeg_root)}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    board = results / "interrupted" / "leaderboard.csv"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and (not board.exists() or len(pd.read_csv(board)) < 2):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 130, out + err
+    rows = pd.read_csv(board)
+    assert (rows["state"] == "complete").sum() >= 1 and len(rows) < 30
+    assert (results / "interrupted" / "best" / "model.keras").exists()
+    assert "run the same command again to continue" in out

@@ -7,6 +7,8 @@ leaderboard can be rebuilt from the storage alone.
 """
 from __future__ import annotations
 
+import warnings
+
 import optuna
 from optuna.trial import TrialState
 
@@ -49,8 +51,9 @@ def make_sampler(space: Space, algo: str | None = None) -> optuna.samplers.BaseS
             grid[name] = values
         return optuna.samplers.GridSampler(grid, seed=seed)
     startup = max(3, min(10, space.budget.trials // 4))  # random trials before TPE/CMA-ES model the space
-    tpe = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True,
-                                     warn_independent_sampling=False)
+    with warnings.catch_warnings():  # `group` is marked experimental; it is what conditional spaces need
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        tpe = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True)
     if kind == "cmaes":  # CMA-ES takes the numeric parameters; TPE the categorical ones
         return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup, independent_sampler=tpe,
                                             warn_independent_sampling=False)
@@ -100,7 +103,11 @@ def run(study: str, space: Space, data: DataBundle, paths: StudyPaths, trials: i
             trial.report(val_accuracy, epoch)
             return trial.should_prune()
 
-        record = run_trial(trial.number, NAME, params, space, data, paths, should_stop, progress)
+        try:
+            record = run_trial(trial.number, NAME, params, space, data, paths, should_stop, progress)
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C); the trial did not finish")
+            raise
         for key, value in record.metrics().items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("config", record.config)

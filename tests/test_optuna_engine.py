@@ -1,0 +1,108 @@
+"""Optuna engine logic with a stand-in trainer: samplers, pruners, failures, budget, seeds.
+
+The stand-in replaces only ``train_and_evaluate`` (so these tests run in seconds without
+TensorFlow training); everything around it, run_trial and the storage included, is real.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cnnbench.engines import base, optuna_engine
+from cnnbench.engines.base import StudyPaths
+from cnnbench.space import SpaceError, parse_space
+from cnnbench.train import TrialResult
+
+
+class Quiet:
+    def trial_started(self, *a): pass
+    def epoch_done(self, *a): pass
+    def trial_done(self, *a): pass
+
+
+def fake_train(config, data, on_epoch, seed):
+    """Accuracy grows with the learning rate's closeness to 1e-2; sgd always crashes."""
+    if config["optimizer"] == "sgd":
+        raise ValueError("sgd broken on purpose")
+    quality = 1.0 / (1.0 + abs(np.log10(config["learning_rate"]) + 2))
+    history = []
+    for epoch in range(1, config["epochs"] + 1):
+        acc = quality * epoch / config["epochs"]
+        history.append({"val_accuracy": acc})
+        on_epoch(epoch, {"val_accuracy": acc, "loss": 1.0})
+    return TrialResult(val_accuracy=acc, val_loss=1 - acc, best_epoch=config["epochs"],
+                       epochs_run=config["epochs"], train_seconds=0.1, images_per_s=1000.0, params=10,
+                       flops=20, history=history, model=None)
+
+
+@pytest.fixture(autouse=True)
+def stand_in_trainer(monkeypatch):
+    monkeypatch.setattr(base, "train_and_evaluate", fake_train)
+    monkeypatch.setattr(base, "save_model", lambda model, path: path.parent.mkdir(parents=True, exist_ok=True)
+                        or path.write_bytes(b"stand-in"))
+
+
+def space(sampler="tpe", pruner="none", optimizers=("adam", "adamw"), lr=None, trials=8):
+    params = {
+        "optimizer": {"type": "choice", "choices": list(optimizers)},
+        "learning_rate": lr or {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+        "epochs": {"type": "fixed", "value": 4},
+    }
+    if "sgd" in optimizers:
+        params["momentum"] = {"type": "float", "low": 0.8, "high": 0.9, "condition": {"optimizer": "sgd"}}
+    return parse_space({"seed": 1, "budget": {"trials": trials}, "search": {"sampler": sampler, "pruner": pruner},
+                        "params": params})
+
+
+def run(sp, tmp_path, study="s", trials=None):
+    paths = StudyPaths(tmp_path / study)
+    optuna_engine.run(study, sp, None, paths, trials or sp.budget.trials, None, Quiet())
+    return optuna_engine.records(study, paths)
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes"])
+def test_each_sampler_finishes_the_budget(tmp_path, sampler):
+    recs = run(space(sampler), tmp_path)
+    assert len(recs) == 8 and all(r.state == "complete" for r in recs)
+    assert all(1e-4 <= r.params["learning_rate"] <= 1e-1 for r in recs)
+
+
+def test_grid_sampler_covers_a_finite_space(tmp_path):
+    sp = space("grid", lr={"type": "choice", "choices": [1e-3, 1e-2, 1e-1]}, trials=6)
+    recs = run(sp, tmp_path)
+    assert sorted((r.params["optimizer"], r.params["learning_rate"]) for r in recs) == \
+        [(o, lr) for o in ("adam", "adamw") for lr in (1e-3, 1e-2, 1e-1)]
+    with pytest.raises(SpaceError, match="grid sampler needs a finite space"):
+        optuna_engine.make_sampler(space("grid"))
+
+
+def test_failed_trials_are_rows_with_reason_and_do_not_stop_the_search(tmp_path):
+    recs = run(space("random", optimizers=("adam", "sgd"), trials=10), tmp_path)
+    assert len(recs) == 10
+    failed = [r for r in recs if r.state == "failed"]
+    assert failed and all(r.fail_reason == "ValueError: sgd broken on purpose" for r in failed)
+    assert all(r.params["optimizer"] == "sgd" for r in failed)
+    assert any(r.state == "complete" for r in recs)
+
+
+@pytest.mark.parametrize("pruner", ["median", "hyperband", "successive_halving"])
+def test_pruners_stop_weak_trials_early(tmp_path, pruner):
+    recs = run(space("random", pruner=pruner, trials=16), tmp_path)
+    pruned = [r for r in recs if r.state == "pruned"]
+    assert pruned, [r.state for r in recs]
+    assert all(r.epochs_run < 4 and r.val_accuracy is not None for r in pruned)
+
+
+def test_resume_counts_finished_trials_toward_the_budget(tmp_path):
+    sp = space("tpe")
+    first = run(sp, tmp_path, trials=3)
+    again = run(sp, tmp_path, trials=5)
+    assert len(first) == 3 and len(again) == 5
+    assert [r.params for r in again[:3]] == [r.params for r in first]
+    assert len(run(sp, tmp_path, trials=5)) == 5  # budget met: nothing more runs
+
+
+def test_same_seed_same_suggestions(tmp_path):
+    a = run(space("tpe", trials=12), tmp_path, "a")
+    b = run(space("tpe", trials=12), tmp_path, "b")
+    assert [r.params for r in a] == [r.params for r in b]
