@@ -37,9 +37,11 @@ def cmd_sweep(args) -> int:
 
     request = SweepRequest(space_file=args.space, study=args.study, trials=args.trials,
                            timeout_minutes=args.timeout, engine=args.engine, algo=args.algo,
-                           storage=args.storage, results=args.results)
+                           storage=args.storage, results=args.results, workers=args.workers)
     sweep = prepare(request)
     summary = run_sweep(sweep)
+    if summary.get("worker"):
+        return INTERRUPTED if summary["interrupted"] else 0
     console = wide_console()
     frame = leaderboard_frame(summary["records"], sweep.space)
     print_leaderboard(frame, f"{sweep.study}: top trials", list(sweep.space.searched()), top=5, console=console)
@@ -116,6 +118,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--algo", help="optuna: tpe|random|grid|cmaes; kerastuner: random|bayesian|hyperband|grid")
     s.add_argument("--storage", help="Optuna RDB URL shared by many machines (default: a journal file)")
     s.add_argument("--results", default="results", help="results folder")
+    s.add_argument("--workers", type=int, default=0,
+                   help="worker processes on this machine (kerastuner: plus a chief oracle process)")
     s.set_defaults(func=cmd_sweep)
 
     c = sub.add_parser("check", help="validate a space file and print what it searches")

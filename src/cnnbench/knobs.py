@@ -83,6 +83,8 @@ def default_config() -> dict[str, Any]:
 def coerce(name: str, value: Any) -> Any:
     """``value`` as the Python type of knob ``name`` (YAML may give 1 for 1.0, or 2.0 for 2)."""
     kind = KNOBS[name].kind
+    if kind is bool and isinstance(value, int):  # KerasTuner hands booleans back as 0/1
+        return bool(value)
     if kind is float and not isinstance(value, bool):
         return float(value)
     if kind is int and isinstance(value, float) and value.is_integer():

@@ -82,6 +82,8 @@ class Budget(_Strict):
 class Search(_Strict):
     sampler: Literal["tpe", "random", "grid", "cmaes"] = "tpe"
     pruner: Literal["median", "hyperband", "successive_halving", "none"] = "median"
+    # Stop the search when this many trials in a row fail: the space is probably broken.
+    max_consecutive_failures: int = Field(5, ge=1)
 
 
 class Data(_Strict):

@@ -7,6 +7,7 @@ most the trial that was running.
 from __future__ import annotations
 
 import importlib
+import os
 import shlex
 import sys
 import time
@@ -42,6 +43,22 @@ class SweepRequest:
     algo: str | None = None        # sampler (optuna) or tuner (kerastuner); default from the space
     storage: str | None = None     # Optuna RDB URL; default: a journal file in the study folder
     results: str = "results"
+    workers: int = 0               # processes to start on this machine (KerasTuner: plus a chief)
+
+    def worker_command(self) -> list[str]:
+        """The command each worker process runs: this sweep, as a worker."""
+        args = [sys.executable, "-m", "cnnbench.cli", "sweep", "--space", self.space_file,
+                "--engine", self.engine, "--results", self.results]
+        for flag, value in (("--study", self.study), ("--trials", self.trials), ("--timeout", self.timeout_minutes),
+                            ("--algo", self.algo), ("--storage", self.storage)):
+            if value is not None:
+                args += [flag, str(value)]
+        return args
+
+
+def is_worker() -> bool:
+    """True in a process started by another sweep (or by hand) to run trials only."""
+    return bool(os.environ.get("CNNBENCH_WORKER") or os.environ.get("KERASTUNER_TUNER_ID"))
 
 
 @dataclass
@@ -69,6 +86,8 @@ def prepare(request: SweepRequest) -> Sweep:
         raise SpaceError(f"--trials: must be at least 1, got {request.trials}")
     if request.timeout_minutes is not None and request.timeout_minutes <= 0:
         raise SpaceError(f"--timeout: must be above 0 minutes, got {request.timeout_minutes}")
+    if request.workers < 0:
+        raise SpaceError(f"--workers: must be 0 or more, got {request.workers}")
     if request.engine not in ENGINES:
         raise SpaceError(f"--engine: {request.engine!r} is not one of {', '.join(ENGINES)}")
     study = request.study or Path(request.space_file).stem
@@ -103,8 +122,9 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
                                  "train": len(data.y_train), "val": len(data.y_val), "test": len(data.y_test)},
            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     paths.root.mkdir(parents=True, exist_ok=True)
-    atomic_write(paths.root / "run.json", _json(run))
-    atomic_write(paths.root / "space.yaml", yaml.safe_dump(run["space"], sort_keys=False))
+    if not is_worker():  # the process that started the sweep describes it
+        atomic_write(paths.root / "run.json", _json(run))
+        atomic_write(paths.root / "space.yaml", yaml.safe_dump(run["space"], sort_keys=False))
 
     before = engine.records(sweep.study, paths, req.storage) if engine.exists(sweep.study, paths, req.storage) else []
     finished = [r for r in before if r.state != "running"]
@@ -120,12 +140,16 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
     interrupted = False
     try:
         engine.run(sweep.study, space, data, paths, sweep.trials, sweep.timeout, progress,
-                   on_record=refresh, storage=req.storage, algo=req.algo)
+                   on_record=refresh, storage=req.storage, algo=req.algo,
+                   workers=0 if is_worker() else req.workers, worker_command=req.worker_command())
     except KeyboardInterrupt:
         interrupted = True  # keep what finished: rank it and export it below
     finally:
         progress.close()
     records = refresh()
+    if is_worker():  # the starting process ranks and exports once every worker is done
+        return {"study": sweep.study, "records": records, "card": None, "interrupted": interrupted,
+                "best_model": None, "worker": True}
     card = export_best(records, paths, data, run)
     write_global_leaderboard(Path(req.results))
     return {"study": sweep.study, "records": records, "card": card, "interrupted": interrupted,

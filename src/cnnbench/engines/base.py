@@ -73,14 +73,15 @@ def result_fields(result: TrialResult) -> dict[str, Any]:
 
 def run_trial(number: int, engine: str, params: dict, space: Space, data: DataBundle, paths: StudyPaths,
               should_stop: Callable[[int, float], bool] | None = None,
-              progress: Progress | None = None) -> TrialRecord:
+              progress: Progress | None = None, overrides: dict | None = None) -> TrialRecord:
     """Train the configuration ``params`` selects and describe how it ended.
 
     ``should_stop(epoch, val_accuracy)`` is the engine's pruning hook. Exceptions other than
     KeyboardInterrupt become a failed record with the reason; the caller decides whether
     the engine should see them. A completed trial's model is saved for export.
+    ``overrides`` replace config values the engine controls itself (Hyperband's epochs).
     """
-    config = space.complete(params)
+    config = {**space.complete(params), **(overrides or {})}
     record = TrialRecord(trial=number, state="running", engine=engine, params=dict(params), config=config)
     if progress:
         progress.trial_started(number, params)

@@ -7,6 +7,8 @@ leaderboard can be rebuilt from the storage alone.
 """
 from __future__ import annotations
 
+import os
+import subprocess
 import warnings
 
 import optuna
@@ -91,10 +93,17 @@ def open_study(study: str, paths: StudyPaths, space: Space, storage: str | None 
 
 def run(study: str, space: Space, data: DataBundle, paths: StudyPaths, trials: int,
         timeout_minutes: float | None, progress: Progress, on_record=None,
-        storage: str | None = None, algo: str | None = None) -> None:
-    """Run trials until ``trials`` have finished in the study (earlier runs count) or time is up."""
+        storage: str | None = None, algo: str | None = None, workers: int = 0,
+        worker_command: list[str] | None = None) -> None:
+    """Run trials until ``trials`` have finished in the study (earlier runs count) or time is up.
+
+    With ``workers`` > 0, run that many worker processes on the shared storage instead.
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     st = open_study(study, paths, space, storage, algo)
+    if workers:
+        run_workers(workers, worker_command or [])
+        return
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, space)
@@ -124,7 +133,30 @@ def run(study: str, space: Space, data: DataBundle, paths: StudyPaths, trials: i
         return
     st.optimize(objective, n_trials=None, timeout=timeout_minutes * 60 if timeout_minutes else None,
                 catch=(RuntimeError,),
-                callbacks=[optuna.study.MaxTrialsCallback(trials, states=FINISHED)])
+                callbacks=[optuna.study.MaxTrialsCallback(trials, states=FINISHED),
+                           _stop_after_failures(space.search.max_consecutive_failures)])
+
+
+def _stop_after_failures(limit: int):
+    """Stop the study when the last ``limit`` finished trials all failed: the space is broken."""
+    def callback(study: optuna.Study, _trial) -> None:
+        finished = [t for t in study.get_trials(deepcopy=False, states=FINISHED)][-limit:]
+        if len(finished) == limit and all(t.state == TrialState.FAIL for t in finished):
+            study.stop()
+    return callback
+
+
+def run_workers(workers: int, command: list[str]) -> None:
+    """``workers`` processes of the same sweep on one storage; Optuna's storage coordinates them."""
+    pool = [subprocess.Popen(command, env={**os.environ, "CNNBENCH_WORKER": str(i + 1)}) for i in range(workers)]
+    try:
+        codes = [p.wait() for p in pool]
+    except BaseException:
+        for p in pool:
+            p.terminate()
+        raise
+    if any(codes):
+        raise RuntimeError(f"optuna workers exited with codes {codes}")
 
 
 def records(study: str, paths: StudyPaths, storage: str | None = None) -> list[TrialRecord]:

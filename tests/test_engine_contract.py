@@ -1,0 +1,71 @@
+"""One contract, both engines: the smoke space through Optuna and KerasTuner must give the
+same kind of study: rows and states, resume, export, a model that loads in a fresh process."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from conftest import SPACES, run_cli
+
+ENGINES = [("optuna", "random"), ("kerastuner", "random")]
+
+
+@pytest.fixture(scope="module", params=ENGINES, ids=[e for e, _ in ENGINES])
+def study(request, tmp_path_factory, jpeg_root):
+    engine, algo = request.param
+    results = tmp_path_factory.mktemp(f"results-{engine}")
+    env = {"CNNBENCH_CIFAR10": str(jpeg_root)}
+    args = ["sweep", "--space", str(SPACES / "smoke.yaml"), "--study", f"smoke-{engine}", "--results",
+            str(results), "--engine", engine, "--algo", algo]
+    first = run_cli(*args, "--trials", "2", env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    before = pd.read_csv(results / f"smoke-{engine}" / "leaderboard.csv")
+    second = run_cli(*args, "--trials", "3", env=env)
+    assert second.returncode == 0, second.stdout + second.stderr
+    return engine, results / f"smoke-{engine}", before, results
+
+
+def test_rows_states_and_engine_column(study):
+    engine, folder, _, _ = study
+    board = pd.read_csv(folder / "leaderboard.csv")
+    assert sorted(board["trial"]) == [0, 1, 2]
+    assert set(board["engine"]) == {engine}
+    assert set(board["state"]) <= {"complete", "pruned", "failed"}
+    done = board[board["state"] == "complete"]
+    assert len(done) >= 1 and done["val_accuracy"].between(0, 1).all()
+    assert (done["epochs_run"] == 2).all() and (done["params"] > 0).all()
+    assert board["batch_norm"].dropna().isin([True, False]).all()  # booleans, not 0/1
+    assert (board["momentum"].isna() == (board["optimizer"] != "sgd")).all()
+
+
+def test_resume_keeps_earlier_trials(study):
+    _, folder, before, _ = study
+    after = pd.read_csv(folder / "leaderboard.csv").set_index("trial")
+    for _, row in before.iterrows():
+        assert after.loc[row["trial"], "val_accuracy"] == pytest.approx(row["val_accuracy"])
+        assert after.loc[row["trial"], "learning_rate"] == pytest.approx(row["learning_rate"])
+
+
+def test_export_loads_in_fresh_process(study):
+    engine, folder, _, _ = study
+    card = json.loads((folder / "best" / "model_card.json").read_text())
+    assert card["engine"] == engine
+    board = pd.read_csv(folder / "leaderboard.csv")
+    assert card["trial"] == int(board.iloc[0]["trial"])
+    code = ("import sys, numpy as np, keras\n"
+            "m = keras.models.load_model(sys.argv[1])\n"
+            "print(m.predict(np.zeros((3, 32, 32, 3), np.uint8), verbose=0).shape, m.count_params())")
+    proc = subprocess.run([sys.executable, "-c", code, str(folder / "best" / "model.keras")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == f"(3, 10) {card['params']}"
+
+
+def test_global_leaderboard_names_the_engine(study):
+    engine, folder, _, results = study
+    text = (results / "leaderboard.md").read_text()
+    assert f"| smoke-{engine} | {engine} |" in text
