@@ -129,7 +129,9 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
     before = engine.records(sweep.study, paths, req.storage) if engine.exists(sweep.study, paths, req.storage) else []
     finished = [r for r in before if r.state != "running"]
     best = max((r.val_accuracy for r in finished if r.state == "complete"), default=None)
-    progress = SweepProgress(sweep.study, sweep.trials, len(finished), best, sweep.timeout, live)
+    worker = os.environ.get("KERASTUNER_TUNER_ID") or os.environ.get("CNNBENCH_WORKER")
+    label = f"{sweep.study} worker {worker}" if worker else sweep.study
+    progress = SweepProgress(label, sweep.trials, len(finished), best, sweep.timeout, live)
 
     def refresh(_record=None) -> list:
         records = engine.records(sweep.study, paths, req.storage)

@@ -73,8 +73,7 @@ class _Runner:
 
     def run_trial(self, trial, *args, **kwargs):
         space, data, paths, progress, on_record = self.cnnbench
-        active = {k: v for k, v in trial.hyperparameters.values.items() if trial.hyperparameters.is_active(k)}
-        params, overrides = trial_values(active, space)
+        params, overrides = trial_values(trial.hyperparameters.values, space)
         # Hyperband asks for `tuner/epochs` epochs; we train them from scratch rather than
         # resuming the earlier round's weights, so every row is one self-contained training.
         record = run_trial(int(trial.trial_id), NAME, params, space, data, paths, None, progress, overrides)

@@ -1,0 +1,149 @@
+"""KerasTuner specifics: translation of the space, its own API on our folder, Hyperband's
+epoch budget, failures through its failed-trial error, distributed chief + workers, and the
+same network and accuracy through either engine."""
+from __future__ import annotations
+
+import json
+
+import keras_tuner as kt
+import numpy as np
+import pandas as pd
+import pytest
+
+from cnnbench.engines import base, kerastuner_engine, optuna_engine
+from cnnbench.engines.base import StudyPaths
+from cnnbench.space import SpaceError, load_space, parse_space
+from conftest import SPACES, run_cli
+from test_optuna_engine import Quiet, fake_train
+
+
+def test_conditions_become_conditional_scopes():
+    space = load_space(SPACES / "default.yaml")
+    hp = kerastuner_engine.hyperparameters(space)
+    names = {h.name for h in hp.space}
+    assert names == set(space.searched())
+    hp.values["optimizer"] = "adam"
+    assert not hp.is_active("momentum") and hp.is_active("learning_rate")
+    hp.values["optimizer"] = "sgd"
+    assert hp.is_active("momentum") and hp.is_active("nesterov")
+    lr = next(h for h in hp.space if h.name == "learning_rate")
+    assert (lr.min_value, lr.max_value, lr.sampling) == (3e-4, 1e-1, "log")
+
+
+def _stand_in(monkeypatch):
+    monkeypatch.setattr(base, "train_and_evaluate", fake_train)
+    monkeypatch.setattr(base, "save_model", lambda model, path: path.parent.mkdir(parents=True, exist_ok=True)
+                        or path.write_bytes(b"stand-in"))
+
+
+def _space(trials=6, optimizers=("adam", "adamw"), epochs=4, failures=5):
+    params = {"optimizer": {"type": "choice", "choices": list(optimizers)},
+              "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+              "epochs": {"type": "fixed", "value": epochs}}
+    return parse_space({"seed": 2, "budget": {"trials": trials},
+                        "search": {"max_consecutive_failures": failures}, "params": params})
+
+
+def _run(space, tmp_path, algo, trials):
+    paths = StudyPaths(tmp_path / "s")
+    paths.root.mkdir(parents=True, exist_ok=True)
+    (paths.root / "run.json").write_text(json.dumps({"space": space.model_dump(mode="json")}))
+    kerastuner_engine.run("s", space, None, paths, trials, None, Quiet(), algo=algo)
+    return paths, kerastuner_engine.records("s", paths)
+
+
+@pytest.mark.parametrize("algo", ["random", "bayesian", "hyperband"])
+def test_algorithms_respect_the_trial_budget(monkeypatch, tmp_path, algo):
+    _stand_in(monkeypatch)
+    paths, recs = _run(_space(), tmp_path, algo, 6)
+    assert len(recs) == 6 and all(r.state == "complete" for r in recs)
+    if algo == "hyperband":  # its budget is in epochs, up to the space's epochs
+        assert {r.config["epochs"] for r in recs} <= {1, 2, 4} and min(r.epochs_run for r in recs) < 4
+
+
+def test_resume_and_keras_tuners_own_api(monkeypatch, tmp_path, capsys):
+    _stand_in(monkeypatch)
+    space = _space()
+    paths, first = _run(space, tmp_path, "random", 3)
+    _, again = _run(space, tmp_path, "random", 5)
+    assert len(first) == 3 and len(again) == 5
+    assert [r.params for r in again[:3]] == [r.params for r in first]
+    # A user reloading the folder with plain KerasTuner sees the same trials.
+    tuner = kt.RandomSearch(hypermodel=lambda hp: None, objective=kt.Objective("val_accuracy", "max"),
+                            max_trials=5, directory=str(paths.root), project_name="kerastuner", overwrite=False)
+    tuner.results_summary(num_trials=5)
+    out = capsys.readouterr().out
+    best = max(r.val_accuracy for r in again)
+    assert "Results summary" in out and f"Score: {best}" in out
+    assert len(tuner.oracle.trials) == 5
+
+
+def test_failures_fail_the_trial_not_the_search(monkeypatch, tmp_path):
+    _stand_in(monkeypatch)
+    space = parse_space({"seed": 3, "search": {"max_consecutive_failures": 20}, "params": {
+        "optimizer": {"type": "choice", "choices": ["adam", "sgd"]},
+        "momentum": {"type": "float", "low": 0.8, "high": 0.9, "condition": {"optimizer": "sgd"}},
+        "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+        "epochs": {"type": "fixed", "value": 2}}})
+    _, recs = _run(space, tmp_path, "random", 8)
+    failed = [r for r in recs if r.state == "failed"]
+    assert len(recs) == 8 and failed and any(r.state == "complete" for r in recs)
+    assert all(r.fail_reason == "ValueError: sgd broken on purpose" for r in failed)
+    assert all("momentum" in r.params for r in failed) and all("momentum" not in r.params
+                                                             for r in recs if r.params["optimizer"] == "adam")
+
+
+def test_consecutive_failure_limit_stops_the_search(monkeypatch, tmp_path):
+    _stand_in(monkeypatch)
+    space = _space(optimizers=("sgd",), failures=2)
+    with pytest.raises(RuntimeError, match="consecutive failures exceeded the limit of 2"):
+        _run(space, tmp_path, "random", 6)
+
+
+def test_grid_needs_a_finite_space(tmp_path):
+    with pytest.raises(SpaceError, match="grid search needs a finite space"):
+        kerastuner_engine.make_tuner(_space(), StudyPaths(tmp_path), "grid", 3)
+    with pytest.raises(SpaceError, match="not a KerasTuner algorithm"):
+        kerastuner_engine.make_tuner(_space(), StudyPaths(tmp_path), "tpe", 3)
+
+
+def test_distributed_chief_and_two_workers(tmp_path, jpeg_root):
+    results = tmp_path / "results"
+    proc = run_cli("sweep", "--space", str(SPACES / "smoke.yaml"), "--study", "dist", "--results", str(results),
+                   "--engine", "kerastuner", "--algo", "random", "--trials", "4", "--workers", "2",
+                   env={"CNNBENCH_CIFAR10": str(jpeg_root)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    board = pd.read_csv(results / "dist" / "leaderboard.csv")
+    assert sorted(board["trial"]) == [0, 1, 2, 3]  # none lost, none duplicated
+    tuners = {json.loads(p.read_text()).get("trial_id") for p in (results / "dist" / "kerastuner").glob("trial_*/trial.json")}
+    assert len(tuners) == 4
+    logs = proc.stdout
+    assert (results / "dist" / "best" / "model.keras").exists()
+    # both workers ran trials: each worker prints its own progress lines with its tuner id
+    assert "worker tuner0" in logs and "worker tuner1" in logs
+
+
+def test_same_configuration_same_network_and_accuracy_through_both_engines(tmp_path, jpeg_root):
+    """seed.yaml's idea, shrunk: everything fixed, so both engines train trial 0 identically."""
+    space_file = tmp_path / "fixed.yaml"
+    space_file.write_text((SPACES / "smoke.yaml").read_text()
+                          .replace("{type: int, low: 1, high: 2}", "{type: fixed, value: 2}")
+                          .replace("{type: choice, choices: [8, 16]}", "{type: fixed, value: 16}")
+                          .replace("{type: choice, choices: [true, false]}", "{type: fixed, value: true}")
+                          .replace("{type: choice, choices: [adam, sgd]}", "{type: fixed, value: adam}")
+                          .replace("{type: float, low: 1.0e-3, high: 1.0e-2, log: true}", "{type: fixed, value: 3.0e-3}")
+                          .replace("  momentum:", "  # momentum:"))
+    cards = {}
+    for engine in ("optuna", "kerastuner"):
+        proc = run_cli("sweep", "--space", str(space_file), "--study", engine, "--results", str(tmp_path / "r"),
+                       "--engine", engine, "--trials", "1", env={"CNNBENCH_CIFAR10": str(jpeg_root)})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        cards[engine] = json.loads((tmp_path / "r" / engine / "best" / "model_card.json").read_text())
+    a, b = cards["optuna"], cards["kerastuner"]
+    assert a["config"] == b["config"] and a["params"] == b["params"] and a["flops_per_image"] == b["flops_per_image"]
+    import keras
+    layers = [[(l.name, l.__class__.__name__) for l in keras.models.load_model(tmp_path / "r" / e / "best" / "model.keras").layers]
+              for e in ("optuna", "kerastuner")]
+    assert layers[0] == layers[1]
+    assert a["validation"]["accuracy"] == pytest.approx(b["validation"]["accuracy"], abs=0.03)
+    assert np.isfinite(a["test"]["accuracy"])
