@@ -132,3 +132,9 @@ def test_cli_check_prints_what_is_searched():
     assert "momentum" in proc.stdout and "when optimizer = sgd" in proc.stdout
     assert "learning_rate      float 0.001..0.01 (log)" in proc.stdout
     assert "model parameters: 314 .. 5,562" in proc.stdout
+
+
+def test_fingerprint_ignores_values_left_at_default():
+    plain = parse_space({"params": {"epochs": {"type": "fixed", "value": 2}}})
+    explicit = parse_space({"search": {"sampler": "tpe"}, "params": {"epochs": {"type": "fixed", "value": 2}}})
+    assert plain.fingerprint() == explicit.fingerprint()

@@ -187,8 +187,12 @@ class Space(_Strict):
         return min(counts), max(counts)
 
     def fingerprint(self) -> str:
-        """Short hash of the validated space; equal spaces hash equal whatever their comments."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """Short hash of the validated space; equal spaces hash equal whatever their comments.
+
+        Values left at their defaults are not hashed, so a new optional field in a later
+        version of the format does not orphan existing studies.
+        """
+        canonical = json.dumps(self.model_dump(mode="json", exclude_defaults=True), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     # ---- internals ---------------------------------------------------------------------------
