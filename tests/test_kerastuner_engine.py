@@ -147,3 +147,14 @@ def test_same_configuration_same_network_and_accuracy_through_both_engines(tmp_p
     assert layers[0] == layers[1]
     assert a["validation"]["accuracy"] == pytest.approx(b["validation"]["accuracy"], abs=0.03)
     assert np.isfinite(a["test"]["accuracy"])
+
+
+def test_grid_search_enumerates_a_finite_space(monkeypatch, tmp_path):
+    _stand_in(monkeypatch)
+    space = parse_space({"seed": 2, "params": {
+        "optimizer": {"type": "choice", "choices": ["adam", "adamw"]},
+        "learning_rate": {"type": "choice", "choices": [1e-3, 1e-2]},
+        "epochs": {"type": "fixed", "value": 2}}})
+    _, recs = _run(space, tmp_path, "grid", 10)  # the grid has 4 points: it stops there
+    assert sorted((r.params["optimizer"], r.params["learning_rate"]) for r in recs) == \
+        [("adam", 1e-3), ("adam", 1e-2), ("adamw", 1e-3), ("adamw", 1e-2)]
