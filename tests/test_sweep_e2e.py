@@ -155,3 +155,15 @@ def test_ctrl_c_keeps_finished_trials_and_exports(tmp_path, jpeg_root):
     assert (rows["state"] == "complete").sum() >= 1 and len(rows) < 30
     assert (results / "interrupted" / "best" / "model.keras").exists()
     assert "run the same command again to continue" in out
+
+
+def test_two_optuna_worker_processes_share_one_study(tmp_path, jpeg_root):
+    results = tmp_path / "results"
+    proc = run_cli("sweep", "--space", str(SPACES / "smoke.yaml"), "--study", "shared", "--results", str(results),
+                   "--trials", "4", "--workers", "2", env={"CNNBENCH_CIFAR10": str(jpeg_root)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    board = pd.read_csv(results / "shared" / "leaderboard.csv")
+    assert sorted(board["trial"]) == list(range(len(board))) and 4 <= len(board) <= 5  # a racing worker may add one
+    assert (board["state"] == "complete").sum() >= 4
+    assert "shared worker 1" in proc.stdout and "shared worker 2" in proc.stdout
+    assert (results / "shared" / "best" / "model.keras").exists()

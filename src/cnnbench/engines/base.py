@@ -114,6 +114,16 @@ def run_trial(number: int, engine: str, params: dict, space: Space, data: DataBu
     return record
 
 
+def wait_all(processes: list) -> list[int]:
+    """Wait for every process and return their exit codes; on Ctrl-C or error, stop them all."""
+    try:
+        return [p.wait() for p in processes]
+    except BaseException:
+        for p in processes:
+            p.terminate()
+        raise
+
+
 def save_model(model, path: Path) -> None:
     """Save the inference graph only (no optimizer state), atomically."""
     import keras

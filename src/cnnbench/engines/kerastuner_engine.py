@@ -25,7 +25,7 @@ from pathlib import Path
 import keras_tuner as kt
 
 from cnnbench.data import DataBundle
-from cnnbench.engines.base import Progress, StudyPaths, TrialRecord, run_trial
+from cnnbench.engines.base import Progress, StudyPaths, TrialRecord, run_trial, wait_all
 from cnnbench.knobs import coerce
 from cnnbench.space import ChoiceParam, FloatParam, IntParam, Space, SpaceError
 
@@ -145,13 +145,8 @@ def _run_distributed(workers: int, command: list[str], progress: Progress) -> No
     chief = subprocess.Popen(command, env={**env, "KERASTUNER_TUNER_ID": "chief"})
     time.sleep(3)  # let the oracle bind its port before workers ask it for trials
     pool = [subprocess.Popen(command, env={**env, "KERASTUNER_TUNER_ID": f"tuner{i}"}) for i in range(workers)]
-    try:
-        codes = [p.wait() for p in pool]
-        chief_code = chief.wait(timeout=120)
-    except BaseException:
-        for p in [*pool, chief]:
-            p.terminate()
-        raise
+    # The chief serves trials until every worker has been told to stop, then exits too.
+    *codes, chief_code = wait_all([*pool, chief])
     if any(codes) or chief_code:
         raise RuntimeError(f"distributed KerasTuner: worker exit codes {codes}, chief {chief_code}")
 

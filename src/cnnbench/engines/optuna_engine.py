@@ -15,7 +15,7 @@ import optuna
 from optuna.trial import TrialState
 
 from cnnbench.data import DataBundle
-from cnnbench.engines.base import Progress, StudyPaths, TrialRecord, run_trial
+from cnnbench.engines.base import Progress, StudyPaths, TrialRecord, run_trial, wait_all
 from cnnbench.space import ChoiceParam, FloatParam, IntParam, Space, SpaceError
 
 NAME = "optuna"
@@ -148,13 +148,8 @@ def _stop_after_failures(limit: int):
 
 def run_workers(workers: int, command: list[str]) -> None:
     """``workers`` processes of the same sweep on one storage; Optuna's storage coordinates them."""
-    pool = [subprocess.Popen(command, env={**os.environ, "CNNBENCH_WORKER": str(i + 1)}) for i in range(workers)]
-    try:
-        codes = [p.wait() for p in pool]
-    except BaseException:
-        for p in pool:
-            p.terminate()
-        raise
+    codes = wait_all([subprocess.Popen(command, env={**os.environ, "CNNBENCH_WORKER": str(i + 1)})
+                      for i in range(workers)])
     if any(codes):
         raise RuntimeError(f"optuna workers exited with codes {codes}")
 
