@@ -106,3 +106,13 @@ def test_same_seed_same_suggestions(tmp_path):
     a = run(space("tpe", trials=12), tmp_path, "a")
     b = run(space("tpe", trials=12), tmp_path, "b")
     assert [r.params for r in a] == [r.params for r in b]
+
+
+def test_rdb_storage_url(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    paths = StudyPaths(tmp_path / "s")
+    optuna_engine.run("s", space("random"), None, paths, 3, None, Quiet(), storage=url)
+    assert (tmp_path / "study.db").exists() and not (paths.root / "optuna.journal").exists()
+    assert optuna_engine.exists("s", paths, url)
+    recs = optuna_engine.records("s", paths, url)
+    assert len(recs) == 3 and all(r.state == "complete" for r in recs)
