@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import keras_tuner as kt
@@ -142,8 +141,8 @@ def _free_port() -> int:
 def _run_distributed(workers: int, command: list[str], progress: Progress) -> None:
     """A chief and ``workers`` workers over loopback, each a ``cnnbench sweep`` process."""
     env = {**os.environ, "KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(_free_port())}
+    # Workers' requests wait for the chief's server to come up (gRPC wait_for_ready).
     chief = subprocess.Popen(command, env={**env, "KERASTUNER_TUNER_ID": "chief"})
-    time.sleep(3)  # let the oracle bind its port before workers ask it for trials
     pool = [subprocess.Popen(command, env={**env, "KERASTUNER_TUNER_ID": f"tuner{i}"}) for i in range(workers)]
     # The chief serves trials until every worker has been told to stop, then exits too.
     *codes, chief_code = wait_all([*pool, chief])
