@@ -15,8 +15,10 @@ SPACES = ROOT / "search_spaces"
 
 @pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory):
-    """Tests never read or write the user's decode cache."""
+    """Tests never read or write the user's decode cache, and choose their data themselves
+    (`make` exports CNNBENCH_CIFAR10, which would override every test's data path)."""
     os.environ["CNNBENCH_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ.pop("CNNBENCH_CIFAR10", None)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
