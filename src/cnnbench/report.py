@@ -60,7 +60,9 @@ def rich_table(frame: pd.DataFrame, title: str, columns: list[str] | None = None
 
 def print_leaderboard(frame: pd.DataFrame, title: str, space_params: list[str] = (), top: int | None = 10,
                       console: Console | None = None) -> None:
-    cols = TERMINAL_COLUMNS[:3] + [p for p in space_params if p in frame.columns] + TERMINAL_COLUMNS[3:]
+    # A terminal fits a handful of parameter columns; wider spaces are in leaderboard.md.
+    shown = [p for p in space_params if p in frame.columns] if len(space_params) <= 6 else []
+    cols = TERMINAL_COLUMNS[:3] + shown + TERMINAL_COLUMNS[3:]
     (console or wide_console()).print(rich_table(frame, title, cols, top))
 
 
