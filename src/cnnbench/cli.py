@@ -151,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cnnbench: interrupted", file=sys.stderr)
         return INTERRUPTED
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
