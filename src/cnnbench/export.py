@@ -9,7 +9,7 @@ import numpy as np
 
 from cnnbench.data import DataBundle
 from cnnbench.engines.base import StudyPaths, TrialRecord
-from cnnbench.results import atomic_write
+from cnnbench.results import atomic_write, json_text
 
 
 def evaluate(model, x: np.ndarray, y: np.ndarray, class_names) -> dict:
@@ -61,7 +61,7 @@ def export_best(records: list[TrialRecord], paths: StudyPaths, data: DataBundle,
     tmp = paths.best / ".model.tmp.keras"
     shutil.copyfile(source, tmp)
     tmp.replace(paths.best / "model.keras")
-    atomic_write(paths.best / "model_card.json", json.dumps(card, indent=2, default=str) + "\n")
+    atomic_write(paths.best / "model_card.json", json_text(card))
     atomic_write(paths.best / "model_card.md", card_markdown(card))
     return card
 

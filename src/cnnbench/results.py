@@ -28,6 +28,11 @@ def atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def json_text(obj) -> str:
+    """Indented JSON for the files people read (run.json, model cards)."""
+    return json.dumps(obj, indent=2, default=str) + "\n"
+
+
 def leaderboard_frame(records: list[TrialRecord], space: Space) -> pd.DataFrame:
     """One row per trial, best first: completed by validation accuracy, then pruned, then failed.
 

@@ -21,8 +21,8 @@ from cnnbench.data import load_data
 from cnnbench.engines.base import StudyPaths
 from cnnbench.export import export_best
 from cnnbench.report import SweepProgress, markdown_table, study_markdown
-from cnnbench.results import (atomic_write, leaderboard_frame, studies_frame, write_study_leaderboard,
-                              read_json)
+from cnnbench.results import (atomic_write, json_text, leaderboard_frame, read_json, studies_frame,
+                              write_study_leaderboard)
 from cnnbench.space import Space, SpaceError, load_space
 
 # The engines, by name. Each module has NAME, run(), records() and exists().
@@ -123,7 +123,7 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     paths.root.mkdir(parents=True, exist_ok=True)
     if not is_worker():  # the process that started the sweep describes it
-        atomic_write(paths.root / "run.json", _json(run))
+        atomic_write(paths.root / "run.json", json_text(run))
         atomic_write(paths.root / "space.yaml", yaml.safe_dump(run["space"], sort_keys=False))
 
     before = engine.records(sweep.study, paths, req.storage) if engine.exists(sweep.study, paths, req.storage) else []
@@ -164,9 +164,3 @@ def write_global_leaderboard(results_root: Path) -> None:
                  "# All studies, best first\n\nOne row per study under results/: its best trial by validation "
                  "accuracy and that model's test accuracy. Rewritten by every `cnnbench sweep`.\n\n"
                  + markdown_table(frame))
-
-
-def _json(obj) -> str:
-    import json
-
-    return json.dumps(obj, indent=2, default=str) + "\n"
