@@ -12,6 +12,7 @@ import time
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from cnnbench.engines.base import TrialRecord
 
@@ -117,9 +118,10 @@ class SweepProgress:
             if self.status is None:
                 self.status = self.console.status("")
                 self.status.start()
-            self.status.update(f"{self._headline()}\n  {message}")
+            # Text, not markup: "[study]" and parameter values must not be read as rich tags.
+            self.status.update(Text(f"{self._headline()}\n  {message}"))
             if not quiet_when_live:
-                self.console.log(message)
+                self.console.print(Text(f"{time.strftime('%H:%M:%S')} {message}"))
         else:
             print(f"{time.strftime('%H:%M:%S')} {self._headline()} | {message}", flush=True)
 

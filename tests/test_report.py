@@ -1,0 +1,35 @@
+"""Progress lines and tables: what people read."""
+from __future__ import annotations
+
+import pandas as pd
+from rich.console import Console
+
+from cnnbench.engines.base import TrialRecord
+from cnnbench.report import SweepProgress, markdown_table
+
+
+def test_plain_progress_lines_name_trial_of_total_best_and_epoch(capsys):
+    progress = SweepProgress("my-study", total=3, live=False)
+    progress.trial_started(0, {"learning_rate": 0.001234567})
+    progress.epoch_done(0, 2, 5, {"val_accuracy": 0.5, "loss": 1.25})
+    progress.trial_done(TrialRecord(trial=0, state="complete", engine="optuna", params={}, val_accuracy=0.61))
+    progress.trial_done(TrialRecord(trial=1, state="failed", engine="optuna", params={}, fail_reason="ValueError: x"))
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "[my-study] 1 of 3 | best val_accuracy - |" in lines[0] and "learning_rate=0.001235" in lines[0]
+    assert "trial 0 epoch 2/5: val_accuracy 0.5000" in lines[1]
+    assert "[my-study] 2 of 3 | best val_accuracy 0.6100" in lines[2] and "ETA" in lines[2]
+    assert lines[3].endswith("trial 1 failed: ValueError: x")
+
+
+def test_live_progress_shows_brackets_literally():
+    progress = SweepProgress("[study]", total=2, live=True)
+    progress.console = Console(record=True, force_terminal=True, width=200)
+    progress.trial_started(0, {"optimizer": "[adam]"})
+    progress.close()
+    assert "start trial 0: optimizer=[adam]" in progress.console.export_text()
+
+
+def test_markdown_table_escapes_pipes_and_blanks_missing():
+    frame = pd.DataFrame([{"a": "x|y", "b": None, "c": 0.123456}])
+    text = markdown_table(frame)
+    assert text.splitlines()[2] == "| x\\|y |  | 0.1235 |"
