@@ -116,3 +116,11 @@ def test_rdb_storage_url(tmp_path):
     assert optuna_engine.exists("s", paths, url)
     recs = optuna_engine.records("s", paths, url)
     assert len(recs) == 3 and all(r.state == "complete" for r in recs)
+
+
+def test_consecutive_failures_stop_the_study(tmp_path):
+    sp = parse_space({"seed": 1, "search": {"sampler": "random", "max_consecutive_failures": 2}, "params": {
+        "optimizer": {"type": "fixed", "value": "sgd"},
+        "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}}})
+    recs = run(sp, tmp_path, trials=6)
+    assert [r.state for r in recs] == ["failed", "failed"]

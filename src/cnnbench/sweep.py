@@ -56,9 +56,13 @@ class SweepRequest:
         return args
 
 
+def worker_id() -> str | None:
+    """This process's worker id when another sweep (or a person) started it to run trials only."""
+    return os.environ.get("KERASTUNER_TUNER_ID") or os.environ.get("CNNBENCH_WORKER") or None
+
+
 def is_worker() -> bool:
-    """True in a process started by another sweep (or by hand) to run trials only."""
-    return bool(os.environ.get("CNNBENCH_WORKER") or os.environ.get("KERASTUNER_TUNER_ID"))
+    return worker_id() is not None
 
 
 @dataclass
@@ -129,8 +133,7 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
     before = engine.records(sweep.study, paths, req.storage) if engine.exists(sweep.study, paths, req.storage) else []
     finished = [r for r in before if r.state != "running"]
     best = max((r.val_accuracy for r in finished if r.state == "complete"), default=None)
-    worker = os.environ.get("KERASTUNER_TUNER_ID") or os.environ.get("CNNBENCH_WORKER")
-    label = f"{sweep.study} worker {worker}" if worker else sweep.study
+    label = f"{sweep.study} worker {worker_id()}" if is_worker() else sweep.study
     progress = SweepProgress(label, sweep.trials, len(finished), best, sweep.timeout, live)
 
     def refresh(_record=None) -> list:

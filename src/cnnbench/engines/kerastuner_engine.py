@@ -118,7 +118,7 @@ def run(study: str, space: Space, data: DataBundle, paths: StudyPaths, trials: i
     if storage:
         raise SpaceError("--storage: is for the Optuna engine; KerasTuner keeps its state in the study folder")
     if workers and "KERASTUNER_TUNER_ID" not in os.environ:
-        _run_distributed(workers, worker_command or [], progress)
+        _run_distributed(workers, worker_command or [])
         return
     tuner = make_tuner(space, paths, algo or "random", trials, (space, data, paths, progress, on_record))
     role = os.environ.get("KERASTUNER_TUNER_ID")
@@ -138,7 +138,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_distributed(workers: int, command: list[str], progress: Progress) -> None:
+def _run_distributed(workers: int, command: list[str]) -> None:
     """A chief and ``workers`` workers over loopback, each a ``cnnbench sweep`` process."""
     env = {**os.environ, "KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(_free_port())}
     # Workers' requests wait for the chief's server to come up (gRPC wait_for_ready).

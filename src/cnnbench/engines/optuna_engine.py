@@ -140,7 +140,7 @@ def run(study: str, space: Space, data: DataBundle, paths: StudyPaths, trials: i
 def _stop_after_failures(limit: int):
     """Stop the study when the last ``limit`` finished trials all failed: the space is broken."""
     def callback(study: optuna.Study, _trial) -> None:
-        finished = [t for t in study.get_trials(deepcopy=False, states=FINISHED)][-limit:]
+        finished = study.get_trials(deepcopy=False, states=FINISHED)[-limit:]
         if len(finished) == limit and all(t.state == TrialState.FAIL for t in finished):
             study.stop()
     return callback
