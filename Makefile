@@ -35,7 +35,16 @@ sweep: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The PyTorch peer gets a venv of its own; if it cannot be installed the bench says so and
+# measures the rest.
+PEER_VENV := .venv-peer
+$(PEER_VENV)/.installed:
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install --quiet torch==2.13.0 numpy
+	touch $@
+
 bench: $(VENV)/.installed
+	@$(MAKE) --no-print-directory $(PEER_VENV)/.installed || echo "make bench: the PyTorch peer could not be installed; measuring without it"
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 check: $(VENV)/.installed

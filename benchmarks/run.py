@@ -1,58 +1,142 @@
 #!/usr/bin/env python3
-"""Training throughput of cnnbench's trainer path vs the PyTorch peer, side by side.
+"""``make bench``: what users run, timed beside what they could run instead.
 
-The network is ../shared/bench/torch_peer.py's "ref-net" (3 stages x 2 convs 3x3 + BN +
-ReLU, max pool, global average pool, dense 10), which is cnnbench's default knob values:
-``default_config()``. Both sides train on the same random uint8 images, batch 128, one
-warm-up pass first; rounds alternate Keras and PyTorch so machine noise hits both alike,
-and the medians over rounds are reported with their ratio.
+Side by side, in one run, rounds interleaved so machine noise hits every arm alike:
 
-    make bench                        # Keras fp32 and bf16 (+ PyTorch if .venv-peer exists)
-    make bench BENCH_ARGS="--rounds 5 --images 4096"
-    python3 -m venv .venv-peer && .venv-peer/bin/pip install torch==2.13.0 numpy   # the peer, once
+- ``cnnbench``: cnnbench's own trial path, ``train.train_and_evaluate`` on a synthetic
+  data bundle (random images), exactly as a sweep trains a trial;
+- ``keras-fit``: plain Keras ``fit`` of the same network built from the same config with
+  the built-in layers (what a hand-written Keras script does; the harness overhead);
+- ``pytorch``: the PyTorch peer ``../shared/bench/torch_peer.py`` on its own venv
+  (``.venv-peer``, which ``make bench`` creates with torch==2.13.0 when it is missing).
+
+The network is ref-net (3 stages x 2 convs 3x3 + BN + ReLU, max pool, global average
+pool, dense 10; Adam 1e-3; batch 128): cnnbench's knob defaults. Each arm runs in a fresh
+process, warms up on one pass, then times one pass; images/s are wall time of the timed
+pass. fp32 always; bf16 only where the CPU computes it natively (else a line says why).
+
+Also the per-trial fixed cost (process start + imports, model build, first-epoch tracing)
+and its share of a one-epoch trial of the default space's first configuration.
+
+Results: ``results/bench/<cpu>-<date>.json`` and a table in ``results/bench/README.md``.
+
+    make bench                                   # 3 rounds of 4,096 images
+    make bench BENCH_ARGS="--rounds 5 --images 8192"
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
+import re
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import cnnbench  # noqa: E402,F401  (prepares the environment: oneDNN, quiet start)
+from cnnbench import provenance, runtime  # noqa: E402
+
 PEER = ROOT.parent / "shared" / "bench" / "torch_peer.py"
 PEER_PYTHON = ROOT / ".venv-peer" / "bin" / "python"
+OUT = ROOT / "results" / "bench"
+PRECISIONS = {"fp32": "float32", "bf16": "mixed_bfloat16"}
 
 
-def keras_images_per_s(precision: str, images: int, batch: int) -> float:
-    """Train the ref-net for one pass over ``images`` random images; return images/s."""
-    import keras
-    import numpy as np
-
-    from cnnbench.knobs import default_config
-    from cnnbench.model import build_model
-
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (images, 32, 32, 3), dtype=np.uint8)
-    y = keras.utils.to_categorical(rng.integers(0, 10, images), 10)
-    model = build_model({**default_config(), "precision": precision})
-    model.compile(keras.optimizers.Adam(1e-3), "categorical_crossentropy")
-    model.fit(x[: batch * 8], y[: batch * 8], batch_size=batch, verbose=0)  # warm-up: tracing
-    start = time.perf_counter()
-    model.fit(x, y, batch_size=batch, verbose=0)
-    return images / (time.perf_counter() - start)
+def _in_fresh_process(function: str, *args) -> dict:
+    """Run ``arms.<function>(*args)`` in a new Python process; its last stdout line is JSON."""
+    code = f"import arms, json; print(json.dumps(arms.{function}(*{args!r})))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "benchmarks", capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"{function}{args} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def peer_images_per_s(precision: str, images: int, batch: int) -> float | None:
-    if not PEER_PYTHON.exists():
-        return None
+def _peer(precision: str, images: int, batch: int) -> dict:
     out = subprocess.run([str(PEER_PYTHON), str(PEER), "--precision", precision, "--images", str(images),
-                          "--batch", str(batch)], capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["images_per_s"]
+                          "--batch", str(batch)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def throughput_table(rounds: int, images: int, batch: int) -> tuple[list[dict], list[str]]:
+    cpu = runtime.cpu()
+    precisions = ["fp32"] + (["bf16"] if cpu.native_bf16 else [])
+    notes = [] if cpu.native_bf16 else [
+        f"bf16 skipped: this CPU ({cpu.model}) has none of {', '.join(runtime.NATIVE_BF16_FLAGS)}, "
+        "so bf16 would be emulated (several times slower than fp32)"]
+    if not PEER_PYTHON.exists():
+        notes.append("PyTorch peer skipped: .venv-peer is missing (make bench creates it)")
+    runs: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for precision in precisions:
+            policy = PRECISIONS[precision]
+            arms = [(f"cnnbench {precision}", lambda: _in_fresh_process("cnnbench_trial", policy, images, batch)),
+                    (f"keras-fit {precision}", lambda: _in_fresh_process("keras_fit", policy, images, batch))]
+            if PEER_PYTHON.exists():
+                arms.append((f"pytorch {precision}", lambda: _peer(precision, images, batch)))
+            for name, measure in arms:
+                runs.setdefault(name, []).append(measure()["images_per_s"])
+    rows = []
+    for name, values in runs.items():
+        arm, precision = name.split()
+        rows.append({"run": name, "arm": arm, "precision": precision,
+                     "images_per_s": round(statistics.median(values), 1), "rounds": [round(v, 1) for v in values]})
+    for row in rows:
+        peer = next((r for r in rows if r["arm"] == "pytorch" and r["precision"] == row["precision"]), None)
+        fit = next((r for r in rows if r["arm"] == "keras-fit" and r["precision"] == row["precision"]), None)
+        row["vs_pytorch"] = round(row["images_per_s"] / peer["images_per_s"], 2) if peer else None
+        row["vs_keras_fit"] = round(row["images_per_s"] / fit["images_per_s"], 2) if fit else None
+    return rows, notes
+
+
+def fixed_cost() -> dict:
+    """Seconds a trial pays before its first useful step, and their share of one epoch."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import cnnbench.train, keras, tensorflow"], check=True,
+                   capture_output=True)
+    imports = time.perf_counter() - started
+    measured = _in_fresh_process("default_trial_costs")
+    per_trial = imports + measured["build_seconds"] + measured["tracing_seconds"]
+    return {"process_and_imports_s": round(imports, 2), **measured,
+            "fixed_seconds": round(per_trial, 2),
+            "share_of_one_epoch_trial": round(per_trial / (per_trial + measured["epoch_seconds"]), 4)}
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def write_results(report: dict) -> Path:
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{slug(report['cpu']['model'])}-{report['date']}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    lines = [f"## {report['cpu']['model']}, {report['cpu']['cores']} cores, {report['date']}", "",
+             f"`{report['command']}`; CPU flags: {' '.join(report['cpu']['flags'])}; oneDNN "
+             f"{'on' if report['tensorflow']['onednn'] else 'off'}; intra-op threads "
+             f"{report['tensorflow']['intra_op_threads']}, inter-op {report['tensorflow']['inter_op_threads']}; "
+             f"code {report['git_revision']}; {report['images']} images, batch {report['batch']}, medians of "
+             f"{report['rounds']} interleaved rounds. Raw: `{path.relative_to(ROOT)}`.", "",
+             "| run | images/s | rounds | vs PyTorch | vs plain Keras fit |", "|---|---|---|---|---|"]
+    for r in report["throughput"]:
+        lines.append(f"| {r['run']} | {r['images_per_s']} | {', '.join(map(str, r['rounds']))} | "
+                     f"{r['vs_pytorch'] or '-'} | {r['vs_keras_fit'] or '-'} |")
+    lines += [f"- {n}" for n in report["notes"]]
+    fc = report["fixed_cost"]
+    lines += ["", f"Per-trial fixed cost ({fc['network']}): process start and imports {fc['process_and_imports_s']} s, "
+              f"model build {fc['build_seconds']} s, first-epoch tracing {fc['tracing_seconds']} s; "
+              f"{fc['fixed_seconds']} s in all, {fc['share_of_one_epoch_trial']:.1%} of a one-epoch trial "
+              f"({fc['epoch_seconds']} s of training on {fc['train_images']:,} images).", ""]
+    readme = OUT / "README.md"
+    header = ("# make bench\n\nEach section is one `make bench` run (newest first), written by "
+              "`benchmarks/run.py`; the JSON beside it holds every figure. See the script's docstring for "
+              "what each arm runs.\n\n")
+    old = readme.read_text().split("\n## ", 1)[1] if readme.exists() and "\n## " in readme.read_text() else ""
+    readme.write_text(header + "\n".join(lines) + ("\n## " + old if old else ""))
+    return path
 
 
 def main() -> None:
@@ -61,27 +145,23 @@ def main() -> None:
     p.add_argument("--images", type=int, default=4096)
     p.add_argument("--batch", type=int, default=128)
     a = p.parse_args()
-    runs: dict[str, list[float]] = {}
-    for _ in range(a.rounds):
-        for precision, policy in (("fp32", "float32"), ("bf16", "mixed_bfloat16")):
-            # each Keras measurement in a fresh process: no graph or allocator state carried over
-            code = (f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import run; "
-                    f"print(run.keras_images_per_s({policy!r}, {a.images}, {a.batch}))")
-            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-            runs.setdefault(f"keras-{precision}", []).append(float(out.strip().splitlines()[-1]))
-            peer = peer_images_per_s(precision, a.images, a.batch)
-            if peer is not None:
-                runs.setdefault(f"torch-{precision}", []).append(peer)
-    medians = {k: round(statistics.median(v), 1) for k, v in runs.items()}
-    for name, values in runs.items():
-        print(json.dumps({"run": name, "images_per_s_median": medians[name], "rounds": [round(v, 1) for v in values],
-                          "images": a.images, "batch": a.batch, "net": "ref-net-w32"}))
-    base = medians["keras-fp32"]
-    print("ratios to keras-fp32 (median images/s): "
-          + ", ".join(f"{k} {v / base:.2f}x" for k, v in medians.items()))
-    if PEER_PYTHON.exists() is False:
-        print("(PyTorch peer not installed: python3 -m venv .venv-peer && "
-              ".venv-peer/bin/pip install torch==2.13.0 numpy)")
+    rows, notes = throughput_table(a.rounds, a.images, a.batch)
+    report = {"date": time.strftime("%Y-%m-%d"), "command": "make bench " + " ".join(sys.argv[1:]),
+              "cpu": runtime.cpu().describe(), "tensorflow": runtime.configure_tensorflow(),
+              "versions": provenance.versions(), "git_revision": provenance.git_revision(),
+              "images": a.images, "batch": a.batch, "rounds": a.rounds, "net": "ref-net-w32",
+              "throughput": rows, "notes": notes, "fixed_cost": fixed_cost()}
+    path = write_results(report)
+    print(f"CPU: {report['cpu']['model']} ({report['cpu']['cores']} cores; {' '.join(report['cpu']['flags'])})")
+    for r in rows:
+        print(f"  {r['run']:<16} {r['images_per_s']:>8.1f} images/s  rounds {r['rounds']}  "
+              f"vs pytorch {r['vs_pytorch'] or '-'}  vs keras-fit {r['vs_keras_fit'] or '-'}")
+    for n in notes:
+        print(f"  {n}")
+    fc = report["fixed_cost"]
+    print(f"  per-trial fixed cost {fc['fixed_seconds']} s = {fc['share_of_one_epoch_trial']:.1%} of a one-epoch "
+          f"trial of the default space")
+    print(f"written: {path} and {OUT / 'README.md'}")
 
 
 if __name__ == "__main__":

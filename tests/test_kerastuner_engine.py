@@ -158,3 +158,14 @@ def test_grid_search_enumerates_a_finite_space(monkeypatch, tmp_path):
     _, recs = _run(space, tmp_path, "grid", 10)  # the grid has 4 points: it stops there
     assert sorted((r.params["optimizer"], r.params["learning_rate"]) for r in recs) == \
         [("adam", 1e-3), ("adam", 1e-2), ("adamw", 1e-3), ("adamw", 1e-2)]
+
+
+@pytest.mark.parametrize("algo", ["random", "bayesian", "hyperband"])
+def test_start_with_runs_known_good_configurations_first_and_once(monkeypatch, tmp_path, algo):
+    _stand_in(monkeypatch)
+    known = [{"optimizer": "adamw", "learning_rate": 0.01}, {"optimizer": "adam", "learning_rate": 0.003}]
+    space = parse_space({**_space().model_dump(mode="json", exclude_defaults=True), "start_with": known})
+    _, first = _run(space, tmp_path, algo, 3)
+    assert [r.params for r in first[:2]] == known
+    _, again = _run(space, tmp_path, algo, 5)  # resumed: not handed out again
+    assert len(again) == 5 and sum(r.params in known for r in again) == 2

@@ -53,3 +53,89 @@ def test_bf16_policy_builds_with_float32_output():
 def test_impossible_architecture_is_named():
     with pytest.raises(ArchitectureError, match="too many poolings"):
         architecture_stats({**default_config(), "stages": 6})
+
+
+def keras_flops(model) -> int:
+    """Conv and dense FLOPs per image read off the built Keras model (2 x multiply-adds)."""
+    total = 0
+    for layer in model.layers:
+        kind = layer.__class__.__name__
+        if kind == "Conv2D":
+            kh, kw, cin, cout = layer.kernel.shape
+            _, h, w, _ = layer.output.shape
+            total += 2 * kh * kw * cin * cout * h * w
+        elif kind == "Dense":
+            cin, cout = layer.kernel.shape
+            total += 2 * cin * cout
+    return total
+
+
+FAST_RECIPES = {
+    "airbench-like": dict(stem="whiten", widths="64-128-128", pool_after="first_conv", bn_scale=False,
+                          dirac_init=True, activation="gelu", head="global_max", logit_scale=1 / 9),
+    "resnet9-like": dict(stages=3, convs_per_stage=1, widths="32-64-128", residual=True, head="global_max"),
+    "residual with valid convs": dict(stages=2, padding="valid", residual=True, kernel_size=5),
+    "first-conv pooling, tutorial tail": dict(stages=3, pool_after="first_conv", pool_last_stage=False,
+                                              head="flatten", dense_units=32, stem="whiten"),
+}
+
+
+@pytest.mark.parametrize("name", list(FAST_RECIPES))
+def test_fast_recipe_knobs_match_the_paper_count(name):
+    config = {**default_config(), **FAST_RECIPES[name]}
+    model = build_model(config)
+    stats = architecture_stats(config)
+    assert model.count_params() == stats.params
+    assert keras_flops(model) == stats.flops
+    probs = model.predict(np.zeros((2, 40, 36, 3), np.uint8), verbose=0)
+    assert probs.shape == (2, 10)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-4)
+
+
+def test_widths_must_name_every_stage():
+    with pytest.raises(ArchitectureError, match="names 2 stage"):
+        architecture_stats({**default_config(), "stages": 3, "widths": "16-32"})
+
+
+def test_whitening_filters_whiten_the_patches():
+    from cnnbench.model import whitening_filters
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(200, 8, 8, 3))
+    images = base + 0.8 * np.roll(base, 1, axis=2)  # neighbouring pixels correlated, like photos
+    kernel = whitening_filters(images, eps=0.0)
+    patches = np.lib.stride_tricks.sliding_window_view(images, (2, 2), axis=(1, 2))
+    patches = patches.transpose(0, 1, 2, 4, 5, 3).reshape(-1, 12)
+    responses = patches @ kernel.reshape(12, 24)[:, :12]
+    np.testing.assert_allclose(np.cov(responses, rowvar=False, bias=True), np.eye(12), atol=0.05)
+    np.testing.assert_allclose(kernel.reshape(12, 24)[:, 12:], -kernel.reshape(12, 24)[:, :12])
+
+
+def test_dirac_init_passes_channels_through():
+    config = {**default_config(), "stages": 1, "convs_per_stage": 2, "base_filters": 8, "batch_norm": False,
+              "dirac_init": True}
+    model = build_model(config)
+    second = model.get_layer("stage1_conv2").kernel.numpy()
+    expected = np.zeros((3, 3, 8, 8), np.float32)
+    for c in range(8):
+        expected[1, 1, c, c] = 1.0
+    np.testing.assert_array_equal(second, expected)
+
+
+def test_fused_batch_norm_computes_what_the_builtin_layer_does():
+    import keras
+
+    from cnnbench.fused import FusedBatchNormalization
+
+    x = np.random.default_rng(0).normal(2.0, 3.0, (16, 6, 6, 4)).astype(np.float32)
+    for scale in (True, False):
+        plain = keras.layers.BatchNormalization(momentum=0.6, scale=scale)
+        fused = FusedBatchNormalization(momentum=0.6, scale=scale)
+        plain.build(x.shape), fused.build(x.shape)
+        fused.set_weights(plain.get_weights())
+        np.testing.assert_allclose(fused(x, training=True), plain(x, training=True), atol=1e-4)
+        # moving statistics move the same way (the fused kernel's variance is the unbiased one)
+        np.testing.assert_allclose(fused.moving_mean, plain.moving_mean, atol=1e-5)
+        np.testing.assert_allclose(fused.moving_variance, plain.moving_variance, rtol=0.02)
+        np.testing.assert_allclose(fused(x, training=False), plain(x, training=False), atol=0.02)
+        assert len(fused.get_weights()) == len(plain.get_weights())

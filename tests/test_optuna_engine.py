@@ -5,6 +5,8 @@ TensorFlow training); everything around it, run_trial and the storage included, 
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -124,3 +126,40 @@ def test_consecutive_failures_stop_the_study(tmp_path):
         "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}}})
     recs = run(sp, tmp_path, trials=6)
     assert [r.state for r in recs] == ["failed", "failed"]
+
+
+def test_start_with_runs_known_good_configurations_first_and_once(tmp_path):
+    known = [{"optimizer": "adamw", "learning_rate": 0.01}, {"optimizer": "adam", "learning_rate": 0.003}]
+    sp = parse_space({**space("random").model_dump(mode="json", exclude_defaults=True), "start_with": known})
+    first = run(sp, tmp_path, trials=3)
+    assert [r.params for r in first[:2]] == known
+    again = run(sp, tmp_path, trials=5)  # resumed: the known-good ones are not queued again
+    assert [r.params for r in again[:3]] == [r.params for r in first]
+    assert sum(r.params in known for r in again) == 2
+
+
+def test_deadline_stops_a_trial_that_cannot_finish(tmp_path):
+    from cnnbench import runtime
+    from cnnbench.deadline import Deadline, ThroughputLog
+
+    log = ThroughputLog(tmp_path / "throughput.json")
+    log.add(runtime.resolve_precision("auto"), 1e9)  # 1 GFLOP/s: a CIFAR-sized trial takes hours
+    data = _bundle()
+    paths = StudyPaths(tmp_path / "late")
+    optuna_engine.run("late", space("random", trials=3), data, paths, 3, None, Quiet(),
+                      deadline=Deadline(time.time() + 60, log))
+    recs = optuna_engine.records("late", paths)
+    assert len(recs) == 1 and recs[0].state == "failed"
+    assert recs[0].fail_reason.startswith("not started: forecast")
+
+
+def _bundle():
+    from cnnbench.data import synthetic_bundle
+
+    return synthetic_bundle(45_000, n_val=5_000, image_size=8)
+
+
+def test_pruners_hear_progress_in_tenths_of_each_trials_own_schedule():
+    assert [list(optuna_engine.progress_steps(e, 4)) for e in range(1, 5)] == [[1, 2], [3, 4, 5], [6, 7], [8, 9, 10]]
+    assert [list(optuna_engine.progress_steps(e, 20)) for e in (1, 2, 20)] == [[], [1], [10]]
+    assert list(optuna_engine.progress_steps(1, 1)) == list(range(1, 11))

@@ -33,3 +33,20 @@ def test_markdown_table_escapes_pipes_and_blanks_missing():
     frame = pd.DataFrame([{"a": "x|y", "b": None, "c": 0.123456}])
     text = markdown_table(frame)
     assert text.splitlines()[2] == "| x\\|y |  | 0.1235 |"
+
+
+def test_progress_frame_orders_by_finish_and_tracks_the_best_completed_trial(tmp_path):
+    from cnnbench.plots import time_to_accuracy
+    from cnnbench.results import progress_frame
+
+    t0 = 1000.0
+    recs = [TrialRecord(trial=0, state="complete", engine="optuna", params={}, val_accuracy=0.80, finished_at=t0 + 600),
+            TrialRecord(trial=2, state="pruned", engine="optuna", params={}, val_accuracy=0.90, finished_at=t0 + 660),
+            TrialRecord(trial=1, state="complete", engine="optuna", params={}, val_accuracy=0.85, finished_at=t0 + 900),
+            TrialRecord(trial=3, state="running", engine="optuna", params={})]
+    frame = progress_frame(recs, t0)
+    assert list(frame["trial"]) == [0, 2, 1]
+    assert list(frame["minutes"]) == [10.0, 11.0, 15.0]
+    assert list(frame["best_val_accuracy"]) == [0.80, 0.80, 0.85]  # a pruned trial is never exported
+    png = time_to_accuracy(frame, tmp_path / "progress.png", "test", test_accuracy=0.84, export_minutes=16.0)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

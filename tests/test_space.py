@@ -98,6 +98,26 @@ BAD = {
                           "params", "too many poolings"),
     "missing type": ({"params": {"epochs": {"value": 3}}}, "params.epochs", "missing 'type'"),
     "bad type": ({"params": {"epochs": {"type": "integer", "low": 1, "high": 3}}}, "params.epochs", "'type' must be"),
+    "start_with unknown parameter": ({**MINIMAL, "start_with": [{"learning_rte": 1e-3}]},
+                                     "start_with[0].learning_rte", "not a parameter of this space"),
+    "start_with value out of range": ({**MINIMAL, "start_with": [{"learning_rate": 0.5}]},
+                                      "start_with[0].learning_rate", "0.5 is not in 0.0001..0.01"),
+    "start_with missing a searched value": ({"params": {**MINIMAL["params"], "flip": {
+        "type": "choice", "choices": [True, False]}}, "start_with": [{"learning_rate": 1e-3}]},
+        "start_with[0]", "no value for flip"),
+    "start_with names a fixed parameter": ({"params": {**MINIMAL["params"], "epochs": {"type": "fixed", "value": 2}},
+                                            "start_with": [{"learning_rate": 1e-3, "epochs": 2}]},
+                                           "start_with[0].epochs", "is fixed in this space"),
+    "start_with value whose condition fails": ({"params": {
+        "optimizer": {"type": "choice", "choices": ["adam", "sgd"]},
+        "momentum": {"type": "float", "low": 0.8, "high": 0.9, "condition": {"optimizer": "sgd"}}},
+        "start_with": [{"optimizer": "adam", "momentum": 0.85}]}, "start_with[0].momentum", "does not hold"),
+    "start_with boolean for a number": ({"params": {"stages": {"type": "choice", "choices": [1, 2]}},
+                                         "start_with": [{"stages": True}]}, "start_with[0].stages", "not one of"),
+    "widths for the wrong number of stages": ({"params": {"widths": {"type": "fixed", "value": "16-32"}}},
+                                              "params", "names 2 stage(s), but stages is 3"),
+    "widths not a list of numbers": ({"params": {"widths": {"type": "choice", "choices": ["64-x"]}}},
+                                     "params.widths", "not a list of widths"),
     "not a mapping": ("- just\n- a list\n", "", "must be a mapping"),
     "bad yaml": ("params: {epochs: [1, 2\n", "", "not valid YAML"),
 }
@@ -138,3 +158,10 @@ def test_fingerprint_ignores_values_left_at_default():
     plain = parse_space({"params": {"epochs": {"type": "fixed", "value": 2}}})
     explicit = parse_space({"search": {"sampler": "tpe"}, "params": {"epochs": {"type": "fixed", "value": 2}}})
     assert plain.fingerprint() == explicit.fingerprint()
+
+
+def test_epoch_options_follow_what_the_space_allows():
+    assert parse_space({"params": {"epochs": {"type": "fixed", "value": 5}}}).epoch_options() == []
+    assert parse_space({"params": {"epochs": {"type": "int", "low": 4, "high": 10, "step": 2}}}).epoch_options() \
+        == [4, 6, 8, 10]
+    assert parse_space({"params": {"epochs": {"type": "choice", "choices": [12, 3]}}}).epoch_options() == [3, 12]

@@ -64,3 +64,65 @@ def test_prune_stops_training_and_reports_how_far_it_got():
     with pytest.raises(PruneTrial) as pruned:
         train_and_evaluate(config, _tiny_data(), stop_after_two, seed=0)
     assert pruned.value.result.epochs_run == 2 and pruned.value.result.model is None
+
+
+def test_warmup_then_linear_schedule_is_one_cycle_ending_at_zero():
+    from cnnbench.optim import WARMUP_START, lr_multiplier
+
+    share = [float(lr_multiplier(step, 100, "linear", 0.2)) for step in (0, 10, 20, 60, 100)]
+    assert share[0] == pytest.approx(WARMUP_START) and share[1] == pytest.approx((WARMUP_START + 1) / 2)
+    assert share[2] == pytest.approx(1.0) and share[3] == pytest.approx(0.5) and share[4] == pytest.approx(0.0)
+    assert float(lr_multiplier(100, 100, "cosine", 0.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(lr_multiplier(70, 100, "step", 0.0)) == pytest.approx(0.1)
+    assert float(lr_multiplier(50, 100, "constant", 0.0)) == 1.0
+
+
+def test_bias_lr_scale_moves_batch_norm_shifts_that_much_faster():
+    import keras
+
+    from cnnbench.model import build_model
+    from cnnbench.optim import make_optimizer
+
+    data = _tiny_data()
+    y = np.eye(3, dtype=np.float32)[data.y_train[:20]]
+    moved = {}
+    for scale in (1.0, 8.0):
+        config = {**default_config(), "stages": 1, "base_filters": 4, "optimizer": "sgd", "momentum": 0.0,
+                  "learning_rate": 0.01, "weight_decay": 0.0, "bias_lr_scale": scale}
+        keras.utils.set_random_seed(0)
+        model = build_model(config, num_classes=3, image_size=16)
+        model.compile(make_optimizer(config, 1, model), "categorical_crossentropy")
+        beta, kernel = model.get_layer("stage1_conv1_bn").beta, model.get_layer("stage1_conv1").kernel
+        before = beta.numpy().copy(), kernel.numpy().copy()
+        model.train_on_batch(data.x_train[:20], y)
+        moved[scale] = beta.numpy() - before[0], kernel.numpy() - before[1]
+    np.testing.assert_allclose(moved[8.0][0], 8.0 * moved[1.0][0], rtol=1e-3, atol=1e-7)
+    np.testing.assert_allclose(moved[8.0][1], moved[1.0][1], rtol=1e-3, atol=1e-7)  # the rest as before
+
+
+def test_tta_and_ema_model_is_exported_float32_mirror_averaged_and_loads_in_safe_mode(tmp_path):
+    import subprocess
+    import sys
+
+    from cnnbench.engines.base import save_model
+
+    config = {**default_config(), "stages": 2, "base_filters": 8, "epochs": 2, "batch_size": 20,
+              "learning_rate": 1e-2, "tta": True, "ema": 0.9, "stem": "whiten", "precision": "mixed_bfloat16"}
+    result = train_and_evaluate(config, _tiny_data(), seed=0)
+    assert result.precision == "mixed_bfloat16" and result.model.name == "cnnbench_tta"
+    images = _tiny_data().x_val[:4]
+    probs = result.model.predict(images, verbose=0)
+    mirrored = result.model.predict(images[:, :, ::-1], verbose=0)
+    np.testing.assert_allclose(probs, mirrored, atol=1e-5)  # the average of an image and its mirror
+    path = tmp_path / "model.keras"
+    save_model(result.model, path)
+    np.save(tmp_path / "x.npy", images)
+    code = ("import sys, numpy as np, keras\n"
+            "m = keras.models.load_model(sys.argv[1], safe_mode=True)\n"
+            "dtypes = {l.compute_dtype for l in m.layers[1].layers if hasattr(l, 'compute_dtype')}\n"
+            "np.save(sys.argv[2], m.predict(np.load(sys.argv[3]), verbose=0)); print(sorted(dtypes))")
+    proc = subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "p.npy"), str(tmp_path / "x.npy")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "bfloat16" not in proc.stdout  # exported in float32 whatever it trained in
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), probs, atol=1e-5)

@@ -12,11 +12,9 @@ import os
 import sys
 from pathlib import Path
 
-# TensorFlow's C++ start-up chatter buries our output; errors still show.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-from cnnbench.data import DataError  # noqa: E402
-from cnnbench.space import SpaceError  # noqa: E402
+from cnnbench import runtime  # first: it prepares the environment before TensorFlow loads
+from cnnbench.data import DataError
+from cnnbench.space import SpaceError
 
 BAD_INPUT, INTERRUPTED = 2, 130
 
@@ -26,6 +24,11 @@ def cmd_check(args) -> int:
     from cnnbench.space import load_space
 
     space = load_space(args.space)
+    if args.measure:
+        from cnnbench.deadline import measure
+
+        print(f"measuring training speed here ({space.source}, two short epochs on random images)...")
+        print(f"  {measure(space) / 1e9:.0f} GFLOP/s")
     print(check_summary(space))
     return 0
 
@@ -124,6 +127,8 @@ def parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check", help="validate a space file and print what it searches")
     c.add_argument("space")
+    c.add_argument("--measure", action="store_true",
+                   help="first measure this machine's training speed, for the time-per-trial forecast")
     c.set_defaults(func=cmd_check)
 
     lb = sub.add_parser("leaderboard", help="print a study's leaderboard, or all studies")
@@ -143,6 +148,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    runtime.pin_from_environment()  # a worker started by a sweep keeps to its share of the cores
     try:
         return args.func(args)
     except (SpaceError, DataError) as e:

@@ -53,6 +53,15 @@ class DataBundle:
         return sample.mean(axis=(0, 1, 2)).tolist(), sample.var(axis=(0, 1, 2)).tolist()
 
 
+def synthetic_bundle(n_train: int, n_val: int = 256, image_size: int = 32, seed: int = 0) -> DataBundle:
+    """Random uint8 images and labels shaped like CIFAR-10: for timing, never for accuracy."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (n_train + n_val, image_size, image_size, 3), dtype=np.uint8)
+    y = rng.integers(0, len(CIFAR10_CLASSES), n_train + n_val).astype(np.int64)
+    return DataBundle(x[:n_train], y[:n_train], x[n_train:], y[n_train:], x[n_train:], y[n_train:],
+                      CIFAR10_CLASSES, "synthetic", "-")
+
+
 def cache_dir() -> Path:
     root = os.environ.get("CNNBENCH_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "cnnbench")

@@ -52,10 +52,11 @@ def export_best(records: list[TrialRecord], paths: StudyPaths, data: DataBundle,
         "test": test,
         "params": best.model_params, "flops_per_image": best.flops,
         "training": {"epochs_run": best.epochs_run, "train_seconds": best.train_seconds,
-                     "images_per_s": best.images_per_s, "train_images": int(len(data.y_train))},
+                     "images_per_s": best.images_per_s, "train_images": int(len(data.y_train)),
+                     "precision": best.precision},
         "data": {"source": data.source, "fingerprint": data.fingerprint},
         **{k: run.get(k) for k in ("space_file", "space_hash", "space", "seed", "versions", "git_revision",
-                                   "command")},
+                                   "command", "machine")},
     }
     paths.best.mkdir(parents=True, exist_ok=True)
     tmp = paths.best / ".model.tmp.keras"
@@ -80,6 +81,7 @@ def card_markdown(card: dict) -> str:
         f"code {card['git_revision']}",
         f"- Made by: `{card['command']}`",
         f"- Versions: " + ", ".join(f"{k} {v}" for k, v in (card['versions'] or {}).items()),
+        f"- Trained on: {_machine_line(card.get('machine'))}, precision {card['training'].get('precision')}",
         "", "Load it anywhere with plain Keras: `keras.models.load_model(\"model.keras\")`; it takes uint8 RGB.",
         "", "## Hyperparameters", "", "| knob | value |", "|---|---|",
         *[f"| {k} | {v} |" for k, v in card["config"].items()],
@@ -90,6 +92,14 @@ def card_markdown(card: dict) -> str:
         *[f"| {n} | " + " | ".join(map(str, row)) + " |" for n, row in zip(names, card["test"]["confusion_matrix"])],
     ]
     return "\n".join(lines) + "\n"
+
+
+def _machine_line(machine: dict | None) -> str:
+    if not machine:
+        return "unknown machine"
+    cpu = machine.get("cpu", {})
+    return (f"{cpu.get('model')} ({cpu.get('cores')} cores; {' '.join(cpu.get('flags', []))}), oneDNN "
+            f"{'on' if machine.get('onednn') else 'off'}, {machine.get('intra_op_threads')} intra-op threads")
 
 
 def load_card(model_path: Path) -> dict:

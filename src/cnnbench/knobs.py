@@ -7,6 +7,8 @@ defines what a knob means.
 """
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +21,7 @@ class Knob:
     choices: tuple = ()             # allowed values for str knobs
     minimum: float | None = None    # inclusive lower bound for numbers
     below: float | None = None      # exclusive upper bound for numbers
+    check: Callable[[Any], str | None] | None = None  # any further rule; returns the problem
 
     def problem(self, value: Any) -> str | None:
         """Why ``value`` is not a valid setting of this knob, or None when it is."""
@@ -34,44 +37,84 @@ class Knob:
             return f"{value!r} is below the minimum {self.minimum}"
         if self.below is not None and value >= self.below:
             return f"{value!r} must be below {self.below}"
-        return None
+        return self.check(value) if self.check else None
+
+
+def _widths_problem(value: str) -> str | None:
+    if value and not re.fullmatch(r"[1-9][0-9]{0,4}(-[1-9][0-9]{0,4})*", value):
+        return f"{value!r} is not a list of widths like '64-128-256' (positive numbers joined by '-')"
+    return None
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else f"{value!r} must be above 0"
 
 
 KNOBS: dict[str, Knob] = {
     # --- architecture -------------------------------------------------------------------
-    "stages": Knob(int, 3, "conv stages; each ends with a 2x2 pooling (halves the size)", minimum=1),
-    "convs_per_stage": Knob(int, 2, "conv layers in each stage", minimum=1),
+    "stem": Knob(str, "none", "what the image meets first: nothing, or 'whiten': a frozen 2x2 conv whose 24 "
+                 "filters whiten the training images' 2x2 patches (their PCA, +/-; airbench), then the activation",
+                 ("none", "whiten")),
+    "stages": Knob(int, 3, "conv stages; each has one 2x2 pooling (halves the size)", minimum=1),
+    "convs_per_stage": Knob(int, 2, "conv layers in each stage (before any residual unit)", minimum=1),
     "base_filters": Knob(int, 32, "filters in the first stage", minimum=1),
     "filter_growth": Knob(float, 2.0, "filters multiply by this from one stage to the next", minimum=1.0),
     "max_filters": Knob(int, 512, "cap on filters in any stage", minimum=1),
+    "widths": Knob(str, "", "filters of each stage, e.g. '64-256-256' (one per stage); when set, base_filters, "
+                   "filter_growth and max_filters are not used", check=_widths_problem),
     "kernel_size": Knob(int, 3, "conv kernel side, pixels", minimum=1),
     "padding": Knob(str, "same", "conv padding: 'valid' shrinks each side by kernel_size-1", ("same", "valid")),
+    "pool_after": Knob(str, "last_conv", "where each stage's pooling sits: after its last conv (VGG), or after "
+                       "its first, so the stage's other convs run on a quarter of the pixels (ResNet-9, airbench)",
+                       ("last_conv", "first_conv")),
+    "residual": Knob(bool, False, "a residual unit after each stage's pooling: its input plus two more 3x3 "
+                     "'same' convs of the stage's width (ResNet-9)"),
     "batch_norm": Knob(bool, True, "batch norm after every conv (the conv then has no bias)"),
+    "bn_scale": Knob(bool, True, "batch norm learns a per-channel scale as well as a shift (airbench: no)"),
+    "bn_momentum": Knob(float, 0.9, "batch norm moving-statistics momentum; short CPU runs want it low so the "
+                        "statistics settle within a few hundred steps (airbench: 0.6)", minimum=0.0, below=1.0),
+    "dirac_init": Knob(bool, False, "initialise every 3x3 conv as the identity on its first channels: an implicit "
+                       "residual path at the start of training (airbench)"),
     "activation": Knob(str, "relu", "activation after every conv and hidden dense layer",
                        ("relu", "gelu", "silu", "elu")),
-    "pooling": Knob(str, "max", "2x2 pooling at the end of each stage", ("max", "avg")),
-    "pool_last_stage": Knob(bool, True, "pool after the last stage too (the tutorial CNN does not)"),
-    "head": Knob(str, "global_avg", "how the last feature map becomes a vector", ("global_avg", "flatten")),
-    "conv_dropout": Knob(float, 0.0, "dropout rate after each stage's pooling", minimum=0.0, below=1.0),
+    "pooling": Knob(str, "max", "2x2 pooling of each stage", ("max", "avg")),
+    "pool_last_stage": Knob(bool, True, "pool in the last stage too (the tutorial CNN does not)"),
+    "head": Knob(str, "global_avg", "how the last feature map becomes a vector",
+                 ("global_avg", "global_max", "flatten")),
+    "conv_dropout": Knob(float, 0.0, "dropout rate at the end of each stage", minimum=0.0, below=1.0),
     "dense_units": Knob(int, 0, "width of the hidden dense layer; 0 means none", minimum=0),
     "dropout": Knob(float, 0.0, "dropout rate before the classifier", minimum=0.0, below=1.0),
+    "logit_scale": Knob(float, 1.0, "the classifier's outputs are multiplied by this before the softmax "
+                        "(airbench: 1/9, a gentler start)", check=_positive),
     # --- optimisation -------------------------------------------------------------------
-    "optimizer": Knob(str, "adam", "optimizer", ("adam", "adamw", "sgd")),
-    "learning_rate": Knob(float, 1e-3, "peak learning rate", minimum=0.0),
+    "optimizer": Knob(str, "adam", "optimizer; in Keras 3 'adam' with a weight_decay is AdamW (decoupled decay), "
+                      "so 'adamw' differs only in its default decay", ("adam", "adamw", "sgd")),
+    "learning_rate": Knob(float, 1e-3, "peak learning rate (per step, the loss averaged over the batch)",
+                          minimum=0.0),
     "momentum": Knob(float, 0.9, "SGD momentum (sgd only)", minimum=0.0, below=1.0),
     "nesterov": Knob(bool, False, "Nesterov momentum (sgd only)"),
-    "weight_decay": Knob(float, 0.0, "decoupled weight decay, per step, as Keras applies it", minimum=0.0),
-    "lr_schedule": Knob(str, "constant", "learning-rate schedule over all steps: constant, cosine to 0, "
-                        "or step (x0.1 at 50% and 75%)", ("constant", "cosine", "step")),
+    "weight_decay": Knob(float, 0.0, "decoupled weight decay: each step multiplies weights by "
+                         "(1 - learning_rate x weight_decay), as Keras applies it", minimum=0.0),
+    "bias_lr_scale": Knob(float, 1.0, "learning-rate multiplier for batch-norm shifts (beta), which are then "
+                          "not weight-decayed (airbench: 64)", check=_positive),
+    "lr_schedule": Knob(str, "constant", "learning rate after the warm-up: constant, cosine to 0, step (x0.1 at "
+                        "50% and 75%), or linear to 0 at the trial's last step", ("constant", "cosine", "step", "linear")),
+    "warmup": Knob(float, 0.0, "share of the trial's steps over which the learning rate rises linearly from a "
+                   "tenth of its peak to the peak; with lr_schedule linear this is one-cycle", minimum=0.0, below=1.0),
     "batch_size": Knob(int, 128, "images per step", minimum=1),
     "epochs": Knob(int, 10, "passes over the training split", minimum=1),
     "label_smoothing": Knob(float, 0.0, "label smoothing of the cross-entropy", minimum=0.0, below=1.0),
+    "ema": Knob(float, 0.0, "average the weights over steps with this decay (e.g. 0.99; 0 = off); validation, "
+                "test and the exported model use the averaged weights", minimum=0.0, below=1.0),
     # --- augmentation (training only; never in the exported model) ----------------------
     "flip": Knob(bool, False, "random horizontal flip"),
-    "translate": Knob(int, 0, "random translation up to this many pixels (pad + random crop)", minimum=0),
+    "translate": Knob(int, 0, "random translation up to this many pixels (edges reflected)", minimum=0),
+    # --- evaluation ------------------------------------------------------------------------
+    "tta": Knob(bool, False, "test-time augmentation: validation, test and the exported model average the "
+                "predictions for each image and its mirror image (twice the inference cost)"),
     # --- numerics -----------------------------------------------------------------------
-    "precision": Knob(str, "float32", "compute dtype policy; mixed_bfloat16 uses AMX/bf16 units",
-                      ("float32", "mixed_bfloat16")),
+    "precision": Knob(str, "auto", "compute dtype policy: auto = mixed_bfloat16 where the CPU has native bf16 "
+                      "(AMX or AVX512_BF16), float32 elsewhere", ("auto", "float32", "mixed_bfloat16")),
 }
 
 

@@ -168,4 +168,30 @@ def check_summary(space) -> str:
     lines.append(f"  configurations: {size:,}" if size is not None else "  configurations: infinite (continuous ranges)")
     low, high = space.param_range()
     lines.append(f"  model parameters: {low:,} .. {high:,}")
+    lines.append(forecast_line(space))
     return "\n".join(lines)
+
+
+def forecast_line(space, log=None) -> str:
+    """How long one trial takes on this machine, from the training speed recent trials here
+    reached (``cnnbench check --measure`` measures it when none is known)."""
+    from cnnbench import runtime
+    from cnnbench.deadline import ThroughputLog, trial_seconds
+
+    log = log or ThroughputLog()
+    base = space.complete({})
+    precision = runtime.resolve_precision(base["precision"])
+    rate = log.rate(precision)
+    if not rate:
+        return ("  time per trial: unknown on this machine until a trial has run here "
+                "(cnnbench check --measure measures it in about half a minute)")
+    n = space.data.train_subset or 50_000
+    n_val = round(n * space.data.validation_fraction)
+    seconds = []
+    for config in space.corners():
+        for epochs in space.extremes("epochs"):
+            for tta in space.extremes("tta"):
+                cfg = {**config, "epochs": int(epochs), "tta": bool(tta)}
+                seconds.append(trial_seconds(cfg, n - n_val, n_val, rate, space.data.image_size))
+    return (f"  time per trial on this machine: {min(seconds) / 60:.1f} .. {max(seconds) / 60:.1f} min "
+            f"(at {rate / 1e9:.0f} GFLOP/s training, {precision}, {runtime.cpu().model})")

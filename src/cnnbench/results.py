@@ -16,7 +16,8 @@ from cnnbench.knobs import coerce
 from cnnbench.space import FixedParam, Space
 
 METRICS = ["val_accuracy", "val_loss", "best_epoch", "epochs_run", "train_seconds", "images_per_s",
-           "params", "flops", "fail_reason"]
+           "params", "flops", "precision", "fail_reason", "note"]
+PROGRESS_COLUMNS = ["trial", "state", "minutes", "val_accuracy", "best_val_accuracy"]
 _STATE_RANK = {"complete": 0, "pruned": 1, "running": 2, "failed": 3}
 
 
@@ -49,7 +50,8 @@ def leaderboard_frame(records: list[TrialRecord], space: Space) -> pd.DataFrame:
             row[name] = coerce(name, p.value) if active_fixed else r.params.get(name)
         row.update(val_accuracy=r.val_accuracy, val_loss=r.val_loss, best_epoch=r.best_epoch,
                    epochs_run=r.epochs_run, train_seconds=r.train_seconds, images_per_s=r.images_per_s,
-                   params=r.model_params, flops=r.flops, fail_reason=r.fail_reason)
+                   params=r.model_params, flops=r.flops, precision=r.precision, fail_reason=r.fail_reason,
+                   note=r.note)
         rows.append(row)
     frame = pd.DataFrame(rows, columns=["trial", "state", "engine", *param_names, *METRICS])
     if frame.empty:
@@ -58,6 +60,21 @@ def leaderboard_frame(records: list[TrialRecord], space: Space) -> pd.DataFrame:
     frame = frame.sort_values(["_rank", "val_accuracy", "trial"], ascending=[True, False, True],
                               na_position="last", kind="stable")
     return frame.drop(columns="_rank").reset_index(drop=True)
+
+
+def progress_frame(records: list[TrialRecord], origin: float) -> pd.DataFrame:
+    """Finished trials in the order they finished: minutes since ``origin`` (Unix seconds,
+    the study's first start) and the best validation accuracy of a completed trial so far
+    (what an export at that moment would have picked)."""
+    done = sorted((r for r in records if r.state in ("complete", "pruned", "failed") and r.finished_at),
+                  key=lambda r: r.finished_at)
+    rows, best = [], None
+    for r in done:
+        if r.state == "complete" and r.val_accuracy is not None:
+            best = r.val_accuracy if best is None else max(best, r.val_accuracy)
+        rows.append({"trial": r.trial, "state": r.state, "minutes": round((r.finished_at - origin) / 60, 2),
+                     "val_accuracy": r.val_accuracy, "best_val_accuracy": best})
+    return pd.DataFrame(rows, columns=PROGRESS_COLUMNS)
 
 
 def write_study_leaderboard(frame: pd.DataFrame, study_dir: Path, markdown: str) -> None:

@@ -21,8 +21,9 @@ from cnnbench.model import ArchitectureError, architecture_stats
 
 Scalar = Union[bool, int, float, str]
 # Knobs that change the network's shape: their extremes bound its size and feasibility.
-ARCH_KNOBS = ("stages", "convs_per_stage", "base_filters", "filter_growth", "max_filters",
-              "kernel_size", "padding", "batch_norm", "pool_last_stage", "head", "dense_units")
+ARCH_KNOBS = ("stem", "stages", "convs_per_stage", "base_filters", "filter_growth", "max_filters", "widths",
+              "kernel_size", "padding", "pool_after", "residual", "batch_norm", "pool_last_stage", "head",
+              "dense_units")
 
 
 class SpaceError(ValueError):
@@ -52,6 +53,14 @@ class IntParam(_Param):
     step: int = Field(1, ge=1)
     log: bool = False
 
+    def admits(self, value) -> str | None:
+        """Why ``value`` is not one this parameter can take, or None."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            return f"{value!r} is not an integer"
+        if not self.low <= value <= self.high or (value - self.low) % self.step:
+            return f"{value!r} is not in {self.low}..{self.high}" + (f" step {self.step}" if self.step > 1 else "")
+        return None
+
 
 class FloatParam(_Param):
     type: Literal["float"]
@@ -60,15 +69,31 @@ class FloatParam(_Param):
     log: bool = False
     step: float | None = Field(None, gt=0)
 
+    def admits(self, value) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{value!r} is not a number"
+        if not self.low <= value <= self.high:
+            return f"{value!r} is not in {self.low:g}..{self.high:g}"
+        return None
+
 
 class ChoiceParam(_Param):
     type: Literal["choice"]
     choices: list[Scalar]
 
+    def admits(self, value) -> str | None:
+        # 1 == True in Python: compare types too, so a boolean never stands in for a number
+        if any(value == c and type(value) is type(c) for c in self.choices):
+            return None
+        return f"{value!r} is not one of {', '.join(map(repr, self.choices))}"
+
 
 class FixedParam(_Param):
     type: Literal["fixed"]
     value: Scalar
+
+    def admits(self, value) -> str | None:
+        return None if value == self.value else f"{value!r} is fixed at {self.value!r} in this space"
 
 
 Param = Annotated[Union[IntParam, FloatParam, ChoiceParam, FixedParam], Field(discriminator="type")]
@@ -82,6 +107,9 @@ class Budget(_Strict):
 class Search(_Strict):
     sampler: Literal["tpe", "random", "grid", "cmaes"] = "tpe"
     pruner: Literal["median", "hyperband", "successive_halving", "none"] = "median"
+    # The median pruner starts pruning once this many trials have finished (Optuna's
+    # n_startup_trials): 1 when the first trial is a known-good recipe to measure against.
+    prune_after_trials: int = Field(3, ge=0)
     # Stop the search when this many trials in a row fail: the space is probably broken.
     max_consecutive_failures: int = Field(5, ge=1)
 
@@ -105,6 +133,9 @@ class Space(_Strict):
     search: Search = Search()
     data: Data = Data()
     params: dict[str, Param]
+    # Known-good configurations (a value for every searched parameter that applies) tried
+    # before the engine samples anything: a sweep never ends below its best known recipe.
+    start_with: list[dict[str, Scalar]] = []
     # Set by load_space, not by the file.
     source: str = Field("", exclude=True)
 
@@ -152,6 +183,14 @@ class Space(_Strict):
             return [p.low + i * p.step for i in range(n + 1)]
         return None
 
+    def epoch_options(self) -> list[int]:
+        """Epoch counts a trial may be given when the space searches ``epochs`` (else [])."""
+        p = self.params.get("epochs")
+        if p is None or isinstance(p, FixedParam):
+            return []
+        values = self.candidate_values("epochs")
+        return sorted({int(v) for v in values}) if values else []
+
     def extremes(self, name: str) -> list:
         """The smallest and largest values of a parameter (all values for non-numbers)."""
         p = self.params.get(name)
@@ -183,7 +222,7 @@ class Space(_Strict):
 
     def param_range(self) -> tuple[int, int]:
         """Smallest and largest parameter count over the space (corners of every size knob)."""
-        counts = [architecture_stats(cfg, self.data.image_size).params for cfg in self._corners()]
+        counts = [architecture_stats(cfg, self.data.image_size).params for cfg in self.corners()]
         return min(counts), max(counts)
 
     def fingerprint(self) -> str:
@@ -196,7 +235,8 @@ class Space(_Strict):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     # ---- internals ---------------------------------------------------------------------------
-    def _corners(self):
+    def corners(self):
+        """Configurations at the extremes of every architecture knob: they bound the sizes."""
         base = self.complete({})
         for combo in itertools.product(*(self.extremes(k) for k in ARCH_KNOBS)):
             cfg = dict(base)
@@ -293,8 +333,36 @@ def _check_semantics(space: Space) -> None:
                 if w not in possible:
                     raise SpaceError(f"{field}.condition: {parent!r} never takes the value {w!r}")
     space._ordered()  # raises on cycles
-    for cfg in space._corners():
+    _check_start_with(space)
+    for cfg in space.corners():
         try:
             architecture_stats(cfg, space.data.image_size)
         except ArchitectureError as e:
             raise SpaceError(f"{src}: params: architecture impossible: {e}") from None
+
+
+def _check_start_with(space: Space) -> None:
+    """Each start_with entry names searched parameters with values they can take."""
+    searched = space.searched()
+    for i, entry in enumerate(space.start_with):
+        where = f"{space.source}: start_with[{i}]"
+        for name, value in entry.items():
+            if name not in space.params:
+                raise SpaceError(f"{where}.{name}: not a parameter of this space")
+            if name not in searched:
+                raise SpaceError(f"{where}.{name}: is fixed in this space; start_with names searched parameters")
+            if problem := searched[name].admits(value):
+                raise SpaceError(f"{where}.{name}: {problem}")
+        config = space.complete(entry)
+        missing = [n for n, p in searched.items() if n not in entry and p.condition_holds(config)]
+        if missing:
+            raise SpaceError(f"{where}: no value for {', '.join(missing)} (a known-good configuration "
+                             "names every searched parameter that applies to it)")
+        for name in entry:
+            if not searched[name].condition_holds(config):
+                raise SpaceError(f"{where}.{name}: its condition {searched[name].condition} does not hold "
+                                 "in this entry, so the value would be ignored")
+        try:
+            architecture_stats(config, space.data.image_size)
+        except ArchitectureError as e:
+            raise SpaceError(f"{where}: architecture impossible: {e}") from None

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import yaml
 
-from cnnbench import provenance
+from cnnbench import provenance, runtime
 from cnnbench.data import load_data
+from cnnbench.deadline import DEADLINE_ENV, Deadline
 from cnnbench.engines.base import StudyPaths
 from cnnbench.export import export_best
 from cnnbench.report import SweepProgress, markdown_table, study_markdown
-from cnnbench.results import (atomic_write, json_text, leaderboard_frame, read_json, studies_frame,
-                              write_study_leaderboard)
+from cnnbench.results import (atomic_write, json_text, leaderboard_frame, progress_frame, read_json,
+                              studies_frame, write_study_leaderboard)
 from cnnbench.space import Space, SpaceError, load_space
 
 # The engines, by name. Each module has NAME, run(), records() and exists().
@@ -73,6 +74,7 @@ class Sweep:
     study: str
     paths: StudyPaths
     run: dict
+    started: float  # Unix seconds: TIMEOUT counts from here, export included
 
     @property
     def trials(self) -> int:
@@ -85,6 +87,7 @@ class Sweep:
 
 def prepare(request: SweepRequest) -> Sweep:
     """Validate the request. Raises SpaceError for a bad space or a study it does not match."""
+    started = time.time()
     space = load_space(request.space_file)
     if request.trials is not None and request.trials < 1:
         raise SpaceError(f"--trials: must be at least 1, got {request.trials}")
@@ -114,7 +117,7 @@ def prepare(request: SweepRequest) -> Sweep:
         "versions": provenance.versions(), "git_revision": provenance.git_revision(),
         "command": "cnnbench " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "cnnbench sweep",
     }
-    return Sweep(request, space, study, paths, run)
+    return Sweep(request, space, study, paths, run, started)
 
 
 def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
@@ -124,7 +127,13 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
     data = load_data(space.data, space.seed, Path(req.space_file).resolve().parent)
     run = {**sweep.run, "data": {"source": data.source, "fingerprint": data.fingerprint,
                                  "train": len(data.y_train), "val": len(data.y_val), "test": len(data.y_test)},
-           "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+           "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(sweep.started)),
+           "started_unix": sweep.started, "timeout_minutes": sweep.timeout, "machine": runtime.machine()}
+    # progress.csv counts minutes from the study's first start, across resumed runs
+    run["first_started_unix"] = read_json(paths.root / "run.json").get("first_started_unix", sweep.started)
+    deadline = Deadline.from_minutes(sweep.timeout, sweep.started)
+    if deadline.end is not None:
+        os.environ[DEADLINE_ENV] = repr(deadline.end)  # worker processes keep the same deadline
     paths.root.mkdir(parents=True, exist_ok=True)
     if not is_worker():  # the process that started the sweep describes it
         atomic_write(paths.root / "run.json", json_text(run))
@@ -140,13 +149,17 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
         records = engine.records(sweep.study, paths, req.storage)
         frame = leaderboard_frame(records, space)
         write_study_leaderboard(frame, paths.root, study_markdown(sweep.study, frame, run))
+        atomic_write(paths.root / "progress.csv",
+                     progress_frame(records, run["first_started_unix"]).to_csv(index=False))
         return records
 
     interrupted = False
     try:
-        engine.run(sweep.study, space, data, paths, sweep.trials, sweep.timeout, progress,
+        minutes_left = deadline.left() / 60 if deadline.end is not None else None
+        engine.run(sweep.study, space, data, paths, sweep.trials, minutes_left, progress,
                    on_record=refresh, storage=req.storage, algo=req.algo,
-                   workers=0 if is_worker() else req.workers, worker_command=req.worker_command())
+                   workers=0 if is_worker() else req.workers, worker_command=req.worker_command(),
+                   deadline=deadline)
     except KeyboardInterrupt:
         interrupted = True  # keep what finished: rank it and export it below
     finally:
@@ -157,8 +170,21 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
                 "best_model": None, "worker": True}
     card = export_best(records, paths, data, run)
     write_global_leaderboard(Path(req.results))
+    write_progress_plot(sweep, records, run, card)
     return {"study": sweep.study, "records": records, "card": card, "interrupted": interrupted,
             "best_model": str(paths.best / "model.keras") if card else None}
+
+
+def write_progress_plot(sweep: Sweep, records: list, run: dict, card: dict | None) -> None:
+    """progress.png: time to accuracy at a glance, with the exported model's test accuracy."""
+    from cnnbench.plots import time_to_accuracy
+
+    origin = run["first_started_unix"]
+    cpu = run["machine"]["cpu"]
+    time_to_accuracy(progress_frame(records, origin), sweep.paths.root / "progress.png",
+                     f"{sweep.study}: {run['space_file']}, {cpu['model']} ({cpu['cores']} cores)",
+                     test_accuracy=card["test"]["accuracy"] if card else None,
+                     export_minutes=(time.time() - origin) / 60)
 
 
 def write_global_leaderboard(results_root: Path) -> None:

@@ -1,9 +1,10 @@
 """Train one configuration and measure it: the only place that calls ``fit``.
 
 ``train_and_evaluate(config, data, on_epoch, seed)`` builds the model, feeds it augmented
-batches, reports validation accuracy after every epoch (so an engine can prune), keeps
-the weights of the best epoch, and returns a ``TrialResult``. Engines decide what to
-try; this module decides nothing about the search.
+batches, validates after every epoch (so an engine can prune), keeps the weights of the
+best epoch, and returns a ``TrialResult`` whose model is the inference model that gets
+exported (float32, with test-time augmentation when the config asks for it). Engines
+decide what to try; this module decides nothing about the search.
 """
 from __future__ import annotations
 
@@ -15,10 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from cnnbench import runtime
 from cnnbench.data import DataBundle
-from cnnbench.model import architecture_stats, build_model
+from cnnbench.model import architecture_stats, build_model, set_whitening, with_mirror_tta
+from cnnbench.optim import make_optimizer
 
-VAL_BATCH = 512  # evaluation batch; independent of the searched training batch size
+EVAL_BATCH = 500          # inference batch; independent of the searched training batch size
+WHITENING_IMAGES = 5000   # training images whose patches set the whitening stem
+TRAIN_FLOPS_PER_FORWARD = 3  # a training step costs about forward + 2x backward
 
 
 class PruneTrial(Exception):
@@ -39,8 +44,14 @@ class TrialResult:
     images_per_s: float      # training throughput, first (tracing) epoch excluded when possible
     params: int
     flops: int               # per image, forward pass
+    precision: str = "float32"  # the dtype policy it trained with (``auto`` resolved)
     history: list[dict] = field(default_factory=list)
-    model: Any = None        # keras.Model holding the best epoch's weights
+    model: Any = None        # the inference model (best epoch's weights), or None when pruned
+
+    @property
+    def train_flops_per_s(self) -> float:
+        """Training FLOPs per second: what the deadline forecast prices later trials with."""
+        return self.images_per_s * self.flops * TRAIN_FLOPS_PER_FORWARD
 
 
 def augment_batch(images, flip: bool, pad: int):
@@ -76,35 +87,18 @@ def _train_dataset(x: np.ndarray, y: np.ndarray, config: dict, num_classes: int,
     return ds.batch(config["batch_size"]).map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def _eval_dataset(x: np.ndarray, y: np.ndarray, num_classes: int):
-    import tensorflow as tf
-
-    return tf.data.Dataset.from_tensor_slices((x, tf.one_hot(y, num_classes))).batch(VAL_BATCH)
-
-
-def _optimizer(config: dict, steps_per_epoch: int):
-    import keras
-
-    lr, total = config["learning_rate"], steps_per_epoch * config["epochs"]
-    if config["lr_schedule"] == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=total)
-    elif config["lr_schedule"] == "step":
-        lr = keras.optimizers.schedules.PiecewiseConstantDecay(
-            [max(1, total // 2), max(2, total * 3 // 4)], [lr, lr * 0.1, lr * 0.01])
-    wd = config["weight_decay"] or None
-    if config["optimizer"] == "sgd":
-        return keras.optimizers.SGD(lr, momentum=config["momentum"], nesterov=config["nesterov"],
-                                    weight_decay=wd)
-    if config["optimizer"] == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=config["weight_decay"])
-    return keras.optimizers.Adam(lr, weight_decay=wd)
+def evaluate_probabilities(probabilities: np.ndarray, labels: np.ndarray) -> dict:
+    """Accuracy and mean cross-entropy (no label smoothing) of predicted probabilities."""
+    picked = probabilities[np.arange(len(labels)), labels]
+    return {"accuracy": float((probabilities.argmax(axis=1) == labels).mean()),
+            "loss": float(-np.log(np.clip(picked, 1e-7, 1.0)).mean())}
 
 
-def _epoch_callback(on_epoch, n_train: int):
+def _epoch_callback(on_epoch, n_train: int, evaluator, x_val, y_val):
     import keras
 
     class EpochWatcher(keras.callbacks.Callback):
-        """Times training apart from validation, keeps the best weights, reports each epoch."""
+        """Times training apart from validation, validates, keeps the best weights, reports."""
 
         def __init__(self):
             super().__init__()
@@ -113,17 +107,14 @@ def _epoch_callback(on_epoch, n_train: int):
 
         def on_epoch_begin(self, epoch, logs=None):
             self.started = time.perf_counter()
-            self.val_started = None
-
-        def on_test_begin(self, logs=None):
-            self.val_started = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
+            self.train_times.append(time.perf_counter() - self.started)
             logs = {k: float(v) for k, v in (logs or {}).items()}
-            self.train_times.append((self.val_started or time.perf_counter()) - self.started)
             if not math.isfinite(logs.get("loss", 0.0)):
                 raise TrialFailed(f"training loss became {logs.get('loss')} at epoch {epoch + 1}")
-            logs["epoch"] = epoch + 1
+            val = evaluate_probabilities(evaluator.predict(x_val, batch_size=EVAL_BATCH, verbose=0), y_val)
+            logs.update(epoch=epoch + 1, val_accuracy=val["accuracy"], val_loss=val["loss"])
             self.history.append(logs)
             if logs["val_accuracy"] > self.best:
                 self.best, self.best_weights = logs["val_accuracy"], self.model.get_weights()
@@ -137,6 +128,15 @@ def _epoch_callback(on_epoch, n_train: int):
     return EpochWatcher()
 
 
+def inference_model(config: dict, trained, num_classes: int, image_size: int, mean, variance):
+    """What gets saved and exported: a float32 twin of ``trained`` (bf16 is a training
+    speed-up, and emulated bf16 is slow where a model is reused), mirror-averaged when
+    ``tta`` is on."""
+    model = build_model(config, num_classes, image_size, mean, variance, dtype_policy="float32")
+    model.set_weights(trained.get_weights())
+    return with_mirror_tta(model) if config["tta"] else model
+
+
 def train_and_evaluate(config: dict, data: DataBundle, on_epoch: Callable[[int, dict], None] | None = None,
                        seed: int = 0) -> TrialResult:
     """Train ``config`` on ``data.x_train``, validating on ``data.x_val`` after every epoch.
@@ -146,16 +146,24 @@ def train_and_evaluate(config: dict, data: DataBundle, on_epoch: Callable[[int, 
     """
     import keras
 
+    tf_runtime = runtime.configure_tensorflow()
+    precision = runtime.resolve_precision(config["precision"], gpus=tf_runtime["gpus"])
     keras.utils.set_random_seed(seed)
     num_classes = len(data.class_names)
     image_size = data.x_train.shape[1]
     mean, var = data.channel_stats()
-    model = build_model(config, num_classes, image_size, mean, var)
+    model = build_model(config, num_classes, image_size, mean, var, dtype_policy=precision, fused_batch_norm=True)
+    if config["stem"] == "whiten":
+        set_whitening(model, data.x_train[:WHITENING_IMAGES])
     steps = math.ceil(len(data.x_train) / config["batch_size"])
-    model.compile(optimizer=_optimizer(config, steps),
-                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=config["label_smoothing"]),
-                  metrics=["accuracy"])
-    watcher = _epoch_callback(on_epoch, len(data.x_train))
+    model.compile(optimizer=make_optimizer(config, steps, model),
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=config["label_smoothing"]))
+    # Validation sees what export will see: the mirror average when tta is on.
+    evaluator = with_mirror_tta(model) if config["tta"] else model
+    watcher = _epoch_callback(on_epoch, len(data.x_train), evaluator, data.x_val, data.y_val)
+    # With weight averaging on, the averaged weights are swapped in for validation at every
+    # epoch end (before the watcher runs) and out again when the next epoch starts.
+    callbacks = ([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config["ema"] else []) + [watcher]
     stats = architecture_stats(config, image_size, num_classes)
 
     def result(with_model) -> TrialResult:
@@ -164,15 +172,14 @@ def train_and_evaluate(config: dict, data: DataBundle, on_epoch: Callable[[int, 
             val_accuracy=best["val_accuracy"], val_loss=best["val_loss"], best_epoch=best["epoch"],
             epochs_run=len(watcher.history), train_seconds=round(sum(watcher.train_times), 2),
             images_per_s=round(watcher.throughput(), 1), params=stats.params, flops=stats.flops,
-            history=watcher.history, model=with_model)
+            precision=precision, history=watcher.history, model=with_model)
 
     try:
         model.fit(_train_dataset(data.x_train, data.y_train, config, num_classes, seed),
-                  validation_data=_eval_dataset(data.x_val, data.y_val, num_classes),
                   epochs=config["epochs"], verbose=0, shuffle=False,  # the dataset shuffles itself
-                  callbacks=[watcher])
+                  callbacks=callbacks)
     except PruneTrial as pruned:
         pruned.result = result(None)  # the leaderboard still shows how far it got
         raise
     model.set_weights(watcher.best_weights)
-    return result(model)
+    return result(inference_model(config, model, num_classes, image_size, mean, var))

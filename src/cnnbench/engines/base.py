@@ -12,7 +12,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from cnnbench import runtime
 from cnnbench.data import DataBundle
+from cnnbench.deadline import TRAIN_COST, Deadline
 from cnnbench.space import Space
 from cnnbench.train import PruneTrial, TrialResult, train_and_evaluate
 
@@ -35,6 +37,10 @@ class TrialRecord:
     model_params: int | None = None
     flops: int | None = None
     fail_reason: str = ""
+    note: str = ""                  # what cnnbench changed or decided (e.g. epochs shortened for the deadline)
+    started_at: float | None = None   # Unix seconds
+    finished_at: float | None = None
+    precision: str | None = None    # the dtype policy it trained with
     config: dict[str, Any] = field(default_factory=dict)  # the full configuration trained
 
     def metrics(self) -> dict[str, Any]:
@@ -68,29 +74,50 @@ class Progress(Protocol):
 def result_fields(result: TrialResult) -> dict[str, Any]:
     return dict(val_accuracy=result.val_accuracy, val_loss=result.val_loss, best_epoch=result.best_epoch,
                 epochs_run=result.epochs_run, train_seconds=result.train_seconds,
-                images_per_s=result.images_per_s, model_params=result.params, flops=result.flops)
+                images_per_s=result.images_per_s, model_params=result.params, flops=result.flops,
+                precision=result.precision)
 
 
 def run_trial(number: int, engine: str, params: dict, space: Space, data: DataBundle, paths: StudyPaths,
               should_stop: Callable[[int, float], bool] | None = None,
-              progress: Progress | None = None, overrides: dict | None = None) -> TrialRecord:
+              progress: Progress | None = None, overrides: dict | None = None,
+              deadline: Deadline | None = None) -> TrialRecord:
     """Train the configuration ``params`` selects and describe how it ended.
 
-    ``should_stop(epoch, val_accuracy)`` is the engine's pruning hook. Exceptions other than
+    ``should_stop(epoch, epochs, val_accuracy)`` is the engine's pruning hook. Exceptions other than
     KeyboardInterrupt become a failed record with the reason; the caller decides whether
     the engine should see them. A completed trial's model is saved for export.
     ``overrides`` replace config values the engine controls itself (Hyperband's epochs).
+    With a ``deadline``, a trial that cannot finish in time raises ``NotStarted`` before
+    training (or is shortened, when the space searches epochs), and one that is running
+    when the deadline nears stops at the end of an epoch.
     """
     config = {**space.complete(params), **(overrides or {})}
-    record = TrialRecord(trial=number, state="running", engine=engine, params=dict(params), config=config)
+    note = ""
+    if deadline is not None and data is not None:
+        precision = runtime.resolve_precision(config["precision"], gpus=runtime.configure_tensorflow()["gpus"])
+        config, note = deadline.admit(config, len(data.y_train), len(data.y_val), len(data.y_test), precision,
+                                      space.epoch_options())
+    record = TrialRecord(trial=number, state="running", engine=engine, params=dict(params), config=config,
+                         note=note, started_at=time.time())
     if progress:
         progress.trial_started(number, params)
+    last_epoch_end = [time.perf_counter()]
 
     def on_epoch(epoch: int, logs: dict) -> None:
+        now = time.perf_counter()
+        epoch_seconds, last_epoch_end[0] = now - last_epoch_end[0], now
+        # how far it got, whatever ends it (the trainer's own result, when it has one, wins)
+        record.epochs_run = epoch
+        record.val_accuracy = max(record.val_accuracy or 0.0, logs["val_accuracy"])
         if progress:
             progress.epoch_done(number, epoch, config["epochs"], logs)
-        if should_stop and should_stop(epoch, logs["val_accuracy"]):
+        # the pruner hears every epoch, but a trial that has trained all its epochs is complete
+        if should_stop and should_stop(epoch, config["epochs"], logs["val_accuracy"]) and epoch < config["epochs"]:
             raise PruneTrial(f"pruned after epoch {epoch}")
+        if deadline is not None and epoch < config["epochs"] and deadline.epoch_would_overrun(epoch_seconds):
+            record.note = f"stopped after epoch {epoch} of {config['epochs']}: the deadline is near"
+            raise PruneTrial(record.note)
 
     started = time.perf_counter()
     try:
@@ -109,6 +136,9 @@ def run_trial(number: int, engine: str, params: dict, space: Space, data: DataBu
         record.state = "complete"
         record.__dict__.update(result_fields(result))
         save_model(result.model, paths.trial_model(number))
+    record.finished_at = time.time()
+    if deadline is not None and deadline.log is not None and record.images_per_s and record.precision:
+        deadline.log.add(record.precision, record.images_per_s * record.flops * TRAIN_COST)
     if progress:
         progress.trial_done(record)
     return record

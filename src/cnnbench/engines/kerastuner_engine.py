@@ -23,7 +23,9 @@ from pathlib import Path
 
 import keras_tuner as kt
 
+from cnnbench import runtime
 from cnnbench.data import DataBundle
+from cnnbench.deadline import Deadline, NotStarted
 from cnnbench.engines.base import Progress, StudyPaths, TrialRecord, run_trial, wait_all
 from cnnbench.knobs import coerce
 from cnnbench.space import ChoiceParam, FloatParam, IntParam, Space, SpaceError
@@ -33,7 +35,7 @@ PROJECT = "kerastuner"  # project_name inside the study folder
 ALGOS = {"random": kt.RandomSearch, "bayesian": kt.BayesianOptimization, "hyperband": kt.Hyperband,
          "grid": kt.GridSearch}
 _METRICS = ("val_accuracy", "val_loss", "best_epoch", "epochs_run", "train_seconds", "images_per_s",
-            "model_params", "flops")
+            "model_params", "flops", "started_at", "finished_at")
 _STATE = {"COMPLETED": "complete", "FAILED": "failed", "INVALID": "failed", "RUNNING": "running",
           "IDLE": "running", "STOPPED": "pruned"}
 
@@ -67,15 +69,21 @@ class _Runner:
     """Mixed into each KerasTuner tuner: trials run through cnnbench's trainer, not model.fit."""
 
     def __init__(self, *args, cnnbench=None, **kwargs):
-        self.cnnbench = cnnbench  # (space, data, paths, progress, on_record)
+        self.cnnbench = cnnbench  # (space, data, paths, progress, on_record, deadline)
         super().__init__(*args, **kwargs)
 
     def run_trial(self, trial, *args, **kwargs):
-        space, data, paths, progress, on_record = self.cnnbench
+        space, data, paths, progress, on_record, deadline = self.cnnbench
         params, overrides = trial_values(trial.hyperparameters.values, space)
         # Hyperband asks for `tuner/epochs` epochs; we train them from scratch rather than
         # resuming the earlier round's weights, so every row is one self-contained training.
-        record = run_trial(int(trial.trial_id), NAME, params, space, data, paths, None, progress, overrides)
+        try:
+            record = run_trial(int(trial.trial_id), NAME, params, space, data, paths, None, progress, overrides,
+                               deadline=deadline)
+        except NotStarted as late:
+            if isinstance(self.oracle.max_trials, int) and hasattr(self.oracle, "trials"):
+                self.oracle.max_trials = len(self.oracle.trials)  # the oracle's own process: no more trials
+            raise kt.errors.FailedTrialError(str(late)) from None
         if on_record:
             on_record(record)
         if record.state == "failed":
@@ -103,13 +111,38 @@ def make_tuner(space: Space, paths: StudyPaths, algo: str, trials: int, runner_a
         kwargs["max_trials"] = trials
     tuner = tuner_class(cnnbench=runner_args, **kwargs)
     tuner.oracle.max_trials = trials  # Hyperband has no max_trials of its own; the budget still holds
+    if space.start_with and hasattr(tuner.oracle, "_random_values"):  # the oracle's own process only
+        _start_with_known_good(tuner.oracle, space)
     return tuner
+
+
+def _start_with_known_good(oracle, space: Space) -> None:
+    """The oracle hands out the space's start_with configurations before sampling.
+
+    Random search, Bayesian optimisation's initial points and Hyperband's first rounds all
+    draw from ``_random_values``; an entry already tried (a resumed study) is skipped by the
+    oracle's own duplicate check. Grid search enumerates its grid and takes no start list.
+    """
+    sample = oracle._random_values
+
+    def known_good_first():
+        for entry in space.start_with:
+            hps = kt.HyperParameters()
+            for hp in oracle.hyperparameters.space:
+                hps.merge([hp])
+                if hps.is_active(hp):
+                    hps.values[hp.name] = entry[hp.name]
+            if not oracle._duplicate(hps.values):
+                return hps.values
+        return sample()
+
+    oracle._random_values = known_good_first
 
 
 def run(study: str, space: Space, data: DataBundle, paths: StudyPaths, trials: int,
         timeout_minutes: float | None, progress: Progress, on_record=None,
         storage: str | None = None, algo: str | None = None, workers: int = 0,
-        worker_command: list[str] | None = None) -> None:
+        worker_command: list[str] | None = None, deadline: Deadline | None = None) -> None:
     """Run trials until ``trials`` exist in the project (earlier runs count) or time is up.
 
     With ``workers`` > 0 (and no KERASTUNER_TUNER_ID set), start a chief and that many
@@ -120,7 +153,7 @@ def run(study: str, space: Space, data: DataBundle, paths: StudyPaths, trials: i
     if workers and "KERASTUNER_TUNER_ID" not in os.environ:
         _run_distributed(workers, worker_command or [])
         return
-    tuner = make_tuner(space, paths, algo or "random", trials, (space, data, paths, progress, on_record))
+    tuner = make_tuner(space, paths, algo or "random", trials, (space, data, paths, progress, on_record, deadline))
     role = os.environ.get("KERASTUNER_TUNER_ID")
     if timeout_minutes and role in (None, "chief"):
         # No new trial after the deadline: cap the oracle's budget at what it has handed out.
@@ -143,7 +176,9 @@ def _run_distributed(workers: int, command: list[str]) -> None:
     env = {**os.environ, "KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(_free_port())}
     # Workers' requests wait for the chief's server to come up (gRPC wait_for_ready).
     chief = subprocess.Popen(command, env={**env, "KERASTUNER_TUNER_ID": "chief"})
-    pool = [subprocess.Popen(command, env={**env, "KERASTUNER_TUNER_ID": f"tuner{i}"}) for i in range(workers)]
+    pool = [subprocess.Popen(command, env={**env, "KERASTUNER_TUNER_ID": f"tuner{i}",
+                                           **runtime.worker_environment(i, workers)})
+            for i in range(workers)]
     # The chief serves trials until every worker has been told to stop, then exits too.
     *codes, chief_code = wait_all([*pool, chief])
     if any(codes) or chief_code:

@@ -14,7 +14,9 @@ import warnings
 import optuna
 from optuna.trial import TrialState
 
+from cnnbench import runtime
 from cnnbench.data import DataBundle
+from cnnbench.deadline import Deadline, NotStarted
 from cnnbench.engines.base import Progress, StudyPaths, TrialRecord, run_trial, wait_all
 from cnnbench.space import ChoiceParam, FloatParam, IntParam, Space, SpaceError
 
@@ -62,13 +64,24 @@ def make_sampler(space: Space, algo: str | None = None) -> optuna.samplers.BaseS
     return tpe
 
 
+# Trials report validation accuracy at tenths of their own schedule, not at epochs: a
+# 20-epoch trial at epoch 5 is a quarter through its learning-rate decay, a 10-epoch one
+# half, so pruners compare trials at the same share of their training.
+PROGRESS_STEPS = 10
+
+
+def progress_steps(epoch: int, epochs: int) -> range:
+    """The tenths of the schedule first reached at the end of ``epoch`` (of ``epochs``)."""
+    reached = lambda e: PROGRESS_STEPS * e // epochs  # noqa: E731
+    return range(reached(epoch - 1) + 1, reached(epoch) + 1)
+
+
 def make_pruner(space: Space) -> optuna.pruners.BasePruner:
-    max_epochs = max(space.extremes("epochs"))
-    kind = space.search.pruner
-    if kind == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    kind, startup = space.search.pruner, space.search.prune_after_trials
+    if kind == "median":  # from 30% of the schedule on, below the median of earlier trials there
+        return optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=2)
     if kind == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs, reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=PROGRESS_STEPS, reduction_factor=3)
     if kind == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
     return optuna.pruners.NopPruner()
@@ -94,13 +107,17 @@ def open_study(study: str, paths: StudyPaths, space: Space, storage: str | None 
 def run(study: str, space: Space, data: DataBundle, paths: StudyPaths, trials: int,
         timeout_minutes: float | None, progress: Progress, on_record=None,
         storage: str | None = None, algo: str | None = None, workers: int = 0,
-        worker_command: list[str] | None = None) -> None:
+        worker_command: list[str] | None = None, deadline: Deadline | None = None) -> None:
     """Run trials until ``trials`` have finished in the study (earlier runs count) or time is up.
 
     With ``workers`` > 0, run that many worker processes on the shared storage instead.
+    A trial that cannot finish before the ``deadline`` is recorded as failed ("not
+    started: ...") and the study stops.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     st = open_study(study, paths, space, storage, algo)
+    for known_good in space.start_with:  # tried before anything is sampled; once per study, also on resume
+        st.enqueue_trial(known_good, skip_if_exists=True)
     if workers:
         run_workers(workers, worker_command or [])
         return
@@ -108,12 +125,19 @@ def run(study: str, space: Space, data: DataBundle, paths: StudyPaths, trials: i
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, space)
 
-        def should_stop(epoch: int, val_accuracy: float) -> bool:
-            trial.report(val_accuracy, epoch)
-            return trial.should_prune()
+        def should_stop(epoch: int, epochs: int, val_accuracy: float) -> bool:
+            steps = progress_steps(epoch, epochs)
+            for step in steps:
+                trial.report(val_accuracy, step)
+            return bool(steps) and trial.should_prune()
 
         try:
-            record = run_trial(trial.number, NAME, params, space, data, paths, should_stop, progress)
+            record = run_trial(trial.number, NAME, params, space, data, paths, should_stop, progress,
+                               deadline=deadline)
+        except NotStarted as late:
+            trial.set_user_attr("fail_reason", str(late))
+            trial.study.stop()
+            raise RuntimeError(str(late)) from None
         except KeyboardInterrupt:
             trial.set_user_attr("fail_reason", "interrupted (Ctrl-C); the trial did not finish")
             raise
@@ -148,7 +172,8 @@ def _stop_after_failures(limit: int):
 
 def run_workers(workers: int, command: list[str]) -> None:
     """``workers`` processes of the same sweep on one storage; Optuna's storage coordinates them."""
-    codes = wait_all([subprocess.Popen(command, env={**os.environ, "CNNBENCH_WORKER": str(i + 1)})
+    codes = wait_all([subprocess.Popen(command, env={**os.environ, "CNNBENCH_WORKER": str(i + 1),
+                                                      **runtime.worker_environment(i, workers)})
                       for i in range(workers)])
     if any(codes):
         raise RuntimeError(f"optuna workers exited with codes {codes}")
@@ -167,7 +192,6 @@ def records(study: str, paths: StudyPaths, storage: str | None = None) -> list[T
                 setattr(rec, key, value)
         if rec.state == "pruned" and rec.val_accuracy is None and t.intermediate_values:
             rec.val_accuracy = max(t.intermediate_values.values())
-            rec.epochs_run = len(t.intermediate_values)
         if rec.state == "failed" and not rec.fail_reason:
             rec.fail_reason = "process ended during the trial" if t.datetime_complete else "unknown"
         out.append(rec)

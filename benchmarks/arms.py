@@ -1,0 +1,75 @@
+"""The arms ``benchmarks/run.py`` times, each called in a fresh process (no graph or
+allocator state carried over from another arm). Each returns a JSON-able dict."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import cnnbench  # noqa: E402,F401  (oneDNN and a quiet start, before TensorFlow loads)
+from cnnbench.data import synthetic_bundle  # noqa: E402
+
+def ref_net(policy: str, batch: int) -> dict:
+    """The peer's ref-net in cnnbench's terms: the knob defaults (Adam 1e-3), one precision."""
+    from cnnbench.knobs import default_config
+
+    return {**default_config(), "precision": policy, "batch_size": batch}
+
+
+def cnnbench_trial(policy: str, images: int, batch: int) -> dict:
+    """cnnbench's trial path: one warm-up epoch, one timed epoch (validation not timed)."""
+    from cnnbench.train import train_and_evaluate
+
+    result = train_and_evaluate({**ref_net(policy, batch), "epochs": 2}, synthetic_bundle(images))
+    return {"images_per_s": result.images_per_s, "precision": result.precision}
+
+
+def keras_fit(policy: str, images: int, batch: int) -> dict:
+    """The same network with Keras' built-in layers and a plain ``fit``, as a script would."""
+    import keras
+    import numpy as np
+
+    from cnnbench.model import build_model
+
+    data = synthetic_bundle(images)
+    model = build_model(ref_net(policy, batch), dtype_policy=policy)
+    model.compile(keras.optimizers.Adam(1e-3), "categorical_crossentropy")
+    y = np.eye(10, dtype=np.float32)[data.y_train]
+
+    class Clock(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds = time.perf_counter() - self.started
+
+    clock = Clock()
+    model.fit(data.x_train, y, batch_size=batch, epochs=1, verbose=0)  # warm-up: tracing
+    model.fit(data.x_train, y, batch_size=batch, epochs=1, verbose=0, callbacks=[clock])
+    return {"images_per_s": round(images / clock.seconds, 1)}
+
+
+def default_trial_costs(images: int = 4096) -> dict:
+    """Build time, first-epoch tracing and one full epoch of the default space's first
+    known-good configuration, through cnnbench's trainer."""
+    from cnnbench.model import build_model
+    from cnnbench.space import load_space
+    from cnnbench.train import train_and_evaluate
+
+    space = load_space(ROOT / "search_spaces" / "default.yaml")
+    entry = space.start_with[0] if space.start_with else {}
+    config = {**space.complete(entry), "epochs": 2}
+    started = time.perf_counter()
+    build_model(config)
+    build = time.perf_counter() - started
+    result = train_and_evaluate(config, synthetic_bundle(images))
+    steady = images / result.images_per_s           # the second epoch
+    first = result.train_seconds - steady           # the first: the same work plus tracing
+    train_images = 45_000                           # the default split's training images
+    return {"network": f"default.yaml start_with[0] ({result.flops / 1e6:.0f} MFLOPs/image, "
+                       f"{result.precision})",
+            "build_seconds": round(build, 2), "tracing_seconds": round(max(first - steady, 0.0), 2),
+            "train_images": train_images, "epoch_seconds": round(train_images / result.images_per_s, 1)}
