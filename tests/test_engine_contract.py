@@ -37,7 +37,7 @@ def test_rows_states_and_engine_column(study):
     assert set(board["state"]) <= {"complete", "pruned", "failed"}
     done = board[board["state"] == "complete"]
     assert len(done) >= 1 and done["val_accuracy"].between(0, 1).all()
-    assert (done["epochs_run"] == 2).all() and (done["params"] > 0).all()
+    assert (done["epochs_run"] == 2).all() and (done["parameter_count"] > 0).all()
     assert board["batch_norm"].dropna().isin([True, False]).all()  # booleans, not 0/1
     assert (board["momentum"].isna() == (board["optimizer"] != "sgd")).all()
 
@@ -62,7 +62,7 @@ def test_export_loads_in_fresh_process(study):
     proc = subprocess.run([sys.executable, "-c", code, str(folder / "best" / "model.keras")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().splitlines()[-1] == f"(3, 10) {card['params']}"
+    assert proc.stdout.strip().splitlines()[-1] == f"(3, 10) {card['parameter_count']}"
 
 
 def test_global_leaderboard_names_the_engine(study):

@@ -10,30 +10,23 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cnnbench.engines import base, kerastuner_engine, optuna_engine
-from cnnbench.engines.base import StudyPaths
+from cnnbench.engines import kerastuner_engine
 from cnnbench.space import SpaceError, load_space, parse_space
 from conftest import SPACES, run_cli
-from test_optuna_engine import Quiet, fake_train
+from stand_in import run
 
 
 def test_conditions_become_conditional_scopes():
-    space = load_space(SPACES / "default.yaml")
+    space = load_space(SPACES / "smoke.yaml")
     hp = kerastuner_engine.hyperparameters(space)
     names = {h.name for h in hp.space}
     assert names == set(space.searched())
     hp.values["optimizer"] = "adam"
     assert not hp.is_active("momentum") and hp.is_active("learning_rate")
     hp.values["optimizer"] = "sgd"
-    assert hp.is_active("momentum") and hp.is_active("nesterov")
+    assert hp.is_active("momentum")
     lr = next(h for h in hp.space if h.name == "learning_rate")
-    assert (lr.min_value, lr.max_value, lr.sampling) == (3e-4, 1e-1, "log")
-
-
-def _stand_in(monkeypatch):
-    monkeypatch.setattr(base, "train_and_evaluate", fake_train)
-    monkeypatch.setattr(base, "save_model", lambda model, path: path.parent.mkdir(parents=True, exist_ok=True)
-                        or path.write_bytes(b"stand-in"))
+    assert (lr.min_value, lr.max_value, lr.sampling) == (1e-3, 1e-2, "log")
 
 
 def _space(trials=6, optimizers=("adam", "adamw"), epochs=4, failures=5):
@@ -45,16 +38,11 @@ def _space(trials=6, optimizers=("adam", "adamw"), epochs=4, failures=5):
 
 
 def _run(space, tmp_path, algo, trials):
-    paths = StudyPaths(tmp_path / "s")
-    paths.root.mkdir(parents=True, exist_ok=True)
-    (paths.root / "run.json").write_text(json.dumps({"space": space.model_dump(mode="json")}))
-    kerastuner_engine.run("s", space, None, paths, trials, None, Quiet(), algo=algo)
-    return paths, kerastuner_engine.records("s", paths)
+    return tmp_path / "s", run(space, tmp_path, "s", trials, engine="kerastuner", algo=algo)
 
 
 @pytest.mark.parametrize("algo", ["random", "bayesian", "hyperband"])
 def test_algorithms_respect_the_trial_budget(monkeypatch, tmp_path, algo):
-    _stand_in(monkeypatch)
     paths, recs = _run(_space(), tmp_path, algo, 6)
     assert len(recs) == 6 and all(r.state == "complete" for r in recs)
     if algo == "hyperband":  # its budget is in epochs, up to the space's epochs
@@ -62,15 +50,14 @@ def test_algorithms_respect_the_trial_budget(monkeypatch, tmp_path, algo):
 
 
 def test_resume_and_keras_tuners_own_api(monkeypatch, tmp_path, capsys):
-    _stand_in(monkeypatch)
     space = _space()
     paths, first = _run(space, tmp_path, "random", 3)
     _, again = _run(space, tmp_path, "random", 5)
     assert len(first) == 3 and len(again) == 5
-    assert [r.params for r in again[:3]] == [r.params for r in first]
+    assert [r.values for r in again[:3]] == [r.values for r in first]
     # A user reloading the folder with plain KerasTuner sees the same trials.
     tuner = kt.RandomSearch(hypermodel=lambda hp: None, objective=kt.Objective("val_accuracy", "max"),
-                            max_trials=5, directory=str(paths.root), project_name="kerastuner", overwrite=False)
+                            max_trials=5, directory=str(paths), project_name="kerastuner", overwrite=False)
     tuner.results_summary(num_trials=5)
     out = capsys.readouterr().out
     best = max(r.val_accuracy for r in again)
@@ -79,7 +66,6 @@ def test_resume_and_keras_tuners_own_api(monkeypatch, tmp_path, capsys):
 
 
 def test_failures_fail_the_trial_not_the_search(monkeypatch, tmp_path):
-    _stand_in(monkeypatch)
     space = parse_space({"seed": 3, "search": {"max_consecutive_failures": 20}, "params": {
         "optimizer": {"type": "choice", "choices": ["adam", "sgd"]},
         "momentum": {"type": "float", "low": 0.8, "high": 0.9, "condition": {"optimizer": "sgd"}},
@@ -88,23 +74,25 @@ def test_failures_fail_the_trial_not_the_search(monkeypatch, tmp_path):
     _, recs = _run(space, tmp_path, "random", 8)
     failed = [r for r in recs if r.state == "failed"]
     assert len(recs) == 8 and failed and any(r.state == "complete" for r in recs)
-    assert all(r.fail_reason == "ValueError: sgd broken on purpose" for r in failed)
-    assert all("momentum" in r.params for r in failed) and all("momentum" not in r.params
-                                                             for r in recs if r.params["optimizer"] == "adam")
+    assert all(r.reason == "ValueError: sgd broken on purpose" for r in failed)
+    assert all("momentum" in r.values for r in failed) and all("momentum" not in r.values
+                                                             for r in recs if r.values["optimizer"] == "adam")
 
 
 def test_consecutive_failure_limit_stops_the_search(monkeypatch, tmp_path):
-    _stand_in(monkeypatch)
     space = _space(optimizers=("sgd",), failures=2)
     with pytest.raises(RuntimeError, match="consecutive failures exceeded the limit of 2"):
         _run(space, tmp_path, "random", 6)
 
 
-def test_grid_needs_a_finite_space(tmp_path):
+def test_grid_needs_a_finite_space():
     with pytest.raises(SpaceError, match="grid search needs a finite space"):
-        kerastuner_engine.make_tuner(_space(), StudyPaths(tmp_path), "grid", 3)
+        kerastuner_engine.validate(_space(), "grid", None)
     with pytest.raises(SpaceError, match="not a KerasTuner algorithm"):
-        kerastuner_engine.make_tuner(_space(), StudyPaths(tmp_path), "tpe", 3)
+        kerastuner_engine.validate(_space(), "tpe", None)
+    with pytest.raises(SpaceError, match="--storage: is for the Optuna engine"):
+        kerastuner_engine.validate(_space(), None, "sqlite:///x.db")
+    assert kerastuner_engine.validate(_space(), None, None) == "random"  # what run.json records
 
 
 def test_distributed_chief_and_two_workers(tmp_path, jpeg_root):
@@ -140,7 +128,7 @@ def test_same_configuration_same_network_and_accuracy_through_both_engines(tmp_p
         assert proc.returncode == 0, proc.stderr[-3000:]
         cards[engine] = json.loads((tmp_path / "r" / engine / "best" / "model_card.json").read_text())
     a, b = cards["optuna"], cards["kerastuner"]
-    assert a["config"] == b["config"] and a["params"] == b["params"] and a["flops_per_image"] == b["flops_per_image"]
+    assert a["config"] == b["config"] and a["parameter_count"] == b["parameter_count"] and a["flops_per_image"] == b["flops_per_image"]
     import keras
     layers = [[(l.name, l.__class__.__name__) for l in keras.models.load_model(tmp_path / "r" / e / "best" / "model.keras").layers]
               for e in ("optuna", "kerastuner")]
@@ -150,22 +138,20 @@ def test_same_configuration_same_network_and_accuracy_through_both_engines(tmp_p
 
 
 def test_grid_search_enumerates_a_finite_space(monkeypatch, tmp_path):
-    _stand_in(monkeypatch)
     space = parse_space({"seed": 2, "params": {
         "optimizer": {"type": "choice", "choices": ["adam", "adamw"]},
         "learning_rate": {"type": "choice", "choices": [1e-3, 1e-2]},
         "epochs": {"type": "fixed", "value": 2}}})
     _, recs = _run(space, tmp_path, "grid", 10)  # the grid has 4 points: it stops there
-    assert sorted((r.params["optimizer"], r.params["learning_rate"]) for r in recs) == \
+    assert sorted((r.values["optimizer"], r.values["learning_rate"]) for r in recs) == \
         [("adam", 1e-3), ("adam", 1e-2), ("adamw", 1e-3), ("adamw", 1e-2)]
 
 
 @pytest.mark.parametrize("algo", ["random", "bayesian", "hyperband"])
 def test_start_with_runs_known_good_configurations_first_and_once(monkeypatch, tmp_path, algo):
-    _stand_in(monkeypatch)
     known = [{"optimizer": "adamw", "learning_rate": 0.01}, {"optimizer": "adam", "learning_rate": 0.003}]
     space = parse_space({**_space().model_dump(mode="json", exclude_defaults=True), "start_with": known})
     _, first = _run(space, tmp_path, algo, 3)
-    assert [r.params for r in first[:2]] == known
+    assert [r.values for r in first[:2]] == known
     _, again = _run(space, tmp_path, algo, 5)  # resumed: not handed out again
-    assert len(again) == 5 and sum(r.params in known for r in again) == 2
+    assert len(again) == 5 and sum(r.values in known for r in again) == 2

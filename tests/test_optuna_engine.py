@@ -10,38 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from cnnbench.engines import base, optuna_engine
-from cnnbench.engines.base import StudyPaths
+from cnnbench.engines import optuna_engine
 from cnnbench.space import SpaceError, parse_space
-from cnnbench.train import TrialResult
-
-
-class Quiet:
-    def trial_started(self, *a): pass
-    def epoch_done(self, *a): pass
-    def trial_done(self, *a): pass
-
-
-def fake_train(config, data, on_epoch, seed):
-    """Accuracy grows with the learning rate's closeness to 1e-2; sgd always crashes."""
-    if config["optimizer"] == "sgd":
-        raise ValueError("sgd broken on purpose")
-    quality = 1.0 / (1.0 + abs(np.log10(config["learning_rate"]) + 2))
-    history = []
-    for epoch in range(1, config["epochs"] + 1):
-        acc = quality * epoch / config["epochs"]
-        history.append({"val_accuracy": acc})
-        on_epoch(epoch, {"val_accuracy": acc, "loss": 1.0})
-    return TrialResult(val_accuracy=acc, val_loss=1 - acc, best_epoch=config["epochs"],
-                       epochs_run=config["epochs"], train_seconds=0.1, images_per_s=1000.0, params=10,
-                       flops=20, history=history, model=None)
-
-
-@pytest.fixture(autouse=True)
-def stand_in_trainer(monkeypatch):
-    monkeypatch.setattr(base, "train_and_evaluate", fake_train)
-    monkeypatch.setattr(base, "save_model", lambda model, path: path.parent.mkdir(parents=True, exist_ok=True)
-                        or path.write_bytes(b"stand-in"))
+from stand_in import make_job, run
 
 
 def space(sampler="tpe", pruner="none", optimizers=("adam", "adamw"), lr=None, trials=8):
@@ -56,34 +27,30 @@ def space(sampler="tpe", pruner="none", optimizers=("adam", "adamw"), lr=None, t
                         "params": params})
 
 
-def run(sp, tmp_path, study="s", trials=None):
-    paths = StudyPaths(tmp_path / study)
-    optuna_engine.run(study, sp, None, paths, trials or sp.budget.trials, None, Quiet())
-    return optuna_engine.records(study, paths)
-
-
 @pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes"])
 def test_each_sampler_finishes_the_budget(tmp_path, sampler):
     recs = run(space(sampler), tmp_path)
     assert len(recs) == 8 and all(r.state == "complete" for r in recs)
-    assert all(1e-4 <= r.params["learning_rate"] <= 1e-1 for r in recs)
+    assert all(1e-4 <= r.values["learning_rate"] <= 1e-1 for r in recs)
 
 
 def test_grid_sampler_covers_a_finite_space(tmp_path):
     sp = space("grid", lr={"type": "choice", "choices": [1e-3, 1e-2, 1e-1]}, trials=6)
     recs = run(sp, tmp_path)
-    assert sorted((r.params["optimizer"], r.params["learning_rate"]) for r in recs) == \
+    assert sorted((r.values["optimizer"], r.values["learning_rate"]) for r in recs) == \
         [(o, lr) for o in ("adam", "adamw") for lr in (1e-3, 1e-2, 1e-1)]
     with pytest.raises(SpaceError, match="grid sampler needs a finite space"):
-        optuna_engine.make_sampler(space("grid"))
+        optuna_engine.validate(space("grid"), None, None)
+    with pytest.raises(SpaceError, match="'hyperband' is not an Optuna sampler"):
+        optuna_engine.validate(space(), "hyperband", None)
 
 
 def test_failed_trials_are_rows_with_reason_and_do_not_stop_the_search(tmp_path):
     recs = run(space("random", optimizers=("adam", "sgd"), trials=10), tmp_path)
     assert len(recs) == 10
     failed = [r for r in recs if r.state == "failed"]
-    assert failed and all(r.fail_reason == "ValueError: sgd broken on purpose" for r in failed)
-    assert all(r.params["optimizer"] == "sgd" for r in failed)
+    assert failed and all(r.reason == "ValueError: sgd broken on purpose" for r in failed)
+    assert all(r.values["optimizer"] == "sgd" for r in failed)
     assert any(r.state == "complete" for r in recs)
 
 
@@ -100,23 +67,20 @@ def test_resume_counts_finished_trials_toward_the_budget(tmp_path):
     first = run(sp, tmp_path, trials=3)
     again = run(sp, tmp_path, trials=5)
     assert len(first) == 3 and len(again) == 5
-    assert [r.params for r in again[:3]] == [r.params for r in first]
+    assert [r.values for r in again[:3]] == [r.values for r in first]
     assert len(run(sp, tmp_path, trials=5)) == 5  # budget met: nothing more runs
 
 
 def test_same_seed_same_suggestions(tmp_path):
     a = run(space("tpe", trials=12), tmp_path, "a")
     b = run(space("tpe", trials=12), tmp_path, "b")
-    assert [r.params for r in a] == [r.params for r in b]
+    assert [r.values for r in a] == [r.values for r in b]
 
 
 def test_rdb_storage_url(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    paths = StudyPaths(tmp_path / "s")
-    optuna_engine.run("s", space("random"), None, paths, 3, None, Quiet(), storage=url)
-    assert (tmp_path / "study.db").exists() and not (paths.root / "optuna.journal").exists()
-    assert optuna_engine.exists("s", paths, url)
-    recs = optuna_engine.records("s", paths, url)
+    recs = run(space("random"), tmp_path, trials=3, storage=url)
+    assert (tmp_path / "study.db").exists() and not (tmp_path / "s" / "optuna.journal").exists()
     assert len(recs) == 3 and all(r.state == "complete" for r in recs)
 
 
@@ -132,10 +96,10 @@ def test_start_with_runs_known_good_configurations_first_and_once(tmp_path):
     known = [{"optimizer": "adamw", "learning_rate": 0.01}, {"optimizer": "adam", "learning_rate": 0.003}]
     sp = parse_space({**space("random").model_dump(mode="json", exclude_defaults=True), "start_with": known})
     first = run(sp, tmp_path, trials=3)
-    assert [r.params for r in first[:2]] == known
+    assert [r.values for r in first[:2]] == known
     again = run(sp, tmp_path, trials=5)  # resumed: the known-good ones are not queued again
-    assert [r.params for r in again[:3]] == [r.params for r in first]
-    assert sum(r.params in known for r in again) == 2
+    assert [r.values for r in again[:3]] == [r.values for r in first]
+    assert sum(r.values in known for r in again) == 2
 
 
 def test_deadline_stops_a_trial_that_cannot_finish(tmp_path):
@@ -144,19 +108,14 @@ def test_deadline_stops_a_trial_that_cannot_finish(tmp_path):
 
     log = ThroughputLog(tmp_path / "throughput.json")
     log.add(runtime.resolve_precision("auto"), 1e9)  # 1 GFLOP/s: a CIFAR-sized trial takes hours
-    data = _bundle()
-    paths = StudyPaths(tmp_path / "late")
-    optuna_engine.run("late", space("random", trials=3), data, paths, 3, None, Quiet(),
-                      deadline=Deadline(time.time() + 60, log))
-    recs = optuna_engine.records("late", paths)
-    assert len(recs) == 1 and recs[0].state == "failed"
-    assert recs[0].fail_reason.startswith("not started: forecast")
+    job = make_job(space("random", trials=3), tmp_path, "late", deadline=Deadline(time.time() + 600, log),
+                   data_sizes=(45_000, 5_000, 10_000))
+    said = []
+    job.progress.say = said.append
+    optuna_engine.run(job)
+    assert not list(job.paths.trials.glob("trial-*.json"))  # nothing trained, nothing recorded
+    assert said and said[-1].startswith("stopped before trial 0: not started: forecast")
 
-
-def _bundle():
-    from cnnbench.data import synthetic_bundle
-
-    return synthetic_bundle(45_000, n_val=5_000, image_size=8)
 
 
 def test_pruners_hear_progress_in_tenths_of_each_trials_own_schedule():

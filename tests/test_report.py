@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 from rich.console import Console
 
-from cnnbench.engines.base import TrialRecord
+from cnnbench.trials import TrialRecord
 from cnnbench.report import SweepProgress, markdown_table
 
 
@@ -12,8 +12,8 @@ def test_plain_progress_lines_name_trial_of_total_best_and_epoch(capsys):
     progress = SweepProgress("my-study", total=3, live=False)
     progress.trial_started(0, {"learning_rate": 0.001234567})
     progress.epoch_done(0, 2, 5, {"val_accuracy": 0.5, "loss": 1.25})
-    progress.trial_done(TrialRecord(trial=0, state="complete", engine="optuna", params={}, val_accuracy=0.61))
-    progress.trial_done(TrialRecord(trial=1, state="failed", engine="optuna", params={}, fail_reason="ValueError: x"))
+    progress.trial_done(TrialRecord(trial=0, state="complete", engine="optuna", values={}, val_accuracy=0.61))
+    progress.trial_done(TrialRecord(trial=1, state="failed", engine="optuna", values={}, reason="ValueError: x"))
     lines = capsys.readouterr().out.strip().splitlines()
     assert "[my-study] 1 of 3 | best val_accuracy - |" in lines[0] and "learning_rate=0.001235" in lines[0]
     assert "trial 0 epoch 2/5: val_accuracy 0.5000" in lines[1]
@@ -40,10 +40,10 @@ def test_progress_frame_orders_by_finish_and_tracks_the_best_completed_trial(tmp
     from cnnbench.results import progress_frame
 
     t0 = 1000.0
-    recs = [TrialRecord(trial=0, state="complete", engine="optuna", params={}, val_accuracy=0.80, finished_at=t0 + 600),
-            TrialRecord(trial=2, state="pruned", engine="optuna", params={}, val_accuracy=0.90, finished_at=t0 + 660),
-            TrialRecord(trial=1, state="complete", engine="optuna", params={}, val_accuracy=0.85, finished_at=t0 + 900),
-            TrialRecord(trial=3, state="running", engine="optuna", params={})]
+    recs = [TrialRecord(trial=0, state="complete", engine="optuna", values={}, val_accuracy=0.80, finished_at=t0 + 600),
+            TrialRecord(trial=2, state="pruned", engine="optuna", values={}, val_accuracy=0.90, finished_at=t0 + 660),
+            TrialRecord(trial=1, state="complete", engine="optuna", values={}, val_accuracy=0.85, finished_at=t0 + 900),
+            TrialRecord(trial=3, state="running", engine="optuna", values={})]
     frame = progress_frame(recs, t0)
     assert list(frame["trial"]) == [0, 2, 1]
     assert list(frame["minutes"]) == [10.0, 11.0, 15.0]

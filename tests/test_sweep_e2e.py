@@ -31,11 +31,11 @@ def test_leaderboard_rows_and_columns(swept):
     assert len(board) == 3 and set(board["trial"]) == {0, 1, 2}
     assert set(board["state"]) <= {"complete", "pruned", "failed"}
     for column in ["trial", "state", "engine", "stages", "base_filters", "optimizer", "momentum", "learning_rate",
-                   "val_accuracy", "val_loss", "epochs_run", "train_seconds", "images_per_s", "params", "flops"]:
+                   "val_accuracy", "val_loss", "epochs_run", "train_seconds", "images_per_s", "parameter_count", "flops"]:
         assert column in board.columns, column
     done = board[board["state"] == "complete"]
     assert list(done["val_accuracy"]) == sorted(done["val_accuracy"], reverse=True)  # best first
-    assert (done["params"] > 0).all() and (done["images_per_s"] > 0).all() and (done["epochs_run"] == 2).all()
+    assert (done["parameter_count"] > 0).all() and (done["images_per_s"] > 0).all() and (done["epochs_run"] == 2).all()
     # momentum is conditional: empty exactly where the optimizer is not sgd
     assert (board["momentum"].isna() == (board["optimizer"] != "sgd")).all()
     assert "exported model:" in first.stdout and "test accuracy" in first.stdout
@@ -56,7 +56,7 @@ def test_resume_keeps_completed_trials(swept):
 def test_model_card_describes_itself(swept):
     results = swept[0]
     card = json.loads((results / "smoke" / "best" / "model_card.json").read_text())
-    for key in ("hyperparameters", "config", "validation", "test", "params", "flops_per_image", "training",
+    for key in ("hyperparameters", "config", "validation", "test", "parameter_count", "flops_per_image", "training",
                 "data", "space_hash", "seed", "versions", "git_revision"):
         assert key in card, key
     test = card["test"]

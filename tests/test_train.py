@@ -52,7 +52,7 @@ def test_training_learns_a_separable_task_and_keeps_the_best_epoch():
     assert seen == [1, 2, 3, 4] and result.epochs_run == 4
     assert result.val_accuracy == max(h["val_accuracy"] for h in result.history)
     assert result.val_accuracy > 0.6  # chance is 1/3
-    assert result.params == result.model.count_params() and result.images_per_s > 0
+    assert result.parameter_count == result.model.count_params() and result.images_per_s > 0
 
 
 def test_prune_stops_training_and_reports_how_far_it_got():
@@ -104,7 +104,7 @@ def test_tta_and_ema_model_is_exported_float32_mirror_averaged_and_loads_in_safe
     import subprocess
     import sys
 
-    from cnnbench.engines.base import save_model
+    from cnnbench.train import save_model
 
     config = {**default_config(), "stages": 2, "base_filters": 8, "epochs": 2, "batch_size": 20,
               "learning_rate": 1e-2, "tta": True, "ema": 0.9, "stem": "whiten", "precision": "mixed_bfloat16"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -17,6 +18,23 @@ from cnnbench.data import DataError
 from cnnbench.space import SpaceError
 
 BAD_INPUT, INTERRUPTED = 2, 130
+EXIT_FOR_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}  # the shell's convention: 128 + signal
+
+
+def install_stop_handlers() -> None:
+    """SIGINT and SIGTERM stop a sweep gracefully (the running trial is recorded as
+    interrupted, what finished is ranked and exported). Installed explicitly, so a sweep
+    started from a script or in the background, where SIGINT arrives ignored, still stops
+    on ``kill -INT``. The first signal counts; later ones are ignored while cleaning up."""
+    from cnnbench.engines.base import Interrupted
+
+    def stop(signum, _frame):
+        for each in EXIT_FOR_SIGNAL:
+            signal.signal(each, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    for each in EXIT_FOR_SIGNAL:
+        signal.signal(each, stop)
 
 
 def cmd_check(args) -> int:
@@ -42,9 +60,11 @@ def cmd_sweep(args) -> int:
                            timeout_minutes=args.timeout, engine=args.engine, algo=args.algo,
                            storage=args.storage, results=args.results, workers=args.workers)
     sweep = prepare(request)
+    install_stop_handlers()
     summary = run_sweep(sweep)
+    stopped = EXIT_FOR_SIGNAL.get(summary["stopped_by"], INTERRUPTED) if summary["stopped_by"] else 0
     if summary.get("worker"):
-        return INTERRUPTED if summary["interrupted"] else 0
+        return stopped
     console = wide_console()
     frame = leaderboard_frame(summary["records"], sweep.space)
     print_leaderboard(frame, f"{sweep.study}: top trials", list(sweep.space.searched()), top=5, console=console)
@@ -56,9 +76,10 @@ def cmd_sweep(args) -> int:
         print(f"exported model: {summary['best_model']}")
     else:
         print("no trial completed, so no model was exported")
-    if summary["interrupted"]:
-        print("interrupted: finished trials are kept; run the same command again to continue")
-        return INTERRUPTED
+    if stopped:
+        print(f"stopped by {signal.Signals(summary['stopped_by']).name}: finished trials are kept; "
+              "run the same command again to continue")
+        return stopped
     return 0 if card else 1
 
 
@@ -76,7 +97,7 @@ def cmd_leaderboard(args) -> int:
         frame = read_study_leaderboard(study_dir)
         searched = list(read_json(study_dir / "run.json").get("space", {}).get("params", {}))
         cols = ["trial", "state", "engine", *searched, "val_accuracy", "val_loss", "epochs_run",
-                "train_seconds", "images_per_s", "params", "flops", "fail_reason"]
+                "train_seconds", "images_per_s", "parameter_count", "flops", "reason", "note"]
         console.print(rich_table(frame, f"{args.study}: {len(frame)} trials, best first", cols, args.top))
     else:
         frame = studies_frame(root)
@@ -119,7 +140,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, help="minutes after which no new trial starts")
     s.add_argument("--engine", default="optuna", help="optuna or kerastuner")
     s.add_argument("--algo", help="optuna: tpe|random|grid|cmaes; kerastuner: random|bayesian|hyperband|grid")
-    s.add_argument("--storage", help="Optuna RDB URL shared by many machines (default: a journal file)")
+    s.add_argument("--storage", help="Optuna RDB URL shared by many machines, or @FILE holding it "
+                   "(default: $CNNBENCH_STORAGE, else a journal file in the study folder)")
     s.add_argument("--results", default="results", help="results folder")
     s.add_argument("--workers", type=int, default=0,
                    help="worker processes on this machine (kerastuner: plus a chief oracle process)")
@@ -154,9 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SpaceError, DataError) as e:
         print(f"cnnbench: {e}", file=sys.stderr)
         return BAD_INPUT
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # before the sweep could take over (e.g. while loading data)
         print("cnnbench: interrupted", file=sys.stderr)
-        return INTERRUPTED
+        return EXIT_FOR_SIGNAL.get(getattr(stop, "signum", signal.SIGINT), INTERRUPTED)
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from cnnbench.data import DataBundle
-from cnnbench.engines.base import StudyPaths, TrialRecord
 from cnnbench.results import atomic_write, json_text
+from cnnbench.trials import StudyPaths, TrialRecord
 
 
 def evaluate(model, x: np.ndarray, y: np.ndarray, class_names) -> dict:
@@ -46,14 +46,14 @@ def export_best(records: list[TrialRecord], paths: StudyPaths, data: DataBundle,
         "input": "uint8 RGB images of any size, shape (batch, height, width, 3); "
                  f"resized to {data.x_train.shape[1]}x{data.x_train.shape[1]} inside the model",
         "output": "class probabilities (softmax) in the order of 'classes'",
-        "hyperparameters": best.params, "config": best.config,
+        "hyperparameters": best.values, "config": best.config,
         "validation": {"accuracy": best.val_accuracy, "loss": best.val_loss, "best_epoch": best.best_epoch,
                        "images": int(len(data.y_val))},
         "test": test,
-        "params": best.model_params, "flops_per_image": best.flops,
+        "parameter_count": best.parameter_count, "flops_per_image": best.flops,
         "training": {"epochs_run": best.epochs_run, "train_seconds": best.train_seconds,
                      "images_per_s": best.images_per_s, "train_images": int(len(data.y_train)),
-                     "precision": best.precision},
+                     "precision": best.precision, "history": best.history},
         "data": {"source": data.source, "fingerprint": data.fingerprint},
         **{k: run.get(k) for k in ("space_file", "space_hash", "space", "seed", "versions", "git_revision",
                                    "command", "machine")},
@@ -74,7 +74,7 @@ def card_markdown(card: dict) -> str:
         f"- Test accuracy: **{card['test']['accuracy']:.4f}** on {card['test']['images']} images "
         f"({card['data']['source']}, fingerprint {card['data']['fingerprint']})",
         f"- Validation accuracy: {card['validation']['accuracy']:.4f} (best epoch {card['validation']['best_epoch']})",
-        f"- Parameters: {card['params']:,}; FLOPs per image: {card['flops_per_image']:,}",
+        f"- Parameters: {card['parameter_count']:,}; FLOPs per image: {card['flops_per_image']:,}",
         f"- Training: {card['training']['epochs_run']} epochs, {card['training']['train_seconds']} s, "
         f"{card['training']['images_per_s']} images/s on {card['training']['train_images']} images",
         f"- Space: `{card['space_file']}` (hash {card['space_hash']}), seed {card['seed']}, "

@@ -14,10 +14,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from cnnbench.engines.base import TrialRecord
+from cnnbench.trials import TrialRecord
 
 TERMINAL_COLUMNS = ["trial", "state", "val_accuracy", "val_loss", "epochs_run", "train_seconds",
-                    "images_per_s", "params"]
+                    "images_per_s", "parameter_count"]
 
 
 def _fmt(value) -> str:
@@ -95,11 +95,19 @@ class SweepProgress:
                   f"loss {logs['loss']:.4f}", quiet_when_live=True)
 
     def trial_done(self, record: TrialRecord) -> None:
+        if record.state == "interrupted":  # not a result: it does not count
+            self._say(f"trial {record.trial} interrupted")
+            return
         self.done += 1
         if record.state == "complete" and (self.best is None or record.val_accuracy > self.best):
             self.best = record.val_accuracy
-        detail = record.fail_reason if record.state == "failed" else f"val_accuracy {_fmt(record.val_accuracy)}"
+        detail = record.reason if record.state in ("failed", "interrupted") else \
+            f"val_accuracy {_fmt(record.val_accuracy)}"
         self._say(f"trial {record.trial} {record.state}: {detail}")
+
+    def say(self, message: str) -> None:
+        """Something the sweep decided (a lost trial retried, a stop before the deadline)."""
+        self._say(message)
 
     # -- rendering -----------------------------------------------------------------------------
     def _headline(self) -> str:

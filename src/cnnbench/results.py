@@ -11,14 +11,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from cnnbench.engines.base import TrialRecord
 from cnnbench.knobs import coerce
 from cnnbench.space import FixedParam, Space
+from cnnbench.trials import RESULT_COLUMNS, TrialRecord
 
-METRICS = ["val_accuracy", "val_loss", "best_epoch", "epochs_run", "train_seconds", "images_per_s",
-           "params", "flops", "precision", "fail_reason", "note"]
 PROGRESS_COLUMNS = ["trial", "state", "minutes", "val_accuracy", "best_val_accuracy"]
-_STATE_RANK = {"complete": 0, "pruned": 1, "running": 2, "failed": 3}
+_STATE_RANK = {"complete": 0, "pruned": 1, "running": 2, "interrupted": 3, "failed": 4}
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -47,13 +45,10 @@ def leaderboard_frame(records: list[TrialRecord], space: Space) -> pd.DataFrame:
         for name, p in space.params.items():
             # Fixed values are not chosen by the engine but were trained with: show them.
             active_fixed = isinstance(p, FixedParam) and p.condition_holds(r.config)
-            row[name] = coerce(name, p.value) if active_fixed else r.params.get(name)
-        row.update(val_accuracy=r.val_accuracy, val_loss=r.val_loss, best_epoch=r.best_epoch,
-                   epochs_run=r.epochs_run, train_seconds=r.train_seconds, images_per_s=r.images_per_s,
-                   params=r.model_params, flops=r.flops, precision=r.precision, fail_reason=r.fail_reason,
-                   note=r.note)
+            row[name] = coerce(name, p.value) if active_fixed else r.values.get(name)
+        row.update({column: getattr(r, column) for column in RESULT_COLUMNS})
         rows.append(row)
-    frame = pd.DataFrame(rows, columns=["trial", "state", "engine", *param_names, *METRICS])
+    frame = pd.DataFrame(rows, columns=["trial", "state", "engine", *param_names, *RESULT_COLUMNS])
     if frame.empty:
         return frame
     frame["_rank"] = frame["state"].map(_STATE_RANK).fillna(9)
@@ -104,14 +99,16 @@ def studies_frame(results_root: Path) -> pd.DataFrame:
             "complete": int((board["state"] == "complete").sum()),
             "pruned": int((board["state"] == "pruned").sum()),
             "failed": int((board["state"] == "failed").sum()),
+            "interrupted": int((board["state"] == "interrupted").sum()),
             "best_trial": None if best is None else int(best["trial"]),
             "val_accuracy": None if best is None else float(best["val_accuracy"]),
             "test_accuracy": card.get("test", {}).get("accuracy"),
-            "params": None if best is None else int(best["params"]),
+            "parameter_count": None if best is None else int(best["parameter_count"]),
             "flops": None if best is None else int(best["flops"]),
         })
     frame = pd.DataFrame(rows, columns=["study", "engine", "space", "trials", "complete", "pruned", "failed",
-                                        "best_trial", "val_accuracy", "test_accuracy", "params", "flops"])
+                                        "interrupted", "best_trial", "val_accuracy", "test_accuracy",
+                                        "parameter_count", "flops"])
     return frame.sort_values(["test_accuracy", "val_accuracy"], ascending=False,
                              na_position="last").reset_index(drop=True)
 

@@ -112,6 +112,9 @@ class Search(_Strict):
     prune_after_trials: int = Field(3, ge=0)
     # Stop the search when this many trials in a row fail: the space is probably broken.
     max_consecutive_failures: int = Field(5, ge=1)
+    # A trial lost with its process (kill -9, out of memory, a dead machine) is tried again
+    # this many times.
+    retries: int = Field(1, ge=0)
 
 
 class Data(_Strict):

@@ -1,12 +1,13 @@
 """One sweep from start to finish: validate, load data, run an engine, rank, export.
 
-Everything that can be wrong with the input is checked before anything is written. The
-leaderboard is rewritten after every trial, so an interrupted or killed sweep loses at
-most the trial that was running.
+Everything that can be wrong with the input (the space, the arguments, the engine's
+algorithm, the storage) is checked before anything is written. Every trial keeps its own
+record (``trials.py``), and the leaderboard and progress files are rewritten from those
+records after every trial and once more at the end, so what is on disk after any stop
+matches what was done.
 """
 from __future__ import annotations
 
-import importlib
 import os
 import shlex
 import sys
@@ -16,22 +17,18 @@ from pathlib import Path
 
 import yaml
 
-from cnnbench import provenance, runtime
+from cnnbench import engines, provenance, runtime, trials
 from cnnbench.data import load_data
 from cnnbench.deadline import DEADLINE_ENV, Deadline
-from cnnbench.engines.base import StudyPaths
+from cnnbench.engines.base import StudyJob
 from cnnbench.export import export_best
+from cnnbench.isolation import DEFAULT_TRAINER, TrialRunner
 from cnnbench.report import SweepProgress, markdown_table, study_markdown
 from cnnbench.results import (atomic_write, json_text, leaderboard_frame, progress_frame, read_json,
                               studies_frame, write_study_leaderboard)
 from cnnbench.space import Space, SpaceError, load_space
-
-# The engines, by name. Each module has NAME, run(), records() and exists().
-ENGINES = {"optuna": "cnnbench.engines.optuna_engine", "kerastuner": "cnnbench.engines.kerastuner_engine"}
-
-
-def engine_module(name: str):
-    return importlib.import_module(ENGINES[name])
+from cnnbench.storage_url import masked, resolve, scrub
+from cnnbench.trials import StudyPaths
 
 
 @dataclass
@@ -42,16 +39,17 @@ class SweepRequest:
     timeout_minutes: float | None = None
     engine: str = "optuna"
     algo: str | None = None        # sampler (optuna) or tuner (kerastuner); default from the space
-    storage: str | None = None     # Optuna RDB URL; default: a journal file in the study folder
+    storage: str | None = None     # Optuna RDB URL (or @file); default: a journal file in the study folder
     results: str = "results"
     workers: int = 0               # processes to start on this machine (KerasTuner: plus a chief)
 
     def worker_command(self) -> list[str]:
-        """The command each worker process runs: this sweep, as a worker."""
+        """The command each worker process runs: this sweep, as a worker. The storage URL
+        travels in the environment, never on a command line that ``ps`` shows."""
         args = [sys.executable, "-m", "cnnbench.cli", "sweep", "--space", self.space_file,
                 "--engine", self.engine, "--results", self.results]
         for flag, value in (("--study", self.study), ("--trials", self.trials), ("--timeout", self.timeout_minutes),
-                            ("--algo", self.algo), ("--storage", self.storage)):
+                            ("--algo", self.algo)):
             if value is not None:
                 args += [flag, str(value)]
         return args
@@ -75,6 +73,8 @@ class Sweep:
     paths: StudyPaths
     run: dict
     started: float  # Unix seconds: TIMEOUT counts from here, export included
+    algo: str       # the algorithm that actually runs
+    storage: str | None
 
     @property
     def trials(self) -> int:
@@ -86,7 +86,8 @@ class Sweep:
 
 
 def prepare(request: SweepRequest) -> Sweep:
-    """Validate the request. Raises SpaceError for a bad space or a study it does not match."""
+    """Validate the request. Raises SpaceError for a bad space, argument, algorithm or
+    storage, or a study it does not match; nothing has been written when it does."""
     started = time.time()
     space = load_space(request.space_file)
     if request.trials is not None and request.trials < 1:
@@ -95,10 +96,9 @@ def prepare(request: SweepRequest) -> Sweep:
         raise SpaceError(f"--timeout: must be above 0 minutes, got {request.timeout_minutes}")
     if request.workers < 0:
         raise SpaceError(f"--workers: must be 0 or more, got {request.workers}")
-    if request.engine not in ENGINES:
-        raise SpaceError(f"--engine: {request.engine!r} is not one of {', '.join(ENGINES)}")
+    engine = engines.get(request.engine)
     study = request.study or Path(request.space_file).stem
-    if not study.replace("-", "").replace("_", "").replace(".", "").isalnum():
+    if not study.replace("-", "").replace("_", "").replace(".", "").isalnum() or study.strip(".") == "":
         raise SpaceError(f"--study: {study!r} may hold only letters, digits, '-', '_' and '.'")
     paths = StudyPaths(Path(request.results) / study)
     earlier = read_json(paths.root / "run.json")
@@ -109,22 +109,25 @@ def prepare(request: SweepRequest) -> Sweep:
     if earlier and earlier.get("engine") not in (None, request.engine):
         raise SpaceError(f"--engine: study {study!r} was run with {earlier.get('engine')}; "
                          "use a new STUDY name to compare engines")
-    engine_module(request.engine)  # import errors surface before any work
+    storage = resolve(request.storage)
+    algo = engine.validate(space, request.algo, storage)
+    command = "cnnbench " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "cnnbench sweep"
     run = {
-        "study": study, "engine": request.engine, "algo": request.algo or space.search.sampler,
+        "study": study, "engine": request.engine, "algo": algo, "storage": masked(storage),
         "space_file": request.space_file, "space_hash": space.fingerprint(),
         "space": space.model_dump(mode="json"), "seed": space.seed,
         "versions": provenance.versions(), "git_revision": provenance.git_revision(),
-        "command": "cnnbench " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "cnnbench sweep",
+        "command": scrub(command, storage),
     }
-    return Sweep(request, space, study, paths, run, started)
+    return Sweep(request, space, study, paths, run, started, algo, storage)
 
 
 def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
     """Run the trials, keep the leaderboard current, export the best model. Returns a summary."""
     req, space, paths = sweep.request, sweep.space, sweep.paths
-    engine = engine_module(req.engine)
-    data = load_data(space.data, space.seed, Path(req.space_file).resolve().parent)
+    engine = engines.get(req.engine)
+    space_dir = Path(req.space_file).resolve().parent
+    data = load_data(space.data, space.seed, space_dir)
     run = {**sweep.run, "data": {"source": data.source, "fingerprint": data.fingerprint,
                                  "train": len(data.y_train), "val": len(data.y_val), "test": len(data.y_test)},
            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(sweep.started)),
@@ -138,41 +141,44 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
     if not is_worker():  # the process that started the sweep describes it
         atomic_write(paths.root / "run.json", json_text(run))
         atomic_write(paths.root / "space.yaml", yaml.safe_dump(run["space"], sort_keys=False))
-
-    before = engine.records(sweep.study, paths, req.storage) if engine.exists(sweep.study, paths, req.storage) else []
-    finished = [r for r in before if r.state != "running"]
-    best = max((r.val_accuracy for r in finished if r.state == "complete"), default=None)
+    before = trials.read_records(paths)
+    best = max((r.val_accuracy for r in before if r.state == "complete"), default=None)
     label = f"{sweep.study} worker {worker_id()}" if is_worker() else sweep.study
-    progress = SweepProgress(label, sweep.trials, len(finished), best, sweep.timeout, live)
+    progress = SweepProgress(label, sweep.trials, trials.finished_count(before), best, sweep.timeout, live)
 
     def refresh(_record=None) -> list:
-        records = engine.records(sweep.study, paths, req.storage)
+        records = trials.read_records(paths)
         frame = leaderboard_frame(records, space)
         write_study_leaderboard(frame, paths.root, study_markdown(sweep.study, frame, run))
         atomic_write(paths.root / "progress.csv",
                      progress_frame(records, run["first_started_unix"]).to_csv(index=False))
         return records
 
-    interrupted = False
+    # CNNBENCH_TRAINER names another trainer (module:function): the tests' stand-ins use it.
+    runner = TrialRunner((space.data, space.seed, space_dir), os.environ.get("CNNBENCH_TRAINER") or DEFAULT_TRAINER)
+    job = StudyJob(study=sweep.study, engine=req.engine, space=space, paths=paths, trials=sweep.trials,
+                   progress=progress, runner=runner, algo=sweep.algo,
+                   data_sizes=(len(data.y_train), len(data.y_val), len(data.y_test)), deadline=deadline,
+                   storage=sweep.storage, workers=0 if is_worker() else req.workers,
+                   worker_command=req.worker_command(), worker_index=int(os.environ.get("CNNBENCH_WORKER", 0)),
+                   on_record=refresh)
+    stopped_by = None
     try:
-        minutes_left = deadline.left() / 60 if deadline.end is not None else None
-        engine.run(sweep.study, space, data, paths, sweep.trials, minutes_left, progress,
-                   on_record=refresh, storage=req.storage, algo=req.algo,
-                   workers=0 if is_worker() else req.workers, worker_command=req.worker_command(),
-                   deadline=deadline)
-    except KeyboardInterrupt:
-        interrupted = True  # keep what finished: rank it and export it below
+        engine.run(job)
+    except KeyboardInterrupt as stop:  # SIGINT or SIGTERM: keep what finished, rank it, export it
+        stopped_by = getattr(stop, "signum", 2)
     finally:
+        runner.close(kill=stopped_by is not None)
         progress.close()
     records = refresh()
+    summary = {"study": sweep.study, "records": records, "card": None, "stopped_by": stopped_by,
+               "best_model": None, "worker": is_worker()}
     if is_worker():  # the starting process ranks and exports once every worker is done
-        return {"study": sweep.study, "records": records, "card": None, "interrupted": interrupted,
-                "best_model": None, "worker": True}
+        return summary
     card = export_best(records, paths, data, run)
     write_global_leaderboard(Path(req.results))
     write_progress_plot(sweep, records, run, card)
-    return {"study": sweep.study, "records": records, "card": card, "interrupted": interrupted,
-            "best_model": str(paths.best / "model.keras") if card else None}
+    return {**summary, "card": card, "best_model": str(paths.best / "model.keras") if card else None}
 
 
 def write_progress_plot(sweep: Sweep, records: list, run: dict, card: dict | None) -> None:

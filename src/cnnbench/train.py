@@ -42,7 +42,7 @@ class TrialResult:
     epochs_run: int
     train_seconds: float     # time in training steps, validation excluded
     images_per_s: float      # training throughput, first (tracing) epoch excluded when possible
-    params: int
+    parameter_count: int     # the network's weights, as Keras counts them
     flops: int               # per image, forward pass
     precision: str = "float32"  # the dtype policy it trained with (``auto`` resolved)
     history: list[dict] = field(default_factory=list)
@@ -171,7 +171,7 @@ def train_and_evaluate(config: dict, data: DataBundle, on_epoch: Callable[[int, 
         return TrialResult(
             val_accuracy=best["val_accuracy"], val_loss=best["val_loss"], best_epoch=best["epoch"],
             epochs_run=len(watcher.history), train_seconds=round(sum(watcher.train_times), 2),
-            images_per_s=round(watcher.throughput(), 1), params=stats.params, flops=stats.flops,
+            images_per_s=round(watcher.throughput(), 1), parameter_count=stats.params, flops=stats.flops,
             precision=precision, history=watcher.history, model=with_model)
 
     try:
@@ -183,3 +183,14 @@ def train_and_evaluate(config: dict, data: DataBundle, on_epoch: Callable[[int, 
         raise
     model.set_weights(watcher.best_weights)
     return result(inference_model(config, model, num_classes, image_size, mean, var))
+
+
+def save_model(model, path) -> None:
+    """Save the inference graph only (no optimizer state), atomically."""
+    import keras
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    inference = keras.Model(model.inputs, model.outputs, name=model.name)  # uncompiled: no optimizer
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    inference.save(tmp)
+    tmp.replace(path)

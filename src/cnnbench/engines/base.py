@@ -1,165 +1,188 @@
-"""What every engine shares: the trial record, the study folder, and one way to run a trial.
+"""What every engine shares: the study job, and one way to run a trial.
 
-An engine (Optuna, KerasTuner) only decides which configuration to try next. Building,
-training, saving the trial's model and describing the outcome all go through
-``run_trial`` here, so one configuration trains identically whichever engine chose it.
+An engine (Optuna, KerasTuner) only decides which configuration to try next and when to
+prune. Recording, training (in a child process), saving the trial's model and describing
+the outcome all go through ``run_trial`` here, so one configuration trains identically
+whichever engine chose it, and every trial leaves the same record.
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-from cnnbench import runtime
-from cnnbench.data import DataBundle
+from cnnbench import runtime, trials
 from cnnbench.deadline import TRAIN_COST, Deadline
+from cnnbench.isolation import ChildDied
 from cnnbench.space import Space
-from cnnbench.train import PruneTrial, TrialResult, train_and_evaluate
-
-STATES = ("complete", "pruned", "failed", "running")
-
-
-@dataclass
-class TrialRecord:
-    """One row of the leaderboard: a trial, whatever its end."""
-    trial: int
-    state: str                      # one of STATES
-    engine: str
-    params: dict[str, Any]          # the searched values (what the engine chose)
-    val_accuracy: float | None = None
-    val_loss: float | None = None
-    best_epoch: int | None = None
-    epochs_run: int | None = None
-    train_seconds: float | None = None
-    images_per_s: float | None = None
-    model_params: int | None = None
-    flops: int | None = None
-    fail_reason: str = ""
-    note: str = ""                  # what cnnbench changed or decided (e.g. epochs shortened for the deadline)
-    started_at: float | None = None   # Unix seconds
-    finished_at: float | None = None
-    precision: str | None = None    # the dtype policy it trained with
-    config: dict[str, Any] = field(default_factory=dict)  # the full configuration trained
-
-    def metrics(self) -> dict[str, Any]:
-        """The measured fields, as engines store them beside their own trial state."""
-        return {k: v for k, v in asdict(self).items()
-                if k not in ("trial", "state", "engine", "params", "config")}
-
-
-@dataclass
-class StudyPaths:
-    root: Path
-
-    @property
-    def trials(self) -> Path:
-        return self.root / "trials"
-
-    def trial_model(self, number: int) -> Path:
-        return self.trials / f"trial-{number:04d}.keras"
-
-    @property
-    def best(self) -> Path:
-        return self.root / "best"
+from cnnbench.train import PruneTrial
+from cnnbench.trials import StudyPaths, TrialRecord
 
 
 class Progress(Protocol):
     def trial_started(self, number: int, params: dict) -> None: ...
     def epoch_done(self, number: int, epoch: int, epochs: int, logs: dict) -> None: ...
     def trial_done(self, record: TrialRecord) -> None: ...
+    def say(self, message: str) -> None: ...
 
 
-def result_fields(result: TrialResult) -> dict[str, Any]:
-    return dict(val_accuracy=result.val_accuracy, val_loss=result.val_loss, best_epoch=result.best_epoch,
-                epochs_run=result.epochs_run, train_seconds=result.train_seconds,
-                images_per_s=result.images_per_s, model_params=result.params, flops=result.flops,
-                precision=result.precision)
+class Runner(Protocol):
+    """Trains one configuration: ``isolation.TrialRunner`` (a child process) or in-process."""
+    def run(self, config: dict, seed: int, model_path: Path | None, on_epoch) -> tuple[str, str, dict | None]: ...
+    def close(self, kill: bool = False) -> None: ...
 
 
-def run_trial(number: int, engine: str, params: dict, space: Space, data: DataBundle, paths: StudyPaths,
-              should_stop: Callable[[int, float], bool] | None = None,
-              progress: Progress | None = None, overrides: dict | None = None,
-              deadline: Deadline | None = None) -> TrialRecord:
-    """Train the configuration ``params`` selects and describe how it ended.
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived: the running trial is recorded as interrupted, the sweep
+    ranks and exports what finished, and exits 130 or 143."""
 
-    ``should_stop(epoch, epochs, val_accuracy)`` is the engine's pruning hook. Exceptions other than
-    KeyboardInterrupt become a failed record with the reason; the caller decides whether
-    the engine should see them. A completed trial's model is saved for export.
-    ``overrides`` replace config values the engine controls itself (Hyperband's epochs).
-    With a ``deadline``, a trial that cannot finish in time raises ``NotStarted`` before
-    training (or is shortened, when the space searches epochs), and one that is running
-    when the deadline nears stops at the end of an epoch.
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@dataclass
+class StudyJob:
+    """Everything an engine needs to run a study; built by the sweep, nothing engine-specific."""
+    study: str
+    engine: str
+    space: Space
+    paths: StudyPaths
+    trials: int                          # finished trials wanted in the study (earlier runs count)
+    progress: Progress
+    runner: Runner
+    algo: str
+    data_sizes: tuple[int, int, int] | None = None  # train, validation, test images (for the deadline)
+    deadline: Deadline = field(default_factory=lambda: Deadline(None))
+    storage: str | None = None
+    workers: int = 0                     # processes to start on this machine (this one then only waits)
+    worker_command: list[str] = field(default_factory=list)
+    worker_index: int = 0                # 1, 2, ... in a worker process started by a sweep
+    on_record: Callable[[TrialRecord], None] | None = None
+    heartbeat_hook: Callable[[int], None] | None = None  # e.g. Optuna's RDB heartbeat, per trial number
+
+    @property
+    def retries(self) -> int:
+        return self.space.search.retries
+
+
+class _Heartbeat(threading.Thread):
+    """Touches a running trial's record every few seconds; a stale one means a lost process."""
+
+    def __init__(self, job: StudyJob, record: TrialRecord, lock: threading.Lock):
+        super().__init__(daemon=True, name=f"heartbeat-{record.trial}")
+        self.job, self.record, self.lock, self.stopped = job, record, lock, threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(trials.HEARTBEAT_SECONDS):
+            with self.lock:
+                self.record.heartbeat_at = time.time()
+                trials.write_record(self.job.paths, self.record)
+            if self.job.heartbeat_hook:
+                self.job.heartbeat_hook(self.record.trial)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join()
+
+
+def run_trial(job: StudyJob, number: int, values: dict, should_stop: Callable[[int, int, float], bool] | None = None,
+              overrides: dict | None = None, attempt: int = 1) -> TrialRecord:
+    """Train the configuration ``values`` selects, recording it from start to end.
+
+    ``should_stop(epoch, epochs, val_accuracy)`` is the engine's pruning hook (it hears
+    every epoch; a trial that trained all its epochs is complete). ``overrides`` replace
+    config values the engine controls itself (Hyperband's epochs). A trial that cannot
+    finish before the deadline raises ``NotStarted`` before anything is recorded (or is
+    shortened, when the space searches epochs); one that is running when the deadline
+    nears stops at an epoch's end. SIGINT/SIGTERM (``Interrupted``) record the trial as
+    interrupted and propagate.
     """
-    config = {**space.complete(params), **(overrides or {})}
+    space, paths = job.space, job.paths
+    config = {**space.complete(values), **(overrides or {})}
     note = ""
-    if deadline is not None and data is not None:
-        precision = runtime.resolve_precision(config["precision"], gpus=runtime.configure_tensorflow()["gpus"])
-        config, note = deadline.admit(config, len(data.y_train), len(data.y_val), len(data.y_test), precision,
-                                      space.epoch_options())
-    record = TrialRecord(trial=number, state="running", engine=engine, params=dict(params), config=config,
-                         note=note, started_at=time.time())
-    if progress:
-        progress.trial_started(number, params)
+    if job.deadline.end is not None and job.data_sizes:
+        precision = runtime.resolve_precision(config["precision"])
+        config, note = job.deadline.admit(config, *job.data_sizes, precision, space.epoch_options())
+    record = trials.started(number, job.engine, values, config, note, attempt)
+    lock = threading.Lock()
+    trials.write_record(paths, record)
+    job.progress.trial_started(number, values)
     last_epoch_end = [time.perf_counter()]
 
     def on_epoch(epoch: int, logs: dict) -> None:
         now = time.perf_counter()
-        epoch_seconds, last_epoch_end[0] = now - last_epoch_end[0], now
-        # how far it got, whatever ends it (the trainer's own result, when it has one, wins)
-        record.epochs_run = epoch
-        record.val_accuracy = max(record.val_accuracy or 0.0, logs["val_accuracy"])
-        if progress:
-            progress.epoch_done(number, epoch, config["epochs"], logs)
-        # the pruner hears every epoch, but a trial that has trained all its epochs is complete
+        seconds, last_epoch_end[0] = now - last_epoch_end[0], now
+        with lock:
+            record.history.append({**{k: v for k, v in logs.items() if k != "epoch"}, "epoch": epoch,
+                                   "seconds": round(seconds, 2)})
+            record.epochs_run = epoch
+            record.val_accuracy = max(record.val_accuracy or 0.0, logs["val_accuracy"])
+        job.progress.epoch_done(number, epoch, config["epochs"], logs)
         if should_stop and should_stop(epoch, config["epochs"], logs["val_accuracy"]) and epoch < config["epochs"]:
-            raise PruneTrial(f"pruned after epoch {epoch}")
-        if deadline is not None and epoch < config["epochs"] and deadline.epoch_would_overrun(epoch_seconds):
-            record.note = f"stopped after epoch {epoch} of {config['epochs']}: the deadline is near"
-            raise PruneTrial(record.note)
+            raise PruneTrial(f"pruned after epoch {epoch} of {config['epochs']}")
+        if epoch < config["epochs"] and job.deadline.epoch_would_overrun(seconds):
+            raise PruneTrial(f"stopped after epoch {epoch} of {config['epochs']}: the deadline is near")
 
-    started = time.perf_counter()
+    heartbeat = _Heartbeat(job, record, lock)
+    heartbeat.start()
+    stop: KeyboardInterrupt | None = None
     try:
-        result = train_and_evaluate(config, data, on_epoch, seed=space.seed + number)
-    except PruneTrial as pruned:
-        record.state = "pruned"
-        if getattr(pruned, "result", None) is not None:
-            record.__dict__.update(result_fields(pruned.result))
-    except KeyboardInterrupt:
-        raise
-    except Exception as e:  # a broken configuration fails its trial, not the search
-        record.state = "failed"
-        record.fail_reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-        record.train_seconds = round(time.perf_counter() - started, 2)
-    else:
-        record.state = "complete"
-        record.__dict__.update(result_fields(result))
-        save_model(result.model, paths.trial_model(number))
+        state, reason, result = job.runner.run(config, space.seed + number, paths.trial_model(number), on_epoch)
+    except ChildDied as died:
+        state, reason, result = "failed", str(died), None
+    except KeyboardInterrupt as signalled:  # Interrupted (SIGINT, SIGTERM) or a plain Ctrl-C
+        stop = signalled
+        state, reason, result = "interrupted", f"interrupted by {_signal_name(signalled)}", None
+    finally:
+        heartbeat.stop()
+    record.state, record.reason = state, reason
+    if result:
+        history = result.pop("history", None)
+        for key, value in result.items():
+            if hasattr(record, key) and value is not None:
+                setattr(record, key, value)
+        record.history = history or record.history
     record.finished_at = time.time()
-    if deadline is not None and deadline.log is not None and record.images_per_s and record.precision:
-        deadline.log.add(record.precision, record.images_per_s * record.flops * TRAIN_COST)
-    if progress:
-        progress.trial_done(record)
+    trials.write_record(paths, record)
+    if record.images_per_s and record.precision and record.flops and job.deadline.log is not None:
+        job.deadline.log.add(record.precision, record.images_per_s * record.flops * TRAIN_COST)
+    job.progress.trial_done(record)
+    if stop is not None:
+        raise stop
     return record
 
 
-def wait_all(processes: list) -> list[int]:
-    """Wait for every process and return their exit codes; on Ctrl-C or error, stop them all."""
+def _signal_name(stop: KeyboardInterrupt) -> str:
+    import signal
+
+    return signal.Signals(getattr(stop, "signum", signal.SIGINT)).name
+
+
+def wait_all(processes: list, on_exit: Callable | None = None) -> list[int]:
+    """Wait for every worker process; ``on_exit(process, code)`` as each one ends. A signal
+    here (SIGINT, SIGTERM) is passed on to the workers, which stop the same way: they record
+    their running trials as interrupted and exit; then it propagates."""
+    import signal
+
+    codes: list[int | None] = [None] * len(processes)
     try:
-        return [p.wait() for p in processes]
-    except BaseException:
-        for p in processes:
-            p.terminate()
+        while None in codes:
+            for i, process in enumerate(processes):
+                if codes[i] is None and (code := process.poll()) is not None:
+                    codes[i] = code
+                    if on_exit:
+                        on_exit(process, code)
+            time.sleep(0.2)
+    except BaseException as stop:
+        forwarded = getattr(stop, "signum", signal.SIGTERM)
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(forwarded)
+        for process in processes:
+            process.wait()
         raise
-
-
-def save_model(model, path: Path) -> None:
-    """Save the inference graph only (no optimizer state), atomically."""
-    import keras
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    inference = keras.Model(model.inputs, model.outputs, name=model.name)  # uncompiled: no optimizer
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    inference.save(tmp)
-    tmp.replace(path)
+    return codes

@@ -1,32 +1,30 @@
 """The KerasTuner engine: the same ``Space`` as KerasTuner hyperparameters, the same trainer.
 
 KerasTuner decides what to try (random, Bayesian, Hyperband, grid); each trial goes through
-``engines.base.run_trial`` exactly like an Optuna trial. The project folder is KerasTuner's
-own (``results/<study>/kerastuner/``), so reloading a tuner there and calling
-``results_summary()`` works, and re-running the same study continues it.
+``engines.base.run_trial`` exactly like an Optuna trial, and leaves the same record. The
+project folder is KerasTuner's own (``results/<study>/kerastuner/``), so reloading a tuner
+there and calling ``results_summary()`` works, and re-running the same study continues it.
 
 Distributed search uses KerasTuner's own mechanism: a chief process (the oracle) and
 workers, told apart by ``KERASTUNER_TUNER_ID`` and joined by ``KERASTUNER_ORACLE_IP`` /
-``KERASTUNER_ORACLE_PORT``. ``run(workers=n)`` starts them on this machine; on many machines
-the same variables are set by hand (see the README).
+``KERASTUNER_ORACLE_PORT``. ``run`` with workers starts them on this machine; on many
+machines the same variables are set by hand (see the README).
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import socket
 import subprocess
-import sys
-import threading
-from pathlib import Path
 
 import keras_tuner as kt
 
-from cnnbench import runtime
-from cnnbench.data import DataBundle
-from cnnbench.deadline import Deadline, NotStarted
-from cnnbench.engines.base import Progress, StudyPaths, TrialRecord, run_trial, wait_all
+from cnnbench import runtime, trials
+from cnnbench.deadline import NotStarted
+from cnnbench.engines import recovery
+from cnnbench.engines.base import StudyJob, run_trial, wait_all
 from cnnbench.knobs import coerce
 from cnnbench.space import ChoiceParam, FloatParam, IntParam, Space, SpaceError
 
@@ -34,10 +32,27 @@ NAME = "kerastuner"
 PROJECT = "kerastuner"  # project_name inside the study folder
 ALGOS = {"random": kt.RandomSearch, "bayesian": kt.BayesianOptimization, "hyperband": kt.Hyperband,
          "grid": kt.GridSearch}
-_METRICS = ("val_accuracy", "val_loss", "best_epoch", "epochs_run", "train_seconds", "images_per_s",
-            "model_params", "flops", "started_at", "finished_at")
-_STATE = {"COMPLETED": "complete", "FAILED": "failed", "INVALID": "failed", "RUNNING": "running",
-          "IDLE": "running", "STOPPED": "pruned"}
+ALGORITHMS = tuple(ALGOS)
+CHIEF_GRACE_SECONDS = 30  # the chief outlives its workers only while it writes its state
+
+
+class _StopSearch(BaseException):
+    """Ends ``tuner.search`` from inside a trial (the deadline has come)."""
+
+
+def validate(space: Space, algo: str | None, storage: str | None) -> str:
+    """The tuner that will run; raises SpaceError before anything is loaded or written."""
+    algo = algo or "random"
+    if algo not in ALGOS:
+        raise SpaceError(f"--algo: {algo!r} is not a KerasTuner algorithm (one of {', '.join(ALGOS)})")
+    if storage:
+        raise SpaceError("--storage: is for the Optuna engine; KerasTuner keeps its state in the study folder")
+    if algo == "grid":
+        for name in space.searched():
+            if space.candidate_values(name) is None:
+                raise SpaceError(f"{space.source}: params.{name}: grid search needs a finite space, but this "
+                                 "is a continuous float range (give it a step, or use choices)")
+    return algo
 
 
 def hyperparameters(space: Space) -> kt.HyperParameters:
@@ -65,59 +80,92 @@ def trial_values(values: dict, space: Space) -> tuple[dict, dict]:
     return params, overrides
 
 
+def _key(values: dict) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
+
+
 class _Runner:
     """Mixed into each KerasTuner tuner: trials run through cnnbench's trainer, not model.fit."""
 
-    def __init__(self, *args, cnnbench=None, **kwargs):
-        self.cnnbench = cnnbench  # (space, data, paths, progress, on_record, deadline)
+    def __init__(self, *args, job: StudyJob | None = None, attempts: dict | None = None, **kwargs):
+        self.job, self.attempts = job, attempts if attempts is not None else {}
         super().__init__(*args, **kwargs)
 
     def run_trial(self, trial, *args, **kwargs):
-        space, data, paths, progress, on_record, deadline = self.cnnbench
-        params, overrides = trial_values(trial.hyperparameters.values, space)
+        job = self.job
+        values, overrides = trial_values(trial.hyperparameters.values, job.space)
         # Hyperband asks for `tuner/epochs` epochs; we train them from scratch rather than
         # resuming the earlier round's weights, so every row is one self-contained training.
         try:
-            record = run_trial(int(trial.trial_id), NAME, params, space, data, paths, None, progress, overrides,
-                               deadline=deadline)
+            record = run_trial(job, int(trial.trial_id), values, None, overrides,
+                               attempt=self.attempts.get(_key(values), 1))
         except NotStarted as late:
-            if isinstance(self.oracle.max_trials, int) and hasattr(self.oracle, "trials"):
-                self.oracle.max_trials = len(self.oracle.trials)  # the oracle's own process: no more trials
-            raise kt.errors.FailedTrialError(str(late)) from None
-        if on_record:
-            on_record(record)
+            job.progress.say(f"stopped before trial {trial.trial_id}: {late}")
+            raise _StopSearch() from None
+        if job.on_record:
+            job.on_record(record)
         if record.state == "failed":
-            raise kt.errors.FailedTrialError(record.fail_reason)  # fails the trial, not the search
-        return {k: float(v) for k, v in record.metrics().items() if k in _METRICS and v is not None}
+            raise kt.errors.FailedTrialError(record.reason)  # fails the trial, not the search
+        return {"val_accuracy": float(record.val_accuracy)} if record.val_accuracy is not None else {}
 
 
-def make_tuner(space: Space, paths: StudyPaths, algo: str, trials: int, runner_args=None):
-    if algo not in ALGOS:
-        raise SpaceError(f"--algo: {algo!r} is not a KerasTuner algorithm ({', '.join(ALGOS)})")
-    if algo == "grid":
-        for name in space.searched():
-            if space.candidate_values(name) is None:
-                raise SpaceError(f"{space.source}: params.{name}: grid search needs a finite space, but this "
-                                 "is a continuous float range (give it a step, or use choices)")
+def make_tuner(job: StudyJob, attempts: dict | None = None):
+    space, algo = job.space, job.algo
     base = ALGOS[algo]
     tuner_class = type(f"Cnnbench{base.__name__}", (_Runner, base), {})
     kwargs = dict(objective=kt.Objective("val_accuracy", "max"), hyperparameters=hyperparameters(space),
                   tune_new_entries=False, allow_new_entries=False, seed=space.seed,
                   max_consecutive_failed_trials=space.search.max_consecutive_failures,
-                  directory=str(paths.root), project_name=PROJECT, overwrite=False)
+                  directory=str(job.paths.root), project_name=PROJECT, overwrite=False)
     if algo == "hyperband":
         kwargs.update(max_epochs=max(space.extremes("epochs")), factor=3)
     else:
-        kwargs["max_trials"] = trials
-    tuner = tuner_class(cnnbench=runner_args, **kwargs)
-    tuner.oracle.max_trials = trials  # Hyperband has no max_trials of its own; the budget still holds
-    if space.start_with and hasattr(tuner.oracle, "_random_values"):  # the oracle's own process only
-        _start_with_known_good(tuner.oracle, space)
-    return tuner
+        kwargs["max_trials"] = job.trials
+    return tuner_class(job=job, attempts=attempts, **kwargs)
 
 
-def _start_with_known_good(oracle, space: Space) -> None:
-    """The oracle hands out the space's start_with configurations before sampling.
+def run(job: StudyJob) -> None:
+    """Run trials until ``job.trials`` counted trials exist (earlier runs count), time is up
+    or a signal stops it. With ``job.workers`` (and no KERASTUNER_TUNER_ID set), start a
+    chief and that many workers on this machine instead, and wait for them."""
+    if job.workers and "KERASTUNER_TUNER_ID" not in os.environ:
+        _run_distributed(job)
+        return
+    attempts: dict = {}
+    tuner = make_tuner(job, attempts)
+    oracle = tuner.oracle
+    if hasattr(oracle, "_random_values"):  # the oracle's own process (single, or the chief)
+        records = trials.read_records(job.paths)
+        retries = _recover_lost(job, records, attempts)
+        # Interrupted and lost trials are not results: KerasTuner counts every trial it handed
+        # out, so its budget grows by theirs.
+        uncounted = sum(r.state == "interrupted" or r.reason.startswith("worker lost") for r in records)
+        oracle.max_trials = job.trials + uncounted
+        _hand_out_first(oracle, [*job.space.start_with, *retries])
+    try:
+        tuner.search(verbose=0)  # cnnbench's own progress display replaces KerasTuner's
+    except _StopSearch:
+        pass
+
+
+def _recover_lost(job: StudyJob, records: list, attempts: dict) -> list[dict]:
+    """Lost trials (see recovery) marked failed; the configurations to try again."""
+    again = []
+    for record in records:
+        why = recovery.lost_because(record)
+        if why is None:
+            continue
+        record.state, record.reason = "failed", f"worker lost: {why}"
+        trials.write_record(job.paths, record)
+        if record.attempt <= job.retries:
+            attempts[_key(record.values)] = record.attempt + 1
+            again.append(record.values)
+        job.progress.say(f"trial {record.trial} was lost ({why})" + ("; trying it again" if record.attempt <= job.retries else ""))
+    return again
+
+
+def _hand_out_first(oracle, configurations: list[dict]) -> None:
+    """The oracle hands out these configurations (start_with, then retries) before sampling.
 
     Random search, Bayesian optimisation's initial points and Hyperband's first rounds all
     draw from ``_random_values``; an entry already tried (a resumed study) is skipped by the
@@ -125,8 +173,8 @@ def _start_with_known_good(oracle, space: Space) -> None:
     """
     sample = oracle._random_values
 
-    def known_good_first():
-        for entry in space.start_with:
+    def known_first():
+        for entry in configurations:
             hps = kt.HyperParameters()
             for hp in oracle.hyperparameters.space:
                 hps.merge([hp])
@@ -136,33 +184,7 @@ def _start_with_known_good(oracle, space: Space) -> None:
                 return hps.values
         return sample()
 
-    oracle._random_values = known_good_first
-
-
-def run(study: str, space: Space, data: DataBundle, paths: StudyPaths, trials: int,
-        timeout_minutes: float | None, progress: Progress, on_record=None,
-        storage: str | None = None, algo: str | None = None, workers: int = 0,
-        worker_command: list[str] | None = None, deadline: Deadline | None = None) -> None:
-    """Run trials until ``trials`` exist in the project (earlier runs count) or time is up.
-
-    With ``workers`` > 0 (and no KERASTUNER_TUNER_ID set), start a chief and that many
-    workers on this machine instead, and wait for them all.
-    """
-    if storage:
-        raise SpaceError("--storage: is for the Optuna engine; KerasTuner keeps its state in the study folder")
-    if workers and "KERASTUNER_TUNER_ID" not in os.environ:
-        _run_distributed(workers, worker_command or [])
-        return
-    tuner = make_tuner(space, paths, algo or "random", trials, (space, data, paths, progress, on_record, deadline))
-    role = os.environ.get("KERASTUNER_TUNER_ID")
-    if timeout_minutes and role in (None, "chief"):
-        # No new trial after the deadline: cap the oracle's budget at what it has handed out.
-        # Only the oracle's own process can do this, which is what makes it work across workers.
-        oracle = tuner.oracle
-        timer = threading.Timer(timeout_minutes * 60, lambda: setattr(oracle, "max_trials", len(oracle.trials)))
-        timer.daemon = True
-        timer.start()
-    tuner.search(verbose=0)  # cnnbench's own progress display replaces KerasTuner's
+    oracle._random_values = known_first
 
 
 def _free_port() -> int:
@@ -171,53 +193,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_distributed(workers: int, command: list[str]) -> None:
-    """A chief and ``workers`` workers over loopback, each a ``cnnbench sweep`` process."""
+def _run_distributed(job: StudyJob) -> None:
+    """A chief and ``job.workers`` workers over loopback, each a ``cnnbench sweep`` process."""
     env = {**os.environ, "KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(_free_port())}
     # Workers' requests wait for the chief's server to come up (gRPC wait_for_ready).
-    chief = subprocess.Popen(command, env={**env, "KERASTUNER_TUNER_ID": "chief"})
-    pool = [subprocess.Popen(command, env={**env, "KERASTUNER_TUNER_ID": f"tuner{i}",
-                                           **runtime.worker_environment(i, workers)})
-            for i in range(workers)]
-    # The chief serves trials until every worker has been told to stop, then exits too.
-    *codes, chief_code = wait_all([*pool, chief])
-    if any(codes) or chief_code:
-        raise RuntimeError(f"distributed KerasTuner: worker exit codes {codes}, chief {chief_code}")
-
-
-def records(study: str, paths: StudyPaths, storage: str | None = None) -> list[TrialRecord]:
-    """Every trial in the project, read from KerasTuner's own trial.json files."""
-    space = _space_of(paths)
-    out = []
-    for trial_file in sorted((paths.root / PROJECT).glob("trial_*/trial.json")):
-        t = json.loads(trial_file.read_text())
-        values = t.get("hyperparameters", {}).get("values", {})
-        params, overrides = trial_values(values, space) if space else ({}, {})
-        rec = TrialRecord(trial=int(t["trial_id"]), state=_STATE.get(t.get("status"), "running"), engine=NAME,
-                          params=params, config={**space.complete(params), **overrides} if space else {})
-        for name, metric in t.get("metrics", {}).get("metrics", {}).items():
-            observations = metric.get("observations") or []
-            if name in _METRICS and observations:
-                setattr(rec, name, observations[-1]["value"][0])
-        if rec.state == "failed":
-            message = (t.get("message") or "").strip().splitlines()
-            rec.fail_reason = message[-1].split("FailedTrialError: ", 1)[-1] if message else "unknown"
-        for name in ("best_epoch", "epochs_run", "model_params", "flops"):
-            if getattr(rec, name) is not None:
-                setattr(rec, name, int(getattr(rec, name)))
-        out.append(rec)
-    return out
-
-
-def exists(study: str, paths: StudyPaths, storage: str | None = None) -> bool:
-    return (paths.root / PROJECT / "oracle.json").exists()
-
-
-def _space_of(paths: StudyPaths) -> Space | None:
-    from cnnbench.space import parse_space
-
+    chief = subprocess.Popen(job.worker_command, env={**env, "KERASTUNER_TUNER_ID": "chief"})
+    pool = [subprocess.Popen(job.worker_command, env={**env, "KERASTUNER_TUNER_ID": f"tuner{i}",
+                                                       **runtime.worker_environment(i, job.workers)})
+            for i in range(job.workers)]
     try:
-        run = json.loads((paths.root / "run.json").read_text())
-        return parse_space(run["space"], str(paths.root / "run.json"))
-    except (OSError, ValueError, KeyError):
-        return None
+        codes = wait_all(pool)
+    finally:
+        # The chief exits by itself once every worker asked for a trial after the end; a
+        # worker that died mid-trial never does, so the chief is stopped after a grace period.
+        try:
+            chief.wait(timeout=CHIEF_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            chief.terminate()
+            chief.wait()
+    for i, code in enumerate(codes):
+        if code:
+            job.progress.say(f"worker tuner{i} {recovery.describe_exit(code)}; the others finished the study")
+
+
+def exists(job: StudyJob) -> bool:
+    return (job.paths.root / PROJECT / "oracle.json").exists()

@@ -1,12 +1,19 @@
 """The Optuna engine: a ``Space`` becomes suggest_* calls; the study lives in a shared storage.
 
 The default storage is a JournalStorage file in the study folder, which several processes
-on one machine can append to at once; ``storage`` takes any Optuna RDB URL instead
-(PostgreSQL/MySQL for many machines). Trial outcomes are stored as user attributes so the
-leaderboard can be rebuilt from the storage alone.
+on one machine can append to at once; ``--storage`` takes an Optuna RDB URL instead
+(PostgreSQL for many machines). The storage is Optuna's resume state; what each trial did
+is in cnnbench's own trial records (``trials.py``).
+
+Trials run in an ask/tell loop so that cnnbench decides, in every process, what counts:
+interrupted, lost and surplus trials are told to Optuna as failed with a user attribute
+saying which, and are not counted toward the budget. The budget holds exactly: after
+``ask``, a trial whose rank among counted trials reaches the budget is surplus (another
+worker got there first) and is not trained.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import warnings
@@ -15,15 +22,34 @@ import optuna
 from optuna.trial import TrialState
 
 from cnnbench import runtime
-from cnnbench.data import DataBundle
-from cnnbench.deadline import Deadline, NotStarted
-from cnnbench.engines.base import Progress, StudyPaths, TrialRecord, run_trial, wait_all
+from cnnbench.deadline import EXPORT_SECONDS, NotStarted
+from cnnbench.engines import recovery
+from cnnbench.engines.base import StudyJob, run_trial, wait_all
 from cnnbench.space import ChoiceParam, FloatParam, IntParam, Space, SpaceError
+from cnnbench.storage_url import open_rdb
 
 NAME = "optuna"
-_STATE = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
-          TrialState.RUNNING: "running", TrialState.WAITING: "running"}
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+ALGORITHMS = ("tpe", "random", "grid", "cmaes")
+UNCOUNTED = ("interrupted", "surplus", "not_started")  # user attributes of trials that are not results
+# Trials report validation accuracy at tenths of their own schedule, not at epochs: a
+# 20-epoch trial at epoch 5 is a quarter through its learning-rate decay, a 10-epoch one
+# half, so pruners compare trials at the same share of their training.
+PROGRESS_STEPS = 10
+
+
+def validate(space: Space, algo: str | None, storage: str | None) -> str:
+    """The sampler that will run; raises SpaceError before anything is loaded or written."""
+    algo = algo or space.search.sampler
+    if algo not in ALGORITHMS:
+        raise SpaceError(f"--algo: {algo!r} is not an Optuna sampler (one of {', '.join(ALGORITHMS)})")
+    if algo == "grid":
+        for name in space.searched():
+            if space.candidate_values(name) is None:
+                raise SpaceError(f"{space.source}: params.{name}: the grid sampler needs a finite space, "
+                                 "but this is a continuous float range (give it a step, or use choices)")
+    if storage:
+        open_rdb(storage)  # raises SpaceError naming the (masked) URL when it cannot be opened
+    return algo
 
 
 def suggest(trial: optuna.Trial, space: Space) -> dict:
@@ -41,33 +67,39 @@ def suggest(trial: optuna.Trial, space: Space) -> dict:
     return values
 
 
-def make_sampler(space: Space, algo: str | None = None) -> optuna.samplers.BaseSampler:
-    kind, seed = algo or space.search.sampler, space.seed
-    if kind == "random":
+def process_seed(space_seed: int, worker: int, trials_in_study: int) -> int:
+    """A sampler seed for this process: the space's seed on a fresh single-process study (so
+    a sweep is repeatable), something else for every worker and every resumed run (so none
+    of them replays a sequence another already sampled)."""
+    if worker == 0 and trials_in_study == 0:
+        return space_seed
+    digest = hashlib.sha256(f"{space_seed}/{worker}/{trials_in_study}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def make_sampler(space: Space, algo: str, seed: int) -> optuna.samplers.BaseSampler:
+    if algo == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    if kind == "grid":
-        grid = {}
-        for name in space.searched():
-            values = space.candidate_values(name)
-            if values is None:
-                raise SpaceError(f"{space.source}: params.{name}: the grid sampler needs a finite space, "
-                                 "but this is a continuous float range (give it a step, or use choices)")
-            grid[name] = values
-        return optuna.samplers.GridSampler(grid, seed=seed)
+    if algo == "grid":
+        return _Grid({n: space.candidate_values(n) for n in space.searched()}, seed=seed)
     startup = max(3, min(10, space.budget.trials // 4))  # random trials before TPE/CMA-ES model the space
-    with warnings.catch_warnings():  # `group` is marked experimental; it is what conditional spaces need
+    with warnings.catch_warnings():  # `group` and `constant_liar` are marked experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        tpe = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True)
-    if kind == "cmaes":  # CMA-ES takes the numeric parameters; TPE the categorical ones
+        # constant_liar: running trials count as bad guesses, so parallel workers spread out
+        tpe = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True,
+                                         constant_liar=True)
+    if algo == "cmaes":  # CMA-ES takes the numeric parameters; TPE the categorical ones
         return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup, independent_sampler=tpe,
                                             warn_independent_sampling=False)
     return tpe
 
 
-# Trials report validation accuracy at tenths of their own schedule, not at epochs: a
-# 20-epoch trial at epoch 5 is a quarter through its learning-rate decay, a 10-epoch one
-# half, so pruners compare trials at the same share of their training.
-PROGRESS_STEPS = 10
+class _Grid(optuna.samplers.GridSampler):
+    """Optuna's grid sampler, which in an ask/tell loop must not call ``study.stop`` (only
+    ``optimize`` allows it): the loop asks ``is_exhausted`` before every trial instead."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
 
 
 def progress_steps(epoch: int, epochs: int) -> range:
@@ -87,122 +119,135 @@ def make_pruner(space: Space) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def storage_for(paths: StudyPaths, url: str | None):
-    if url:
-        return url
+def storage_for(job: StudyJob):
+    if job.storage:
+        return open_rdb(job.storage, heartbeat=True)
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    paths.root.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(paths.root / "optuna.journal")))
+    job.paths.root.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(job.paths.root / "optuna.journal")))
 
 
-def open_study(study: str, paths: StudyPaths, space: Space, storage: str | None = None,
-               algo: str | None = None) -> optuna.Study:
-    return optuna.create_study(study_name=study, storage=storage_for(paths, storage),
-                               direction="maximize", sampler=make_sampler(space, algo),
-                               pruner=make_pruner(space), load_if_exists=True)
+def counted_trials(study: optuna.Study) -> list:
+    """Trials that count toward the budget: finished or running real results. Interrupted,
+    surplus and not-started trials do not; nor does a lost trial whose retry is queued."""
+    every = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in every}
+    return [t for t in every if t.state != TrialState.WAITING and t.number not in retried
+            and not any(t.user_attrs.get(k) for k in UNCOUNTED)]
 
 
-def run(study: str, space: Space, data: DataBundle, paths: StudyPaths, trials: int,
-        timeout_minutes: float | None, progress: Progress, on_record=None,
-        storage: str | None = None, algo: str | None = None, workers: int = 0,
-        worker_command: list[str] | None = None, deadline: Deadline | None = None) -> None:
-    """Run trials until ``trials`` have finished in the study (earlier runs count) or time is up.
-
-    With ``workers`` > 0, run that many worker processes on the shared storage instead.
-    A trial that cannot finish before the ``deadline`` is recorded as failed ("not
-    started: ...") and the study stops.
-    """
+def open_study(job: StudyJob) -> optuna.Study:
+    storage = storage_for(job)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    st = open_study(study, paths, space, storage, algo)
-    for known_good in space.start_with:  # tried before anything is sampled; once per study, also on resume
-        st.enqueue_trial(known_good, skip_if_exists=True)
-    if workers:
-        run_workers(workers, worker_command or [])
-        return
-
-    def objective(trial: optuna.Trial) -> float:
-        params = suggest(trial, space)
-
-        def should_stop(epoch: int, epochs: int, val_accuracy: float) -> bool:
-            steps = progress_steps(epoch, epochs)
-            for step in steps:
-                trial.report(val_accuracy, step)
-            return bool(steps) and trial.should_prune()
-
-        try:
-            record = run_trial(trial.number, NAME, params, space, data, paths, should_stop, progress,
-                               deadline=deadline)
-        except NotStarted as late:
-            trial.set_user_attr("fail_reason", str(late))
-            trial.study.stop()
-            raise RuntimeError(str(late)) from None
-        except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C); the trial did not finish")
-            raise
-        for key, value in record.metrics().items():
-            trial.set_user_attr(key, value)
-        trial.set_user_attr("config", record.config)
-        if on_record:
-            on_record(record)
-        if record.state == "pruned":
-            raise optuna.TrialPruned(record.fail_reason or "pruned")
-        if record.state == "failed":
-            raise RuntimeError(record.fail_reason)
-        return record.val_accuracy
-
-    remaining = trials - len(st.get_trials(deepcopy=False, states=FINISHED))
-    if remaining <= 0:
-        return
-    st.optimize(objective, n_trials=None, timeout=timeout_minutes * 60 if timeout_minutes else None,
-                catch=(RuntimeError,),
-                callbacks=[optuna.study.MaxTrialsCallback(trials, states=FINISHED),
-                           _stop_after_failures(space.search.max_consecutive_failures)])
+    probe = optuna.create_study(study_name=job.study, storage=storage, direction="maximize", load_if_exists=True)
+    seed = process_seed(job.space.seed, job.worker_index, len(probe.get_trials(deepcopy=False)))
+    study = optuna.load_study(study_name=job.study, storage=storage,
+                              sampler=make_sampler(job.space, job.algo, seed), pruner=make_pruner(job.space))
+    if job.storage:  # Optuna's own heartbeat, so every machine sees a lost trial
+        job.heartbeat_hook = lambda number: _rdb_heartbeat(study, number)
+    return study
 
 
-def _stop_after_failures(limit: int):
-    """Stop the study when the last ``limit`` finished trials all failed: the space is broken."""
-    def callback(study: optuna.Study, _trial) -> None:
-        finished = study.get_trials(deepcopy=False, states=FINISHED)[-limit:]
-        if len(finished) == limit and all(t.state == TrialState.FAIL for t in finished):
-            study.stop()
-    return callback
+def _rdb_heartbeat(study: optuna.Study, number: int) -> None:
+    trial = next((t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number == number),
+                 None)
+    if trial is not None:
+        study._storage.record_heartbeat(trial._trial_id)
 
 
-def run_workers(workers: int, command: list[str]) -> None:
-    """``workers`` processes of the same sweep on one storage; Optuna's storage coordinates them."""
-    codes = wait_all([subprocess.Popen(command, env={**os.environ, "CNNBENCH_WORKER": str(i + 1),
-                                                      **runtime.worker_environment(i, workers)})
-                      for i in range(workers)])
-    if any(codes):
-        raise RuntimeError(f"optuna workers exited with codes {codes}")
+def run(job: StudyJob) -> None:
+    """Run trials until ``job.trials`` counted trials exist in the study, time is up, the
+    space keeps failing, or a signal stops it. With ``job.workers``, start that many worker
+    processes on the shared storage instead, and wait for them."""
+    study = open_study(job)
+    recovery.recover_lost(job, study)
+    if not job.worker_index:
+        for known_good in job.space.start_with:  # tried before anything is sampled; once per study
+            study.enqueue_trial(known_good, skip_if_exists=True)
+    if job.workers:
+        run_workers(job, study)  # then finish here whatever dead workers left undone
+    while _should_continue(job, study):
+        with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": we beat ourselves
+            warnings.simplefilter("ignore", UserWarning)
+            trial = study.ask()
+        if sum(t.number < trial.number for t in counted_trials(study)) >= job.trials:
+            trial.set_user_attr("surplus", True)  # another worker took the last place in the budget
+            study.tell(trial, state=TrialState.FAIL)
+            break
+        if not _run_one(job, study, trial):
+            break
+        recovery.recover_lost(job, study)
 
 
-def records(study: str, paths: StudyPaths, storage: str | None = None) -> list[TrialRecord]:
-    """Every trial in the study as a leaderboard record, read back from the storage."""
-    st = optuna.load_study(study_name=study, storage=storage_for(paths, storage))
-    out = []
-    for t in st.get_trials(deepcopy=False):
-        attrs = dict(t.user_attrs)
-        rec = TrialRecord(trial=t.number, state=_STATE.get(t.state, t.state.name.lower()), engine=NAME,
-                          params=dict(t.params), config=attrs.pop("config", {}))
-        for key, value in attrs.items():
-            if hasattr(rec, key):
-                setattr(rec, key, value)
-        if rec.state == "pruned" and rec.val_accuracy is None and t.intermediate_values:
-            rec.val_accuracy = max(t.intermediate_values.values())
-        if rec.state == "failed" and not rec.fail_reason:
-            rec.fail_reason = "process ended during the trial" if t.datetime_complete else "unknown"
-        out.append(rec)
-    return out
+def _should_continue(job: StudyJob, study: optuna.Study) -> bool:
+    every = counted_trials(study)
+    if len(every) >= job.trials:
+        return False
+    if isinstance(study.sampler, _Grid) and study.sampler.is_exhausted(study):
+        return False
+    if job.deadline.left() <= EXPORT_SECONDS:
+        job.progress.say("stopped: the deadline is here; what finished is ranked and exported")
+        return False
+    finished = [t for t in every if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
+    limit = job.space.search.max_consecutive_failures
+    last = finished[-limit:]
+    if len(last) == limit and all(t.state == TrialState.FAIL for t in last):
+        job.progress.say(f"stopped: the last {limit} trials failed; the space is probably broken")
+        return False
+    return True
 
 
-def exists(study: str, paths: StudyPaths, storage: str | None = None) -> bool:
-    if not storage and not (paths.root / "optuna.journal").exists():
+def _run_one(job: StudyJob, study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Train one asked trial and tell Optuna how it ended. False when the sweep must stop."""
+    values = suggest(trial, job.space)
+
+    def should_stop(epoch: int, epochs: int, val_accuracy: float) -> bool:
+        steps = progress_steps(epoch, epochs)
+        for step in steps:
+            trial.report(val_accuracy, step)
+        return bool(steps) and trial.should_prune()
+
+    try:
+        record = run_trial(job, trial.number, values, should_stop, attempt=trial.user_attrs.get("attempt", 1))
+    except NotStarted as late:
+        trial.set_user_attr("not_started", str(late))
+        study.tell(trial, state=TrialState.FAIL)
+        job.progress.say(f"stopped before trial {trial.number}: {late}")
+        return False
+    except KeyboardInterrupt:
+        trial.set_user_attr("interrupted", True)
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    if record.state == "complete":
+        study.tell(trial, record.val_accuracy)
+    else:
+        study.tell(trial, state=TrialState.PRUNED if record.state == "pruned" else TrialState.FAIL)
+    if job.on_record:
+        job.on_record(record)
+    return True
+
+
+def run_workers(job: StudyJob, study: optuna.Study) -> None:
+    """``job.workers`` processes of the same sweep on one storage; Optuna coordinates them.
+    A worker that dies does not stop the others: its trial is recovered at once."""
+    env = {**os.environ, **({"CNNBENCH_STORAGE": job.storage} if job.storage else {})}
+    processes = [subprocess.Popen(job.worker_command, env={**env, "CNNBENCH_WORKER": str(i + 1),
+                                                            **runtime.worker_environment(i, job.workers)})
+                 for i in range(job.workers)]
+    codes = wait_all(processes, on_exit=lambda _process, code: code and recovery.recover_lost(job, study))
+    for i, code in enumerate(codes):
+        if code:
+            job.progress.say(f"worker {i + 1} {recovery.describe_exit(code)}; the others finished the study")
+
+
+def exists(job: StudyJob) -> bool:
+    if not job.storage and not (job.paths.root / "optuna.journal").exists():
         return False
     try:
-        optuna.load_study(study_name=study, storage=storage_for(paths, storage))
+        optuna.load_study(study_name=job.study, storage=storage_for(job))
         return True
     except KeyError:
         return False
+

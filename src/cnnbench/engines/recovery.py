@@ -1,0 +1,88 @@
+"""Lost trials: found, marked failed ("worker lost") and tried again.
+
+A process killed with SIGKILL, by the out-of-memory killer or with its machine cannot
+record its own end: its trial record stays ``running`` and stops being touched. Whoever
+looks next (the next run of the study, a live worker before its next trial, or the parent
+when a worker process exits) marks such a trial failed and queues its configuration again,
+up to ``search.retries`` attempts. A trial is lost when its process is gone (same host) or
+its heartbeat is stale (any host). On an RDB storage Optuna's own heartbeat does the same
+for trials whose records live on other machines.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+import warnings
+
+import optuna
+from optuna.trial import TrialState
+
+from cnnbench import trials
+from cnnbench.trials import TrialRecord
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def lost_because(record: TrialRecord, now: float | None = None) -> str | None:
+    """Why a running record's trial is lost, or None while it may still be training."""
+    if record.state != "running":
+        return None
+    now = time.time() if now is None else now
+    if record.host == socket.gethostname() and record.pid and record.pid != os.getpid() and _process_gone(record.pid):
+        return f"its process {record.pid} on {record.host} is gone"
+    silent = now - (record.heartbeat_at or record.started_at or 0)
+    if silent > trials.STALE_SECONDS:
+        return f"no heartbeat for {silent:.0f} s"
+    return None
+
+
+def _claim(paths: trials.StudyPaths, record: TrialRecord) -> bool:
+    """One process recovers a lost trial: the first to create its marker file."""
+    marker = paths.trials / f".lost-{record.trial:04d}"
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
+def recover_lost(job, study: optuna.Study) -> list[int]:
+    """Mark lost trials failed and queue their configurations again. Returns their numbers."""
+    if job.storage:
+        with warnings.catch_warnings():  # marked experimental since Optuna 2.9; stable in use
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # Optuna's RDB heartbeat: trials lost on any machine
+    running = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    found = []
+    for record in trials.read_records(job.paths):
+        why = lost_because(record)
+        if why is None or not _claim(job.paths, record):
+            continue
+        record.state, record.reason, record.finished_at = "failed", f"worker lost: {why}", time.time()
+        trials.write_record(job.paths, record)
+        if record.trial in running:
+            study.tell(record.trial, state=TrialState.FAIL)
+        again = record.attempt <= job.retries
+        if again:
+            study.enqueue_trial(record.values, user_attrs={"attempt": record.attempt + 1, "retry_of": record.trial})
+        job.progress.say(f"trial {record.trial} was lost ({why}); "
+                         + (f"its configuration is queued again (attempt {record.attempt + 1})" if again
+                            else f"not retried: {record.attempt} attempts made (search.retries {job.retries})"))
+        found.append(record.trial)
+    return found
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"

@@ -1,0 +1,187 @@
+"""Each trial trains in a child process, so nothing a trial does can take the sweep down.
+
+TensorFlow keeps memory from every model a process has built (keras-tuner#395,
+optuna#1178), and a crash, a segfault or the kernel's out-of-memory killer ends the whole
+process. So the sweep's own process never trains: a ``TrialRunner`` sends each
+configuration to a child process, relays its per-epoch reports to the engine (which may
+answer "prune"), and gets the result back. The child loads the data once and trains trial
+after trial; it is replaced when its memory has grown by ``RECYCLE_MB`` (cheaper than a
+fresh process per trial: start-up and imports cost seconds). A child that dies takes only
+its trial with it: the runner reports how it died, starts a new child for the next trial.
+
+The trainer is named by a dotted path (``module:function``) so tests can run real child
+processes with a stand-in trainer.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from dataclasses import fields
+from pathlib import Path
+
+DEFAULT_TRAINER = "cnnbench.train:train_and_evaluate"
+RECYCLE_MB = 400  # replace a child whose resident memory grew this much since it started
+
+
+class ChildDied(RuntimeError):
+    """The child process ended during a trial; the message says how."""
+
+
+def _resident_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _load_trainer(dotted: str):
+    import importlib
+
+    module, _, name = dotted.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def train_one(trainer, config: dict, data, seed: int, model_path, on_epoch) -> tuple[str, str, dict | None]:
+    """Train one trial wherever we are: (state, reason, result fields without the model).
+    A completed trial's model is saved at ``model_path``."""
+    from cnnbench.train import PruneTrial, save_model
+
+    try:
+        result = trainer(config, data, on_epoch, seed)
+    except PruneTrial as pruned:
+        return "pruned", str(pruned), _plain(getattr(pruned, "result", None))
+    except Exception as e:  # a broken configuration fails its trial, not the search
+        text = str(e).strip()
+        return "failed", f"{type(e).__name__}: {text.splitlines()[0] if text else ''}", None
+    if result.model is not None and model_path:
+        save_model(result.model, Path(model_path))
+    return "complete", "", _plain(result)
+
+
+def _child_main(conn, trainer_path: str, data_request: tuple | None) -> None:
+    """The child: load data once, then train whatever the parent sends until told to stop."""
+    # Ctrl-C reaches every process in the terminal's group; the parent decides what stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    from cnnbench import runtime
+
+    runtime.pin_from_environment()
+    from cnnbench.data import load_data
+    from cnnbench.train import PruneTrial
+
+    trainer = _load_trainer(trainer_path)
+    data = load_data(*data_request) if data_request else None
+    baseline = _resident_mb()
+    while True:
+        message = conn.recv()
+        if message[0] == "stop":
+            return
+        _, config, seed, model_path = message
+
+        def on_epoch(epoch: int, logs: dict) -> None:
+            conn.send(("epoch", epoch, logs))
+            verdict, reason = conn.recv()
+            if verdict == "prune":
+                raise PruneTrial(reason)
+
+        conn.send(train_one(trainer, config, data, seed, model_path, on_epoch))
+        conn.send(("memory", _resident_mb() - baseline))
+
+
+def _plain(result) -> dict | None:
+    """A TrialResult without its model, for the pipe."""
+    if result is None:
+        return None
+    return {f.name: getattr(result, f.name) for f in fields(result) if f.name != "model"}
+
+
+class InProcessRunner:
+    """Trains in this process: for tests with a stand-in trainer, and for debugging."""
+
+    def __init__(self, data, trainer=None):
+        self.data, self.trainer = data, trainer
+
+    def run(self, config: dict, seed: int, model_path, on_epoch) -> tuple[str, str, dict | None]:
+        trainer = self.trainer or _load_trainer(DEFAULT_TRAINER)
+        return train_one(trainer, config, self.data, seed, model_path, on_epoch)
+
+    def close(self, kill: bool = False) -> None:
+        pass
+
+
+class TrialRunner:
+    """Trains trials one at a time in a child process; see the module docstring."""
+
+    def __init__(self, data_request: tuple | None, trainer: str = DEFAULT_TRAINER, recycle_mb: float = RECYCLE_MB):
+        self.data_request, self.trainer, self.recycle_mb = data_request, trainer, recycle_mb
+        self.process = self.conn = None
+        self.children_started = 0
+
+    def _start(self) -> None:
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited TensorFlow state
+        parent, child = context.Pipe()
+        self.process = context.Process(target=_child_main, args=(child, self.trainer, self.data_request),
+                                       daemon=True, name="cnnbench-trial")
+        self.process.start()
+        child.close()
+        self.conn = parent
+        self.children_started += 1
+
+    def run(self, config: dict, seed: int, model_path: Path | None, on_epoch) -> tuple[str, str, dict | None]:
+        """Train one trial: returns (state, reason, result fields). ``on_epoch(epoch, logs)``
+        runs here, in the sweep's process; if it raises PruneTrial the child is told to stop
+        the trial. Raises ChildDied when the child ends mid-trial (its exit is described)."""
+        from cnnbench.train import PruneTrial
+
+        if self.process is None or not self.process.is_alive():
+            self._start()
+        self.conn.send(("train", config, seed, str(model_path) if model_path else None))
+        try:
+            while True:
+                message = self.conn.recv()
+                if message[0] != "epoch":
+                    break
+                try:
+                    on_epoch(message[1], message[2])
+                except PruneTrial as pruned:
+                    self.conn.send(("prune", str(pruned)))
+                else:
+                    self.conn.send(("go", ""))
+            state, reason, result = message
+            _, grown = self.conn.recv()
+        except (EOFError, OSError, BrokenPipeError):
+            raise ChildDied(self._describe_death()) from None
+        except BaseException:  # Ctrl-C or SIGTERM in the sweep: the trial stops with it
+            self.close(kill=True)
+            raise
+        if grown > self.recycle_mb:
+            self.close()
+        return state, reason, result
+
+    def _describe_death(self) -> str:
+        process, self.process = self.process, None
+        process.join(timeout=10)
+        code = process.exitcode
+        if code is not None and code < 0:
+            name = signal.Signals(-code).name
+            likely = " (the kernel's out-of-memory killer sends this)" if -code == signal.SIGKILL else ""
+            return f"the trial's process was killed by {name}{likely}"
+        return f"the trial's process exited with code {code}"
+
+    def close(self, kill: bool = False) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        try:
+            if kill:
+                process.kill()
+            else:
+                self.conn.send(("stop",))
+        except (OSError, BrokenPipeError):
+            pass
+        process.join(timeout=30)
+        if process.is_alive():
+            process.kill()
+            process.join()

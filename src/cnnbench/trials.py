@@ -1,0 +1,128 @@
+"""cnnbench's own record of every trial: ``results/<study>/trials/trial-NNNN.json``.
+
+A record is written when a trial starts (state ``running``, host, pid, start time), touched
+by a heartbeat while it trains, and written again when it ends: the configuration, every
+metric, the per-epoch history, how it ended and why. The leaderboard, the export and the
+progress curve read only these files; an engine's storage (Optuna's journal or database,
+KerasTuner's project) is its resume state and nothing more.
+
+A running record whose heartbeat has gone stale belongs to a process that died (kill -9,
+out of memory, a lost machine): ``stale`` finds them so a later run can mark them failed
+and try the configuration again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+STATES = ("running", "complete", "pruned", "failed", "interrupted")
+# Interrupted trials (Ctrl-C, SIGTERM) are not results: they do not count toward the budget.
+FINISHED = ("complete", "pruned", "failed")
+HEARTBEAT_SECONDS = 10.0     # how often a running trial's record is touched
+STALE_SECONDS = 90.0         # a running record not touched for this long has lost its process
+
+
+def _column(default=None, **kwargs):
+    """A record field that is also a leaderboard column (in declaration order)."""
+    return field(default=default, metadata={"column": True}, **kwargs)
+
+
+@dataclass
+class TrialRecord:
+    """One trial, whatever its end. Fields marked as columns are the leaderboard's columns."""
+    trial: int                       # the engine's trial number, unique in the study
+    engine: str
+    values: dict[str, Any]           # the searched values the engine chose
+    config: dict[str, Any] = field(default_factory=dict)  # the full configuration trained
+    state: str = "running"           # one of STATES
+    val_accuracy: float | None = _column()   # best over the epochs run (the objective)
+    val_loss: float | None = _column()       # at that epoch
+    best_epoch: int | None = _column()
+    epochs_run: int | None = _column()
+    train_seconds: float | None = _column()  # in training steps, validation excluded
+    images_per_s: float | None = _column()   # training throughput, tracing epoch excluded
+    parameter_count: int | None = _column()  # the network's weights, as Keras counts them
+    flops: int | None = _column()            # forward FLOPs per image, counted on paper
+    precision: str | None = _column()        # the dtype policy it trained with
+    reason: str = _column("")                # why it was pruned, failed or interrupted
+    note: str = _column("")                  # what cnnbench decided (e.g. epochs shortened)
+    attempt: int = 1                         # 2, 3, ... when a lost trial's configuration is retried
+    history: list[dict] = field(default_factory=list)  # per epoch: loss, val_accuracy, val_loss, seconds
+    host: str = ""
+    pid: int = 0
+    started_at: float | None = None          # Unix seconds
+    heartbeat_at: float | None = None
+    finished_at: float | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, default=str) + "\n"
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "TrialRecord":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+RESULT_COLUMNS = [f.name for f in fields(TrialRecord) if f.metadata.get("column")]
+
+
+@dataclass
+class StudyPaths:
+    """Where a study's files live."""
+    root: Path
+
+    @property
+    def trials(self) -> Path:
+        return self.root / "trials"
+
+    def trial_record(self, number: int) -> Path:
+        return self.trials / f"trial-{number:04d}.json"
+
+    def trial_model(self, number: int) -> Path:
+        return self.trials / f"trial-{number:04d}.keras"
+
+    @property
+    def best(self) -> Path:
+        return self.root / "best"
+
+
+def write_record(paths: StudyPaths, record: TrialRecord) -> None:
+    """Atomically (re)write a trial's record: a reader never sees half a file."""
+    target = paths.trial_record(record.trial)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_text(record.to_json())
+    os.replace(tmp, target)
+
+
+def read_records(paths: StudyPaths) -> list[TrialRecord]:
+    """Every trial record of the study, by trial number."""
+    out = []
+    for path in sorted(paths.trials.glob("trial-*.json")):
+        try:
+            out.append(TrialRecord.from_dict(json.loads(path.read_text())))
+        except (OSError, ValueError, TypeError):
+            continue  # a record being replaced right now; it is whole again a moment later
+    return sorted(out, key=lambda r: r.trial)
+
+
+def started(number: int, engine: str, values: dict, config: dict, note: str = "", attempt: int = 1) -> TrialRecord:
+    now = time.time()
+    return TrialRecord(trial=number, engine=engine, values=dict(values), config=dict(config), note=note,
+                       attempt=attempt, host=socket.gethostname(), pid=os.getpid(), started_at=now,
+                       heartbeat_at=now)
+
+
+def stale(records: list[TrialRecord], now: float | None = None) -> list[TrialRecord]:
+    """Running records whose process stopped touching them: the trial was lost."""
+    now = time.time() if now is None else now
+    return [r for r in records if r.state == "running" and (now - (r.heartbeat_at or 0)) > STALE_SECONDS]
+
+
+def finished_count(records: list[TrialRecord]) -> int:
+    return sum(r.state in FINISHED for r in records)

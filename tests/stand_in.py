@@ -1,0 +1,75 @@
+"""Stand-ins for engine tests: a trainer that needs no TensorFlow, a silent progress
+display, and a StudyJob built around them. Everything else (run_trial, the records, the
+engines and their storages) is real."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cnnbench import engines
+from cnnbench.deadline import Deadline
+from cnnbench.engines.base import StudyJob
+from cnnbench.isolation import InProcessRunner
+from cnnbench.train import TrialResult
+from cnnbench.trials import StudyPaths, read_records
+
+
+class Quiet:
+    def trial_started(self, *a): pass
+    def epoch_done(self, *a): pass
+    def trial_done(self, *a): pass
+    def say(self, *a): pass
+
+
+def fake_train(config, data, on_epoch, seed):
+    """Accuracy grows with the learning rate's closeness to 1e-2; sgd always crashes."""
+    if config["optimizer"] == "sgd":
+        raise ValueError("sgd broken on purpose")
+    quality = 1.0 / (1.0 + abs(np.log10(config["learning_rate"]) + 2))
+    history = []
+    for epoch in range(1, config["epochs"] + 1):
+        acc = quality * epoch / config["epochs"]
+        history.append({"val_accuracy": acc})
+        on_epoch(epoch, {"val_accuracy": acc, "loss": 1.0})
+    return TrialResult(val_accuracy=acc, val_loss=1 - acc, best_epoch=config["epochs"],
+                       epochs_run=config["epochs"], train_seconds=0.1, images_per_s=1000.0, parameter_count=10,
+                       flops=20, history=history, model=None)
+
+
+def slow_train(config, data, on_epoch, seed):
+    """For signal and kill tests in real child processes: each epoch waits until a file
+    named ``go-<epoch>`` appears beside the trial (or 0.2 s when CNNBENCH_STAND_IN_FAST)."""
+    folder = Path(os.environ["CNNBENCH_STAND_IN_DIR"])
+    (folder / f"training-{os.getpid()}-{seed}").touch()
+    history = []
+    for epoch in range(1, config["epochs"] + 1):
+        while not os.environ.get("CNNBENCH_STAND_IN_FAST") and not (folder / "go").exists():
+            time.sleep(0.05)
+        time.sleep(0.2)
+        acc = 0.1 + 0.01 * epoch + 0.001 * (seed % 7)
+        history.append({"val_accuracy": acc})
+        on_epoch(epoch, {"val_accuracy": acc, "loss": 1.0})
+    return TrialResult(val_accuracy=acc, val_loss=1 - acc, best_epoch=config["epochs"],
+                       epochs_run=config["epochs"], train_seconds=0.1, images_per_s=1000.0, parameter_count=10,
+                       flops=20, history=history, model=None)
+
+
+def make_job(space, root: Path, study: str = "s", trials: int | None = None, engine: str = "optuna",
+             algo: str | None = None, trainer=fake_train, data=None, **kw) -> StudyJob:
+    module = engines.get(engine)
+    paths = StudyPaths(Path(root) / study)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    return StudyJob(study=study, engine=engine, space=space, paths=paths, trials=trials or space.budget.trials,
+                    progress=Quiet(), runner=InProcessRunner(data, trainer),
+                    algo=module.validate(space, algo, kw.get("storage")),
+                    deadline=kw.pop("deadline", Deadline(None)), **kw)
+
+
+def run(space, root: Path, study: str = "s", trials: int | None = None, **kw):
+    """Run a study with the stand-in trainer; return its trial records."""
+    job = make_job(space, root, study, trials, **kw)
+    engines.get(job.engine).run(job)
+    return read_records(job.paths)
