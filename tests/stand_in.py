@@ -39,22 +39,31 @@ def fake_train(config, data, on_epoch, seed):
                        flops=20, history=history, model=None)
 
 
-def slow_train(config, data, on_epoch, seed):
-    """For signal and kill tests in real child processes: each epoch waits until a file
-    named ``go-<epoch>`` appears beside the trial (or 0.2 s when CNNBENCH_STAND_IN_FAST)."""
+def gated_train(config, data, on_epoch, seed):
+    """For signal and kill tests in real processes (CNNBENCH_TRAINER=stand_in:gated_train).
+
+    Writes ``training-<seed>`` in CNNBENCH_STAND_IN_DIR when a trial starts, then waits at
+    each epoch until a file ``go`` exists there (so a test can act while a trial is surely
+    running). Completed trials return a tiny real model, so export works. With
+    CNNBENCH_STAND_IN_CRASH set, a learning rate above 0.004 kills the process mid-trial.
+    """
+    from cnnbench.model import build_model
+
     folder = Path(os.environ["CNNBENCH_STAND_IN_DIR"])
-    (folder / f"training-{os.getpid()}-{seed}").touch()
+    (folder / f"training-{seed}").touch()
+    if config["learning_rate"] > 0.004 and os.environ.get("CNNBENCH_STAND_IN_CRASH"):
+        os.kill(os.getpid(), 9)
     history = []
     for epoch in range(1, config["epochs"] + 1):
-        while not os.environ.get("CNNBENCH_STAND_IN_FAST") and not (folder / "go").exists():
+        while not (folder / "go").exists():
             time.sleep(0.05)
-        time.sleep(0.2)
         acc = 0.1 + 0.01 * epoch + 0.001 * (seed % 7)
         history.append({"val_accuracy": acc})
         on_epoch(epoch, {"val_accuracy": acc, "loss": 1.0})
+    model = build_model(config, len(data.class_names), data.x_train.shape[1])
     return TrialResult(val_accuracy=acc, val_loss=1 - acc, best_epoch=config["epochs"],
-                       epochs_run=config["epochs"], train_seconds=0.1, images_per_s=1000.0, parameter_count=10,
-                       flops=20, history=history, model=None)
+                       epochs_run=config["epochs"], train_seconds=0.1, images_per_s=1000.0,
+                       parameter_count=model.count_params(), flops=20, history=history, model=model)
 
 
 def make_job(space, root: Path, study: str = "s", trials: int | None = None, engine: str = "optuna",

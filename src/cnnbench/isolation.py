@@ -36,6 +36,17 @@ def _resident_mb() -> float:
         return 0.0
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this child if the sweep process dies (even by SIGKILL), so a
+    killed sweep leaves no orphan training on."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # elsewhere the child notices the parent at its next epoch (a broken pipe)
+
+
 def _load_trainer(dotted: str):
     import importlib
 
@@ -65,6 +76,7 @@ def _child_main(conn, trainer_path: str, data_request: tuple | None) -> None:
     # Ctrl-C reaches every process in the terminal's group; the parent decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent()
     from cnnbench import runtime
 
     runtime.pin_from_environment()
@@ -166,7 +178,7 @@ class TrialRunner:
         code = process.exitcode
         if code is not None and code < 0:
             name = signal.Signals(-code).name
-            likely = " (the kernel's out-of-memory killer sends this)" if -code == signal.SIGKILL else ""
+            likely = " (out of memory, or kill -9)" if -code == signal.SIGKILL else ""
             return f"the trial's process was killed by {name}{likely}"
         return f"the trial's process exited with code {code}"
 

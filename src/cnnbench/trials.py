@@ -6,9 +6,9 @@ metric, the per-epoch history, how it ended and why. The leaderboard, the export
 progress curve read only these files; an engine's storage (Optuna's journal or database,
 KerasTuner's project) is its resume state and nothing more.
 
-A running record whose heartbeat has gone stale belongs to a process that died (kill -9,
-out of memory, a lost machine): ``stale`` finds them so a later run can mark them failed
-and try the configuration again.
+A running record whose heartbeat has gone stale, or whose process is gone, belongs to a
+trial that was lost (kill -9, out of memory, a lost machine): ``engines.recovery`` marks it
+failed and tries the configuration again.
 """
 from __future__ import annotations
 
@@ -116,12 +116,6 @@ def started(number: int, engine: str, values: dict, config: dict, note: str = ""
     return TrialRecord(trial=number, engine=engine, values=dict(values), config=dict(config), note=note,
                        attempt=attempt, host=socket.gethostname(), pid=os.getpid(), started_at=now,
                        heartbeat_at=now)
-
-
-def stale(records: list[TrialRecord], now: float | None = None) -> list[TrialRecord]:
-    """Running records whose process stopped touching them: the trial was lost."""
-    now = time.time() if now is None else now
-    return [r for r in records if r.state == "running" and (now - (r.heartbeat_at or 0)) > STALE_SECONDS]
 
 
 def finished_count(records: list[TrialRecord]) -> int:

@@ -1,0 +1,137 @@
+"""Signals, kills and dead workers, sent to real processes: nothing finished is lost,
+nothing is trained twice by accident, the leaderboard always matches the records.
+
+The sweeps here train with a stand-in (``stand_in.gated_train``) in real child processes;
+a test waits for files the stand-in writes, never for a number of seconds.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT, SPACES
+
+TESTS = Path(__file__).resolve().parent
+WAIT = 240  # generous bound for a file to appear; the tests never wait a fixed time
+
+
+def sweep(tmp_path, study, *extra, ignore_sigint=False, env=None):
+    """Start `cnnbench sweep` on the smoke space with the gated stand-in trainer."""
+    gate = tmp_path / "gate"
+    gate.mkdir(exist_ok=True)
+    full_env = {**os.environ, "CNNBENCH_TRAINER": "stand_in:gated_train", "CNNBENCH_STAND_IN_DIR": str(gate),
+                "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+                "CNNBENCH_CIFAR10": str(ROOT.parent / "shared" / "datasets" / "cifar10-jpeg"), **(env or {})}
+    args = [sys.executable, "-m", "cnnbench.cli", "sweep", "--space", str(SPACES / "smoke.yaml"), "--study", study,
+            "--results", str(tmp_path / "results"), *extra]
+    # A process started from a script or in the background gets SIGINT ignored: cnnbench
+    # must install its own handler all the same.
+    pre = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
+    return subprocess.Popen(args, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=pre), gate
+
+
+def wait_for(predicate, what: str):
+    deadline = time.monotonic() + WAIT
+    while not predicate():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.1)
+
+
+def records(tmp_path, study):
+    return [json.loads(p.read_text()) for p in sorted((tmp_path / "results" / study / "trials").glob("trial-*.json"))]
+
+
+def running_trial_started(gate: Path, n: int = 1):
+    return lambda: len(list(gate.glob("training-*"))) >= n
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_the_sweep_gracefully(tmp_path, signum, code):
+    proc, gate = sweep(tmp_path, "stopped", "--trials", "4", ignore_sigint=signum == signal.SIGINT)
+    wait_for(running_trial_started(gate), "the first trial to start")
+    (gate / "go").touch()  # let trials finish ...
+    wait_for(lambda: sum(r["state"] == "complete" for r in records(tmp_path, "stopped")) >= 1, "a finished trial")
+    (gate / "go").unlink()  # ... and hold the next one mid-training
+    wait_for(lambda: any(r["state"] == "running" for r in records(tmp_path, "stopped")), "a running trial")
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=WAIT)
+    assert proc.returncode == code, out + err
+    assert "Traceback" not in err
+    states = {r["trial"]: r["state"] for r in records(tmp_path, "stopped")}
+    assert "interrupted" in states.values() and "running" not in states.values()
+    board = pd.read_csv(tmp_path / "results" / "stopped" / "leaderboard.csv")
+    assert dict(zip(board["trial"], board["state"])) == states  # the board matches the records
+    assert (tmp_path / "results" / "stopped" / "best" / "model.keras").exists()
+    assert f"stopped by {signal.Signals(signum).name}" in out
+
+    (gate / "go").touch()  # the same command again continues: the interrupted trial did not count
+    again, _ = sweep(tmp_path, "stopped", "--trials", "4")
+    out, err = again.communicate(timeout=WAIT)
+    assert again.returncode == 0, out + err
+    final = records(tmp_path, "stopped")
+    assert sum(r["state"] == "complete" for r in final) == 4
+    assert sum(r["state"] == "interrupted" for r in final) == 1
+
+
+def test_kill_9_mid_trial_is_found_and_retried_by_the_next_run(tmp_path):
+    proc, gate = sweep(tmp_path, "killed", "--trials", "2")
+    wait_for(running_trial_started(gate), "the first trial to start")
+    proc.kill()
+    proc.communicate(timeout=WAIT)
+    lost = records(tmp_path, "killed")
+    assert [r["state"] for r in lost] == ["running"]  # nobody could record its end ...
+    (gate / "go").touch()
+    again, _ = sweep(tmp_path, "killed", "--trials", "2")
+    out, err = again.communicate(timeout=WAIT)
+    assert again.returncode == 0, out + err
+    final = records(tmp_path, "killed")
+    first = final[0]
+    assert first["state"] == "failed" and first["reason"].startswith("worker lost: its process")
+    retried = [r for r in final if r["values"] == first["values"] and r["trial"] != first["trial"]]
+    assert len(retried) == 1 and retried[0]["attempt"] == 2 and retried[0]["state"] == "complete"
+    assert sum(r["state"] == "complete" for r in final) == 2  # ... and the budget holds exactly
+    assert "was lost" in out
+
+
+def test_a_crashing_trial_fails_alone_and_the_sweep_goes_on(tmp_path):
+    (tmp_path / "gate").mkdir()
+    (tmp_path / "gate" / "go").touch()
+    proc, _ = sweep(tmp_path, "crash", "--trials", "6", env={"CNNBENCH_STAND_IN_CRASH": "1"})
+    out, err = proc.communicate(timeout=WAIT)
+    assert proc.returncode == 0, out + err
+    final = records(tmp_path, "crash")
+    crashed = [r for r in final if r["state"] == "failed"]
+    assert crashed and all(r["reason"] == "the trial's process was killed by SIGKILL (out of memory, or kill -9)"
+                           for r in crashed)
+    assert all(r["values"]["learning_rate"] > 0.004 for r in crashed)
+    assert len(final) == 6 and any(r["state"] == "complete" for r in final)
+
+
+def test_two_workers_one_killed_nothing_lost_nothing_twice(tmp_path):
+    proc, gate = sweep(tmp_path, "workers", "--trials", "6", "--workers", "2")
+    wait_for(running_trial_started(gate, 2), "both workers to start a trial")
+    victim = next(r for r in records(tmp_path, "workers") if r["state"] == "running")
+    os.kill(victim["pid"], signal.SIGKILL)
+    (gate / "go").touch()
+    out, err = proc.communicate(timeout=WAIT)
+    assert proc.returncode == 0, out + err
+    final = records(tmp_path, "workers")
+    lost = [r for r in final if r["reason"].startswith("worker lost")]
+    assert [r["trial"] for r in lost] == [victim["trial"]]
+    done = [r for r in final if r["state"] == "complete"]
+    assert len(done) == 6  # the budget, exactly, the lost trial's retry included
+    keys = [json.dumps(r["values"], sort_keys=True) for r in done]
+    assert len(set(keys)) == len(keys)  # no configuration trained twice (the retry replaced the lost one)
+    assert any(r["attempt"] == 2 and r["values"] == victim["values"] for r in done)
+    board = pd.read_csv(tmp_path / "results" / "workers" / "leaderboard.csv")
+    assert sorted(board["trial"]) == sorted(r["trial"] for r in final)
+    assert "was killed by SIGKILL" in out or "was lost" in out
