@@ -33,3 +33,45 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path = ROOT, timeout: int 
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "cnnbench.cli", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throwaway PostgreSQL cluster on loopback for the session (initdb into a temporary
+    folder, pg_ctl on a free port, stopped at the end), or CNNBENCH_TEST_POSTGRES if set."""
+    import glob
+    import shutil
+    import socket
+
+    if os.environ.get("CNNBENCH_TEST_POSTGRES"):
+        yield os.environ["CNNBENCH_TEST_POSTGRES"]
+        return
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or [shutil.which("initdb")]
+    if not found[-1]:
+        pytest.skip("PostgreSQL is not installed here (no initdb)")
+    import tempfile
+
+    bindir = Path(found[-1]).parent
+    # not under pytest's own temporary folder: that one is private to us, and as root the
+    # server runs as the postgres account, which must be able to reach its folder
+    data = Path(tempfile.mkdtemp(prefix="cnnbench-postgres-"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    as_user = None
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root: use its own account
+        import pwd
+
+        account = pwd.getpwnam("postgres")
+        os.chown(data, account.pw_uid, account.pw_gid)
+        as_user = lambda: (os.setgid(account.pw_gid), os.setuid(account.pw_uid))  # noqa: E731
+    run = lambda *args: subprocess.run([str(bindir / args[0]), *args[1:]], check=True, capture_output=True,  # noqa: E731
+                                       preexec_fn=as_user, cwd=data, timeout=120)
+    run("initdb", "-D", str(data / "db"), "-A", "trust", "-U", "postgres", "--no-sync")
+    run("pg_ctl", "-D", str(data / "db"), "-w", "-l", str(data / "log"), "-o",
+        f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+    try:
+        yield f"postgresql://postgres:secret-pw@127.0.0.1:{port}/postgres"
+    finally:
+        run("pg_ctl", "-D", str(data / "db"), "-m", "immediate", "stop")
+        shutil.rmtree(data, ignore_errors=True)

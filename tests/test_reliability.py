@@ -135,3 +135,39 @@ def test_two_workers_one_killed_nothing_lost_nothing_twice(tmp_path):
     board = pd.read_csv(tmp_path / "results" / "workers" / "leaderboard.csv")
     assert sorted(board["trial"]) == sorted(r["trial"] for r in final)
     assert "was killed by SIGKILL" in out or "was lost" in out
+
+
+def test_postgresql_two_workers_one_killed_and_the_password_never_written(tmp_path, postgres_url):
+    # the URL from the environment, as a many-machine setup would pass it (not on every command line)
+    proc, gate = sweep(tmp_path, "pg", "--trials", "5", "--workers", "2", env={"CNNBENCH_STORAGE": postgres_url})
+    wait_for(running_trial_started(gate, 2), "both workers to start a trial")
+    victim = next(r for r in records(tmp_path, "pg") if r["state"] == "running")
+    os.kill(victim["pid"], signal.SIGKILL)
+    (gate / "go").touch()
+    out, err = proc.communicate(timeout=WAIT)
+    assert proc.returncode == 0, out + err
+    final = records(tmp_path, "pg")
+    assert [r["trial"] for r in final if r["reason"].startswith("worker lost")] == [victim["trial"]]
+    done = [r for r in final if r["state"] == "complete"]
+    assert len(done) == 5 and len({json.dumps(r["values"], sort_keys=True) for r in done}) == 5
+    # Optuna's own view of the study agrees: read through its API in a fresh process
+    code = ("import optuna, sys; s = optuna.load_study(study_name='pg', storage=sys.argv[1].replace("
+            "'postgresql://', 'postgresql+psycopg://')); print(sum(t.state.name == 'COMPLETE' for t in s.trials))")
+    seen = subprocess.run([sys.executable, "-c", code, postgres_url], capture_output=True, text=True, timeout=120)
+    assert seen.stdout.strip() == "5", seen.stderr
+    password = postgres_url.split(":")[2].split("@")[0]
+    written = [p for p in (tmp_path / "results").rglob("*") if p.is_file() and p.suffix in (".json", ".md", ".csv", ".yaml")]
+    assert written and not [p for p in written if password in p.read_text(errors="replace")]
+    assert password not in out + err
+    run = json.loads((tmp_path / "results" / "pg" / "run.json").read_text())
+    assert run["storage"].startswith("postgresql+psycopg://postgres:***@127.0.0.1")
+
+
+def test_an_unreachable_database_is_one_line_before_anything_is_written(tmp_path):
+    proc, _ = sweep(tmp_path, "nodb", "--storage", "postgresql://user:hunter2@127.0.0.1:9/nothing")
+    out, err = proc.communicate(timeout=WAIT)
+    assert proc.returncode == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "cannot open the database" in lines[0] and "user:***@" in lines[0]
+    assert "hunter2" not in out + err
+    assert not (tmp_path / "results").exists()
