@@ -73,3 +73,29 @@ def default_trial_costs(images: int = 4096) -> dict:
                        f"{result.precision})",
             "build_seconds": round(build, 2), "tracing_seconds": round(max(first - steady, 0.0), 2),
             "train_images": train_images, "epoch_seconds": round(train_images / result.images_per_s, 1)}
+
+
+def process_boundary(trials: int = 10) -> dict:
+    """Seconds per smoke trial trained in this process vs in cnnbench's child process (the
+    same configurations, same data): what isolating each trial costs."""
+    from cnnbench.data import load_data
+    from cnnbench.isolation import DEFAULT_TRAINER, InProcessRunner, TrialRunner
+    from cnnbench.space import load_space
+
+    space = load_space(ROOT / "search_spaces" / "smoke.yaml")
+    request = (space.data, space.seed, ROOT / "search_spaces")
+    configs = [space.complete({"stages": 1 + i % 2, "base_filters": 8, "batch_norm": True, "optimizer": "adam",
+                               "learning_rate": 3e-3}) for i in range(trials)]
+    timings = {}
+    for name, runner in (("in_process", InProcessRunner(load_data(*request))), ("child", TrialRunner(request))):
+        started = time.perf_counter()
+        runner.run(configs[0], 0, None, lambda e, logs: None)  # start-up and first tracing, timed apart
+        first = time.perf_counter() - started
+        started = time.perf_counter()
+        for i, config in enumerate(configs):
+            runner.run(config, i, None, lambda e, logs: None)
+        timings[name] = {"first_trial_s": round(first, 2), "per_trial_s": round((time.perf_counter() - started) / trials, 3)}
+        runner.close()
+    timings["boundary_per_trial_s"] = round(timings["child"]["per_trial_s"] - timings["in_process"]["per_trial_s"], 3)
+    timings["child_start_s"] = round(timings["child"]["first_trial_s"] - timings["in_process"]["first_trial_s"], 2)
+    return timings

@@ -16,7 +16,9 @@ process, warms up on one pass, then times one pass; images/s are wall time of th
 pass. fp32 always; bf16 only where the CPU computes it natively (else a line says why).
 
 Also the per-trial fixed cost (process start + imports, model build, first-epoch tracing)
-and its share of a one-epoch trial of the default space's first configuration.
+and its share of a one-epoch trial of the default space's first configuration; the cost of
+training each trial in a child process (``isolation.py``) against training it in-process;
+and a real 30-trial smoke sweep's resident memory after its 1st and 30th trial.
 
 Results: ``results/bench/<cpu>-<date>.json`` and a table in ``results/bench/README.md``.
 
@@ -45,6 +47,9 @@ PEER = ROOT.parent / "shared" / "bench" / "torch_peer.py"
 PEER_PYTHON = ROOT / ".venv-peer" / "bin" / "python"
 OUT = ROOT / "results" / "bench"
 PRECISIONS = {"fp32": "float32", "bf16": "mixed_bfloat16"}
+# A trial child is replaced when its memory has grown by isolation.RECYCLE_MB; on smoke
+# trials that is every ~20 trials, so its start-up is shared by about that many.
+RECYCLE_EVERY = 20
 
 
 def _in_fresh_process(function: str, *args) -> dict:
@@ -129,7 +134,14 @@ def write_results(report: dict) -> Path:
     lines += ["", f"Per-trial fixed cost ({fc['network']}): process start and imports {fc['process_and_imports_s']} s, "
               f"model build {fc['build_seconds']} s, first-epoch tracing {fc['tracing_seconds']} s; "
               f"{fc['fixed_seconds']} s in all, {fc['share_of_one_epoch_trial']:.1%} of a one-epoch trial "
-              f"({fc['epoch_seconds']} s of training on {fc['train_images']:,} images).", ""]
+              f"({fc['epoch_seconds']} s of training on {fc['train_images']:,} images)."]
+    pb, mem = report["process_boundary"], report["memory"]
+    lines += ["", f"Each trial in its own child process: {pb['boundary_per_trial_s']} s per trial on top of training "
+              f"in-process, plus {pb['child_start_s']} s each time a child starts (about every {RECYCLE_EVERY} "
+              f"trials): {pb['share_of_one_epoch_trial']:.2%} of a one-epoch default trial.",
+              "", f"Resident memory of a real {mem['trials']}-trial smoke sweep (sweep + trial child): "
+              f"{mem['rss_after_first_mb']} MB after trial 1, {mem['rss_after_last_mb']} MB after trial {mem['trials']} "
+              f"(growth {mem['growth_mb']} MB; peak {mem['peak_mb']} MB).", ""]
     readme = OUT / "README.md"
     header = ("# make bench\n\nEach section is one `make bench` run (newest first), written by "
               "`benchmarks/run.py`; the JSON beside it holds every figure. See the script's docstring for "
@@ -151,6 +163,13 @@ def main() -> None:
               "versions": provenance.versions(), "git_revision": provenance.git_revision(),
               "images": a.images, "batch": a.batch, "rounds": a.rounds, "net": "ref-net-w32",
               "throughput": rows, "notes": notes, "fixed_cost": fixed_cost()}
+    boundary = _in_fresh_process("process_boundary")
+    epoch = report["fixed_cost"]["epoch_seconds"]
+    report["process_boundary"] = {**boundary, "share_of_one_epoch_trial": round(
+        (boundary["boundary_per_trial_s"] + boundary["child_start_s"] / RECYCLE_EVERY) / epoch, 4)}
+    from memory import sweep_memory
+
+    report["memory"] = sweep_memory()
     path = write_results(report)
     print(f"CPU: {report['cpu']['model']} ({report['cpu']['cores']} cores; {' '.join(report['cpu']['flags'])})")
     for r in rows:
@@ -161,6 +180,9 @@ def main() -> None:
     fc = report["fixed_cost"]
     print(f"  per-trial fixed cost {fc['fixed_seconds']} s = {fc['share_of_one_epoch_trial']:.1%} of a one-epoch "
           f"trial of the default space")
+    pb, mem = report["process_boundary"], report["memory"]
+    print(f"  child process per trial: {pb['share_of_one_epoch_trial']:.2%} of a one-epoch default trial; "
+          f"memory after 1 / {mem['trials']} smoke trials: {mem['rss_after_first_mb']} / {mem['rss_after_last_mb']} MB")
     print(f"written: {path} and {OUT / 'README.md'}")
 
 

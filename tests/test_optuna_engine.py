@@ -122,3 +122,17 @@ def test_pruners_hear_progress_in_tenths_of_each_trials_own_schedule():
     assert [list(optuna_engine.progress_steps(e, 4)) for e in range(1, 5)] == [[1, 2], [3, 4, 5], [6, 7], [8, 9, 10]]
     assert [list(optuna_engine.progress_steps(e, 20)) for e in (1, 2, 20)] == [[], [1], [10]]
     assert list(optuna_engine.progress_steps(1, 1)) == list(range(1, 11))
+
+
+def test_a_resumed_study_continues_the_search_instead_of_replaying_it(tmp_path):
+    sp = space("random", trials=4)
+    first = run(sp, tmp_path, trials=4)
+    again = run(sp, tmp_path, trials=8)
+    assert [r.values for r in again[:4]] == [r.values for r in first]
+    keys = [tuple(sorted(r.values.items())) for r in again]
+    assert len(again) == 8 and len(set(keys)) == 8  # trials 4-7 are new configurations
+
+
+def test_process_seeds_differ_per_worker_and_per_resume_but_not_on_a_fresh_run():
+    seeds = {optuna_engine.process_seed(7, w, n) for w in range(3) for n in (0, 5)}
+    assert optuna_engine.process_seed(7, 0, 0) == 7 and len(seeds) == 6

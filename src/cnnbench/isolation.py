@@ -21,7 +21,7 @@ from dataclasses import fields
 from pathlib import Path
 
 DEFAULT_TRAINER = "cnnbench.train:train_and_evaluate"
-RECYCLE_MB = 400  # replace a child whose resident memory grew this much since it started
+RECYCLE_MB = 150  # replace a child whose resident memory grew this much since it started
 
 
 class ChildDied(RuntimeError):
