@@ -99,7 +99,7 @@ def test_image_folder_subset_split_and_cache(jpeg_root):
     assert again.fingerprint == bundle.fingerprint
     np.testing.assert_array_equal(again.x_val, bundle.x_val)
     assert load_data(opts, seed=4).fingerprint != bundle.fingerprint          # the seed picks the subset
-    assert list(data_mod.cache_dir().glob("images-*.npy"))
+    assert list(data_mod.cache_dir().glob("images-*.npz"))
     assert first >= 0
 
 

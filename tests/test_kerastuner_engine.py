@@ -86,7 +86,7 @@ def test_consecutive_failure_limit_stops_the_search(monkeypatch, tmp_path):
 
 
 def test_grid_needs_a_finite_space():
-    with pytest.raises(SpaceError, match="grid search needs a finite space"):
+    with pytest.raises(SpaceError, match="a grid search needs a finite space"):
         kerastuner_engine.validate(_space(), "grid", None)
     with pytest.raises(SpaceError, match="not a KerasTuner algorithm"):
         kerastuner_engine.validate(_space(), "tpe", None)

@@ -39,7 +39,7 @@ def test_grid_sampler_covers_a_finite_space(tmp_path):
     recs = run(sp, tmp_path)
     assert sorted((r.values["optimizer"], r.values["learning_rate"]) for r in recs) == \
         [(o, lr) for o in ("adam", "adamw") for lr in (1e-3, 1e-2, 1e-1)]
-    with pytest.raises(SpaceError, match="grid sampler needs a finite space"):
+    with pytest.raises(SpaceError, match="a grid search needs a finite space"):
         optuna_engine.validate(space("grid"), None, None)
     with pytest.raises(SpaceError, match="'hyperband' is not an Optuna sampler"):
         optuna_engine.validate(space(), "hyperband", None)

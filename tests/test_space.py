@@ -118,6 +118,22 @@ BAD = {
                                               "params", "names 2 stage(s), but stages is 3"),
     "widths not a list of numbers": ({"params": {"widths": {"type": "choice", "choices": ["64-x"]}}},
                                      "params.widths", "not a list of widths"),
+    "negative seed": ({**MINIMAL, "seed": -1}, "seed", "greater than or equal to 0"),
+    "seed beyond the samplers": ({**MINIMAL, "seed": 2**64}, "seed", "less than 2147483648"),
+    "NaN bound": ({"params": {"dropout": {"type": "float", "low": float("nan"), "high": 0.5}}},
+                  "params.dropout.low", "finite number"),
+    "infinite growth": ({"params": {"filter_growth": {"type": "fixed", "value": float("inf")}}},
+                        "params.filter_growth.value", "finite number"),
+    "a trillion stages": ({"params": {"stages": {"type": "fixed", "value": 10**12}}}, "params.stages",
+                          "above the maximum 10"),
+    "a billion convs": ({"params": {"convs_per_stage": {"type": "fixed", "value": 10**9}}}, "params.convs_per_stage",
+                        "above the maximum 32"),
+    "huge image": ({**MINIMAL, "data": {"image_size": 10**9}}, "data.image_size", "less than or equal to 1024"),
+    "grid on a continuous range": ({**MINIMAL, "search": {"sampler": "grid"}}, "params.learning_rate",
+                                   "grid search needs a finite space"),
+    "grid too large to list": ({"search": {"sampler": "grid"}, "params": {
+        "epochs": {"type": "int", "low": 1, "high": 10000}, "batch_size": {"type": "int", "low": 1, "high": 60000}}},
+        "params", "a grid of 600,000,000 configurations"),
     "not a mapping": ("- just\n- a list\n", "", "must be a mapping"),
     "bad yaml": ("params: {epochs: [1, 2\n", "", "not valid YAML"),
 }
@@ -165,3 +181,10 @@ def test_epoch_options_follow_what_the_space_allows():
     assert parse_space({"params": {"epochs": {"type": "int", "low": 4, "high": 10, "step": 2}}}).epoch_options() \
         == [4, 6, 8, 10]
     assert parse_space({"params": {"epochs": {"type": "choice", "choices": [12, 3]}}}).epoch_options() == [3, 12]
+
+
+def test_size_is_counted_not_listed_for_huge_ranges():
+    space = parse_space({"params": {"filter_growth": {"type": "int", "low": 1, "high": 16},
+                                    "batch_size": {"type": "int", "low": 1, "high": 65536},
+                                    "epochs": {"type": "int", "low": 1, "high": 10000, "step": 3}}})
+    assert space.size() == 16 * 65536 * 3334

@@ -109,7 +109,7 @@ def test_predict_real_and_broken_images(swept, jpeg_root, tmp_path):
     assert mixed.returncode == 1
     out = json.loads(mixed.stdout)
     assert [o["image"] for o in out] == [str(broken), real, str(missing)]
-    assert out[0]["error"].startswith("cannot read image") and out[2]["error"]
+    assert out[0]["error"] == "not an image PIL can read" and out[2]["error"] == "no such file"
     assert out[1]["error"] is None and len(out[1]["predictions"]) == 1
     assert out[1]["predictions"][0]["class"] in json.loads(
         (results / "smoke" / "best" / "model_card.json").read_text())["classes"]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from cnnbench import runtime  # first: it prepares the environment before TensorFlow loads
 from cnnbench.data import DataError
+from cnnbench.predict import ModelError
 from cnnbench.space import SpaceError
 
 BAD_INPUT, INTERRUPTED = 2, 130
@@ -109,24 +110,40 @@ def cmd_leaderboard(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from cnnbench.predict import classify, load
+    from cnnbench.predict import classify, expand, load
+    from cnnbench.report import predictions_csv, predictions_json, predictions_text, progress_bar
 
-    if not Path(args.model).exists():
-        print(f"cnnbench: {args.model}: no such model file", file=sys.stderr)
+    loaded = load(args.model)
+    paths = expand(args.images)
+    if not paths:
+        print(f"cnnbench: no images found in {' '.join(args.images)}", file=sys.stderr)
         return BAD_INPUT
-    model, names = load(args.model)
-    results = classify(model, names, args.images, top=args.top)
+    with progress_bar(len(paths), "classifying", show=sys.stderr.isatty() and len(paths) > 256) as advance:
+        results = classify(loaded, paths, top=args.top, on_batch=advance)
     if args.json:
-        print(json.dumps([{"image": r.path, "error": r.error or None,
-                           "predictions": [{"class": c, "probability": round(p, 6)} for c, p in r.top or []]}
-                          for r in results], indent=2))
+        print(predictions_json(results))
+    elif args.csv:
+        print(predictions_csv(results), end="")
     else:
-        for r in results:
-            if r.error:
-                print(f"{r.path}: error: {r.error}", file=sys.stderr)
-            else:
-                print(f"{r.path}: " + ", ".join(f"{c} {p:.3f}" for c, p in r.top))
+        text, errors = predictions_text(results)
+        print(text, end="")
+        print(errors, end="", file=sys.stderr)
     return 1 if any(r.error for r in results) else 0
+
+
+def cmd_evaluate(args) -> int:
+    from cnnbench.predict import evaluate_folder, load
+    from cnnbench.report import evaluation_table, wide_console
+
+    loaded = load(args.model)
+    result = evaluate_folder(loaded, Path(args.folder))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        wide_console().print(evaluation_table(result, loaded.class_names))
+        for line in result["skipped_unreadable"]:
+            print(f"skipped: {line}", file=sys.stderr)
+    return 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -161,10 +178,18 @@ def parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="classify images with an exported model")
     pr.add_argument("model", help="path to model.keras")
-    pr.add_argument("images", nargs="+")
+    pr.add_argument("images", nargs="+", help="image files, folders (searched recursively) or globs")
     pr.add_argument("--top", type=int, default=1, help="classes to show per image")
-    pr.add_argument("--json", action="store_true", help="machine-readable output")
+    out = pr.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="machine-readable output")
+    out.add_argument("--csv", action="store_true", help="one row per image: image, class, probability, error")
     pr.set_defaults(func=cmd_predict)
+
+    ev = sub.add_parser("evaluate", help="score an exported model on a labelled image folder")
+    ev.add_argument("model", help="path to model.keras")
+    ev.add_argument("folder", help="a folder with one subfolder of images per class")
+    ev.add_argument("--json", action="store_true", help="machine-readable output")
+    ev.set_defaults(func=cmd_evaluate)
     return p
 
 
@@ -173,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime.pin_from_environment()  # a worker started by a sweep keeps to its share of the cores
     try:
         return args.func(args)
-    except (SpaceError, DataError) as e:
+    except (SpaceError, DataError, ModelError) as e:
         print(f"cnnbench: {e}", file=sys.stderr)
         return BAD_INPUT
     except KeyboardInterrupt as stop:  # before the sweep could take over (e.g. while loading data)

@@ -17,18 +17,19 @@ import os
 import pickle
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from cnnbench.images import SUFFIXES as IMAGE_SUFFIXES
+from cnnbench.images import ImageError, read_image
 from cnnbench.space import Data
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
 # Published SHA-256 of https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz
 CIFAR10_TAR_SHA256 = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 class DataError(ValueError):
@@ -46,6 +47,7 @@ class DataBundle:
     class_names: tuple[str, ...]
     source: str           # where the images came from
     fingerprint: str      # sha256 prefix over the train+test arrays actually used
+    skipped: list[str] = field(default_factory=list)  # "file: reason" of unreadable images left out
 
     def channel_stats(self) -> tuple[list[float], list[float]]:
         """Per-channel mean and variance of training images scaled to [0, 1]."""
@@ -83,8 +85,9 @@ def load_data(opts: Data, seed: int, space_dir: Path | None = None) -> DataBundl
     """Train/val/test arrays for a space's ``data`` section, subsets and split applied."""
     source = resolve_source(opts, space_dir)
     rng = np.random.default_rng(seed)
+    skipped: list[str] = []
     if source and Path(source).is_dir() and (Path(source) / "train").is_dir():
-        x_tr, y_tr, x_te, y_te, names = _load_image_folder(Path(source), opts, seed)
+        x_tr, y_tr, x_te, y_te, names, skipped = _load_image_folder(Path(source), opts, seed)
     else:
         x_tr, y_tr, x_te, y_te, names = _load_arrays(source)
         if opts.train_subset:
@@ -100,7 +103,7 @@ def load_data(opts: Data, seed: int, space_dir: Path | None = None) -> DataBundl
     for arr in (x_tr, y_tr, x_te, y_te):
         digest.update(np.ascontiguousarray(arr).data)
     return DataBundle(x_tr[~is_val], y_tr[~is_val], x_tr[is_val], y_tr[is_val], x_te, y_te,
-                      tuple(names), source or "keras.datasets.cifar10", digest.hexdigest()[:16])
+                      tuple(names), source or "keras.datasets.cifar10", digest.hexdigest()[:16], skipped)
 
 
 def stratified_pick(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -121,67 +124,90 @@ def stratified_pick(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.
 
 def _list_split(root: Path, split: str, classes: list[str]) -> tuple[list[str], np.ndarray]:
     """Image paths (sorted by name within each class) and their labels. Strings, not Paths:
-    listing 60,000 files is the hot part of a cached load."""
+    listing 60,000 files is the hot part of a cached load. An empty class is an error."""
     files, labels = [], []
     for label, name in enumerate(classes):
         folder = os.path.join(root, split, name)
         found = sorted(e.name for e in os.scandir(folder)
                        if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise DataError(f"{folder}: no images (class {name!r} needs at least one in {split}/; "
+                            f"image files end in {', '.join(sorted(IMAGE_SUFFIXES))})")
         files += [os.path.join(folder, f) for f in found]
         labels += [label] * len(found)
     return files, np.array(labels, np.int64)
 
 
+def _class_folders(root: Path, split: str) -> list[str]:
+    try:
+        return sorted(p.name for p in (root / split).iterdir() if p.is_dir())
+    except PermissionError:
+        raise DataError(f"{root / split}: not readable (permission denied)") from None
+
+
 def _load_image_folder(root: Path, opts: Data, seed: int):
-    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
-    if len(classes) < 2:
-        raise DataError(f"{root}/train: needs one subfolder per class, found {len(classes)}")
     if not (root / "test").is_dir():
         raise DataError(f"{root}: no test/ folder beside train/")
+    classes = _class_folders(root, "train")
+    if len(classes) < 2:
+        raise DataError(f"{root}/train: needs one subfolder per class, found {len(classes)}")
     missing = [c for c in classes if not (root / "test" / c).is_dir()]
     if missing:
         raise DataError(f"{root}/test: no folder for class(es) {', '.join(missing)}")
+    extra = [c for c in _class_folders(root, "test") if c not in classes]
+    if extra:
+        raise DataError(f"{root}/train: no folder for class(es) {', '.join(extra)}, which test/ has")
     root = root.resolve()  # once, so the cache key names files the same from any working directory
-    splits = {}
+    splits, skipped = {}, []
     for split, n, split_seed in (("train", opts.train_subset, seed), ("test", opts.test_subset, seed + 1)):
         files, labels = _list_split(root, split, classes)
-        if not files:
-            raise DataError(f"{root}/{split}: no images found")
         if n:
             keep = stratified_pick(labels, n, np.random.default_rng(split_seed))
             files, labels = [files[i] for i in keep], labels[keep]
-        splits[split] = (_decode_cached(files, opts.image_size), labels)
-    return (*splits["train"], *splits["test"], classes)
+        images, readable, broken = _decode_cached(files, opts.image_size)
+        splits[split] = (images, labels[readable])
+        skipped += broken
+        empty = sorted(set(range(len(classes))) - set(labels[readable].tolist()))
+        if empty:
+            raise DataError(f"{root}/{split}: no readable image for class(es) {', '.join(classes[i] for i in empty)}")
+    return (*splits["train"], *splits["test"], classes, skipped)
 
 
-def _decode_cached(files: list[str], size: int) -> np.ndarray:
+def _decode_cached(files: list[str], size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Decode images to (n, size, size, 3) uint8, reusing a cache keyed on the file list
-    (path, size and modification time of every file, so an edited image is decoded again)."""
-    key = hashlib.sha256(f"v1 {size}".encode())
+    (path, size and modification time of every file, so an edited image is decoded again).
+    Unreadable files are skipped: returns the images, the indices of the files they came
+    from, and "file: reason" for each skipped one."""
+    key = hashlib.sha256(f"v2 {size}".encode())
     for f in files:
         st = os.stat(f)
         key.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    cache = cache_dir() / f"images-{key.hexdigest()[:24]}.npy"
+    cache = cache_dir() / f"images-{key.hexdigest()[:24]}.npz"
     if cache.exists():
-        return np.load(cache)
+        with np.load(cache) as stored:
+            return stored["images"], stored["readable"], [str(b) for b in stored["broken"]]
+
+    def decode(path):
+        try:
+            return read_image(path, size), ""
+        except ImageError as e:
+            return None, str(e)
+
     with ThreadPoolExecutor(os.cpu_count() or 2) as pool:  # Pillow releases the GIL while decoding
-        images = np.stack(list(pool.map(lambda f: read_image(f, size), files, chunksize=256)))
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".tmp{os.getpid()}.npy")
-    np.save(tmp, images)
-    os.replace(tmp, cache)  # atomic: a concurrent reader never sees half a file
-    return images
-
-
-def read_image(path, size: int | None = None) -> np.ndarray:
-    """One image file as uint8 RGB (grayscale, palette and RGBA converted), optionally resized."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        if size and im.size != (size, size):
-            im = im.resize((size, size), Image.BILINEAR)
-        return np.asarray(im, dtype=np.uint8)
+        decoded = list(pool.map(decode, files, chunksize=256))
+    readable = np.array([i for i, (img, _) in enumerate(decoded) if img is not None], np.int64)
+    broken = [why for _, why in decoded if why]
+    images = (np.stack([decoded[i][0] for i in readable]) if len(readable)
+              else np.zeros((0, size, size, 3), np.uint8))
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, images=images, readable=readable, broken=np.array(broken, dtype=str))
+        os.replace(tmp, cache)  # atomic: a concurrent reader never sees half a file
+    except OSError as e:
+        raise DataError(f"{cache.parent}: the decode cache is not writable ({e.strerror or e}); "
+                        "set CNNBENCH_CACHE to a writable folder") from None
+    return images, readable, broken
 
 
 # ---- the official python format and the Keras download ------------------------------------
@@ -232,10 +258,16 @@ def _from_batches(read, where: str):
     x_te, y_te = _batch_arrays(_unpickle(read("test_batch"), f"{where}/test_batch"), f"{where}/test_batch")
     names = list(CIFAR10_CLASSES)
     try:
-        meta = _unpickle(read("batches.meta"), f"{where}/batches.meta")
+        blob = read("batches.meta")
+    except DataError:
+        return (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), x_te, y_te, names)
+    meta = _unpickle(blob, f"{where}/batches.meta")  # a refused or broken pickle is an error, not ignored
+    try:
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta["label_names"]]
-    except (DataError, KeyError, FileNotFoundError):
-        pass  # the class names are CIFAR-10's own either way
+    except (KeyError, TypeError, UnicodeDecodeError) as e:
+        raise DataError(f"{where}/batches.meta: no usable label_names ({type(e).__name__})") from None
+    if len(names) != len(CIFAR10_CLASSES) or len(set(names)) != len(names):
+        raise DataError(f"{where}/batches.meta: {len(names)} label names, expected 10 distinct ones")
     return (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), x_te, y_te, names)
 
 
@@ -243,7 +275,13 @@ def _load_arrays(source: str | None):
     if source is None:
         import keras
 
-        (x_tr, y_tr), (x_te, y_te) = keras.datasets.cifar10.load_data()
+        try:
+            (x_tr, y_tr), (x_te, y_te) = keras.datasets.cifar10.load_data()
+        except Exception as e:  # no network, a proxy, a half-written download
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise DataError("no local CIFAR-10 copy (set CNNBENCH_CIFAR10 or data.path to an image folder, "
+                            "cifar-10-batches-py or cifar-10-python.tar.gz) and keras.datasets.cifar10 "
+                            f"could not download it: {reason}") from None
         return x_tr, y_tr.ravel().astype(np.int64), x_te, y_te.ravel().astype(np.int64), list(CIFAR10_CLASSES)
     path = Path(source)
     if path.is_dir():
@@ -257,6 +295,8 @@ def _load_arrays(source: str | None):
                 return (folder / name).read_bytes()
             except FileNotFoundError:
                 raise DataError(f"{folder}: missing {name}") from None
+            except OSError as e:
+                raise DataError(f"{folder / name}: not readable ({e.strerror or e})") from None
         return _from_batches(read, str(folder))
     if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
         return _load_tarball(path)

@@ -18,9 +18,12 @@ def evaluate(model, x: np.ndarray, y: np.ndarray, class_names) -> dict:
     k = len(class_names)
     confusion = np.zeros((k, k), np.int64)
     np.add.at(confusion, (y, predicted), 1)
-    per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
+    seen = confusion.sum(axis=1)
+    per_class = confusion.diagonal() / np.maximum(seen, 1)
+    # a class with no images has no accuracy (None), not 0.0
     return {"images": int(len(y)), "accuracy": float((predicted == y).mean()),
-            "per_class_accuracy": {n: round(float(a), 4) for n, a in zip(class_names, per_class)},
+            "per_class_accuracy": {n: (round(float(a), 4) if count else None)
+                                   for n, a, count in zip(class_names, per_class, seen)},
             "confusion_matrix": confusion.tolist()}
 
 
@@ -45,6 +48,7 @@ def export_best(records: list[TrialRecord], paths: StudyPaths, data: DataBundle,
         "classes": list(data.class_names),
         "input": "uint8 RGB images of any size, shape (batch, height, width, 3); "
                  f"resized to {data.x_train.shape[1]}x{data.x_train.shape[1]} inside the model",
+        "image_size": int(data.x_train.shape[1]),
         "output": "class probabilities (softmax) in the order of 'classes'",
         "hyperparameters": best.values, "config": best.config,
         "validation": {"accuracy": best.val_accuracy, "loss": best.val_loss, "best_epoch": best.best_epoch,
@@ -86,7 +90,8 @@ def card_markdown(card: dict) -> str:
         "", "## Hyperparameters", "", "| knob | value |", "|---|---|",
         *[f"| {k} | {v} |" for k, v in card["config"].items()],
         "", "## Per-class test accuracy", "", "| class | accuracy |", "|---|---|",
-        *[f"| {k} | {v:.4f} |" for k, v in card["test"]["per_class_accuracy"].items()],
+        *[f"| {k} | {v:.4f} |" if v is not None else f"| {k} | (no images) |"
+          for k, v in card["test"]["per_class_accuracy"].items()],
         "", "## Confusion matrix (rows: true class, columns: predicted)", "",
         "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|",
         *[f"| {n} | " + " | ".join(map(str, row)) + " |" for n, row in zip(names, card["test"]["confusion_matrix"])],

@@ -7,6 +7,7 @@ defines what a knob means.
 """
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ class Knob:
     choices: tuple = ()             # allowed values for str knobs
     minimum: float | None = None    # inclusive lower bound for numbers
     below: float | None = None      # exclusive upper bound for numbers
+    maximum: float | None = None    # inclusive upper bound: what cnnbench can build and train at all
     check: Callable[[Any], str | None] | None = None  # any further rule; returns the problem
 
     def problem(self, value: Any) -> str | None:
@@ -37,12 +39,17 @@ class Knob:
             return f"{value!r} is below the minimum {self.minimum}"
         if self.below is not None and value >= self.below:
             return f"{value!r} must be below {self.below}"
+        if self.maximum is not None and value > self.maximum:
+            return f"{value!r} is above the maximum {self.maximum}"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{value!r} is not a finite number"
         return self.check(value) if self.check else None
 
 
 def _widths_problem(value: str) -> str | None:
-    if value and not re.fullmatch(r"[1-9][0-9]{0,4}(-[1-9][0-9]{0,4})*", value):
-        return f"{value!r} is not a list of widths like '64-128-256' (positive numbers joined by '-')"
+    if value and not re.fullmatch(r"[1-9][0-9]{0,3}(-[1-9][0-9]{0,3}){0,9}", value):
+        return (f"{value!r} is not a list of widths like '64-128-256' (at most 10 numbers from 1 to 9999, "
+                "joined by '-')")
     return None
 
 
@@ -55,14 +62,16 @@ KNOBS: dict[str, Knob] = {
     "stem": Knob(str, "none", "what the image meets first: nothing, or 'whiten': a frozen 2x2 conv whose 24 "
                  "filters whiten the training images' 2x2 patches (their PCA, +/-; airbench), then the activation",
                  ("none", "whiten")),
-    "stages": Knob(int, 3, "conv stages; each has one 2x2 pooling (halves the size)", minimum=1),
-    "convs_per_stage": Knob(int, 2, "conv layers in each stage (before any residual unit)", minimum=1),
-    "base_filters": Knob(int, 32, "filters in the first stage", minimum=1),
-    "filter_growth": Knob(float, 2.0, "filters multiply by this from one stage to the next", minimum=1.0),
-    "max_filters": Knob(int, 512, "cap on filters in any stage", minimum=1),
+    "stages": Knob(int, 3, "conv stages; each has one 2x2 pooling (halves the size)", minimum=1, maximum=10),
+    "convs_per_stage": Knob(int, 2, "conv layers in each stage (before any residual unit)", minimum=1,
+                            maximum=32),
+    "base_filters": Knob(int, 32, "filters in the first stage", minimum=1, maximum=8192),
+    "filter_growth": Knob(float, 2.0, "filters multiply by this from one stage to the next", minimum=1.0,
+                          maximum=16.0),
+    "max_filters": Knob(int, 512, "cap on filters in any stage", minimum=1, maximum=8192),
     "widths": Knob(str, "", "filters of each stage, e.g. '64-256-256' (one per stage); when set, base_filters, "
                    "filter_growth and max_filters are not used", check=_widths_problem),
-    "kernel_size": Knob(int, 3, "conv kernel side, pixels", minimum=1),
+    "kernel_size": Knob(int, 3, "conv kernel side, pixels", minimum=1, maximum=31),
     "padding": Knob(str, "same", "conv padding: 'valid' shrinks each side by kernel_size-1", ("same", "valid")),
     "pool_after": Knob(str, "last_conv", "where each stage's pooling sits: after its last conv (VGG), or after "
                        "its first, so the stage's other convs run on a quarter of the pixels (ResNet-9, airbench)",
@@ -82,33 +91,34 @@ KNOBS: dict[str, Knob] = {
     "head": Knob(str, "global_avg", "how the last feature map becomes a vector",
                  ("global_avg", "global_max", "flatten")),
     "conv_dropout": Knob(float, 0.0, "dropout rate at the end of each stage", minimum=0.0, below=1.0),
-    "dense_units": Knob(int, 0, "width of the hidden dense layer; 0 means none", minimum=0),
+    "dense_units": Knob(int, 0, "width of the hidden dense layer; 0 means none", minimum=0, maximum=65536),
     "dropout": Knob(float, 0.0, "dropout rate before the classifier", minimum=0.0, below=1.0),
     "logit_scale": Knob(float, 1.0, "the classifier's outputs are multiplied by this before the softmax "
-                        "(airbench: 1/9, a gentler start)", check=_positive),
+                        "(airbench: 1/9, a gentler start)", maximum=1000.0, check=_positive),
     # --- optimisation -------------------------------------------------------------------
     "optimizer": Knob(str, "adam", "optimizer; in Keras 3 'adam' with a weight_decay is AdamW (decoupled decay), "
                       "so 'adamw' differs only in its default decay", ("adam", "adamw", "sgd")),
     "learning_rate": Knob(float, 1e-3, "peak learning rate (per step, the loss averaged over the batch)",
-                          minimum=0.0),
+                          minimum=0.0, maximum=100.0),
     "momentum": Knob(float, 0.9, "SGD momentum (sgd only)", minimum=0.0, below=1.0),
     "nesterov": Knob(bool, False, "Nesterov momentum (sgd only)"),
     "weight_decay": Knob(float, 0.0, "decoupled weight decay: each step multiplies weights by "
-                         "(1 - learning_rate x weight_decay), as Keras applies it", minimum=0.0),
+                         "(1 - learning_rate x weight_decay), as Keras applies it", minimum=0.0, maximum=10.0),
     "bias_lr_scale": Knob(float, 1.0, "learning-rate multiplier for batch-norm shifts (beta), which are then "
-                          "not weight-decayed (airbench: 64)", check=_positive),
+                          "not weight-decayed (airbench: 64)", maximum=10_000.0, check=_positive),
     "lr_schedule": Knob(str, "constant", "learning rate after the warm-up: constant, cosine to 0, step (x0.1 at "
                         "50% and 75%), or linear to 0 at the trial's last step", ("constant", "cosine", "step", "linear")),
     "warmup": Knob(float, 0.0, "share of the trial's steps over which the learning rate rises linearly from a "
                    "tenth of its peak to the peak; with lr_schedule linear this is one-cycle", minimum=0.0, below=1.0),
-    "batch_size": Knob(int, 128, "images per step", minimum=1),
-    "epochs": Knob(int, 10, "passes over the training split", minimum=1),
+    "batch_size": Knob(int, 128, "images per step", minimum=1, maximum=65536),
+    "epochs": Knob(int, 10, "passes over the training split", minimum=1, maximum=10_000),
     "label_smoothing": Knob(float, 0.0, "label smoothing of the cross-entropy", minimum=0.0, below=1.0),
     "ema": Knob(float, 0.0, "average the weights over steps with this decay (e.g. 0.99; 0 = off); validation, "
                 "test and the exported model use the averaged weights", minimum=0.0, below=1.0),
     # --- augmentation (training only; never in the exported model) ----------------------
     "flip": Knob(bool, False, "random horizontal flip"),
-    "translate": Knob(int, 0, "random translation up to this many pixels (edges reflected)", minimum=0),
+    "translate": Knob(int, 0, "random translation up to this many pixels (edges reflected)", minimum=0,
+                      maximum=64),
     # --- evaluation ------------------------------------------------------------------------
     "tta": Knob(bool, False, "test-time augmentation: validation, test and the exported model average the "
                 "predictions for each image and its mirror image (twice the inference cost)"),

@@ -150,7 +150,8 @@ def build_model(config: dict, num_classes: int = 10, image_size: int = 32,
         return layers.Activation(act, dtype=dtype, name=f"{name}_act")(x)
 
     inputs = keras.Input(shape=(None, None, CHANNELS), dtype="uint8", name="image")
-    x = layers.Resizing(image_size, image_size, name="resize")(inputs)
+    # antialias: the same resize the data loader applies (images.resize), for raw inputs of any size
+    x = layers.Resizing(image_size, image_size, antialias=True, name="resize")(inputs)
     x = layers.Rescaling(1 / 255, name="to_unit_range")(x)
     x = layers.Normalization(mean=list(mean), variance=list(variance), name="standardize")(x)
     if config["stem"] == "whiten":

@@ -1,13 +1,28 @@
-"""Classify new images with an exported model: any size, grayscale/RGBA converted."""
+"""Reuse an exported model: classify images (files, folders, globs) and score labelled folders.
+
+Images go through ``images.read_image`` at the model's input size: the same decoding and
+resizing its training and test data had, so the model card's test accuracy describes what
+this does. Anything that is not a usable cnnbench model is one ``ModelError`` line.
+"""
 from __future__ import annotations
 
+import glob
+import json
+import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from cnnbench.data import CIFAR10_CLASSES, read_image
-from cnnbench.export import load_card
+from cnnbench.data import CIFAR10_CLASSES
+from cnnbench.images import SUFFIXES, ImageError, read_image
+
+BATCH = 256  # images decoded and classified together
+
+
+class ModelError(ValueError):
+    """The file is not a model cnnbench can use; the message says which file and why."""
 
 
 @dataclass
@@ -17,26 +32,127 @@ class Prediction:
     error: str = ""
 
 
-def load(model_path: str | Path):
-    """The exported model and its class names (from the model card beside it, else CIFAR-10's)."""
+@dataclass
+class LoadedModel:
+    model: object
+    class_names: list[str]
+    image_size: int
+
+
+def _input_size(model) -> int:
+    """The side of the model's own Resizing layer (cnnbench models resize inside)."""
+    for layer in model.layers:
+        if layer.__class__.__name__ == "Resizing":
+            return int(layer.height)
+        if hasattr(layer, "layers"):  # the mirror-average wrapper holds the network as a layer
+            return _input_size(layer)
+    return 32
+
+
+def load(model_path: str | Path) -> LoadedModel:
+    """The exported model, its class names (model card beside it, else CIFAR-10's) and input
+    size. Raises ModelError for anything that is not a usable cnnbench model."""
     import keras
 
-    model = keras.models.load_model(model_path, compile=False)  # safe mode: built-in layers only
-    names = load_card(Path(model_path)).get("classes") or list(CIFAR10_CLASSES)
-    return model, names
+    path = Path(model_path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file" if not path.exists() else f"{path}: a folder, not a model file")
+    try:
+        model = keras.models.load_model(path, compile=False, safe_mode=True)  # built-in layers only
+    except (ValueError, TypeError, OSError, KeyError, AttributeError, zipfile.BadZipFile) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ModelError(f"{path}: not a usable Keras model ({reason})") from None
+    inputs = getattr(model, "inputs", None) or []
+    shape = tuple(inputs[0].shape) if len(inputs) == 1 else None
+    if shape is None or len(shape) != 4 or shape[-1] != 3 or len(model.outputs) != 1:
+        raise ModelError(f"{path}: expects input {shape}, but a cnnbench model takes one batch of RGB images "
+                         "(batch, height, width, 3) and gives class probabilities")
+    outputs = int(model.outputs[0].shape[-1])
+    names = _class_names(path, outputs)
+    return LoadedModel(model, names, _input_size(model))
 
 
-def classify(model, class_names: list[str], paths: list[str], top: int = 1) -> list[Prediction]:
+def _class_names(model_path: Path, outputs: int) -> list[str]:
+    card_path = model_path.parent / "model_card.json"
+    if not card_path.exists():
+        if outputs != len(CIFAR10_CLASSES):
+            raise ModelError(f"{model_path}: no model_card.json beside it, and {outputs} outputs are not CIFAR-10's 10")
+        return list(CIFAR10_CLASSES)
+    try:
+        names = json.loads(card_path.read_text()).get("classes")
+    except (OSError, ValueError, AttributeError) as e:
+        raise ModelError(f"{card_path}: not a readable model card ({type(e).__name__})") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ModelError(f"{card_path}: 'classes' must be a list of class names, not {type(names).__name__}")
+    if len(names) != outputs:
+        raise ModelError(f"{card_path}: names {len(names)} classes, but the model has {outputs} outputs")
+    return names
+
+
+def expand(paths: list[str]) -> list[str]:
+    """Files as given; folders searched recursively for images; globs expanded (sorted)."""
+    out: list[str] = []
+    for given in paths:
+        p = Path(given)
+        if p.is_dir():
+            out += sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUFFIXES)
+        elif not p.exists() and any(c in given for c in "*?["):
+            out += sorted(glob.glob(given, recursive=True))
+        else:
+            out.append(given)
+    return out
+
+
+def _batches(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def classify(loaded: LoadedModel, paths: list[str], top: int = 1, on_batch=None) -> list[Prediction]:
     """One Prediction per path, in order; an unreadable file gets an error, the rest still run."""
     out = []
-    for path in paths:
+    for chunk in _batches(paths, BATCH):
+        pixels, readable = [], []
+        for path in chunk:
+            try:
+                pixels.append(read_image(path, loaded.image_size))
+                readable.append(path)
+            except ImageError as e:
+                out.append(Prediction(path, error=str(e).split(": ", 1)[-1]))
+        if pixels:
+            probs = loaded.model.predict(np.stack(pixels), batch_size=BATCH, verbose=0)
+            for path, p in zip(readable, probs):
+                order = np.argsort(-p)[:top]
+                out.append(Prediction(path, top=[(loaded.class_names[i], float(p[i])) for i in order]))
+        if on_batch:
+            on_batch(len(chunk))
+    order = {path: i for i, path in enumerate(paths)}
+    return sorted(out, key=lambda r: order[r.path])
+
+
+def evaluate_folder(loaded: LoadedModel, folder: Path) -> dict:
+    """Accuracy, per-class accuracy and confusion matrix on a labelled folder
+    (``<class>/<images>``), whose class names must be the model's."""
+    from cnnbench.export import evaluate
+
+    folder = Path(folder)
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    if not classes:
+        raise ModelError(f"{folder}: needs one subfolder of images per class")
+    unknown = [c for c in classes if c not in loaded.class_names]
+    if unknown:
+        raise ModelError(f"{folder}: class folder(s) {', '.join(unknown)} are not classes of this model "
+                         f"({', '.join(loaded.class_names)})")
+    files = [(str(f), loaded.class_names.index(c)) for c in classes for f in sorted((folder / c).rglob("*"))
+             if f.is_file() and f.suffix.lower() in SUFFIXES]
+    pixels, labels, skipped = [], [], []
+    for path, label in files:
         try:
-            image = read_image(path)  # the model resizes; we only convert to RGB
-        except Exception as e:
-            reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
-            out.append(Prediction(path, error=f"cannot read image: {reason}"))
-            continue
-        probs = model.predict(image[np.newaxis], verbose=0)[0]
-        order = np.argsort(-probs)[:top]
-        out.append(Prediction(path, top=[(class_names[i], float(probs[i])) for i in order]))
-    return out
+            pixels.append(read_image(path, loaded.image_size))
+            labels.append(label)
+        except ImageError as e:
+            skipped.append(str(e))
+    if not pixels:
+        raise ModelError(f"{folder}: no readable images")
+    result = evaluate(loaded.model, np.stack(pixels), np.array(labels), loaded.class_names)
+    return {**result, "folder": str(folder), "skipped_unreadable": skipped}

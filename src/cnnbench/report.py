@@ -203,3 +203,65 @@ def forecast_line(space, log=None) -> str:
                 seconds.append(trial_seconds(cfg, n - n_val, n_val, rate, space.data.image_size))
     return (f"  time per trial on this machine: {min(seconds) / 60:.1f} .. {max(seconds) / 60:.1f} min "
             f"(at {rate / 1e9:.0f} GFLOP/s training, {precision}, {runtime.cpu().model})")
+
+
+# ---- reusing a model: predictions and evaluations ---------------------------------------------
+
+def predictions_text(results) -> tuple[str, str]:
+    """(lines for stdout, error lines for stderr)."""
+    out = [f"{r.path}: " + ", ".join(f"{c} {p:.3f}" for c, p in r.top) + "\n" for r in results if not r.error]
+    err = [f"{r.path}: error: {r.error}\n" for r in results if r.error]
+    return "".join(out), "".join(err)
+
+
+def predictions_json(results) -> str:
+    import json
+
+    return json.dumps([{"image": r.path, "error": r.error or None,
+                        "predictions": [{"class": c, "probability": round(p, 6)} for c, p in r.top or []]}
+                       for r in results], indent=2)
+
+
+def predictions_csv(results) -> str:
+    """One row per image and class shown: image, rank, class, probability, error."""
+    rows = []
+    for r in results:
+        if r.error:
+            rows.append({"image": r.path, "rank": None, "class": None, "probability": None, "error": r.error})
+        for rank, (c, p) in enumerate(r.top or [], 1):
+            rows.append({"image": r.path, "rank": rank, "class": c, "probability": round(p, 6), "error": ""})
+    return pd.DataFrame(rows, columns=["image", "rank", "class", "probability", "error"]).to_csv(index=False)
+
+
+def evaluation_table(result: dict, class_names: list[str]) -> Table:
+    table = Table(title=f"{result['folder']}: accuracy {result['accuracy']:.4f} on {result['images']} images")
+    table.add_column("class \\ predicted")
+    for name in class_names:
+        table.add_column(name[:8], justify="right")
+    table.add_column("accuracy", justify="right")
+    for name, row in zip(class_names, result["confusion_matrix"]):
+        accuracy = result["per_class_accuracy"][name]
+        table.add_row(name, *map(str, row), "-" if accuracy is None else f"{accuracy:.4f}")
+    return table
+
+
+class progress_bar:
+    """A rich progress bar on a terminal for long jobs; nothing elsewhere. Use as
+    ``with progress_bar(total, label, show) as advance: ... advance(n)``."""
+
+    def __init__(self, total: int, label: str, show: bool):
+        self.total, self.label, self.show, self.bar = total, label, show, None
+
+    def __enter__(self):
+        if self.show:
+            from rich.progress import Progress
+
+            self.bar = Progress(console=Console(stderr=True))
+            self.bar.start()
+            task = self.bar.add_task(self.label, total=self.total)
+            return lambda n: self.bar.advance(task, n)
+        return lambda n: None
+
+    def __exit__(self, *exc):
+        if self.bar:
+            self.bar.stop()

@@ -13,9 +13,9 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from cnnbench import safe_yaml
 from cnnbench.knobs import KNOBS, coerce, default_config
 from cnnbench.model import ArchitectureError, architecture_stats
 
@@ -26,12 +26,20 @@ ARCH_KNOBS = ("stem", "stages", "convs_per_stage", "base_filters", "filter_growt
               "dense_units")
 
 
+MAX_LISTED = 10_000        # values of one parameter cnnbench will list (grids, epoch options)
+MAX_GRID = 100_000         # configurations a grid search may list
+MAX_CORNERS = 20_000       # architecture corner configurations checked for feasibility and size
+_OTHER = object()
+_SCALAR_BRANCHES = ("bool", "int", "float", "str")          # "a value no condition names", when counting conditional branches
+
+
 class SpaceError(ValueError):
     """A search-space file is invalid. The message names the file, the field and the problem."""
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: every number in a space file is finite
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class _Param(_Strict):
@@ -79,7 +87,7 @@ class FloatParam(_Param):
 
 class ChoiceParam(_Param):
     type: Literal["choice"]
-    choices: list[Scalar]
+    choices: list[Scalar] = Field(max_length=1000)
 
     def admits(self, value) -> str | None:
         # 1 == True in Python: compare types too, so a boolean never stands in for a number
@@ -100,8 +108,8 @@ Param = Annotated[Union[IntParam, FloatParam, ChoiceParam, FixedParam], Field(di
 
 
 class Budget(_Strict):
-    trials: int = Field(20, ge=1)              # finished trials (complete, pruned or failed)
-    timeout_minutes: float | None = Field(None, gt=0)
+    trials: int = Field(20, ge=1, le=100_000)   # finished trials (complete, pruned or failed)
+    timeout_minutes: float | None = Field(None, gt=0, le=60 * 24 * 365)
 
 
 class Search(_Strict):
@@ -109,28 +117,28 @@ class Search(_Strict):
     pruner: Literal["median", "hyperband", "successive_halving", "none"] = "median"
     # The median pruner starts pruning once this many trials have finished (Optuna's
     # n_startup_trials): 1 when the first trial is a known-good recipe to measure against.
-    prune_after_trials: int = Field(3, ge=0)
+    prune_after_trials: int = Field(3, ge=0, le=100_000)
     # Stop the search when this many trials in a row fail: the space is probably broken.
-    max_consecutive_failures: int = Field(5, ge=1)
+    max_consecutive_failures: int = Field(5, ge=1, le=100_000)
     # A trial lost with its process (kill -9, out of memory, a dead machine) is tried again
     # this many times.
-    retries: int = Field(1, ge=0)
+    retries: int = Field(1, ge=0, le=100)
 
 
 class Data(_Strict):
     dataset: Literal["cifar10"] = "cifar10"
     # A local copy: image folder, cifar-10-batches-py folder or cifar-10-python.tar.gz.
     # The CNNBENCH_CIFAR10 environment variable overrides it. Relative to the space file.
-    path: str | None = None
+    path: str | None = Field(None, max_length=4096)
     validation_fraction: float = Field(0.1, gt=0, lt=1)
-    train_subset: int | None = Field(None, ge=20)  # images drawn (stratified) from train
-    test_subset: int | None = Field(None, ge=10)   # images drawn (stratified) from test
-    image_size: int = Field(32, ge=8)              # the model resizes every input to this
+    train_subset: int | None = Field(None, ge=20, le=100_000_000)  # images drawn (stratified) from train
+    test_subset: int | None = Field(None, ge=10, le=100_000_000)   # images drawn (stratified) from test
+    image_size: int = Field(32, ge=8, le=1024)                     # the model resizes every input to this
 
 
 class Space(_Strict):
-    description: str = ""
-    seed: int = 0
+    description: str = Field("", max_length=10_000)
+    seed: int = Field(0, ge=0, lt=2**31)  # what every sampler, numpy and TensorFlow accept
     objective: Literal["val_accuracy"] = "val_accuracy"
     budget: Budget = Budget()
     search: Search = Search()
@@ -170,21 +178,36 @@ class Space(_Strict):
                 config[name] = coerce(name, values[name])
         return config
 
+    def value_count(self, name: str) -> int | None:
+        """How many values parameter ``name`` can take (arithmetic), or None for a continuous range."""
+        p = self.params[name]
+        if isinstance(p, FixedParam):
+            return 1
+        if isinstance(p, ChoiceParam):
+            return len(p.choices)
+        if isinstance(p, IntParam):
+            return (p.high - p.low) // p.step + 1
+        if p.step:
+            return int(math.floor((p.high - p.low) / p.step + 1e-9)) + 1
+        return None
+
     def candidate_values(self, name: str) -> list | None:
-        """Every value parameter ``name`` can take, or None for a continuous range."""
+        """Every value parameter ``name`` can take, or None for a continuous range. Listing is
+        for grids and epoch options; a parameter with more than MAX_LISTED values is refused."""
+        count = self.value_count(name)
+        if count is None:
+            return None
+        if count > MAX_LISTED:
+            raise SpaceError(f"{self.source}: params.{name}: {count:,} values is more than cnnbench lists "
+                             f"({MAX_LISTED:,}) for a grid or an epoch choice; use a wider step or fewer values")
         p = self.params[name]
         if isinstance(p, FixedParam):
             return [p.value]
         if isinstance(p, ChoiceParam):
             return list(p.choices)
-        if isinstance(p, IntParam) and not p.log:
-            return list(range(p.low, p.high + 1, p.step))
         if isinstance(p, IntParam):
-            return sorted({v for v in range(p.low, p.high + 1) if (v - p.low) % p.step == 0})
-        if p.step:
-            n = int(math.floor((p.high - p.low) / p.step + 1e-9))
-            return [p.low + i * p.step for i in range(n + 1)]
-        return None
+            return list(range(p.low, p.high + 1, p.step))
+        return [p.low + i * p.step for i in range(count)]
 
     def epoch_options(self) -> list[int]:
         """Epoch counts a trial may be given when the space searches ``epochs`` (else [])."""
@@ -201,25 +224,48 @@ class Space(_Strict):
             return [KNOBS[name].default]
         if isinstance(p, (IntParam, FloatParam)):
             return [p.low, p.high]
-        return list(dict.fromkeys(self.candidate_values(name)))
+        return list(dict.fromkeys(p.choices)) if isinstance(p, ChoiceParam) else [p.value]
+
+    def grid_problem(self) -> str | None:
+        """Why a grid search cannot run over this space (a continuous range, or a grid too
+        large to list), or None."""
+        total = 1
+        for name in self.searched():
+            count = self.value_count(name)
+            if count is None:
+                return (f"{self.source}: params.{name}: a grid search needs a finite space, but this is a "
+                        "continuous float range (give it a step, or use choices)")
+            total *= count
+        if total > MAX_GRID:
+            return f"{self.source}: params: a grid of {total:,} configurations is more than cnnbench lists ({MAX_GRID:,})"
+        return None
 
     def size(self) -> int | None:
-        """Number of distinct configurations, or None when a float range is searched."""
-        parents = sorted({k for p in self.params.values() for k in (p.condition or {})})
-        parent_values = [self.candidate_values(n) for n in parents]
-        if any(v is None for v in parent_values):
+        """Number of distinct configurations, or None when a float range is searched.
+
+        Counted, never listed: each condition parent's values fall into classes (each value
+        a condition names, and "any other"), and only those classes are combined.
+        """
+        if any(self.value_count(n) is None for n in self.params):
             return None
+        parents = sorted({k for p in self.params.values() for k in (p.condition or {})})
+        classes = []
+        for parent in parents:
+            named = []
+            for p in self.params.values():
+                wanted = (p.condition or {}).get(parent, [])
+                for w in wanted if isinstance(wanted, list) else [wanted]:
+                    if not any(w == v and type(w) is type(v) for v in named):
+                        named.append(w)
+            rest = self.value_count(parent) - len(named)
+            classes.append([(v, 1) for v in named] + ([(_OTHER, rest)] if rest > 0 else []))
         total = 0
-        for combo in itertools.product(*parent_values):
-            assignment = dict(zip(parents, combo))
-            count = 1
+        for combo in itertools.product(*classes):
+            assignment = {parent: value for parent, (value, _) in zip(parents, combo)}
+            count = math.prod(weight for _, weight in combo)
             for name, p in self.params.items():
-                if name in assignment or not p.condition_holds(assignment):
-                    continue
-                values = self.candidate_values(name)
-                if values is None:
-                    return None
-                count *= len(values)
+                if name not in assignment and p.condition_holds(assignment):
+                    count *= self.value_count(name)
             total += count
         return total
 
@@ -262,11 +308,13 @@ def load_space(path: str | Path) -> Space:
     """Read and validate a space file. Raises SpaceError naming file, field and problem."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = safe_yaml.load(path)
+    except IsADirectoryError:
+        raise SpaceError(f"{path}: a folder, not a space file") from None
     except OSError as e:
         raise SpaceError(f"{path}: cannot read: {e.strerror or e}") from None
-    except yaml.YAMLError as e:
-        raise SpaceError(f"{path}: not valid YAML: {e}") from None
+    except safe_yaml.YamlProblem as e:
+        raise SpaceError(f"{path}: {e}") from None
     return parse_space(raw, str(path))
 
 
@@ -282,11 +330,18 @@ def parse_space(raw: Any, source: str = "<space>") -> Space:
 
 
 def _first_error(source: str, error: ValidationError) -> str:
-    err = error.errors()[0]
+    errors = error.errors()
+    err = errors[0]
     loc = [str(x) for x in err["loc"]]
     # A discriminated union puts the chosen type in the path (params.lr.float.low): drop it.
     if len(loc) >= 3 and loc[0] == "params" and loc[2] in ("int", "float", "choice", "fixed"):
         del loc[2]
+    # A plain value (bool | int | float | str) that fits none: report it once, as a number
+    # problem when it is one (e.g. "finite number" for inf), not as "not a valid boolean".
+    if loc and loc[-1] in _SCALAR_BRANCHES:
+        branches = [e for e in errors if tuple(e["loc"][:-1]) == tuple(err["loc"][:-1])]
+        err = next((e for e in branches if e["loc"][-1] == "float"), err)
+        loc = loc[:-1]
     field = ".".join(loc) or "(top level)"
     if err["type"] == "extra_forbidden":
         problem = "unknown key"
@@ -328,15 +383,20 @@ def _check_semantics(space: Space) -> None:
         for parent, wanted in (p.condition or {}).items():
             if parent not in space.params:
                 raise SpaceError(f"{field}.condition: unknown parameter {parent!r} (not in params)")
-            possible = space.candidate_values(parent)
-            if possible is None:
+            if space.value_count(parent) is None:
                 raise SpaceError(f"{field}.condition: {parent!r} is a continuous range; "
                                  "conditions need a choice, int or fixed parameter")
             for w in wanted if isinstance(wanted, list) else [wanted]:
-                if w not in possible:
+                if space.params[parent].admits(w) is not None:
                     raise SpaceError(f"{field}.condition: {parent!r} never takes the value {w!r}")
     space._ordered()  # raises on cycles
     _check_start_with(space)
+    if space.search.sampler == "grid" and (problem := space.grid_problem()):
+        raise SpaceError(problem)  # what check accepts must also start in sweep
+    corners = math.prod(len(space.extremes(k)) for k in ARCH_KNOBS)
+    if corners > MAX_CORNERS:
+        raise SpaceError(f"{src}: params: {corners:,} combinations of architecture choices to check (at most "
+                         f"{MAX_CORNERS:,}); fix some architecture knobs or offer fewer choices")
     for cfg in space.corners():
         try:
             architecture_stats(cfg, space.data.image_size)

@@ -129,7 +129,8 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
     space_dir = Path(req.space_file).resolve().parent
     data = load_data(space.data, space.seed, space_dir)
     run = {**sweep.run, "data": {"source": data.source, "fingerprint": data.fingerprint,
-                                 "train": len(data.y_train), "val": len(data.y_val), "test": len(data.y_test)},
+                                 "train": len(data.y_train), "val": len(data.y_val), "test": len(data.y_test),
+                                 "skipped_unreadable": data.skipped},
            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(sweep.started)),
            "started_unix": sweep.started, "timeout_minutes": sweep.timeout, "machine": runtime.machine()}
     # progress.csv counts minutes from the study's first start, across resumed runs
@@ -145,6 +146,9 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
     best = max((r.val_accuracy for r in before if r.state == "complete"), default=None)
     label = f"{sweep.study} worker {worker_id()}" if is_worker() else sweep.study
     progress = SweepProgress(label, sweep.trials, trials.finished_count(before), best, sweep.timeout, live)
+    if data.skipped and not is_worker():
+        shown = "; ".join(data.skipped[:5]) + (f"; and {len(data.skipped) - 5} more" if len(data.skipped) > 5 else "")
+        progress.say(f"skipped {len(data.skipped)} unreadable image(s) (listed in run.json): {shown}")
 
     def refresh(_record=None) -> list:
         records = trials.read_records(paths)

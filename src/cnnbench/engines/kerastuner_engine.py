@@ -47,11 +47,8 @@ def validate(space: Space, algo: str | None, storage: str | None) -> str:
         raise SpaceError(f"--algo: {algo!r} is not a KerasTuner algorithm (one of {', '.join(ALGOS)})")
     if storage:
         raise SpaceError("--storage: is for the Optuna engine; KerasTuner keeps its state in the study folder")
-    if algo == "grid":
-        for name in space.searched():
-            if space.candidate_values(name) is None:
-                raise SpaceError(f"{space.source}: params.{name}: grid search needs a finite space, but this "
-                                 "is a continuous float range (give it a step, or use choices)")
+    if algo == "grid" and (problem := space.grid_problem()):
+        raise SpaceError(problem)
     return algo
 
 

@@ -42,11 +42,8 @@ def validate(space: Space, algo: str | None, storage: str | None) -> str:
     algo = algo or space.search.sampler
     if algo not in ALGORITHMS:
         raise SpaceError(f"--algo: {algo!r} is not an Optuna sampler (one of {', '.join(ALGORITHMS)})")
-    if algo == "grid":
-        for name in space.searched():
-            if space.candidate_values(name) is None:
-                raise SpaceError(f"{space.source}: params.{name}: the grid sampler needs a finite space, "
-                                 "but this is a continuous float range (give it a step, or use choices)")
+    if algo == "grid" and (problem := space.grid_problem()):
+        raise SpaceError(problem)
     if storage:
         open_rdb(storage)  # raises SpaceError naming the (masked) URL when it cannot be opened
     return algo
