@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -167,3 +168,64 @@ def test_two_optuna_worker_processes_share_one_study(tmp_path, jpeg_root):
     assert (board["state"] == "complete").sum() >= 4
     assert "shared worker 1" in proc.stdout and "shared worker 2" in proc.stdout
     assert (results / "shared" / "best" / "model.keras").exists()
+
+
+def test_predict_on_odd_formats_gives_the_class_of_the_plain_picture(swept, jpeg_root, tmp_path):
+    from PIL import Image
+
+    from test_images import odd_files
+
+    results = swept[0]
+    model = str(results / "smoke" / "best" / "model.keras")
+    source = next((jpeg_root / "test" / "horse").iterdir())
+    picture = np.asarray(Image.open(source).convert("RGB").resize((64, 64), Image.BICUBIC))
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    odd_files(folder, picture)
+    proc = run_cli("predict", model, str(folder), "--json", "--top", "10")
+    assert proc.returncode == 0, proc.stderr
+    probs = {Path(o["image"]).name: {p["class"]: p["probability"] for p in o["predictions"]}
+             for o in json.loads(proc.stdout)}
+    assert set(probs) == {"rgb48.png", "gray16.png", "rotated.jpg", "rgba.png", "palette.png", "cmyk.jpg",
+                          "lossless.webp", "progressive.jpg", "animated.gif", "plain.png"}
+    plain = probs.pop("plain.png")
+    ranked = sorted(plain, key=plain.get, reverse=True)
+    decisive = plain[ranked[0]] - plain[ranked[1]] > 0.05
+    for name, p in probs.items():
+        if name == "gray16.png":
+            continue  # a grayscale picture is another picture
+        assert sum(abs(p[c] - plain[c]) for c in plain) < 0.2, name
+        if decisive:
+            assert max(p, key=p.get) == ranked[0], name
+
+
+def test_predict_agrees_with_the_model_cards_test_evaluation_on_bigger_images(tmp_path, jpeg_root):
+    """Images that are not 32x32 are resized the same way for training, test and predict:
+    the confusion matrix rebuilt from `cnnbench predict` equals the model card's."""
+    from PIL import Image
+
+    data = tmp_path / "big"
+    for split, per_class in (("train", 24), ("test", 8)):
+        for folder in sorted((jpeg_root / split).iterdir()):
+            (data / split / folder.name).mkdir(parents=True)
+            for source in sorted(folder.iterdir())[:per_class]:
+                image = Image.open(source).convert("RGB").resize((48, 48), Image.BICUBIC)
+                image.save(data / split / folder.name / f"{source.stem}.png")
+    space = tmp_path / "big.yaml"
+    space.write_text((SPACES / "smoke.yaml").read_text().replace("  train_subset: 1200", "  train_subset: null")
+                     .replace("  test_subset: 500", "  test_subset: null"))
+    results = tmp_path / "results"
+    proc = run_cli("sweep", "--space", str(space), "--study", "big", "--results", str(results), "--trials", "1",
+                   env={"CNNBENCH_CIFAR10": str(data)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    card = json.loads((results / "big" / "best" / "model_card.json").read_text())
+    out = run_cli("predict", str(results / "big" / "best" / "model.keras"), str(data / "test"), "--json")
+    assert out.returncode == 0, out.stderr
+    names = card["classes"]
+    confusion = np.zeros((len(names), len(names)), int)
+    for o in json.loads(out.stdout):
+        confusion[names.index(Path(o["image"]).parent.name), names.index(o["predictions"][0]["class"])] += 1
+    assert confusion.sum() == 80
+    assert confusion.tolist() == card["test"]["confusion_matrix"]
+    evaluated = run_cli("evaluate", str(results / "big" / "best" / "model.keras"), str(data / "test"), "--json")
+    assert evaluated.returncode == 0 and json.loads(evaluated.stdout)["confusion_matrix"] == confusion.tolist()
