@@ -80,6 +80,7 @@ def _child_main(conn, trainer_path: str, data_request: tuple | None) -> None:
     from cnnbench import runtime
 
     runtime.pin_from_environment()
+    runtime.import_tensorflow_quietly()
     from cnnbench.data import load_data
     from cnnbench.train import PruneTrial
 

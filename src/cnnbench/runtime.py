@@ -45,6 +45,30 @@ def prepare_environment(environ=os.environ) -> None:
     environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow and Keras with the process's C-level stderr silenced.
+
+    TensorFlow's C++ side prints start-up lines (CUDA stubs on CPU-only machines, oneDNN
+    notices) through absl before its log level applies, so TF_CPP_MIN_LOG_LEVEL cannot stop
+    them; users should see only cnnbench's own output. Only the import is silenced:
+    a failing import still raises, and later errors print as usual.
+    """
+    import sys
+
+    if "tensorflow" in sys.modules:
+        return
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stderr.flush()
+        os.dup2(devnull, 2)
+        import keras  # noqa: F401  (imports TensorFlow, its backend)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 @dataclass(frozen=True)
 class CpuInfo:
     model: str

@@ -101,6 +101,10 @@ def prepare(request: SweepRequest) -> Sweep:
     if not study.replace("-", "").replace("_", "").replace(".", "").isalnum() or study.strip(".") == "":
         raise SpaceError(f"--study: {study!r} may hold only letters, digits, '-', '_' and '.'")
     paths = StudyPaths(Path(request.results) / study)
+    board = Path(request.results) / "leaderboard.md"
+    if board.exists() and not board.read_text(errors="replace").startswith(GLOBAL_BOARD_TITLE):
+        raise SpaceError(f"--results: {board} exists and was not written by cnnbench; "
+                         "choose a results folder of its own")
     earlier = read_json(paths.root / "run.json")
     if earlier and earlier.get("space_hash") != space.fingerprint():
         raise SpaceError(f"{request.space_file}: study {study!r} in {paths.root} was run with a different "
@@ -197,9 +201,12 @@ def write_progress_plot(sweep: Sweep, records: list, run: dict, card: dict | Non
                      export_minutes=(time.time() - origin) / 60)
 
 
+GLOBAL_BOARD_TITLE = "# All studies, best first"
+
+
 def write_global_leaderboard(results_root: Path) -> None:
     frame = studies_frame(results_root)
     atomic_write(results_root / "leaderboard.md",
-                 "# All studies, best first\n\nOne row per study under results/: its best trial by validation "
+                 f"{GLOBAL_BOARD_TITLE}\n\nOne row per study under results/: its best trial by validation "
                  "accuracy and that model's test accuracy. Rewritten by every `cnnbench sweep`.\n\n"
                  + markdown_table(frame))
