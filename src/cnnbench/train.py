@@ -45,6 +45,7 @@ class TrialResult:
     parameter_count: int     # the network's weights, as Keras counts them
     flops: int               # per image, forward pass
     precision: str = "float32"  # the dtype policy it trained with (``auto`` resolved)
+    latency_ms: float | None = None  # inference per image, exported model, batch LATENCY_BATCH, this CPU
     history: list[dict] = field(default_factory=list)
     model: Any = None        # the inference model (best epoch's weights), or None when pruned
 
@@ -182,7 +183,26 @@ def train_and_evaluate(config: dict, data: DataBundle, on_epoch: Callable[[int, 
         pruned.result = result(None)  # the leaderboard still shows how far it got
         raise
     model.set_weights(watcher.best_weights)
-    return result(inference_model(config, model, num_classes, image_size, mean, var))
+    exported = inference_model(config, model, num_classes, image_size, mean, var)
+    done = result(exported)
+    done.latency_ms = latency_ms(exported, data.x_val)
+    return done
+
+
+LATENCY_BATCH = 64
+
+
+def latency_ms(model, images: np.ndarray, rounds: int = 3) -> float:
+    """Milliseconds per image to classify a batch of LATENCY_BATCH images with ``model`` here
+    (median of ``rounds`` after a warm-up): the cost axis of accuracy/latency fronts."""
+    batch = images[:LATENCY_BATCH]
+    model.predict_on_batch(batch)  # warm-up: tracing
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        model.predict_on_batch(batch)
+        times.append(time.perf_counter() - started)
+    return round(1000 * sorted(times)[len(times) // 2] / len(batch), 4)
 
 
 def save_model(model, path) -> None:

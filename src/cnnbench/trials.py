@@ -49,6 +49,7 @@ class TrialRecord:
     parameter_count: int | None = _column()  # the network's weights, as Keras counts them
     flops: int | None = _column()            # forward FLOPs per image, counted on paper
     precision: str | None = _column()        # the dtype policy it trained with
+    latency_ms: float | None = _column()     # inference ms per image (exported model, batch of 64, this CPU)
     reason: str = _column("")                # why it was pruned, failed or interrupted
     note: str = _column("")                  # what cnnbench decided (e.g. epochs shortened)
     attempt: int = 1                         # 2, 3, ... when a lost trial's configuration is retried
