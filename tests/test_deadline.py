@@ -17,9 +17,9 @@ CONFIG = {**default_config(), "epochs": 10, "precision": "float32"}
 FLOPS = architecture_stats(CONFIG).flops
 
 
-def log_at(tmp_path, rate: float) -> ThroughputLog:
+def log_at(tmp_path, rate: float, flops: float = FLOPS) -> ThroughputLog:
     log = ThroughputLog(tmp_path / "throughput.json")
-    log.add("float32", rate)
+    log.add("float32", rate, flops)
     return log
 
 
@@ -31,13 +31,16 @@ def test_forecast_counts_training_and_validation_images():
     assert trial_seconds({**CONFIG, "tta": True}, 45_000, 5_000, rate) > seconds  # mirror doubles validation
 
 
-def test_log_keeps_recent_samples_per_machine_and_precision(tmp_path):
+def test_log_keeps_recent_samples_per_machine_precision_and_size(tmp_path):
     log = ThroughputLog(tmp_path / "t.json")
-    assert log.rate("float32") is None
+    assert log.rate("float32", 1e8) is None
     for rate in (1e9, 3e9, 2e9):
-        log.add("float32", rate)
-    log.add("mixed_bfloat16", 9e9)
-    assert log.rate("float32") == 2e9 and log.rate("mixed_bfloat16") == 9e9
+        log.add("float32", rate, 1e8)
+    log.add("float32", 50e9, 1e9)  # a network ten times larger uses the CPU far better
+    log.add("mixed_bfloat16", 9e9, 1e8)
+    assert log.rate("float32", 1.5e8) == 2e9 and log.rate("float32", 8e8) == 50e9
+    assert log.rate("float32", 4e9) is None  # nothing of a similar size: no forecast
+    assert log.rate("mixed_bfloat16", 1e8) == 9e9
 
 
 def test_admit_passes_what_fits_shortens_what_may_and_refuses_the_rest(tmp_path):
@@ -79,7 +82,9 @@ def test_check_prints_the_forecast_range_once_a_speed_is_known(tmp_path):
         "epochs": {"type": "int", "low": 2, "high": 8}, "base_filters": {"type": "choice", "choices": [16, 64]},
         "precision": {"type": "fixed", "value": "float32"}}})
     assert "unknown on this machine" in forecast_line(space, ThroughputLog(tmp_path / "none.json"))
-    line = forecast_line(space, log_at(tmp_path, 1e11))
+    log = log_at(tmp_path, 1e11, architecture_stats(space.complete({"base_filters": 16})).flops)
+    log.add("float32", 1e11, architecture_stats(space.complete({"base_filters": 64})).flops)
+    line = forecast_line(space, log)
     low = trial_seconds({**space.complete({"base_filters": 16}), "epochs": 2}, 9_000, 1_000, 1e11) / 60
     high = trial_seconds({**space.complete({"base_filters": 64}), "epochs": 8}, 9_000, 1_000, 1e11) / 60
-    assert f"{low:.1f} .. {high:.1f} min" in line and "100 GFLOP/s" in line
+    assert f"{low:.1f} .. {high:.1f} min" in line and "100-100 GFLOP/s" in line

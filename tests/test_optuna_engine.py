@@ -107,7 +107,10 @@ def test_deadline_stops_a_trial_that_cannot_finish(tmp_path):
     from cnnbench.deadline import Deadline, ThroughputLog
 
     log = ThroughputLog(tmp_path / "throughput.json")
-    log.add(runtime.resolve_precision("auto"), 1e9)  # 1 GFLOP/s: a CIFAR-sized trial takes hours
+    from cnnbench.model import architecture_stats
+
+    flops = architecture_stats(space("random").complete({})).flops
+    log.add(runtime.resolve_precision("auto"), 1e9, flops)  # 1 GFLOP/s: a CIFAR-sized trial takes hours
     job = make_job(space("random", trials=3), tmp_path, "late", deadline=Deadline(time.time() + 600, log),
                    data_sizes=(45_000, 5_000, 10_000))
     said = []

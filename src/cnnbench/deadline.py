@@ -24,7 +24,7 @@ SETUP_SECONDS = 15.0  # building, compiling and tracing a trial before its first
 SAFETY = 1.15         # forecasts run this much long: finishing early is cheaper than overrunning
 EXPORT_SECONDS = 45.0 # ranking, loading the best model, saving the card, on top of its test pass
 DEADLINE_ENV = "CNNBENCH_DEADLINE"  # absolute end (Unix seconds) a parent hands its workers
-SAMPLES_KEPT = 20
+SAMPLES_KEPT = 50
 
 
 class NotStarted(Exception):
@@ -50,7 +50,11 @@ def machine_key(precision: str) -> str:
 
 
 class ThroughputLog:
-    """Training FLOPs/s of recent trials on each machine, so forecasts start informed."""
+    """Training FLOPs/s of recent trials on each machine, by network size, so forecasts
+    start informed. Small networks use a CPU far less efficiently than large ones (tens
+    against hundreds of GFLOP/s here), so a forecast only uses trials of a similar size."""
+
+    SIMILAR = 2.0  # networks within this factor of FLOPs per image count as similar
 
     def __init__(self, path: Path | None = None):
         from cnnbench.data import cache_dir
@@ -59,26 +63,28 @@ class ThroughputLog:
 
     def _read(self) -> dict:
         try:
-            return json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
+            table = json.loads(self.path.read_text())
+            return table if table.get("version") == 2 else {"version": 2}
+        except (OSError, ValueError, AttributeError):
+            return {"version": 2}
 
-    def add(self, precision: str, flops_per_s: float) -> None:
-        if not flops_per_s or flops_per_s <= 0:
+    def add(self, precision: str, flops_per_s: float, flops_per_image: float) -> None:
+        if not flops_per_s or flops_per_s <= 0 or not flops_per_image:
             return
         table = self._read()
         samples = table.setdefault(machine_key(precision), [])
-        samples.append(round(flops_per_s))
+        samples.append([round(flops_per_image), round(flops_per_s)])
         del samples[:-SAMPLES_KEPT]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(table, indent=1))
         os.replace(tmp, self.path)
 
-    def rate(self, precision: str) -> float | None:
-        """The median training FLOPs/s of recent trials here, or None when none is known."""
-        samples = self._read().get(machine_key(precision))
-        return float(statistics.median(samples)) if samples else None
+    def rate(self, precision: str, flops_per_image: float) -> float | None:
+        """The median training FLOPs/s of recent trials here of a similar size, or None."""
+        similar = [rate for flops, rate in self._read().get(machine_key(precision), [])
+                   if flops_per_image / self.SIMILAR <= flops <= flops_per_image * self.SIMILAR]
+        return float(statistics.median(similar)) if similar else None
 
 
 @dataclass
@@ -101,10 +107,10 @@ class Deadline:
 
     def export_seconds(self, config: dict, n_test: int, precision: str) -> float:
         """Time to keep for ranking and exporting: a test pass of the model plus fixed work."""
-        rate = self.log.rate(precision) if self.log else None
+        flops = architecture_stats(config).flops
+        rate = self.log.rate(precision, flops) if self.log else None
         if not rate:
             return EXPORT_SECONDS
-        flops = architecture_stats(config).flops
         return EXPORT_SECONDS + n_test * (2 if config["tta"] else 1) * flops / rate
 
     def admit(self, config: dict, n_train: int, n_val: int, n_test: int, precision: str,
@@ -114,7 +120,7 @@ class Deadline:
         ``epoch_options`` are the epoch counts the space allows (empty: epochs is fixed);
         a trial too long for the time left is shortened to the largest one that fits.
         """
-        rate = self.log.rate(precision) if self.log else None
+        rate = self.log.rate(precision, architecture_stats(config).flops) if self.log else None
         if self.end is None or not rate:
             return config, ""
         budget = self.left() - self.export_seconds(config, n_test, precision)
@@ -142,5 +148,5 @@ def measure(space, images: int = 2048) -> float:
 
     config = {**space.complete(space.start_with[0] if space.start_with else {}), "epochs": 2}
     result = train_and_evaluate(config, synthetic_bundle(images, image_size=space.data.image_size))
-    ThroughputLog().add(result.precision, result.train_flops_per_s)
+    ThroughputLog().add(result.precision, result.train_flops_per_s, result.flops)
     return result.train_flops_per_s

@@ -186,23 +186,28 @@ def forecast_line(space, log=None) -> str:
     from cnnbench import runtime
     from cnnbench.deadline import ThroughputLog, trial_seconds
 
+    from cnnbench.model import architecture_stats
+
     log = log or ThroughputLog()
-    base = space.complete({})
-    precision = runtime.resolve_precision(base["precision"])
-    rate = log.rate(precision)
-    if not rate:
-        return ("  time per trial: unknown on this machine until a trial has run here "
-                "(cnnbench check --measure measures it in about half a minute)")
+    precision = runtime.resolve_precision(space.complete({})["precision"])
     n = space.data.train_subset or 50_000
     n_val = round(n * space.data.validation_fraction)
-    seconds = []
+    seconds, rates = [], []
     for config in space.corners():
+        rate = log.rate(precision, architecture_stats(config, space.data.image_size).flops)
+        if not rate:
+            continue
+        rates.append(rate)
         for epochs in space.extremes("epochs"):
             for tta in space.extremes("tta"):
                 cfg = {**config, "epochs": int(epochs), "tta": bool(tta)}
                 seconds.append(trial_seconds(cfg, n - n_val, n_val, rate, space.data.image_size))
+    if not seconds:
+        return ("  time per trial: unknown on this machine until a trial of this size has run here "
+                "(cnnbench check --measure measures it in about half a minute)")
     return (f"  time per trial on this machine: {min(seconds) / 60:.1f} .. {max(seconds) / 60:.1f} min "
-            f"(at {rate / 1e9:.0f} GFLOP/s training, {precision}, {runtime.cpu().model})")
+            f"(at {min(rates) / 1e9:.0f}-{max(rates) / 1e9:.0f} GFLOP/s training, {precision}, "
+            f"{runtime.cpu().model})")
 
 
 # ---- reusing a model: predictions and evaluations ---------------------------------------------

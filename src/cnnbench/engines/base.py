@@ -149,7 +149,7 @@ def run_trial(job: StudyJob, number: int, values: dict, should_stop: Callable[[i
     record.finished_at = time.time()
     trials.write_record(paths, record)
     if record.images_per_s and record.precision and record.flops and job.deadline.log is not None:
-        job.deadline.log.add(record.precision, record.images_per_s * record.flops * TRAIN_COST)
+        job.deadline.log.add(record.precision, record.images_per_s * record.flops * TRAIN_COST, record.flops)
     job.progress.trial_done(record)
     if stop is not None:
         raise stop
