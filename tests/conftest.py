@@ -75,3 +75,28 @@ def postgres_url():
     finally:
         run("pg_ctl", "-D", str(data / "db"), "-m", "immediate", "stop")
         shutil.rmtree(data, ignore_errors=True)
+
+
+_SMOKE_STUDIES: dict = {}
+
+
+def smoke_study(engine: str, tmp_path_factory, jpeg_root):
+    """The smoke space swept once per session and engine, as a user runs it: 3 trials (its
+    budget), then the same study resumed to 4. Shared by the contract and end-to-end tests."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    if engine not in _SMOKE_STUDIES:
+        results = tmp_path_factory.mktemp(f"results-{engine}")
+        env = {"CNNBENCH_CIFAR10": str(jpeg_root)}
+        args = ["sweep", "--space", str(SPACES / "smoke.yaml"), "--study", "smoke", "--results", str(results),
+                "--engine", engine]
+        first = run_cli(*args, env=env)
+        assert first.returncode == 0, first.stdout + first.stderr
+        before = pd.read_csv(results / "smoke" / "leaderboard.csv")
+        second = run_cli(*args, "--trials", "4", env=env)
+        assert second.returncode == 0, second.stdout + second.stderr
+        _SMOKE_STUDIES[engine] = SimpleNamespace(results=results, folder=results / "smoke", first=first,
+                                                 second=second, before=before, env=env)
+    return _SMOKE_STUDIES[engine]

@@ -132,16 +132,21 @@ def test_anything_that_is_not_a_cnnbench_model_is_one_line(tmp_path):
     flat = tmp_path / "flat" / "model.keras"
     flat.parent.mkdir()
     _flat_model(flat)
+    from cnnbench.predict import ModelError, load
+
     cases = [(text, "not a usable Keras model"), (empty, "not a usable Keras model"),
              (other_zip, "not a usable Keras model"), (folder, "a folder, not a model file"),
              (tmp_path / "missing.keras", "no such model file"), (lam, "not a usable Keras model"),
              (flat, "expects input (None, 784)")]
     for model, message in cases:
-        for command in (["predict", str(model), str(image)], ["evaluate", str(model), str(tmp_path)]):
-            proc = run_cli(*command)
-            assert proc.returncode == 2, (model, proc.stderr)
-            lines = proc.stderr.strip().splitlines()
-            assert len(lines) == 1 and message in lines[0] and str(model) in lines[0], (model, proc.stderr)
+        with pytest.raises(ModelError) as err:
+            load(model)
+        assert str(err.value).startswith(f"{model}: ") and message in str(err.value) and "\n" not in str(err.value)
+    # and as a user sees it: one line, exit 2, from both commands
+    for command in (["predict", str(lam), str(image)], ["evaluate", str(text), str(tmp_path)]):
+        proc = run_cli(*command)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and "not a usable Keras model" in lines[0], proc.stderr
 
 
 @pytest.mark.parametrize("classes,message", [(["a", "b"], "names 2 classes, but the model has 10 outputs"),

@@ -10,21 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import SPACES, run_cli
+from conftest import SPACES, run_cli, smoke_study
 
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory, jpeg_root):
-    """One smoke sweep of 3 trials, then the same study resumed up to 4."""
-    results = tmp_path_factory.mktemp("results")
-    env = {"CNNBENCH_CIFAR10": str(jpeg_root)}
-    args = ["sweep", "--space", str(SPACES / "smoke.yaml"), "--study", "smoke", "--results", str(results)]
-    first = run_cli(*args, env=env)
-    assert first.returncode == 0, first.stdout + first.stderr
-    board_before = pd.read_csv(results / "smoke" / "leaderboard.csv")
-    second = run_cli(*args, "--trials", "4", env=env)
-    assert second.returncode == 0, second.stdout + second.stderr
-    return results, first, second, board_before, env
+    """The smoke space through Optuna: 3 trials, then the same study resumed up to 4."""
+    s = smoke_study("optuna", tmp_path_factory, jpeg_root)
+    return s.results, s.first, s.second, s.before, s.env
 
 
 def test_leaderboard_rows_and_columns(swept):
@@ -229,3 +222,61 @@ def test_predict_agrees_with_the_model_cards_test_evaluation_on_bigger_images(tm
     assert confusion.tolist() == card["test"]["confusion_matrix"]
     evaluated = run_cli("evaluate", str(results / "big" / "best" / "model.keras"), str(data / "test"), "--json")
     assert evaluated.returncode == 0 and json.loads(evaluated.stdout)["confusion_matrix"] == confusion.tolist()
+
+
+def test_exported_saved_model_predicts_what_the_keras_file_does(swept, tmp_path):
+    results = swept[0]
+    best = results / "smoke" / "best"
+    code = ("import sys, numpy as np, tensorflow as tf, keras\n"
+            "x = np.random.default_rng(0).integers(0, 256, (4, 40, 40, 3), dtype=np.uint8)\n"
+            "loaded = tf.saved_model.load(sys.argv[1])  # kept: its variables live as long as it does\n"
+            "served = loaded.serve(tf.constant(x)).numpy()\n"
+            "kept = keras.models.load_model(sys.argv[2]).predict(x, verbose=0)\n"
+            "print(float(np.abs(served - kept).max()))")
+    proc = subprocess.run([sys.executable, "-c", code, str(best / "saved_model"), str(best / "model.keras")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(proc.stdout.strip().splitlines()[-1]) < 1e-5
+
+
+def test_two_objective_sweep_marks_its_front_exports_a_chosen_trial_and_logs_tensorboard(tmp_path, jpeg_root):
+    space = tmp_path / "two.yaml"
+    space.write_text((SPACES / "smoke.yaml").read_text().replace("objective: val_accuracy",
+                                                                   "objective: val_accuracy\nminimize: [latency_ms]"))
+    results = tmp_path / "results"
+    env = {"CNNBENCH_CIFAR10": str(jpeg_root)}
+    proc = run_cli("sweep", "--space", str(space), "--study", "two", "--results", str(results), "--trials", "4",
+                   "--tensorboard", env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    logs = results / "two" / "tensorboard"
+    runs = sorted(p.name for p in logs.iterdir())  # one TensorBoard run folder per trial that trained
+    assert runs and runs == [f"trial-{n:04d}" for n in range(len(runs))]
+    assert all(list((logs / r).rglob("events.out.tfevents.*")) for r in runs)
+    board = pd.read_csv(results / "two" / "leaderboard.csv")
+    front = board[board["pareto"]]
+    assert len(front) >= 1 and front["latency_ms"].notna().all()
+    assert (results / "two" / "plots" / "accuracy_vs_cost.png").exists() and (results / "two" / "report.html").exists()
+    chosen = int(front.sort_values("latency_ms").iloc[0]["trial"])
+    out = run_cli("export", "two", "--results", str(results), "--trial", str(chosen), env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    card = json.loads((results / "two" / "best" / "model_card.json").read_text())
+    assert card["trial"] == chosen and card["chosen"].startswith("by hand")
+    wrong = run_cli("export", "two", "--results", str(results), "--trial", "99", env=env)
+    assert wrong.returncode == 2 and "no trial 99" in wrong.stderr
+    kt = run_cli("sweep", "--space", str(space), "--study", "two-kt", "--results", str(results), "--engine", "kerastuner",
+                 env=env)
+    assert kt.returncode == 2 and "KerasTuner can only add objectives" in kt.stderr
+
+
+def test_optunas_own_api_reads_the_study_in_a_fresh_process(swept):
+    results = swept[0]
+    code = ("import sys, optuna\n"
+            "from optuna.storages import JournalStorage\n"
+            "from optuna.storages.journal import JournalFileBackend\n"
+            "s = optuna.load_study(study_name='smoke', storage=JournalStorage(JournalFileBackend(sys.argv[1])))\n"
+            "print(sum(t.state.name == 'COMPLETE' for t in s.trials))")
+    proc = subprocess.run([sys.executable, "-c", code, str(results / "smoke" / "optuna.journal")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    board = pd.read_csv(results / "smoke" / "leaderboard.csv")
+    assert int(proc.stdout.strip().splitlines()[-1]) == int((board["state"] == "complete").sum())

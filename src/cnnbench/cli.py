@@ -15,6 +15,7 @@ from pathlib import Path
 
 from cnnbench import runtime  # first: it prepares the environment before TensorFlow loads
 from cnnbench.data import DataError
+from cnnbench.export import ExportError
 from cnnbench.predict import ModelError
 from cnnbench.space import SpaceError
 
@@ -59,7 +60,8 @@ def cmd_sweep(args) -> int:
 
     request = SweepRequest(space_file=args.space, study=args.study, trials=args.trials,
                            timeout_minutes=args.timeout, engine=args.engine, algo=args.algo,
-                           storage=args.storage, results=args.results, workers=args.workers)
+                           storage=args.storage, results=args.results, workers=args.workers,
+                           tensorboard=args.tensorboard)
     sweep = prepare(request)
     install_stop_handlers()
     summary = run_sweep(sweep)
@@ -77,6 +79,7 @@ def cmd_sweep(args) -> int:
         print(f"exported model: {summary['best_model']}")
     else:
         print("no trial completed, so no model was exported")
+    print(f"report: {summary['report']}")
     if stopped:
         print(f"stopped by {signal.Signals(summary['stopped_by']).name}: finished trials are kept; "
               "run the same command again to continue")
@@ -106,6 +109,71 @@ def cmd_leaderboard(args) -> int:
             print(f"cnnbench: no studies in {root}", file=sys.stderr)
             return BAD_INPUT
         console.print(rich_table(frame, "All studies, best first", top=args.top))
+    return 0
+
+
+def _study_paths(args):
+    from cnnbench.trials import StudyPaths
+
+    paths = StudyPaths(Path(args.results) / args.study)
+    if not (paths.root / "run.json").exists():
+        raise SpaceError(f"{paths.root}: no study here (no run.json)")
+    return paths
+
+
+def cmd_plots(args) -> int:
+    from cnnbench.pages import write_plots
+
+    for path in write_plots(_study_paths(args)):
+        print(path)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from cnnbench.pages import write_report
+
+    print(write_report(_study_paths(args)))
+    return 0
+
+
+def cmd_export(args) -> int:
+    """Export a chosen trial (e.g. a point of a Pareto front) with its model card."""
+    from cnnbench.data import load_data
+    from cnnbench.export import export_best
+    from cnnbench.results import read_json
+    from cnnbench.space import parse_space
+    from cnnbench.trials import read_records
+
+    paths = _study_paths(args)
+    run = read_json(paths.root / "run.json")
+    space = parse_space(run["space"], str(paths.root / "run.json"))
+    data = load_data(space.data, space.seed, Path(run["space_file"]).resolve().parent)
+    card = export_best(read_records(paths), paths, data, run, trial=args.trial)
+    if card is None:
+        print(f"cnnbench: {paths.root}: no completed trial to export", file=sys.stderr)
+        return 1
+    print(f"trial {card['trial']}: test accuracy {card['test']['accuracy']:.4f}; exported to {paths.best}")
+    return 0
+
+
+def cmd_tabulate(args) -> int:
+    from cnnbench.tabular import tabulate
+
+    print(f"table: {tabulate(args.space, args.study, args.results, args.workers, args.out and Path(args.out))}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from cnnbench.compare import compare_live, compare_table
+
+    names = args.strategies.split(",") if args.strategies else None
+    if args.live:
+        written = compare_live(args.source, args.seeds, args.minutes, Path(args.out or "results/compare-live"), names)
+    else:
+        written = compare_table(Path(args.source), args.seeds, args.trials, args.out and Path(args.out), names)
+    print(Path(written["markdown"]).read_text())
+    for name, path in written.items():
+        print(f"{name}: {path}")
     return 0
 
 
@@ -162,6 +230,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--results", default="results", help="results folder")
     s.add_argument("--workers", type=int, default=0,
                    help="worker processes on this machine (kerastuner: plus a chief oracle process)")
+    s.add_argument("--tensorboard", action="store_true",
+                   help="TensorBoard logs per trial in results/STUDY/tensorboard/trial-NNNN/")
     s.set_defaults(func=cmd_sweep)
 
     c = sub.add_parser("check", help="validate a space file and print what it searches")
@@ -185,6 +255,34 @@ def parser() -> argparse.ArgumentParser:
     out.add_argument("--csv", action="store_true", help="one row per image: image, class, probability, error")
     pr.set_defaults(func=cmd_predict)
 
+    for name, func, text in (("plots", cmd_plots, "remake a study's pictures (results/STUDY/plots/)"),
+                             ("report", cmd_report, "write a study's one-page report (results/STUDY/report.html)"),
+                             ("export", cmd_export, "export the best trial, or --trial N, with its model card")):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("study")
+        command.add_argument("--results", default="results")
+        if name == "export":
+            command.add_argument("--trial", type=int, help="the trial to export (default: best validation accuracy)")
+        command.set_defaults(func=func)
+
+    tb = sub.add_parser("tabulate", help="train every configuration of a finite space into a table")
+    tb.add_argument("space")
+    tb.add_argument("--study", help="default: table-<space name>; the same name resumes")
+    tb.add_argument("--results", default="results")
+    tb.add_argument("--workers", type=int, default=0)
+    tb.add_argument("--out", help="folder for table.csv and table.json (default: the study folder)")
+    tb.set_defaults(func=cmd_tabulate)
+
+    cp = sub.add_parser("compare", help="compare search strategies on a table (or live, on a space)")
+    cp.add_argument("source", help="a table.csv from cnnbench tabulate (with --live: a space file)")
+    cp.add_argument("--seeds", type=int, default=10)
+    cp.add_argument("--trials", type=int, default=30, help="trials per strategy and seed (tables)")
+    cp.add_argument("--strategies", help="comma-separated subset (default: all)")
+    cp.add_argument("--live", action="store_true", help="real training: each strategy and seed a sweep of --minutes")
+    cp.add_argument("--minutes", type=float, default=5.0, help="minutes per strategy and seed (--live)")
+    cp.add_argument("--out", help="output folder (default: beside the table, compare/)")
+    cp.set_defaults(func=cmd_compare)
+
     ev = sub.add_parser("evaluate", help="score an exported model on a labelled image folder")
     ev.add_argument("model", help="path to model.keras")
     ev.add_argument("folder", help="a folder with one subfolder of images per class")
@@ -196,11 +294,12 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     runtime.pin_from_environment()  # a worker started by a sweep keeps to its share of the cores
-    if args.command in ("sweep", "predict", "evaluate") or getattr(args, "measure", False):
+    if args.command in ("sweep", "predict", "evaluate", "export", "tabulate") or getattr(args, "measure", False) \
+            or getattr(args, "live", False):
         runtime.import_tensorflow_quietly()
     try:
         return args.func(args)
-    except (SpaceError, DataError, ModelError) as e:
+    except (SpaceError, DataError, ModelError, ExportError) as e:
         print(f"cnnbench: {e}", file=sys.stderr)
         return BAD_INPUT
     except KeyboardInterrupt as stop:  # before the sweep could take over (e.g. while loading data)

@@ -33,11 +33,27 @@ def best_record(records: list[TrialRecord], paths: StudyPaths) -> TrialRecord | 
     return max(done, key=lambda r: (r.val_accuracy, -r.trial), default=None)
 
 
-def export_best(records: list[TrialRecord], paths: StudyPaths, data: DataBundle, run: dict) -> dict | None:
-    """Evaluate the best trial on the test split; write best/model.keras and the model card."""
+class ExportError(ValueError):
+    """The trial asked for cannot be exported; the message says why."""
+
+
+def chosen_record(records: list[TrialRecord], paths: StudyPaths, trial: int) -> TrialRecord:
+    """Trial ``trial``, which must have completed and kept its model."""
+    found = next((r for r in records if r.trial == trial), None)
+    if found is None:
+        raise ExportError(f"{paths.root}: no trial {trial} (trials: {', '.join(str(r.trial) for r in records)})")
+    if found.state != "complete" or not paths.trial_model(trial).exists():
+        raise ExportError(f"{paths.root}: trial {trial} is {found.state}; only a completed trial has a model")
+    return found
+
+
+def export_best(records: list[TrialRecord], paths: StudyPaths, data: DataBundle, run: dict,
+                trial: int | None = None) -> dict | None:
+    """Evaluate the best trial (or ``trial``, e.g. a point of a Pareto front) on the test
+    split once; write best/model.keras, best/saved_model/ and the model card."""
     import keras
 
-    best = best_record(records, paths)
+    best = chosen_record(records, paths, trial) if trial is not None else best_record(records, paths)
     if best is None:
         return None
     source = paths.trial_model(best.trial)
@@ -54,7 +70,8 @@ def export_best(records: list[TrialRecord], paths: StudyPaths, data: DataBundle,
         "validation": {"accuracy": best.val_accuracy, "loss": best.val_loss, "best_epoch": best.best_epoch,
                        "images": int(len(data.y_val))},
         "test": test,
-        "parameter_count": best.parameter_count, "flops_per_image": best.flops,
+        "parameter_count": best.parameter_count, "flops_per_image": best.flops, "latency_ms": best.latency_ms,
+        "chosen": "by hand (cnnbench export --trial)" if trial is not None else "best validation accuracy",
         "training": {"epochs_run": best.epochs_run, "train_seconds": best.train_seconds,
                      "images_per_s": best.images_per_s, "train_images": int(len(data.y_train)),
                      "precision": best.precision, "history": best.history},
@@ -66,19 +83,41 @@ def export_best(records: list[TrialRecord], paths: StudyPaths, data: DataBundle,
     tmp = paths.best / ".model.tmp.keras"
     shutil.copyfile(source, tmp)
     tmp.replace(paths.best / "model.keras")
+    save_saved_model(model, paths.best / "saved_model")
     atomic_write(paths.best / "model_card.json", json_text(card))
     atomic_write(paths.best / "model_card.md", card_markdown(card))
     return card
+
+
+def save_saved_model(model, folder: Path) -> None:
+    """The same model as a TensorFlow SavedModel (Keras' ``export``), for TF Serving and
+    TFLite: its ``serve`` signature takes uint8 images, like model.keras."""
+    import keras
+    import tensorflow as tf
+
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    # An explicit endpoint: ``model.export`` would keep the functional model's list of one
+    # input, so serving would need ``serve([images])`` instead of ``serve(images)``.
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(name="serve", fn=lambda images: model(images, training=False),
+                         input_signature=[tf.TensorSpec((None, None, None, 3), tf.uint8, name="images")])
+    archive.write_out(str(tmp), verbose=False)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.replace(folder)
 
 
 def card_markdown(card: dict) -> str:
     names = card["classes"]
     lines = [
         f"# Model card: {card['study']} (trial {card['trial']}, {card['engine']})", "",
+        f"- Chosen: {card.get('chosen', 'best validation accuracy')}",
         f"- Test accuracy: **{card['test']['accuracy']:.4f}** on {card['test']['images']} images "
         f"({card['data']['source']}, fingerprint {card['data']['fingerprint']})",
         f"- Validation accuracy: {card['validation']['accuracy']:.4f} (best epoch {card['validation']['best_epoch']})",
-        f"- Parameters: {card['parameter_count']:,}; FLOPs per image: {card['flops_per_image']:,}",
+        f"- Parameters: {card['parameter_count']:,}; FLOPs per image: {card['flops_per_image']:,}; CPU latency: "
+        f"{card.get('latency_ms')} ms per image (batch of 64, where it trained)",
         f"- Training: {card['training']['epochs_run']} epochs, {card['training']['train_seconds']} s, "
         f"{card['training']['images_per_s']} images/s on {card['training']['train_images']} images",
         f"- Space: `{card['space_file']}` (hash {card['space_hash']}), seed {card['seed']}, "
@@ -86,7 +125,8 @@ def card_markdown(card: dict) -> str:
         f"- Made by: `{card['command']}`",
         f"- Versions: " + ", ".join(f"{k} {v}" for k, v in (card['versions'] or {}).items()),
         f"- Trained on: {_machine_line(card.get('machine'))}, precision {card['training'].get('precision')}",
-        "", "Load it anywhere with plain Keras: `keras.models.load_model(\"model.keras\")`; it takes uint8 RGB.",
+        "", "Load it anywhere with plain Keras: `keras.models.load_model(\"model.keras\")`; it takes uint8 RGB. "
+        "The same model as a TensorFlow SavedModel is in `saved_model/` (`tf.saved_model.load`, signature `serve`).",
         "", "## Hyperparameters", "", "| knob | value |", "|---|---|",
         *[f"| {k} | {v} |" for k, v in card["config"].items()],
         "", "## Per-class test accuracy", "", "| class | accuracy |", "|---|---|",

@@ -54,13 +54,14 @@ def _load_trainer(dotted: str):
     return getattr(importlib.import_module(module), name)
 
 
-def train_one(trainer, config: dict, data, seed: int, model_path, on_epoch) -> tuple[str, str, dict | None]:
+def train_one(trainer, config: dict, data, seed: int, model_path, on_epoch,
+              log_dir: str | None = None) -> tuple[str, str, dict | None]:
     """Train one trial wherever we are: (state, reason, result fields without the model).
-    A completed trial's model is saved at ``model_path``."""
+    A completed trial's model is saved at ``model_path``; ``log_dir`` gets TensorBoard logs."""
     from cnnbench.train import PruneTrial, save_model
 
     try:
-        result = trainer(config, data, on_epoch, seed)
+        result = trainer(config, data, on_epoch, seed, **({"log_dir": str(log_dir)} if log_dir else {}))
     except PruneTrial as pruned:
         return "pruned", str(pruned), _plain(getattr(pruned, "result", None))
     except Exception as e:  # a broken configuration fails its trial, not the search
@@ -91,7 +92,7 @@ def _child_main(conn, trainer_path: str, data_request: tuple | None) -> None:
         message = conn.recv()
         if message[0] == "stop":
             return
-        _, config, seed, model_path = message
+        _, config, seed, model_path, log_dir = message
 
         def on_epoch(epoch: int, logs: dict) -> None:
             conn.send(("epoch", epoch, logs))
@@ -99,7 +100,7 @@ def _child_main(conn, trainer_path: str, data_request: tuple | None) -> None:
             if verdict == "prune":
                 raise PruneTrial(reason)
 
-        conn.send(train_one(trainer, config, data, seed, model_path, on_epoch))
+        conn.send(train_one(trainer, config, data, seed, model_path, on_epoch, log_dir))
         conn.send(("memory", _resident_mb() - baseline))
 
 
@@ -116,9 +117,9 @@ class InProcessRunner:
     def __init__(self, data, trainer=None):
         self.data, self.trainer = data, trainer
 
-    def run(self, config: dict, seed: int, model_path, on_epoch) -> tuple[str, str, dict | None]:
+    def run(self, config: dict, seed: int, model_path, on_epoch, log_dir=None) -> tuple[str, str, dict | None]:
         trainer = self.trainer or _load_trainer(DEFAULT_TRAINER)
-        return train_one(trainer, config, self.data, seed, model_path, on_epoch)
+        return train_one(trainer, config, self.data, seed, model_path, on_epoch, log_dir)
 
     def close(self, kill: bool = False) -> None:
         pass
@@ -142,7 +143,8 @@ class TrialRunner:
         self.conn = parent
         self.children_started += 1
 
-    def run(self, config: dict, seed: int, model_path: Path | None, on_epoch) -> tuple[str, str, dict | None]:
+    def run(self, config: dict, seed: int, model_path: Path | None, on_epoch,
+            log_dir: Path | None = None) -> tuple[str, str, dict | None]:
         """Train one trial: returns (state, reason, result fields). ``on_epoch(epoch, logs)``
         runs here, in the sweep's process; if it raises PruneTrial the child is told to stop
         the trial. Raises ChildDied when the child ends mid-trial (its exit is described)."""
@@ -150,7 +152,8 @@ class TrialRunner:
 
         if self.process is None or not self.process.is_alive():
             self._start()
-        self.conn.send(("train", config, seed, str(model_path) if model_path else None))
+        self.conn.send(("train", config, seed, str(model_path) if model_path else None,
+                        str(log_dir) if log_dir else None))
         try:
             while True:
                 message = self.conn.recv()

@@ -1,12 +1,17 @@
 """Pictures of a study, as PNG files (matplotlib, no display or browser needed).
 
-Computing stays in ``results``; this module only draws the frames it is given.
+Computing stays in ``results``; this module only draws what it is given. ``study_plots``
+writes every picture of a study into ``results/<study>/plots/``; ``cnnbench plots STUDY``
+remakes them from the trial records, run.json and the model card.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+
+COLORS = {"complete": "tab:blue", "pruned": "tab:gray", "failed": "tab:red", "interrupted": "tab:orange"}
 
 
 def _pyplot():
@@ -16,6 +21,17 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(fig, path: Path) -> Path:
+    plt = _pyplot()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
 
 
 def time_to_accuracy(progress: pd.DataFrame, path: Path, title: str, test_accuracy: float | None = None,
@@ -28,7 +44,6 @@ def time_to_accuracy(progress: pd.DataFrame, path: Path, title: str, test_accura
     if len(best):
         ax.step([0.0, *best["minutes"]], [best["best_val_accuracy"].iloc[0], *best["best_val_accuracy"]],
                 where="post", color="tab:blue", label="best validation accuracy so far")
-        ax.plot([], [])  # keep colours stable
     for state, style in (("complete", dict(marker="o", color="tab:blue")),
                          ("pruned", dict(marker="o", mfc="none", color="tab:gray")),
                          ("failed", dict(marker="x", color="tab:red"))):
@@ -44,10 +59,120 @@ def time_to_accuracy(progress: pd.DataFrame, path: Path, title: str, test_accura
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save(fig, path)
+
+
+def best_so_far(progress: pd.DataFrame, path: Path, title: str) -> Path:
+    """Best completed validation accuracy against trials finished and against minutes."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=110, sharey=True)
+    best = progress["best_val_accuracy"]
+    axes[0].step(np.arange(1, len(progress) + 1), best, where="post")
+    axes[0].set_xlabel("trials finished")
+    axes[1].step(progress["minutes"], best, where="post")
+    axes[1].set_xlabel("minutes since the study started")
+    axes[0].set_ylabel("best validation accuracy so far")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def importances(scores: dict[str, float], path: Path, title: str, evaluator: str) -> Path:
+    plt = _pyplot()
+    names = sorted(scores, key=scores.get)
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1.5), dpi=110)
+    ax.barh(names, [scores[n] for n in names], color="tab:blue")
+    ax.set_xlabel(f"importance for validation accuracy ({evaluator})")
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def parallel_coordinates(board: pd.DataFrame, params: list[str], path: Path, title: str) -> Path:
+    """Each completed trial a line across the searched parameters, coloured by accuracy."""
+    plt = _pyplot()
+    done = board[board["state"] == "complete"].dropna(subset=["val_accuracy"])
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(params)), 4.5), dpi=110)
+    axes_values = []
+    for p in params:
+        column = done[p]
+        present = column.notna()  # a conditional parameter is empty where its condition failed
+        numeric = pd.to_numeric(column, errors="coerce")
+        if (numeric.notna() == present).all() and present.any() \
+                and not column[present].map(lambda v: isinstance(v, (bool, np.bool_, str))).any():
+            low, high = numeric.min(), numeric.max()  # NaN stays NaN: a gap in that trial's line
+            axes_values.append(((numeric - low) / (high - low) if high > low else numeric * 0 + 0.5).to_numpy())
+        else:
+            labels = column.map(lambda v: str(v) if pd.notna(v) else "(inactive)")
+            levels = sorted(labels.unique())
+            axes_values.append(labels.map(lambda v: (levels.index(v) + 0.5) / len(levels)).to_numpy())
+    cmap = plt.get_cmap("viridis")
+    accuracy = done["val_accuracy"].to_numpy()
+    span = (accuracy.max() - accuracy.min()) or 1.0
+    for i in range(len(done)):
+        ax.plot(range(len(params)), [a[i] for a in axes_values], color=cmap((accuracy[i] - accuracy.min()) / span),
+                alpha=0.8)
+    ax.set_xticks(range(len(params)), params, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks([])
+    ax.set_title(f"{title} (colour: validation accuracy, yellow best)", fontsize=10)
+    return _save(fig, path)
+
+
+def learning_curves(histories: dict[int, list[dict]], path: Path, title: str) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for trial, history in histories.items():
+        ax.plot([h["epoch"] for h in history], [h["val_accuracy"] for h in history], marker=".",
+                label=f"trial {trial}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def confusion(card: dict, path: Path) -> Path:
+    plt = _pyplot()
+    names, matrix = card["classes"], np.array(card["test"]["confusion_matrix"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), dpi=110, gridspec_kw={"width_ratios": [3, 2]})
+    left.imshow(matrix, cmap="Blues")
+    for (i, j), count in np.ndenumerate(matrix):
+        left.text(j, i, str(count), ha="center", va="center", fontsize=7,
+                  color="white" if count > matrix.max() / 2 else "black")
+    left.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+    left.set_yticks(range(len(names)), names, fontsize=8)
+    left.set_xlabel("predicted")
+    left.set_ylabel("true class")
+    per_class = card["test"]["per_class_accuracy"]
+    right.barh(names[::-1], [per_class[n] or 0 for n in names[::-1]], color="tab:blue")
+    right.set_xlim(0, 1)
+    right.set_xlabel("test accuracy per class")
+    fig.suptitle(f"exported model (trial {card['trial']}): test accuracy {card['test']['accuracy']:.4f}", fontsize=10)
+    return _save(fig, path)
+
+
+def fronts(board: pd.DataFrame, path: Path, title: str) -> Path:
+    """Accuracy against parameters and against CPU latency per image; each cost's Pareto
+    front (no other trial both more accurate and cheaper) marked and labelled."""
+    from cnnbench.results import pareto_mask
+
+    plt = _pyplot()
+    done = board[board["state"] == "complete"].dropna(subset=["val_accuracy"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110, sharey=True)
+    for ax, cost, label in zip(axes, ("parameter_count", "latency_ms"), ("parameters", "CPU latency, ms per image")):
+        rows = done.dropna(subset=[cost])
+        ax.scatter(rows[cost], rows["val_accuracy"], color="tab:gray", label="trials")
+        front = rows[pareto_mask(rows["val_accuracy"].to_numpy(), rows[cost].to_numpy())].sort_values(cost)
+        ax.step(front[cost], front["val_accuracy"], where="post", color="tab:red", marker="o", label="Pareto front")
+        for _, r in front.iterrows():
+            ax.annotate(str(int(r["trial"])), (r[cost], r["val_accuracy"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+        if len(rows) and rows[cost].min() > 0:
+            ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("validation accuracy")
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

@@ -9,6 +9,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from cnnbench.knobs import coerce
@@ -38,7 +39,9 @@ def leaderboard_frame(records: list[TrialRecord], space: Space) -> pd.DataFrame:
     There is a column for every parameter of the space; a conditional one that was not
     active in a trial is left empty.
     """
-    param_names = list(space.params)
+    # A knob that is also a result (precision: ``auto`` in the space, what it resolved to in
+    # the record) gets one column, the result: what the trial really trained with.
+    param_names = [name for name in space.params if name not in RESULT_COLUMNS]
     rows = []
     for r in records:
         row = {"trial": r.trial, "state": r.state, "engine": r.engine}
@@ -54,7 +57,10 @@ def leaderboard_frame(records: list[TrialRecord], space: Space) -> pd.DataFrame:
     frame["_rank"] = frame["state"].map(_STATE_RANK).fillna(9)
     frame = frame.sort_values(["_rank", "val_accuracy", "trial"], ascending=[True, False, True],
                               na_position="last", kind="stable")
-    return frame.drop(columns="_rank").reset_index(drop=True)
+    frame = frame.drop(columns="_rank").reset_index(drop=True)
+    if space.minimize:  # a multi-objective study: which trials no other beats on every objective
+        frame.insert(2, "pareto", pareto_frame(frame, list(space.minimize)))
+    return frame
 
 
 def progress_frame(records: list[TrialRecord], origin: float) -> pd.DataFrame:
@@ -118,3 +124,26 @@ def read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def pareto_mask(accuracy, *costs) -> np.ndarray:
+    """True where no other point is at least as accurate and at most as costly in every
+    cost, and strictly better in one (maximise accuracy, minimise each cost)."""
+    acc = np.asarray(accuracy, float)
+    cost = np.column_stack([np.asarray(c, float) for c in costs]) if costs else np.zeros((len(acc), 0))
+    keep = np.ones(len(acc), bool)
+    for i in range(len(acc)):
+        covers = (acc >= acc[i]) & (cost <= cost[i]).all(axis=1)
+        strictly = (acc > acc[i]) | (cost < cost[i]).any(axis=1)
+        keep[i] = not (covers & strictly).any()
+    return keep
+
+
+def pareto_frame(frame: pd.DataFrame, costs: list[str]) -> pd.Series:
+    """For each leaderboard row: whether the trial is Pareto-optimal for validation accuracy
+    against all of ``costs`` together (completed trials only)."""
+    out = pd.Series(False, index=frame.index)
+    done = frame[frame["state"] == "complete"].dropna(subset=["val_accuracy", *costs])
+    if len(done):
+        out.loc[done.index] = pareto_mask(done["val_accuracy"], *(done[c] for c in costs))
+    return out

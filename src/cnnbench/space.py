@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cnnbench import safe_yaml
 from cnnbench.knobs import KNOBS, coerce, default_config
-from cnnbench.model import ArchitectureError, architecture_stats
+from cnnbench.model import architecture_stats
 
 Scalar = Union[bool, int, float, str]
 # Knobs that change the network's shape: their extremes bound its size and feasibility.
@@ -29,8 +29,7 @@ ARCH_KNOBS = ("stem", "stages", "convs_per_stage", "base_filters", "filter_growt
 MAX_LISTED = 10_000        # values of one parameter cnnbench will list (grids, epoch options)
 MAX_GRID = 100_000         # configurations a grid search may list
 MAX_CORNERS = 20_000       # architecture corner configurations checked for feasibility and size
-_OTHER = object()
-_SCALAR_BRANCHES = ("bool", "int", "float", "str")          # "a value no condition names", when counting conditional branches
+_OTHER = object()           # "a value no condition names", when counting conditional branches
 
 
 class SpaceError(ValueError):
@@ -140,6 +139,9 @@ class Space(_Strict):
     description: str = Field("", max_length=10_000)
     seed: int = Field(0, ge=0, lt=2**31)  # what every sampler, numpy and TensorFlow accept
     objective: Literal["val_accuracy"] = "val_accuracy"
+    # Costs minimised beside validation accuracy: a multi-objective study (Optuna), whose
+    # Pareto-optimal trials the leaderboard marks. Empty: accuracy alone.
+    minimize: list[Literal["parameter_count", "flops", "latency_ms"]] = Field([], max_length=3)
     budget: Budget = Budget()
     search: Search = Search()
     data: Data = Data()
@@ -321,111 +323,11 @@ def load_space(path: str | Path) -> Space:
 def parse_space(raw: Any, source: str = "<space>") -> Space:
     if not isinstance(raw, dict):
         raise SpaceError(f"{source}: the file must be a mapping with a 'params' key")
+    from cnnbench.space_rules import check_semantics, first_error
+
     try:
         space = Space.model_validate({**raw, "source": source})
     except ValidationError as e:
-        raise SpaceError(_first_error(source, e)) from None
-    _check_semantics(space)
+        raise SpaceError(first_error(source, e)) from None
+    check_semantics(space)
     return space
-
-
-def _first_error(source: str, error: ValidationError) -> str:
-    errors = error.errors()
-    err = errors[0]
-    loc = [str(x) for x in err["loc"]]
-    # A discriminated union puts the chosen type in the path (params.lr.float.low): drop it.
-    if len(loc) >= 3 and loc[0] == "params" and loc[2] in ("int", "float", "choice", "fixed"):
-        del loc[2]
-    # A plain value (bool | int | float | str) that fits none: report it once, as a number
-    # problem when it is one (e.g. "finite number" for inf), not as "not a valid boolean".
-    if loc and loc[-1] in _SCALAR_BRANCHES:
-        branches = [e for e in errors if tuple(e["loc"][:-1]) == tuple(err["loc"][:-1])]
-        err = next((e for e in branches if e["loc"][-1] == "float"), err)
-        loc = loc[:-1]
-    field = ".".join(loc) or "(top level)"
-    if err["type"] == "extra_forbidden":
-        problem = "unknown key"
-    elif err["type"] == "union_tag_invalid":
-        problem = "'type' must be one of int, float, choice, fixed"
-    elif err["type"] == "union_tag_not_found":
-        problem = "missing 'type' (one of int, float, choice, fixed)"
-    else:
-        problem = err["msg"]
-    return f"{source}: {field}: {problem}"
-
-
-def _check_semantics(space: Space) -> None:
-    src = space.source
-    for name, p in space.params.items():
-        field = f"{src}: params.{name}"
-        knob = KNOBS[name]
-        if isinstance(p, (IntParam, FloatParam)):
-            if isinstance(p, FloatParam) and knob.kind is not float:
-                raise SpaceError(f"{field}: {name} takes {knob.kind.__name__} values, not a float range")
-            if isinstance(p, IntParam) and knob.kind not in (int, float):
-                raise SpaceError(f"{field}: {name} takes {knob.kind.__name__} values, not an int range")
-            if p.low > p.high:
-                raise SpaceError(f"{field}: low ({p.low}) is above high ({p.high})")
-            if p.log and p.low <= 0:
-                raise SpaceError(f"{field}: a log range must be above zero, but low is {p.low}")
-            values = [p.low, p.high]
-        elif isinstance(p, ChoiceParam):
-            if not p.choices:
-                raise SpaceError(f"{field}.choices: empty; give at least one value")
-            if len(set(map(repr, p.choices))) != len(p.choices):
-                raise SpaceError(f"{field}.choices: a value is listed twice")
-            values = p.choices
-        else:
-            values = [p.value]
-        for v in values:
-            if problem := knob.problem(v):
-                raise SpaceError(f"{field}: {problem} ({knob.doc})")
-        for parent, wanted in (p.condition or {}).items():
-            if parent not in space.params:
-                raise SpaceError(f"{field}.condition: unknown parameter {parent!r} (not in params)")
-            if space.value_count(parent) is None:
-                raise SpaceError(f"{field}.condition: {parent!r} is a continuous range; "
-                                 "conditions need a choice, int or fixed parameter")
-            for w in wanted if isinstance(wanted, list) else [wanted]:
-                if space.params[parent].admits(w) is not None:
-                    raise SpaceError(f"{field}.condition: {parent!r} never takes the value {w!r}")
-    space._ordered()  # raises on cycles
-    _check_start_with(space)
-    if space.search.sampler == "grid" and (problem := space.grid_problem()):
-        raise SpaceError(problem)  # what check accepts must also start in sweep
-    corners = math.prod(len(space.extremes(k)) for k in ARCH_KNOBS)
-    if corners > MAX_CORNERS:
-        raise SpaceError(f"{src}: params: {corners:,} combinations of architecture choices to check (at most "
-                         f"{MAX_CORNERS:,}); fix some architecture knobs or offer fewer choices")
-    for cfg in space.corners():
-        try:
-            architecture_stats(cfg, space.data.image_size)
-        except ArchitectureError as e:
-            raise SpaceError(f"{src}: params: architecture impossible: {e}") from None
-
-
-def _check_start_with(space: Space) -> None:
-    """Each start_with entry names searched parameters with values they can take."""
-    searched = space.searched()
-    for i, entry in enumerate(space.start_with):
-        where = f"{space.source}: start_with[{i}]"
-        for name, value in entry.items():
-            if name not in space.params:
-                raise SpaceError(f"{where}.{name}: not a parameter of this space")
-            if name not in searched:
-                raise SpaceError(f"{where}.{name}: is fixed in this space; start_with names searched parameters")
-            if problem := searched[name].admits(value):
-                raise SpaceError(f"{where}.{name}: {problem}")
-        config = space.complete(entry)
-        missing = [n for n, p in searched.items() if n not in entry and p.condition_holds(config)]
-        if missing:
-            raise SpaceError(f"{where}: no value for {', '.join(missing)} (a known-good configuration "
-                             "names every searched parameter that applies to it)")
-        for name in entry:
-            if not searched[name].condition_holds(config):
-                raise SpaceError(f"{where}.{name}: its condition {searched[name].condition} does not hold "
-                                 "in this entry, so the value would be ignored")
-        try:
-            architecture_stats(config, space.data.image_size)
-        except ArchitectureError as e:
-            raise SpaceError(f"{where}: architecture impossible: {e}") from None

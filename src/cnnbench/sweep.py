@@ -23,6 +23,7 @@ from cnnbench.deadline import DEADLINE_ENV, Deadline
 from cnnbench.engines.base import StudyJob
 from cnnbench.export import export_best
 from cnnbench.isolation import DEFAULT_TRAINER, TrialRunner
+from cnnbench.pages import write_report
 from cnnbench.report import SweepProgress, markdown_table, study_markdown
 from cnnbench.results import (atomic_write, json_text, leaderboard_frame, progress_frame, read_json,
                               studies_frame, write_study_leaderboard)
@@ -42,6 +43,7 @@ class SweepRequest:
     storage: str | None = None     # Optuna RDB URL (or @file); default: a journal file in the study folder
     results: str = "results"
     workers: int = 0               # processes to start on this machine (KerasTuner: plus a chief)
+    tensorboard: bool = False      # per-trial TensorBoard logs
 
     def worker_command(self) -> list[str]:
         """The command each worker process runs: this sweep, as a worker. The storage URL
@@ -52,7 +54,7 @@ class SweepRequest:
                             ("--algo", self.algo)):
             if value is not None:
                 args += [flag, str(value)]
-        return args
+        return args + (["--tensorboard"] if self.tensorboard else [])
 
 
 def worker_id() -> str | None:
@@ -169,7 +171,7 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
                    data_sizes=(len(data.y_train), len(data.y_val), len(data.y_test)), deadline=deadline,
                    storage=sweep.storage, workers=0 if is_worker() else req.workers,
                    worker_command=req.worker_command(), worker_index=int(os.environ.get("CNNBENCH_WORKER", 0)),
-                   on_record=refresh)
+                   on_record=refresh, tensorboard=req.tensorboard)
     stopped_by = None
     try:
         engine.run(job)
@@ -186,7 +188,9 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
     card = export_best(records, paths, data, run)
     write_global_leaderboard(Path(req.results))
     write_progress_plot(sweep, records, run, card)
-    return {**summary, "card": card, "best_model": str(paths.best / "model.keras") if card else None}
+    report = write_report(paths)
+    return {**summary, "card": card, "best_model": str(paths.best / "model.keras") if card else None,
+            "report": str(report)}
 
 
 def write_progress_plot(sweep: Sweep, records: list, run: dict, card: dict | None) -> None:

@@ -111,11 +111,14 @@ def _epoch_callback(on_epoch, n_train: int, evaluator, x_val, y_val):
 
         def on_epoch_end(self, epoch, logs=None):
             self.train_times.append(time.perf_counter() - self.started)
-            logs = {k: float(v) for k, v in (logs or {}).items()}
-            if not math.isfinite(logs.get("loss", 0.0)):
-                raise TrialFailed(f"training loss became {logs.get('loss')} at epoch {epoch + 1}")
+            loss = float((logs or {}).get("loss", 0.0))
+            if not math.isfinite(loss):
+                raise TrialFailed(f"training loss became {loss} at epoch {epoch + 1}")
             val = evaluate_probabilities(evaluator.predict(x_val, batch_size=EVAL_BATCH, verbose=0), y_val)
-            logs.update(epoch=epoch + 1, val_accuracy=val["accuracy"], val_loss=val["loss"])
+            if logs is not None:  # in place: callbacks after this one (TensorBoard) see them too
+                logs.update(val_accuracy=val["accuracy"], val_loss=val["loss"])
+            logs = {**{k: float(v) for k, v in (logs or {}).items()}, "epoch": epoch + 1,
+                    "val_accuracy": val["accuracy"], "val_loss": val["loss"]}
             self.history.append(logs)
             if logs["val_accuracy"] > self.best:
                 self.best, self.best_weights = logs["val_accuracy"], self.model.get_weights()
@@ -139,11 +142,11 @@ def inference_model(config: dict, trained, num_classes: int, image_size: int, me
 
 
 def train_and_evaluate(config: dict, data: DataBundle, on_epoch: Callable[[int, dict], None] | None = None,
-                       seed: int = 0) -> TrialResult:
+                       seed: int = 0, log_dir: str | None = None) -> TrialResult:
     """Train ``config`` on ``data.x_train``, validating on ``data.x_val`` after every epoch.
 
     ``on_epoch(epoch, logs)`` may raise PruneTrial to stop early. Raises TrialFailed when
-    training diverges.
+    training diverges. With ``log_dir``, TensorBoard logs of every epoch go there.
     """
     import keras
 
@@ -165,6 +168,8 @@ def train_and_evaluate(config: dict, data: DataBundle, on_epoch: Callable[[int, 
     # With weight averaging on, the averaged weights are swapped in for validation at every
     # epoch end (before the watcher runs) and out again when the next epoch starts.
     callbacks = ([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config["ema"] else []) + [watcher]
+    if log_dir:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir, write_graph=False, update_freq="epoch"))
     stats = architecture_stats(config, image_size, num_classes)
 
     def result(with_model) -> TrialResult:

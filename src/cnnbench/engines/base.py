@@ -31,7 +31,8 @@ class Progress(Protocol):
 
 class Runner(Protocol):
     """Trains one configuration: ``isolation.TrialRunner`` (a child process) or in-process."""
-    def run(self, config: dict, seed: int, model_path: Path | None, on_epoch) -> tuple[str, str, dict | None]: ...
+    def run(self, config: dict, seed: int, model_path: Path | None, on_epoch,
+            log_dir: Path | None = None) -> tuple[str, str, dict | None]: ...
     def close(self, kill: bool = False) -> None: ...
 
 
@@ -63,6 +64,7 @@ class StudyJob:
     worker_index: int = 0                # 1, 2, ... in a worker process started by a sweep
     on_record: Callable[[TrialRecord], None] | None = None
     heartbeat_hook: Callable[[int], None] | None = None  # e.g. Optuna's RDB heartbeat, per trial number
+    tensorboard: bool = False            # per-trial TensorBoard logs in <study>/tensorboard/trial-NNNN/
 
     @property
     def retries(self) -> int:
@@ -87,6 +89,14 @@ class _Heartbeat(threading.Thread):
     def stop(self) -> None:
         self.stopped.set()
         self.join()
+
+
+def merged_history(trained: list[dict], observed: list[dict]) -> list[dict]:
+    """The trainer's own per-epoch history (it may hold more, e.g. the training loss) with
+    the epoch number and the wall seconds per epoch that the sweep observed (tables and
+    forecasts need them; a stand-in trainer may report neither)."""
+    seen = {h["epoch"]: h for h in observed}
+    return [{**seen.get(h.get("epoch", i), {}), **h, "epoch": h.get("epoch", i)} for i, h in enumerate(trained, 1)]
 
 
 def run_trial(job: StudyJob, number: int, values: dict, should_stop: Callable[[int, int, float], bool] | None = None,
@@ -131,7 +141,9 @@ def run_trial(job: StudyJob, number: int, values: dict, should_stop: Callable[[i
     heartbeat.start()
     stop: KeyboardInterrupt | None = None
     try:
-        state, reason, result = job.runner.run(config, space.seed + number, paths.trial_model(number), on_epoch)
+        log_dir = paths.root / "tensorboard" / f"trial-{number:04d}" if job.tensorboard else None
+        state, reason, result = job.runner.run(config, space.seed + number, paths.trial_model(number), on_epoch,
+                                               log_dir)
     except ChildDied as died:
         state, reason, result = "failed", str(died), None
     except KeyboardInterrupt as signalled:  # Interrupted (SIGINT, SIGTERM) or a plain Ctrl-C
@@ -145,7 +157,7 @@ def run_trial(job: StudyJob, number: int, values: dict, should_stop: Callable[[i
         for key, value in result.items():
             if hasattr(record, key) and value is not None:
                 setattr(record, key, value)
-        record.history = history or record.history
+        record.history = merged_history(history, record.history) if history else record.history
     record.finished_at = time.time()
     trials.write_record(paths, record)
     if record.images_per_s and record.precision and record.flops and job.deadline.log is not None:

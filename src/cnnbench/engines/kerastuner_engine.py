@@ -47,6 +47,9 @@ def validate(space: Space, algo: str | None, storage: str | None) -> str:
         raise SpaceError(f"--algo: {algo!r} is not a KerasTuner algorithm (one of {', '.join(ALGOS)})")
     if storage:
         raise SpaceError("--storage: is for the Optuna engine; KerasTuner keeps its state in the study folder")
+    if space.minimize:
+        raise SpaceError(f"{space.source}: minimize: KerasTuner can only add objectives into one number; "
+                         "run multi-objective spaces with the Optuna engine (ENGINE=optuna)")
     if algo == "grid" and (problem := space.grid_problem()):
         raise SpaceError(problem)
     return algo

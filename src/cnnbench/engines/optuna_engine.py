@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import statistics
 import subprocess
 import warnings
 
 import optuna
 from optuna.trial import TrialState
 
-from cnnbench import runtime
+from cnnbench import runtime, trials
 from cnnbench.deadline import EXPORT_SECONDS, NotStarted
 from cnnbench.engines import recovery
 from cnnbench.engines.base import StudyJob, run_trial, wait_all
@@ -44,23 +45,38 @@ def validate(space: Space, algo: str | None, storage: str | None) -> str:
         raise SpaceError(f"--algo: {algo!r} is not an Optuna sampler (one of {', '.join(ALGORITHMS)})")
     if algo == "grid" and (problem := space.grid_problem()):
         raise SpaceError(problem)
+    if algo == "cmaes" and space.minimize:
+        raise SpaceError(f"{space.source}: minimize: CMA-ES optimises one objective; use tpe, random or grid")
     if storage:
         open_rdb(storage)  # raises SpaceError naming the (masked) URL when it cannot be opened
     return algo
 
 
+def distributions(space: Space) -> dict[str, optuna.distributions.BaseDistribution]:
+    """Each searched parameter as an Optuna distribution."""
+    out = {}
+    for name, p in space.searched().items():
+        if isinstance(p, IntParam):
+            out[name] = optuna.distributions.IntDistribution(p.low, p.high, log=p.log, step=p.step)
+        elif isinstance(p, FloatParam):
+            out[name] = optuna.distributions.FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+        elif isinstance(p, ChoiceParam):
+            out[name] = optuna.distributions.CategoricalDistribution(p.choices)
+    return out
+
+
 def suggest(trial: optuna.Trial, space: Space) -> dict:
     """The searched values for one trial; conditional parameters only when their condition holds."""
     values: dict = {}
-    for name, p in space.searched().items():
-        if not p.condition_holds(space.complete(values)):
+    for name, d in distributions(space).items():  # parents before the parameters they condition
+        if not space.params[name].condition_holds(space.complete(values)):
             continue
-        if isinstance(p, IntParam):
-            values[name] = trial.suggest_int(name, p.low, p.high, step=p.step, log=p.log)
-        elif isinstance(p, FloatParam):
-            values[name] = trial.suggest_float(name, p.low, p.high, log=p.log, step=p.step)
-        elif isinstance(p, ChoiceParam):
-            values[name] = trial.suggest_categorical(name, p.choices)
+        if isinstance(d, optuna.distributions.IntDistribution):
+            values[name] = trial.suggest_int(name, d.low, d.high, step=d.step, log=d.log)
+        elif isinstance(d, optuna.distributions.FloatDistribution):
+            values[name] = trial.suggest_float(name, d.low, d.high, step=d.step, log=d.log)
+        else:
+            values[name] = trial.suggest_categorical(name, d.choices)
     return values
 
 
@@ -135,10 +151,16 @@ def counted_trials(study: optuna.Study) -> list:
             and not any(t.user_attrs.get(k) for k in UNCOUNTED)]
 
 
+def directions(space: Space) -> list[str]:
+    """Validation accuracy up, then each cost in ``minimize`` down."""
+    return ["maximize"] + ["minimize"] * len(space.minimize)
+
+
 def open_study(job: StudyJob) -> optuna.Study:
     storage = storage_for(job)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    probe = optuna.create_study(study_name=job.study, storage=storage, direction="maximize", load_if_exists=True)
+    probe = optuna.create_study(study_name=job.study, storage=storage, directions=directions(job.space),
+                                load_if_exists=True)
     seed = process_seed(job.space.seed, job.worker_index, len(probe.get_trials(deepcopy=False)))
     study = optuna.load_study(study_name=job.study, storage=storage,
                               sampler=make_sampler(job.space, job.algo, seed), pruner=make_pruner(job.space))
@@ -202,6 +224,8 @@ def _run_one(job: StudyJob, study: optuna.Study, trial: optuna.Trial) -> bool:
 
     def should_stop(epoch: int, epochs: int, val_accuracy: float) -> bool:
         steps = progress_steps(epoch, epochs)
+        if job.space.minimize:  # Optuna's pruners are single-objective: the median rule, ours, on accuracy
+            return bool(steps) and median_rule(job, steps[-1], val_accuracy)
         for step in steps:
             trial.report(val_accuracy, step)
         return bool(steps) and trial.should_prune()
@@ -217,13 +241,35 @@ def _run_one(job: StudyJob, study: optuna.Study, trial: optuna.Trial) -> bool:
         trial.set_user_attr("interrupted", True)
         study.tell(trial, state=TrialState.FAIL)
         raise
-    if record.state == "complete":
-        study.tell(trial, record.val_accuracy)
+    objectives = [record.val_accuracy, *(getattr(record, cost) for cost in job.space.minimize)]
+    if record.state == "complete" and None not in objectives:
+        study.tell(trial, objectives if job.space.minimize else record.val_accuracy)
     else:
         study.tell(trial, state=TrialState.PRUNED if record.state == "pruned" else TrialState.FAIL)
     if job.on_record:
         job.on_record(record)
     return True
+
+
+def median_rule(job: StudyJob, step: int, val_accuracy: float) -> bool:
+    """Multi-objective pruning on validation accuracy: prune from 30% of the schedule on when
+    below the median of earlier finished trials at the same tenth of their schedule (what
+    Optuna's MedianPruner does for one objective), read from cnnbench's own records."""
+    if job.space.search.pruner != "median" or step <= 2:
+        return False
+    at_step = []
+    for record in trials.read_records(job.paths):
+        if record.state not in ("complete", "pruned") or not record.history:
+            continue
+        epochs = record.config.get("epochs", len(record.history))
+        # its accuracy at the first epoch that reached this tenth of its schedule
+        value = next((h["val_accuracy"] for h in record.history if PROGRESS_STEPS * h["epoch"] // epochs >= step),
+                     None)
+        if value is not None:
+            at_step.append(value)
+    if len(at_step) < max(job.space.search.prune_after_trials, 1):
+        return False
+    return val_accuracy < statistics.median(at_step)
 
 
 def run_workers(job: StudyJob, study: optuna.Study) -> None:

@@ -1,0 +1,137 @@
+"""A study's pictures and its one-page report: what ``cnnbench plots`` and ``cnnbench report``
+write, and what every sweep leaves behind.
+
+Made from the study's own files only (trial records, run.json, the model card), so they can
+be remade at any time, on any machine, without the engine that ran the study.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from cnnbench import plots
+from cnnbench.results import leaderboard_frame, progress_frame, read_json
+from cnnbench.space import parse_space
+from cnnbench.trials import StudyPaths, read_records
+
+TOP_CURVES = 5  # learning curves drawn for this many best trials
+
+
+def _importances(space, records) -> dict[str, float] | None:
+    """Optuna's fANOVA importances of the searched parameters for validation accuracy,
+    from the completed trials (None with fewer than 3 or nothing varied)."""
+    import optuna
+
+    from cnnbench.engines.optuna_engine import distributions
+
+    done = [r for r in records if r.state == "complete" and r.val_accuracy is not None]
+    dists = distributions(space)
+    if len(done) < 3 or not dists:
+        return None
+    study = optuna.create_study(direction="maximize")
+    for r in done:
+        params = {k: v for k, v in r.values.items() if k in dists}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params},
+                                                  value=r.val_accuracy))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return optuna.importance.get_param_importances(study)
+    except (RuntimeError, ValueError, ZeroDivisionError):
+        return None
+
+
+def write_plots(paths: StudyPaths) -> list[Path]:
+    """Every picture of the study into ``plots/``; returns the files written."""
+    run = read_json(paths.root / "run.json")
+    card = read_json(paths.best / "model_card.json")
+    space = parse_space(run["space"], str(paths.root / "run.json"))
+    records = read_records(paths)
+    board = leaderboard_frame(records, space)
+    progress = progress_frame(records, run.get("first_started_unix", 0))
+    folder, name = paths.root / "plots", run.get("study", paths.root.name)
+    out = []
+    if len(progress):
+        out.append(plots.best_so_far(progress, folder / "best_so_far.png", f"{name}: best validation accuracy so far"))
+    scores = _importances(space, records)
+    if scores:
+        out.append(plots.importances(scores, folder / "importances.png", f"{name}: what mattered",
+                                     "Optuna fANOVA"))
+    searched = [p for p in space.searched() if p in board.columns]
+    if searched and (board["state"] == "complete").sum() >= 2:
+        out.append(plots.parallel_coordinates(board, searched, folder / "parallel_coordinates.png", name))
+    top = sorted((r for r in records if r.state == "complete" and r.history), key=lambda r: -r.val_accuracy)
+    if top:
+        out.append(plots.learning_curves({r.trial: r.history for r in top[:TOP_CURVES]},
+                                         folder / "learning_curves.png", f"{name}: the best trials, epoch by epoch"))
+    if card:
+        out.append(plots.confusion(card, folder / "confusion_matrix.png"))
+    if (board["state"] == "complete").sum() >= 1:
+        out.append(plots.fronts(board, folder / "accuracy_vs_cost.png", f"{name}: accuracy against cost"))
+    return out
+
+
+def _image(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}"><figcaption>' \
+           f"{html.escape(path.stem.replace('_', ' '))}</figcaption></figure>"
+
+
+def _table(frame: pd.DataFrame) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    rows = []
+    for row in frame.itertuples(index=False):
+        cells = "".join(f"<td>{'' if pd.isna(v) else html.escape(str(round(v, 5) if isinstance(v, float) else v))}</td>"
+                        for v in row)
+        rows.append(f"<tr>{cells}</tr>")
+    return f'<table id="leaderboard"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+SORT_SCRIPT = """
+document.querySelectorAll('#leaderboard th').forEach((th, column) => th.addEventListener('click', () => {
+  const body = th.closest('table').tBodies[0], up = th.dataset.order !== 'up';
+  const key = tr => { const t = tr.children[column].textContent, n = parseFloat(t); return isNaN(n) ? t : n; };
+  [...body.rows].sort((a, b) => (key(a) > key(b) ? 1 : key(a) < key(b) ? -1 : 0) * (up ? 1 : -1))
+    .forEach(tr => body.appendChild(tr));
+  th.dataset.order = up ? 'up' : 'down';
+}));
+"""
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;
+font-size:12px}th,td{border:1px solid #ccc;padding:2px 6px;text-align:right}th{cursor:pointer;background:#eee;
+position:sticky;top:0}figure{display:inline-block;margin:1em}img{max-width:640px}pre{background:#f6f6f6;padding:1em;
+overflow:auto}.scroll{overflow:auto;max-height:32em}"""
+
+
+def write_report(paths: StudyPaths) -> Path:
+    """``report.html``: one self-contained file (images inlined, no network) with the
+    study's summary and provenance, a sortable leaderboard, the plots and the model card."""
+    run = read_json(paths.root / "run.json")
+    space = parse_space(run["space"], str(paths.root / "run.json"))
+    board = leaderboard_frame(read_records(paths), space)
+    images = write_plots(paths)
+    card_md = paths.best / "model_card.md"
+    machine = run.get("machine", {}).get("cpu", {})
+    summary = (f"<p>Space <code>{html.escape(str(run.get('space_file')))}</code> (hash {run.get('space_hash')}), "
+               f"engine {run.get('engine')} ({run.get('algo')}), seed {run.get('seed')}, code "
+               f"{run.get('git_revision')}; {len(board)} trials; machine {html.escape(str(machine.get('model')))} "
+               f"({machine.get('cores')} cores). Made by <code>{html.escape(str(run.get('command')))}</code>; "
+               f"this page by <code>cnnbench report {html.escape(str(run.get('study')))}</code>.</p>")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>cnnbench: {html.escape(str(run.get('study')))}"
+             f"</title><style>{STYLE}</style></head><body>",
+             f"<h1>Study {html.escape(str(run.get('study')))}</h1>", summary,
+             "<h2>Leaderboard</h2><p>Click a column to sort.</p>", f"<div class='scroll'>{_table(board)}</div>",
+             "<h2>Pictures</h2>", *(_image(p) for p in images),
+             "<h2>Model card</h2>",
+             f"<pre>{html.escape(card_md.read_text())}</pre>" if card_md.exists() else "<p>No model exported.</p>",
+             "<h2>Provenance (run.json)</h2>", f"<pre>{html.escape(json.dumps(run, indent=1))}</pre>",
+             f"<script>{SORT_SCRIPT}</script></body></html>"]
+    target = paths.root / "report.html"
+    tmp = target.with_name(".report.tmp.html")
+    tmp.write_text("\n".join(parts))
+    tmp.replace(target)
+    return target

@@ -1,0 +1,58 @@
+"""Strategy comparisons replayed against the shipped table, in seconds; the table's format."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from cnnbench.compare import STRATEGIES, compare_table, replay
+from cnnbench.space import SpaceError
+from cnnbench.tabular import Table, require_finite
+from conftest import ROOT
+
+SHIPPED = ROOT / "benchmarks" / "tables" / "small-108" / "table.csv"
+
+
+@pytest.fixture(scope="module")
+def table():
+    return Table.load(SHIPPED)
+
+
+def test_the_shipped_table_has_every_configuration_and_its_curve(table):
+    assert len(table.curves) == table.space.size() >= 100
+    for curve in table.curves.values():
+        epochs = table.space.complete({k: curve.iloc[0][f"param_{k}"] for k in table.space.searched()})["epochs"]
+        assert list(curve["epoch"]) == list(range(1, epochs + 1)) and (curve["seconds"] > 0).all()
+    assert 0.3 < table.best < 1.0
+
+
+def test_a_replay_spends_the_tables_time_and_never_beats_the_optimum(table):
+    trace = replay(table, next(s for s in STRATEGIES if s.name == "tpe+hyperband"), seed=0, trials=12)
+    assert len(trace) == 12 and (trace["regret"].dropna() >= 0).all()
+    assert trace["minutes"].is_monotonic_increasing
+    pruned = trace[trace["state"] == "pruned"]
+    assert len(pruned) > 0  # hyperband stops some early, and they cost less than a full run
+
+
+def test_compare_writes_traces_summary_and_plot(tmp_path, table):
+    out = compare_table(SHIPPED, seeds=3, trials=10, out=tmp_path, names=["random", "tpe", "kt-random"])
+    traces = pd.read_csv(out["traces"])
+    assert set(traces["strategy"]) == {"random", "tpe", "kt-random"} and set(traces["seed"]) == {0, 1, 2}
+    summary = pd.read_csv(out["summary"])
+    assert list(summary["rank"]) == [1, 2, 3] and summary["final_regret_mean"].is_monotonic_increasing
+    assert "p_vs_random" in summary.columns
+    assert out["plot"].read_bytes()[:4] == b"\x89PNG"
+    # the same seed replays the same trace: the figures can be recomputed
+    again = replay(table, STRATEGIES[0], seed=1, trials=10)
+    pd.testing.assert_frame_equal(again.reset_index(drop=True),
+                                  traces[(traces["strategy"] == "random") & (traces["seed"] == 1)]
+                                  .reset_index(drop=True)[again.columns], check_dtype=False)
+
+
+def test_a_table_needs_a_finite_grid_without_pruning():
+    from cnnbench.space import parse_space
+
+    with pytest.raises(SpaceError, match="a table needs a finite space"):
+        require_finite(parse_space({"search": {"sampler": "grid", "pruner": "none"},
+                                    "params": {"dropout": {"type": "float", "low": 0.0, "high": 0.5}}}))
+    with pytest.raises(SpaceError, match="set search.sampler: grid and search.pruner: none"):
+        require_finite(parse_space({"params": {"dropout": {"type": "choice", "choices": [0.0, 0.5]}}}))

@@ -1,0 +1,108 @@
+"""A study's pictures and its one-page report, made from the study's own files; the report
+opened in a real headless Chromium."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from cnnbench.pages import write_plots, write_report
+from cnnbench.results import atomic_write, json_text
+from cnnbench.space import parse_space
+from stand_in import run
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def study(tmp_path, minimize=()):
+    """A finished stand-in study with a run.json and a model card, as a sweep leaves them."""
+    space = parse_space({"seed": 1, "budget": {"trials": 8}, "minimize": list(minimize),
+                         "search": {"sampler": "random", "pruner": "none"}, "params": {
+                             "optimizer": {"type": "choice", "choices": ["adam", "adamw"]},
+                             "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+                             "epochs": {"type": "fixed", "value": 4}}})
+    records = run(space, tmp_path, "s", trials=8)
+    root = tmp_path / "s"
+    atomic_write(root / "run.json", json_text({
+        "study": "s", "engine": "optuna", "algo": "random", "space_file": "s.yaml", "space_hash": "x", "seed": 1,
+        "space": space.model_dump(mode="json"), "command": "cnnbench sweep --study s", "git_revision": "abc",
+        "first_started_unix": min(r.started_at for r in records), "machine": {"cpu": {"model": "CPU", "cores": 2}}}))
+    names = [f"c{i}" for i in range(10)]
+    atomic_write(root / "best" / "model_card.json", json_text({
+        "trial": 0, "classes": names, "test": {"accuracy": 0.5, "per_class_accuracy": {n: 0.5 for n in names},
+                                               "confusion_matrix": [[5] * 10 for _ in range(10)]}}))
+    (root / "best" / "model_card.md").write_text("# Model card: s\n")
+    return root, records
+
+
+def test_every_picture_is_written_and_is_a_png(tmp_path):
+    root, _ = study(tmp_path)
+    from cnnbench.trials import StudyPaths
+
+    written = {p.name for p in write_plots(StudyPaths(root))}
+    assert written == {"best_so_far.png", "importances.png", "parallel_coordinates.png", "learning_curves.png",
+                       "confusion_matrix.png", "accuracy_vs_cost.png"}
+    for name in written:
+        data = (root / "plots" / name).read_bytes()
+        assert data[:8] == PNG and len(data) > 5000, name
+
+
+def test_report_is_one_self_contained_page(tmp_path):
+    root, records = study(tmp_path)
+    from cnnbench.trials import StudyPaths
+
+    page = write_report(StudyPaths(root)).read_text()
+    assert page.count("<tr>") == len(records) + 1  # header + one row per trial
+    assert page.count('src="data:image/png;base64,') == 6
+    assert "http://" not in page and "https://" not in page  # opens with no network
+    assert "cnnbench sweep --study s" in page and "# Model card: s" in page
+
+
+def test_multi_objective_leaderboard_marks_the_pareto_front(tmp_path):
+    from cnnbench.results import leaderboard_frame, pareto_mask
+
+    assert list(pareto_mask([0.9, 0.8, 0.7, 0.85], [10, 5, 6, 10])) == [True, True, False, False]
+    root, records = study(tmp_path, minimize=["latency_ms"])
+    space = parse_space(json.loads((root / "run.json").read_text())["space"])
+    for i, r in enumerate(records):  # the stand-in has no latency: give them some
+        r.latency_ms = float(10 - i)
+    board = leaderboard_frame(records, space)
+    front = board[board["pareto"]]
+    assert len(front) >= 1
+    for _, row in front.iterrows():  # nothing beats a front member on both
+        assert not ((board["val_accuracy"] > row["val_accuracy"]) & (board["latency_ms"] < row["latency_ms"])).any()
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium here (.ci/run installs Debian's chromium)")
+def test_the_report_renders_in_headless_chromium(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    root, records = study(tmp_path)
+    from cnnbench.trials import StudyPaths
+
+    page_path = write_report(StudyPaths(root))
+    errors = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page()
+        page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(page_path.as_uri())
+        page.wait_for_load_state("load")
+        rows = page.locator("#leaderboard tbody tr").count()
+        loaded = page.evaluate("[...document.images].map(i => i.complete && i.naturalWidth > 0)")
+        page.locator("#leaderboard th").first.click()  # sorting runs without errors
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        browser.close()
+    assert rows == len(records)
+    assert loaded and all(loaded)
+    assert errors == []
+    assert (tmp_path / "report.png").read_bytes()[:8] == PNG
