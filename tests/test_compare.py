@@ -56,3 +56,40 @@ def test_a_table_needs_a_finite_grid_without_pruning():
                                     "params": {"dropout": {"type": "float", "low": 0.0, "high": 0.5}}}))
     with pytest.raises(SpaceError, match="set search.sampler: grid and search.pruner: none"):
         require_finite(parse_space({"params": {"dropout": {"type": "choice", "choices": [0.0, 0.5]}}}))
+
+
+def test_tabulate_trains_every_configuration_once_and_resumes(tmp_path, jpeg_root, monkeypatch):
+    """A 4-configuration space through `tabulate` with the stand-in trainer in real child
+    processes: one table row per configuration and epoch, and a second run trains nothing."""
+    import yaml
+
+    from cnnbench.tabular import tabulate
+    from cnnbench.trials import StudyPaths, read_records
+    from conftest import SPACES
+
+    doc = yaml.safe_load((SPACES / "smoke.yaml").read_text())
+    doc["search"] = {"sampler": "grid", "pruner": "none"}
+    doc["budget"] = {"trials": 4}
+    doc["params"] = {"learning_rate": {"type": "choice", "choices": [0.001, 0.003]},
+                     "base_filters": {"type": "choice", "choices": [8, 16]},
+                     "stages": {"type": "fixed", "value": 1}, "epochs": {"type": "fixed", "value": 2}}
+    space = tmp_path / "tiny.yaml"
+    space.write_text(yaml.safe_dump(doc))
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    (gate / "go").touch()  # the gated stand-in trains at once
+    monkeypatch.setenv("CNNBENCH_TRAINER", "stand_in:gated_train")
+    monkeypatch.setenv("CNNBENCH_STAND_IN_DIR", str(gate))
+    monkeypatch.setenv("CNNBENCH_CIFAR10", str(jpeg_root))
+    monkeypatch.setenv("PYTHONPATH", ":".join(filter(None, [str(ROOT / "tests"), __import__("os").environ.get(
+        "PYTHONPATH")])))
+    results, out = tmp_path / "results", tmp_path / "table"
+    path = tabulate(str(space), "tiny", str(results), out=out)
+    table = Table.load(path)
+    assert len(table.curves) == 4
+    for curve in table.curves.values():
+        assert list(curve["epoch"]) == [1, 2] and (curve["seconds"] >= 0).all()
+    trained = len(list(gate.glob("training-*")))
+    tabulate(str(space), "tiny", str(results), out=out)  # resumes: everything is there already
+    assert len(list(gate.glob("training-*"))) == trained
+    assert len(read_records(StudyPaths(results / "tiny"))) == 4

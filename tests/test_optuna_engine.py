@@ -117,7 +117,31 @@ def test_deadline_stops_a_trial_that_cannot_finish(tmp_path):
     job.progress.say = said.append
     optuna_engine.run(job)
     assert not list(job.paths.trials.glob("trial-*.json"))  # nothing trained, nothing recorded
-    assert said and said[-1].startswith("stopped before trial 0: not started: forecast")
+    # every configuration asked for is too big: a few are asked for, none trained, then it stops
+    assert said[-1].startswith(f"stopped before trial {optuna_engine.NOT_STARTED_TRIES - 1}: not started: forecast")
+    assert sum("asking for another configuration" in line for line in said) == optuna_engine.NOT_STARTED_TRIES - 1
+
+
+def test_near_the_deadline_a_configuration_that_fits_is_still_tried(tmp_path):
+    from cnnbench.deadline import Deadline, NotStarted
+    from cnnbench.trials import read_records
+
+    job = make_job(space("random", trials=4), tmp_path, "near", deadline=Deadline(time.time() + 600),
+                   data_sizes=(45_000, 5_000, 10_000))
+    refusals = iter([True, False, True, True, True, True, True, True])  # the first refused, the second fits
+
+    def admit(config, *args):
+        if next(refusals):
+            raise NotStarted("not started: forecast too long")
+        return config, ""
+
+    job.deadline.admit = admit
+    said = []
+    job.progress.say = said.append
+    optuna_engine.run(job)
+    records = read_records(job.paths)
+    assert [r.state for r in records] == ["complete"]  # the one that fitted trained; the rest were refused
+    assert said[0].startswith("trial 0 not started") and said[-1].startswith("stopped before trial")
 
 
 

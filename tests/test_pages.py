@@ -106,3 +106,18 @@ def test_the_report_renders_in_headless_chromium(tmp_path):
     assert loaded and all(loaded)
     assert errors == []
     assert (tmp_path / "report.png").read_bytes()[:8] == PNG
+
+
+def test_epoch_curves_place_each_epoch_at_its_wall_clock_minute():
+    from cnnbench.results import epoch_curves
+    from cnnbench.trials import TrialRecord
+
+    timed = TrialRecord(trial=0, state="complete", engine="optuna", values={}, config={}, started_at=60.0,
+                        finished_at=300.0, history=[{"epoch": 1, "val_accuracy": 0.5, "seconds": 60.0},
+                                                    {"epoch": 2, "val_accuracy": 0.6, "seconds": 120.0}])
+    untimed = TrialRecord(trial=1, state="pruned", engine="optuna", values={}, config={}, started_at=300.0,
+                          finished_at=420.0, history=[{"epoch": 1, "val_accuracy": 0.4},
+                                                      {"epoch": 2, "val_accuracy": 0.45}])
+    curves = epoch_curves([timed, untimed], origin=0.0)
+    assert curves[0] == ([2.0, 4.0], [0.5, 0.6])  # started at minute 1, epochs of 1 and 2 minutes
+    assert curves[1] == ([6.0, 7.0], [0.4, 0.45])  # no timings: its 2 minutes shared evenly

@@ -100,7 +100,7 @@ def mutated_space(draw) -> bytes:
     return data
 
 
-@settings(max_examples=300, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=300, derandomize=True, deadline=60_000, suppress_health_check=list(HealthCheck))
 @given(mutated_space())
 def test_mutated_space_files_are_accepted_whole_or_refused_in_one_line(tmp_path_factory, data):
     path = tmp_path_factory.mktemp("fuzz") / "space.yaml"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,8 +118,8 @@ def summary(traces: pd.DataFrame, table: Table, targets=(0.01, 0.005)) -> pd.Dat
 
 
 def plot(traces: pd.DataFrame, path: Path, title: str) -> Path:
-    """Regret against simulated minutes and against trials: mean over seeds, with a band of
-    one standard deviation."""
+    """Regret against simulated minutes and against trials: mean over seeds, with a band from
+    the 25th to the 75th percentile (regret is skewed and never below 0: no std band)."""
     from cnnbench.plots import _pyplot, _save
 
     plt = _pyplot()
@@ -129,9 +130,12 @@ def plot(traces: pd.DataFrame, path: Path, title: str) -> Path:
         by_time = np.array([[_regret_at(t, m) for m in grid] for _, t in group.groupby("seed")])
         by_trial = group.pivot(index="trial", columns="seed", values="regret")
         for ax, x, values in ((axes[0], grid, by_time.T), (axes[1], by_trial.index, by_trial.to_numpy())):
-            mean, std = np.nanmean(values, axis=1), np.nanstd(values, axis=1)
+            with warnings.catch_warnings():  # before a seed's first completed trial: all NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean = np.nanmean(values, axis=1)
+                low, high = np.nanpercentile(values, 25, axis=1), np.nanpercentile(values, 75, axis=1)
             line, = ax.plot(x, mean, label=name)
-            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.12)
+            ax.fill_between(x, low, high, color=line.get_color(), alpha=0.10)
     axes[0].set_xlabel("simulated minutes (the table's measured training time)")
     axes[1].set_xlabel("trials finished")
     axes[0].set_ylabel("regret: optimum - best validation accuracy so far")

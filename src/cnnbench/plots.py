@@ -35,15 +35,21 @@ def _save(fig, path: Path) -> Path:
 
 
 def time_to_accuracy(progress: pd.DataFrame, path: Path, title: str, test_accuracy: float | None = None,
-                     export_minutes: float | None = None) -> Path:
-    """Best-so-far validation accuracy of completed trials against elapsed minutes, every
-    finished trial as a point, and the exported model's test accuracy where it was exported."""
+                     export_minutes: float | None = None,
+                     curves: dict[int, tuple[list[float], list[float]]] | None = None) -> Path:
+    """Validation accuracy against elapsed minutes: each trial's epochs as a thin line
+    (``curves``: trial -> minutes, accuracies), the best completed trial so far as a step,
+    every finished trial as a point, and the exported model's test accuracy when exported."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    for i, (trial, (minutes, accuracy)) in enumerate(sorted((curves or {}).items())):
+        ax.plot(minutes, accuracy, color="tab:blue", alpha=0.35, linewidth=1,
+                label="each trial, epoch by epoch" if i == 0 else None)
     best = progress.dropna(subset=["best_val_accuracy"])
-    if len(best):
-        ax.step([0.0, *best["minutes"]], [best["best_val_accuracy"].iloc[0], *best["best_val_accuracy"]],
-                where="post", color="tab:blue", label="best validation accuracy so far")
+    if len(best):  # from the first completed trial on: before it there is nothing to export
+        end = max(progress["minutes"].max(), export_minutes or 0)
+        ax.step([*best["minutes"], end], [*best["best_val_accuracy"], best["best_val_accuracy"].iloc[-1]],
+                where="post", color="tab:blue", linewidth=2, label="best completed trial so far")
     for state, style in (("complete", dict(marker="o", color="tab:blue")),
                          ("pruned", dict(marker="o", mfc="none", color="tab:gray")),
                          ("failed", dict(marker="x", color="tab:red"))):
@@ -58,7 +64,7 @@ def time_to_accuracy(progress: pd.DataFrame, path: Path, title: str, test_accura
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="best", fontsize=8)
     return _save(fig, path)
 
 

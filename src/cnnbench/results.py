@@ -78,6 +78,24 @@ def progress_frame(records: list[TrialRecord], origin: float) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=PROGRESS_COLUMNS)
 
 
+def epoch_curves(records: list[TrialRecord], origin: float) -> dict[int, tuple[list[float], list[float]]]:
+    """Per trial, its validation accuracy after each epoch against minutes since ``origin``:
+    from the wall seconds of each epoch where the record has them, else the trial's span
+    shared evenly among its epochs (records written before epochs were timed)."""
+    curves = {}
+    for r in records:
+        if not r.history or not r.started_at:
+            continue
+        if all("seconds" in h for h in r.history):
+            ends = np.cumsum([h["seconds"] for h in r.history]) + (r.started_at - origin)
+        elif r.finished_at:
+            ends = np.linspace(0, r.finished_at - r.started_at, len(r.history) + 1)[1:] + (r.started_at - origin)
+        else:
+            continue
+        curves[r.trial] = ([float(t) / 60 for t in ends], [h["val_accuracy"] for h in r.history])
+    return curves
+
+
 def write_study_leaderboard(frame: pd.DataFrame, study_dir: Path, markdown: str) -> None:
     atomic_write(study_dir / "leaderboard.csv", frame.to_csv(index=False))
     atomic_write(study_dir / "leaderboard.md", markdown)

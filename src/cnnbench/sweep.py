@@ -25,8 +25,8 @@ from cnnbench.export import export_best
 from cnnbench.isolation import DEFAULT_TRAINER, TrialRunner
 from cnnbench.pages import write_report
 from cnnbench.report import SweepProgress, markdown_table, study_markdown
-from cnnbench.results import (atomic_write, json_text, leaderboard_frame, progress_frame, read_json,
-                              studies_frame, write_study_leaderboard)
+from cnnbench.results import (atomic_write, epoch_curves, json_text, leaderboard_frame, progress_frame,
+                              read_json, studies_frame, write_study_leaderboard)
 from cnnbench.space import Space, SpaceError, load_space
 from cnnbench.storage_url import masked, resolve, scrub
 from cnnbench.trials import StudyPaths
@@ -202,7 +202,7 @@ def write_progress_plot(sweep: Sweep, records: list, run: dict, card: dict | Non
     time_to_accuracy(progress_frame(records, origin), sweep.paths.root / "progress.png",
                      f"{sweep.study}: {run['space_file']}, {cpu['model']} ({cpu['cores']} cores)",
                      test_accuracy=card["test"]["accuracy"] if card else None,
-                     export_minutes=(time.time() - origin) / 60)
+                     export_minutes=(time.time() - origin) / 60, curves=epoch_curves(records, origin))
 
 
 GLOBAL_BOARD_TITLE = "# All studies, best first"

@@ -14,7 +14,7 @@ tabular approximation: a run stopped at epoch 3 of 8 is not a 3-epoch run).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -44,10 +44,11 @@ def key(values: dict) -> str:
 def write_table(paths: StudyPaths, folder: Path | None = None) -> Path:
     """table.csv (and table.json, its provenance) from a tabulate study's trial records."""
     run = read_json(paths.root / "run.json")
-    rows = []
-    for r in read_records(paths):
-        if r.state != "complete":
+    rows, seen = [], set()
+    for r in sorted(read_records(paths), key=lambda r: r.trial):
+        if r.state != "complete" or key(r.values) in seen:  # workers may have drawn one twice
             continue
+        seen.add(key(r.values))
         for h in r.history:
             rows.append({"config": key(r.values), **{f"param_{k}": v for k, v in r.values.items()},
                          "epoch": h["epoch"], "val_accuracy": h["val_accuracy"], "val_loss": h.get("val_loss"),
@@ -127,8 +128,21 @@ def tabulate(space_file: str, study: str | None, results: str, workers: int = 0,
     require_finite(space)
     request = SweepRequest(space_file=space_file, study=study or f"table-{Path(space_file).stem}",
                            trials=space.size(), engine="optuna", algo="grid", results=results, workers=workers)
-    sweep = prepare(request)
-    summary = run_sweep(sweep)
-    if summary["stopped_by"]:
-        raise KeyboardInterrupt(summary["stopped_by"])
+    # Parallel workers can draw one grid point twice (Optuna's grid sampler only avoids
+    # points already finished or running), leaving another untrained: top those up.
+    for _ in range(3):
+        sweep = prepare(request)
+        summary = run_sweep(sweep)
+        if summary["stopped_by"]:
+            raise KeyboardInterrupt(summary["stopped_by"])
+        records = read_records(sweep.paths)
+        failed = [r for r in records if r.state == "failed"]
+        if failed:
+            raise SpaceError(f"{space_file}: a table needs every configuration, but trial {failed[0].trial} "
+                             f"({failed[0].values}) failed: {failed[0].reason}")
+        missing = space.size() - len({key(r.values) for r in records if r.state == "complete"})
+        if not missing:
+            break
+        finished = sum(r.state in ("complete", "pruned") for r in records)
+        request = replace(request, trials=finished + missing)
     return write_table(sweep.paths, out)

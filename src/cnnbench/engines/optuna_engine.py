@@ -31,7 +31,8 @@ from cnnbench.storage_url import open_rdb
 
 NAME = "optuna"
 ALGORITHMS = ("tpe", "random", "grid", "cmaes")
-UNCOUNTED = ("interrupted", "surplus", "not_started")  # user attributes of trials that are not results
+UNCOUNTED = ("interrupted", "surplus", "not_started")
+NOT_STARTED_TRIES = 5  # configurations asked for near the deadline before the sweep stops  # user attributes of trials that are not results
 # Trials report validation accuracy at tenths of their own schedule, not at epochs: a
 # 20-epoch trial at epoch 5 is a quarter through its learning-rate decay, a 10-epoch one
 # half, so pruners compare trials at the same share of their training.
@@ -187,6 +188,7 @@ def run(job: StudyJob) -> None:
             study.enqueue_trial(known_good, skip_if_exists=True)
     if job.workers:
         run_workers(job, study)  # then finish here whatever dead workers left undone
+    refused = 0  # configurations in a row that could not finish before the deadline
     while _should_continue(job, study):
         with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": we beat ourselves
             warnings.simplefilter("ignore", UserWarning)
@@ -195,8 +197,18 @@ def run(job: StudyJob) -> None:
             trial.set_user_attr("surplus", True)  # another worker took the last place in the budget
             study.tell(trial, state=TrialState.FAIL)
             break
-        if not _run_one(job, study, trial):
-            break
+        try:
+            _run_one(job, study, trial)
+            refused = 0
+        except NotStarted as late:
+            # Near the deadline a big configuration may not fit while a smaller one would: ask
+            # the sampler again a few times before giving the rest of the hour up.
+            refused += 1
+            if refused >= NOT_STARTED_TRIES:
+                job.progress.say(f"stopped before trial {trial.number}: {late} (the last {refused} "
+                                 "configurations asked for could not finish in time)")
+                break
+            job.progress.say(f"trial {trial.number} {late}; asking for another configuration")
         recovery.recover_lost(job, study)
 
 
@@ -218,8 +230,9 @@ def _should_continue(job: StudyJob, study: optuna.Study) -> bool:
     return True
 
 
-def _run_one(job: StudyJob, study: optuna.Study, trial: optuna.Trial) -> bool:
-    """Train one asked trial and tell Optuna how it ended. False when the sweep must stop."""
+def _run_one(job: StudyJob, study: optuna.Study, trial: optuna.Trial) -> None:
+    """Train one asked trial and tell Optuna how it ended (NotStarted: it could not finish
+    before the deadline and was not trained)."""
     values = suggest(trial, job.space)
 
     def should_stop(epoch: int, epochs: int, val_accuracy: float) -> bool:
@@ -235,8 +248,7 @@ def _run_one(job: StudyJob, study: optuna.Study, trial: optuna.Trial) -> bool:
     except NotStarted as late:
         trial.set_user_attr("not_started", str(late))
         study.tell(trial, state=TrialState.FAIL)
-        job.progress.say(f"stopped before trial {trial.number}: {late}")
-        return False
+        raise
     except KeyboardInterrupt:
         trial.set_user_attr("interrupted", True)
         study.tell(trial, state=TrialState.FAIL)
@@ -248,7 +260,6 @@ def _run_one(job: StudyJob, study: optuna.Study, trial: optuna.Trial) -> bool:
         study.tell(trial, state=TrialState.PRUNED if record.state == "pruned" else TrialState.FAIL)
     if job.on_record:
         job.on_record(record)
-    return True
 
 
 def median_rule(job: StudyJob, step: int, val_accuracy: float) -> bool:
