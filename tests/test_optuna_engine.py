@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from cnnbench.engines import optuna_engine
+from cnnbench.engines import optuna_engine, pruning
 from cnnbench.space import SpaceError, parse_space
 from stand_in import make_job, run
 
@@ -146,9 +146,9 @@ def test_near_the_deadline_a_configuration_that_fits_is_still_tried(tmp_path):
 
 
 def test_pruners_hear_progress_in_tenths_of_each_trials_own_schedule():
-    assert [list(optuna_engine.progress_steps(e, 4)) for e in range(1, 5)] == [[1, 2], [3, 4, 5], [6, 7], [8, 9, 10]]
-    assert [list(optuna_engine.progress_steps(e, 20)) for e in (1, 2, 20)] == [[], [1], [10]]
-    assert list(optuna_engine.progress_steps(1, 1)) == list(range(1, 11))
+    assert [list(pruning.progress_steps(e, 4)) for e in range(1, 5)] == [[1, 2], [3, 4, 5], [6, 7], [8, 9, 10]]
+    assert [list(pruning.progress_steps(e, 20)) for e in (1, 2, 20)] == [[], [1], [10]]
+    assert list(pruning.progress_steps(1, 1)) == list(range(1, 11))
 
 
 def test_a_resumed_study_continues_the_search_instead_of_replaying_it(tmp_path):

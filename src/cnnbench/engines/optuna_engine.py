@@ -15,28 +15,25 @@ from __future__ import annotations
 
 import hashlib
 import os
-import statistics
 import subprocess
 import warnings
 
 import optuna
 from optuna.trial import TrialState
 
-from cnnbench import runtime, trials
+from cnnbench import runtime
 from cnnbench.deadline import EXPORT_SECONDS, NotStarted
 from cnnbench.engines import recovery
 from cnnbench.engines.base import StudyJob, run_trial, wait_all
+from cnnbench.engines.pruning import make_pruner, median_rule, progress_steps
 from cnnbench.space import ChoiceParam, FloatParam, IntParam, Space, SpaceError
 from cnnbench.storage_url import open_rdb
 
 NAME = "optuna"
 ALGORITHMS = ("tpe", "random", "grid", "cmaes")
-UNCOUNTED = ("interrupted", "surplus", "not_started")
-NOT_STARTED_TRIES = 5  # configurations asked for near the deadline before the sweep stops  # user attributes of trials that are not results
-# Trials report validation accuracy at tenths of their own schedule, not at epochs: a
-# 20-epoch trial at epoch 5 is a quarter through its learning-rate decay, a 10-epoch one
-# half, so pruners compare trials at the same share of their training.
-PROGRESS_STEPS = 10
+UNCOUNTED = ("interrupted", "surplus", "not_started")  # user attributes of trials that are not results
+NOT_STARTED_TRIES = 5  # configurations asked for near the deadline before the sweep stops
+
 
 
 def validate(space: Space, algo: str | None, storage: str | None) -> str:
@@ -114,23 +111,6 @@ class _Grid(optuna.samplers.GridSampler):
 
     def after_trial(self, study, trial, state, values) -> None:
         pass
-
-
-def progress_steps(epoch: int, epochs: int) -> range:
-    """The tenths of the schedule first reached at the end of ``epoch`` (of ``epochs``)."""
-    reached = lambda e: PROGRESS_STEPS * e // epochs  # noqa: E731
-    return range(reached(epoch - 1) + 1, reached(epoch) + 1)
-
-
-def make_pruner(space: Space) -> optuna.pruners.BasePruner:
-    kind, startup = space.search.pruner, space.search.prune_after_trials
-    if kind == "median":  # from 30% of the schedule on, below the median of earlier trials there
-        return optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=2)
-    if kind == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=PROGRESS_STEPS, reduction_factor=3)
-    if kind == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
-    return optuna.pruners.NopPruner()
 
 
 def storage_for(job: StudyJob):
@@ -260,27 +240,6 @@ def _run_one(job: StudyJob, study: optuna.Study, trial: optuna.Trial) -> None:
         study.tell(trial, state=TrialState.PRUNED if record.state == "pruned" else TrialState.FAIL)
     if job.on_record:
         job.on_record(record)
-
-
-def median_rule(job: StudyJob, step: int, val_accuracy: float) -> bool:
-    """Multi-objective pruning on validation accuracy: prune from 30% of the schedule on when
-    below the median of earlier finished trials at the same tenth of their schedule (what
-    Optuna's MedianPruner does for one objective), read from cnnbench's own records."""
-    if job.space.search.pruner != "median" or step <= 2:
-        return False
-    at_step = []
-    for record in trials.read_records(job.paths):
-        if record.state not in ("complete", "pruned") or not record.history:
-            continue
-        epochs = record.config.get("epochs", len(record.history))
-        # its accuracy at the first epoch that reached this tenth of its schedule
-        value = next((h["val_accuracy"] for h in record.history if PROGRESS_STEPS * h["epoch"] // epochs >= step),
-                     None)
-        if value is not None:
-            at_step.append(value)
-    if len(at_step) < max(job.space.search.prune_after_trials, 1):
-        return False
-    return val_accuracy < statistics.median(at_step)
 
 
 def run_workers(job: StudyJob, study: optuna.Study) -> None:
