@@ -52,7 +52,7 @@ def test_a_table_needs_a_finite_grid_without_pruning():
     from cnnbench.space import parse_space
 
     with pytest.raises(SpaceError, match="a table needs a finite space"):
-        require_finite(parse_space({"search": {"sampler": "grid", "pruner": "none"},
+        require_finite(parse_space({"search": {"sampler": "random", "pruner": "none"},
                                     "params": {"dropout": {"type": "float", "low": 0.0, "high": 0.5}}}))
     with pytest.raises(SpaceError, match="set search.sampler: grid and search.pruner: none"):
         require_finite(parse_space({"params": {"dropout": {"type": "choice", "choices": [0.0, 0.5]}}}))
@@ -75,14 +75,7 @@ def test_tabulate_trains_every_configuration_once_and_resumes(tmp_path, jpeg_roo
                      "stages": {"type": "fixed", "value": 1}, "epochs": {"type": "fixed", "value": 2}}
     space = tmp_path / "tiny.yaml"
     space.write_text(yaml.safe_dump(doc))
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    (gate / "go").touch()  # the gated stand-in trains at once
-    monkeypatch.setenv("CNNBENCH_TRAINER", "stand_in:gated_train")
-    monkeypatch.setenv("CNNBENCH_STAND_IN_DIR", str(gate))
-    monkeypatch.setenv("CNNBENCH_CIFAR10", str(jpeg_root))
-    monkeypatch.setenv("PYTHONPATH", ":".join(filter(None, [str(ROOT / "tests"), __import__("os").environ.get(
-        "PYTHONPATH")])))
+    gate = stand_in_env(tmp_path, jpeg_root, monkeypatch)
     results, out = tmp_path / "results", tmp_path / "table"
     path = tabulate(str(space), "tiny", str(results), out=out)
     table = Table.load(path)
@@ -93,3 +86,33 @@ def test_tabulate_trains_every_configuration_once_and_resumes(tmp_path, jpeg_roo
     tabulate(str(space), "tiny", str(results), out=out)  # resumes: everything is there already
     assert len(list(gate.glob("training-*"))) == trained
     assert len(read_records(StudyPaths(results / "tiny"))) == 4
+
+
+def stand_in_env(tmp_path, jpeg_root, monkeypatch):
+    """Real sweeps in this process, trials in real child processes, trained by the stand-in."""
+    import os
+
+    gate = tmp_path / "gate"
+    gate.mkdir(exist_ok=True)
+    (gate / "go").touch()  # the gated stand-in trains at once
+    monkeypatch.setenv("CNNBENCH_TRAINER", "stand_in:gated_train")
+    monkeypatch.setenv("CNNBENCH_STAND_IN_DIR", str(gate))
+    monkeypatch.setenv("CNNBENCH_CIFAR10", str(jpeg_root))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")])))
+    return gate
+
+
+def test_compare_live_runs_each_strategy_and_seed_as_a_real_sweep(tmp_path, jpeg_root, monkeypatch):
+    from cnnbench.compare import compare_live
+    from conftest import SPACES
+
+    stand_in_env(tmp_path, jpeg_root, monkeypatch)
+    out = compare_live(str(SPACES / "smoke.yaml"), seeds=2, minutes=3, out=tmp_path / "live",
+                       names=["random", "kt-random"], results=tmp_path / "results")
+    traces = pd.read_csv(out["traces"])
+    assert {(s, seed) for s, seed in zip(traces["strategy"], traces["seed"])} == {
+        (s, seed) for s in ("random", "kt-random") for seed in (0, 1)}
+    assert (traces.groupby(["strategy", "seed"])["best"].last() > 0).all()
+    assert sorted(p.name for p in (tmp_path / "results").iterdir() if p.is_dir()) == [
+        "kt-random-0", "kt-random-1", "random-0", "random-1"]
+    assert "best_val_accuracy_mean" in out["markdown"].read_text()
