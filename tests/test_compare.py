@@ -116,3 +116,6 @@ def test_compare_live_runs_each_strategy_and_seed_as_a_real_sweep(tmp_path, jpeg
     assert sorted(p.name for p in (tmp_path / "results").iterdir() if p.is_dir()) == [
         "kt-random-0", "kt-random-1", "random-0", "random-1"]
     assert "best_val_accuracy_mean" in out["markdown"].read_text()
+    from cnnbench.deadline import DEADLINE_ENV
+
+    assert DEADLINE_ENV not in __import__("os").environ  # no sweep's deadline outlives it in this process

@@ -294,8 +294,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     runtime.pin_from_environment()  # a worker started by a sweep keeps to its share of the cores
-    if args.command in ("sweep", "predict", "evaluate", "export", "tabulate") or getattr(args, "measure", False) \
-            or getattr(args, "live", False):
+    # compare replays through KerasTuner, which imports TensorFlow too
+    if args.command in ("sweep", "predict", "evaluate", "export", "tabulate", "compare") \
+            or getattr(args, "measure", False):
         runtime.import_tensorflow_quietly()
     try:
         return args.func(args)

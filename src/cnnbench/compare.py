@@ -65,7 +65,9 @@ def replay(table: Table, strategy: Strategy, seed: int, trials: int) -> pd.DataF
         job = StudyJob(study="replay", engine=strategy.engine, space=space, paths=paths, trials=trials,
                        progress=_Silent(), runner=InProcessRunner(None, TableTrainer(table)),
                        algo=engine.validate(space, strategy.algo, None))
-        engine.run(job)
+        with warnings.catch_warnings():  # e.g. scikit-learn's GP fit under KerasTuner's Bayesian oracle
+            warnings.simplefilter("ignore")
+            engine.run(job)
         records = read_records(paths)
     minutes, best, rows = 0.0, -math.inf, []
     for r in sorted(records, key=lambda r: r.trial):

@@ -142,8 +142,6 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
     # progress.csv counts minutes from the study's first start, across resumed runs
     run["first_started_unix"] = read_json(paths.root / "run.json").get("first_started_unix", sweep.started)
     deadline = Deadline.from_minutes(sweep.timeout, sweep.started)
-    if deadline.end is not None:
-        os.environ[DEADLINE_ENV] = repr(deadline.end)  # worker processes keep the same deadline
     paths.root.mkdir(parents=True, exist_ok=True)
     if not is_worker():  # the process that started the sweep describes it
         atomic_write(paths.root / "run.json", json_text(run))
@@ -173,11 +171,20 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
                    worker_command=req.worker_command(), worker_index=int(os.environ.get("CNNBENCH_WORKER", 0)),
                    on_record=refresh, tensorboard=req.tensorboard)
     stopped_by = None
+    # Worker processes keep the same deadline; only while this sweep runs, so that a later
+    # sweep in the same process (compare --live, tabulate, tests) does not inherit it.
+    inherited = os.environ.get(DEADLINE_ENV)
+    if deadline.end is not None:
+        os.environ[DEADLINE_ENV] = repr(deadline.end)
     try:
         engine.run(job)
     except KeyboardInterrupt as stop:  # SIGINT or SIGTERM: keep what finished, rank it, export it
         stopped_by = getattr(stop, "signum", 2)
     finally:
+        if inherited is None:
+            os.environ.pop(DEADLINE_ENV, None)
+        else:
+            os.environ[DEADLINE_ENV] = inherited
         runner.close(kill=stopped_by is not None)
         progress.close()
     records = refresh()
