@@ -11,17 +11,10 @@ import numpy as np
 
 from cnnbench import engines
 from cnnbench.deadline import Deadline
-from cnnbench.engines.base import StudyJob
+from cnnbench.engines.base import SilentProgress, StudyJob
 from cnnbench.isolation import InProcessRunner
 from cnnbench.train import TrialResult
 from cnnbench.trials import StudyPaths, read_records
-
-
-class Quiet:
-    def trial_started(self, *a): pass
-    def epoch_done(self, *a): pass
-    def trial_done(self, *a): pass
-    def say(self, *a): pass
 
 
 def fake_train(config, data, on_epoch, seed):
@@ -72,7 +65,7 @@ def make_job(space, root: Path, study: str = "s", trials: int | None = None, eng
     paths = StudyPaths(Path(root) / study)
     paths.root.mkdir(parents=True, exist_ok=True)
     return StudyJob(study=study, engine=engine, space=space, paths=paths, trials=trials or space.budget.trials,
-                    progress=Quiet(), runner=InProcessRunner(data, trainer),
+                    progress=SilentProgress(), runner=InProcessRunner(data, trainer),
                     algo=module.validate(space, algo, kw.get("storage")),
                     deadline=kw.pop("deadline", Deadline(None)), **kw)
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from cnnbench import engines
-from cnnbench.engines.base import StudyJob
+from cnnbench.engines.base import SilentProgress, StudyJob
 from cnnbench.isolation import InProcessRunner
 from cnnbench.tabular import Table, TableTrainer
 from cnnbench.trials import StudyPaths, read_records
@@ -45,13 +45,6 @@ STRATEGIES = (
 BASELINE = "random"
 
 
-class _Silent:
-    def trial_started(self, *a): pass
-    def epoch_done(self, *a): pass
-    def trial_done(self, *a): pass
-    def say(self, *a): pass
-
-
 def replay(table: Table, strategy: Strategy, seed: int, trials: int) -> pd.DataFrame:
     """One strategy, one seed: its trace, one row per finished trial in order."""
     search = table.space.search.model_copy(update={"pruner": strategy.pruner, "sampler": "tpe",
@@ -63,7 +56,7 @@ def replay(table: Table, strategy: Strategy, seed: int, trials: int) -> pd.DataF
         paths = StudyPaths(Path(folder) / "replay")
         paths.root.mkdir()
         job = StudyJob(study="replay", engine=strategy.engine, space=space, paths=paths, trials=trials,
-                       progress=_Silent(), runner=InProcessRunner(None, TableTrainer(table)),
+                       progress=SilentProgress(), runner=InProcessRunner(None, TableTrainer(table)),
                        algo=engine.validate(space, strategy.algo, None))
         with warnings.catch_warnings():  # e.g. scikit-learn's GP fit under KerasTuner's Bayesian oracle
             warnings.simplefilter("ignore")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from cnnbench import plots
-from cnnbench.results import leaderboard_frame, progress_frame, read_json
+from cnnbench.results import atomic_write, leaderboard_frame, progress_frame, read_json
 from cnnbench.space import parse_space
 from cnnbench.trials import StudyPaths, read_records
 
@@ -131,7 +131,5 @@ def write_report(paths: StudyPaths) -> Path:
              "<h2>Provenance (run.json)</h2>", f"<pre>{html.escape(json.dumps(run, indent=1))}</pre>",
              f"<script>{SORT_SCRIPT}</script></body></html>"]
     target = paths.root / "report.html"
-    tmp = target.with_name(".report.tmp.html")
-    tmp.write_text("\n".join(parts))
-    tmp.replace(target)
+    atomic_write(target, "\n".join(parts))
     return target

@@ -29,6 +29,14 @@ class Progress(Protocol):
     def say(self, message: str) -> None: ...
 
 
+class SilentProgress:
+    """A Progress that shows nothing: replays against a table, and the tests."""
+    def trial_started(self, *a): pass
+    def epoch_done(self, *a): pass
+    def trial_done(self, *a): pass
+    def say(self, *a): pass
+
+
 class Runner(Protocol):
     """Trains one configuration: ``isolation.TrialRunner`` (a child process) or in-process."""
     def run(self, config: dict, seed: int, model_path: Path | None, on_epoch,
