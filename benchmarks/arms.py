@@ -10,7 +10,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import cnnbench  # noqa: E402,F401  (oneDNN and a quiet start, before TensorFlow loads)
+from cnnbench import runtime  # noqa: E402
 from cnnbench.data import synthetic_bundle  # noqa: E402
+
+runtime.pin_from_environment()  # a thread-setting run given its core as a sweep's worker is (threads.py)
 
 def ref_net(policy: str, batch: int) -> dict:
     """The peer's ref-net in cnnbench's terms: the knob defaults (Adam 1e-3), one precision."""

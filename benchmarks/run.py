@@ -18,7 +18,8 @@ pass. fp32 always; bf16 only where the CPU computes it natively (else a line say
 Also the per-trial fixed cost (process start + imports, model build, first-epoch tracing)
 and its share of a one-epoch trial of the default space's first configuration; the cost of
 training each trial in a child process (``isolation.py``) against training it in-process;
-and a real 30-trial smoke sweep's resident memory after its 1st and 30th trial.
+a real 30-trial smoke sweep's resident memory after its 1st and 30th trial; and what each
+thread setting gives (``threads.py``: intra/inter-op threads, workers pinned to cores).
 
 Results: ``results/bench/<cpu>-<date>.json`` and a table in ``results/bench/README.md``.
 
@@ -121,6 +122,10 @@ def slug(text: str) -> str:
 def write_results(report: dict) -> Path:
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"{slug(report['cpu']['model'])}-{report['date']}.json"
+    runs = 1
+    while path.exists():  # a second run the same day keeps the first one's figures
+        runs += 1
+        path = OUT / f"{slug(report['cpu']['model'])}-{report['date']}-{runs}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     lines = [f"## {report['cpu']['model']}, {report['cpu']['cores']} cores, {report['date']}", "",
              f"`{report['command']}`; CPU flags: {' '.join(report['cpu']['flags'])}; oneDNN "
@@ -139,6 +144,12 @@ def write_results(report: dict) -> Path:
               f"({fc['process_and_imports_s']} s per trial child); "
               f"{fc['fixed_seconds']} s in all, {fc['share_of_one_epoch_trial']:.1%} of a one-epoch trial "
               f"({fc['epoch_seconds']} s of training on {fc['train_images']:,} images)."]
+    th = report["threads"]
+    lines += ["", f"Thread settings (`benchmarks/threads.py`): cnnbench's trial path on ref-net, {th['precision']}, "
+              f"{th['images']} images, medians of {th['rounds']} interleaved rounds; workers' images/s added up.", "",
+              "| setting | images/s | rounds | vs cnnbench's plan |", "|---|---|---|---|"]
+    lines += [f"| {r['setting']} | {r['images_per_s']} | {', '.join(map(str, r['rounds']))} | {r['vs_cnnbench_plan']} |"
+              for r in th["rows"]]
     pb, mem = report["process_boundary"], report["memory"]
     lines += ["", f"Each trial in its own child process: {pb['boundary_per_trial_s']} s per trial on top of training "
               f"in-process, plus {pb['child_start_s']} s each time a child starts (about every {RECYCLE_EVERY} "
@@ -160,6 +171,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--images", type=int, default=8192)
     p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--thread-rounds", type=int, default=3, help="rounds of the thread settings (4,096 images each)")
     a = p.parse_args()
     rows, notes = throughput_table(a.rounds, a.images, a.batch)
     report = {"date": time.strftime("%Y-%m-%d"), "command": "make bench " + " ".join(sys.argv[1:]),
@@ -172,7 +184,9 @@ def main() -> None:
     report["process_boundary"] = {**boundary, "share_of_one_epoch_trial": round(
         (boundary["boundary_per_trial_s"] + boundary["child_start_s"] / RECYCLE_EVERY) / epoch, 4)}
     from memory import sweep_memory
+    from threads import thread_settings
 
+    report["threads"] = thread_settings(a.thread_rounds, 4096, a.batch)
     report["memory"] = sweep_memory()
     path = write_results(report)
     print(f"CPU: {report['cpu']['model']} ({report['cpu']['cores']} cores; {' '.join(report['cpu']['flags'])})")
@@ -187,6 +201,8 @@ def main() -> None:
     pb, mem = report["process_boundary"], report["memory"]
     print(f"  child process per trial: {pb['share_of_one_epoch_trial']:.2%} of a one-epoch default trial; "
           f"memory after 1 / {mem['trials']} smoke trials: {mem['rss_after_first_mb']} / {mem['rss_after_last_mb']} MB")
+    for r in report["threads"]["rows"]:
+        print(f"  threads {r['setting']:<36} {r['images_per_s']:>8.1f} images/s  x{r['vs_cnnbench_plan']}")
     print(f"written: {path} and {OUT / 'README.md'}")
 
 

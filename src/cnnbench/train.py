@@ -84,8 +84,16 @@ def _train_dataset(x: np.ndarray, y: np.ndarray, config: dict, num_classes: int,
             images = augment_batch(images, flip, pad)
         return images, tf.one_hot(labels, num_classes)
 
+    # A fixed pipeline, not tf.data's autotuner: with it, about half the epochs began with a
+    # stall of ~10 s with both cores idle (ref-net fp32 on the 2-core AMD EPYC VM: 406-538
+    # images/s over 5 epochs in two runs with it, 777-793 in four without; README, Speed). The
+    # augmentation is cheap next to a training step, so a map over the cores and two
+    # batches in hand keep the step fed (benchmarks/data_path.py).
+    options = tf.data.Options()
+    options.autotune.enabled = False
     ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(config["batch_size"]).map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return (ds.batch(config["batch_size"]).map(prepare, num_parallel_calls=runtime.usable_cores())
+            .prefetch(2).with_options(options))
 
 
 def evaluate_probabilities(probabilities: np.ndarray, labels: np.ndarray) -> dict:
