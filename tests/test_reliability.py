@@ -82,15 +82,24 @@ def test_a_signal_stops_the_sweep_gracefully(tmp_path, signum, code):
     assert sum(r["state"] == "interrupted" for r in final) == 1
 
 
-def test_kill_9_mid_trial_is_found_and_retried_by_the_next_run(tmp_path):
-    proc, gate = sweep(tmp_path, "killed", "--trials", "2")
+def gone(pid: int) -> bool:
+    """Exited, or killed and not yet reaped by its parent (a zombie)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+@pytest.mark.parametrize("engine", ["optuna", "kerastuner"])
+def test_kill_9_mid_trial_is_found_and_retried_by_the_next_run(tmp_path, engine):
+    proc, gate = sweep(tmp_path, "killed", "--trials", "2", "--engine", engine)
     wait_for(running_trial_started(gate), "the first trial to start")
     proc.kill()
     proc.communicate(timeout=WAIT)
     lost = records(tmp_path, "killed")
     assert [r["state"] for r in lost] == ["running"]  # nobody could record its end ...
     (gate / "go").touch()
-    again, _ = sweep(tmp_path, "killed", "--trials", "2")
+    again, _ = sweep(tmp_path, "killed", "--trials", "2", "--engine", engine)
     out, err = again.communicate(timeout=WAIT)
     assert again.returncode == 0, out + err
     final = records(tmp_path, "killed")
@@ -135,6 +144,27 @@ def test_two_workers_one_killed_nothing_lost_nothing_twice(tmp_path):
     board = pd.read_csv(tmp_path / "results" / "workers" / "leaderboard.csv")
     assert sorted(board["trial"]) == sorted(r["trial"] for r in final)
     assert "was killed by SIGKILL" in out or "was lost" in out
+
+
+def test_kerastuner_workers_one_killed_its_trial_is_retried_in_the_same_run(tmp_path):
+    # KerasTuner's oracle has no heartbeat: the chief finds the lost trial from its record
+    proc, gate = sweep(tmp_path, "ktw", "--engine", "kerastuner", "--trials", "6", "--workers", "2")
+    wait_for(running_trial_started(gate, 2), "both workers to start a trial")
+    victim = next(r for r in records(tmp_path, "ktw") if r["state"] == "running")
+    os.kill(victim["pid"], signal.SIGKILL)
+    wait_for(lambda: gone(victim["pid"]), "the killed worker to be gone")
+    (gate / "go").touch()
+    out, err = proc.communicate(timeout=WAIT)
+    assert proc.returncode == 0, out + err
+    final = records(tmp_path, "ktw")
+    assert [r["trial"] for r in final if r["reason"].startswith("worker lost")] == [victim["trial"]]
+    done = [r for r in final if r["state"] == "complete"]
+    assert len(done) == 6 and len({json.dumps(r["values"], sort_keys=True) for r in done}) == 6
+    assert any(r["attempt"] == 2 and r["values"] == victim["values"] for r in done)
+    assert len({r["trial"] for r in final}) == len(final) == 7  # the failed attempt keeps its own record
+    board = pd.read_csv(tmp_path / "results" / "ktw" / "leaderboard.csv")
+    assert sorted(board["trial"]) == sorted(r["trial"] for r in final)
+    assert "was lost" in out and "was killed by SIGKILL" in out
 
 
 def test_postgresql_two_workers_one_killed_and_the_password_never_written(tmp_path, postgres_url):

@@ -96,7 +96,8 @@ class _Heartbeat(threading.Thread):
 
     def stop(self) -> None:
         self.stopped.set()
-        self.join()
+        if self.ident is not None:  # a signal may come before it was started
+            self.join()
 
 
 def merged_history(trained: list[dict], observed: list[dict]) -> list[dict]:
@@ -127,8 +128,6 @@ def run_trial(job: StudyJob, number: int, values: dict, should_stop: Callable[[i
         config, note = job.deadline.admit(config, *job.data_sizes, precision, space.epoch_options())
     record = trials.started(number, job.engine, values, config, note, attempt)
     lock = threading.Lock()
-    trials.write_record(paths, record)
-    job.progress.trial_started(number, values)
     last_epoch_end = [time.perf_counter()]
 
     def on_epoch(epoch: int, logs: dict) -> None:
@@ -146,9 +145,11 @@ def run_trial(job: StudyJob, number: int, values: dict, should_stop: Callable[[i
             raise PruneTrial(f"stopped after epoch {epoch} of {config['epochs']}: the deadline is near")
 
     heartbeat = _Heartbeat(job, record, lock)
-    heartbeat.start()
     stop: KeyboardInterrupt | None = None
-    try:
+    try:  # from the first write on: a signal right after it still ends the record as interrupted
+        trials.write_record(paths, record)
+        job.progress.trial_started(number, values)
+        heartbeat.start()
         log_dir = paths.root / "tensorboard" / f"trial-{number:04d}" if job.tensorboard else None
         state, reason, result = job.runner.run(config, space.seed + number, paths.trial_model(number), on_epoch,
                                                log_dir)

@@ -13,8 +13,6 @@ machines the same variables are set by hand (see the README).
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import socket
 import subprocess
@@ -23,6 +21,7 @@ import keras_tuner as kt
 
 from cnnbench import runtime, trials
 from cnnbench.deadline import NotStarted
+from cnnbench.engines import kerastuner_recovery as lost
 from cnnbench.engines import recovery
 from cnnbench.engines.base import StudyJob, run_trial, wait_all
 from cnnbench.knobs import coerce
@@ -80,15 +79,11 @@ def trial_values(values: dict, space: Space) -> tuple[dict, dict]:
     return params, overrides
 
 
-def _key(values: dict) -> str:
-    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
-
-
 class _Runner:
     """Mixed into each KerasTuner tuner: trials run through cnnbench's trainer, not model.fit."""
 
-    def __init__(self, *args, job: StudyJob | None = None, attempts: dict | None = None, **kwargs):
-        self.job, self.attempts = job, attempts if attempts is not None else {}
+    def __init__(self, *args, job: StudyJob | None = None, **kwargs):
+        self.job = job
         super().__init__(*args, **kwargs)
 
     def run_trial(self, trial, *args, **kwargs):
@@ -98,7 +93,7 @@ class _Runner:
         # resuming the earlier round's weights, so every row is one self-contained training.
         try:
             record = run_trial(job, int(trial.trial_id), values, None, overrides,
-                               attempt=self.attempts.get(_key(values), 1))
+                               attempt=lost.attempt_of(trials.read_records(job.paths), values))
         except NotStarted as late:
             job.progress.say(f"stopped before trial {trial.trial_id}: {late}")
             raise _StopSearch() from None
@@ -109,7 +104,7 @@ class _Runner:
         return {"val_accuracy": float(record.val_accuracy)} if record.val_accuracy is not None else {}
 
 
-def make_tuner(job: StudyJob, attempts: dict | None = None):
+def make_tuner(job: StudyJob):
     space, algo = job.space, job.algo
     base = ALGOS[algo]
     tuner_class = type(f"Cnnbench{base.__name__}", (_Runner, base), {})
@@ -121,51 +116,54 @@ def make_tuner(job: StudyJob, attempts: dict | None = None):
         kwargs.update(max_epochs=max(space.extremes("epochs")), factor=3)
     else:
         kwargs["max_trials"] = job.trials
-    return tuner_class(job=job, attempts=attempts, **kwargs)
+    return tuner_class(job=job, **kwargs)
 
 
 def run(job: StudyJob) -> None:
     """Run trials until ``job.trials`` counted trials exist (earlier runs count), time is up
     or a signal stops it. With ``job.workers`` (and no KERASTUNER_TUNER_ID set), start a
-    chief and that many workers on this machine instead, and wait for them."""
+    chief and that many workers on this machine instead, wait for them, then finish here
+    whatever dead workers left undone."""
     if job.workers and "KERASTUNER_TUNER_ID" not in os.environ:
-        _run_distributed(job)
+        if _run_distributed(job):
+            _search(job)
         return
-    attempts: dict = {}
-    tuner = make_tuner(job, attempts)
+    _search(job)
+
+
+def _search(job: StudyJob) -> None:
+    tuner = make_tuner(job)
     oracle = tuner.oracle
     if hasattr(oracle, "_random_values"):  # the oracle's own process (single, or the chief)
-        records = trials.read_records(job.paths)
-        retries = _recover_lost(job, records, attempts)
-        # Interrupted and lost trials are not results: KerasTuner counts every trial it handed
-        # out, so its budget grows by theirs.
-        uncounted = sum(r.state == "interrupted" or r.reason.startswith("worker lost") for r in records)
-        oracle.max_trials = job.trials + uncounted
-        _hand_out_first(oracle, [*job.space.start_with, *retries])
+        if exists(job) and not oracle.trials:
+            # KerasTuner reloads only when this tuner id saved its own file, which a run
+            # killed before its first trial ended, or another tuner id, never did: without
+            # this, trial numbers would start again at 0 over the study's records.
+            oracle.reload()
+        # Lost trials (kill -9, out of memory) are found before every trial the oracle
+        # hands out, and by the chief also while its workers train.
+        lost.install(job, oracle, lambda values: _active_values(oracle, values),
+                     watch=os.environ.get("KERASTUNER_TUNER_ID") == "chief")
+        _hand_out_first(oracle, job.space.start_with)
     try:
         tuner.search(verbose=0)  # cnnbench's own progress display replaces KerasTuner's
     except _StopSearch:
         pass
 
 
-def _recover_lost(job: StudyJob, records: list, attempts: dict) -> list[dict]:
-    """Lost trials (see recovery) marked failed; the configurations to try again."""
-    again = []
-    for record in records:
-        why = recovery.lost_because(record)
-        if why is None:
-            continue
-        record.state, record.reason = "failed", f"worker lost: {why}"
-        trials.write_record(job.paths, record)
-        if record.attempt <= job.retries:
-            attempts[_key(record.values)] = record.attempt + 1
-            again.append(record.values)
-        job.progress.say(f"trial {record.trial} was lost ({why})" + ("; trying it again" if record.attempt <= job.retries else ""))
-    return again
+def _active_values(oracle, entry: dict) -> dict:
+    """The oracle's values for a configuration: the active hyperparameters only."""
+    hps = kt.HyperParameters()
+    for hp in oracle.hyperparameters.space:
+        hps.merge([hp])
+        if hps.is_active(hp):
+            value = entry[hp.name]
+            hps.values[hp.name] = int(value) if isinstance(value, bool) else value  # KerasTuner's booleans are 0/1
+    return hps.values
 
 
 def _hand_out_first(oracle, configurations: list[dict]) -> None:
-    """The oracle hands out these configurations (start_with, then retries) before sampling.
+    """The oracle hands out these configurations (start_with) before sampling.
 
     Random search, Bayesian optimisation's initial points and Hyperband's first rounds all
     draw from ``_random_values``; an entry already tried (a resumed study) is skipped by the
@@ -175,13 +173,9 @@ def _hand_out_first(oracle, configurations: list[dict]) -> None:
 
     def known_first():
         for entry in configurations:
-            hps = kt.HyperParameters()
-            for hp in oracle.hyperparameters.space:
-                hps.merge([hp])
-                if hps.is_active(hp):
-                    hps.values[hp.name] = entry[hp.name]
-            if not oracle._duplicate(hps.values):
-                return hps.values
+            values = _active_values(oracle, entry)
+            if not oracle._duplicate(values):
+                return values
         return sample()
 
     oracle._random_values = known_first
@@ -193,8 +187,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_distributed(job: StudyJob) -> None:
-    """A chief and ``job.workers`` workers over loopback, each a ``cnnbench sweep`` process."""
+def _run_distributed(job: StudyJob) -> bool:
+    """A chief and ``job.workers`` workers over loopback, each a ``cnnbench sweep`` process.
+    True when a worker died (its trial may still need a retry that nobody ran)."""
     env = {**os.environ, "KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(_free_port())}
     # Workers' requests wait for the chief's server to come up (gRPC wait_for_ready).
     chief = subprocess.Popen(job.worker_command, env={**env, "KERASTUNER_TUNER_ID": "chief"})
@@ -213,7 +208,8 @@ def _run_distributed(job: StudyJob) -> None:
             chief.wait()
     for i, code in enumerate(codes):
         if code:
-            job.progress.say(f"worker tuner{i} {recovery.describe_exit(code)}; the others finished the study")
+            job.progress.say(f"worker tuner{i} {recovery.describe_exit(code)}; the others went on without it")
+    return any(codes)
 
 
 def exists(job: StudyJob) -> bool:

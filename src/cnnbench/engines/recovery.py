@@ -15,6 +15,7 @@ import signal
 import socket
 import time
 import warnings
+from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
@@ -30,7 +31,11 @@ def _process_gone(pid: int) -> bool:
         return True
     except PermissionError:
         return False
-    return False
+    try:  # a killed child its parent has not reaped yet is a zombie: gone all the same
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False  # no /proc (not Linux): alive as far as we can tell
+    return state in ("Z", "X")
 
 
 def lost_because(record: TrialRecord, now: float | None = None) -> str | None:
@@ -46,7 +51,7 @@ def lost_because(record: TrialRecord, now: float | None = None) -> str | None:
     return None
 
 
-def _claim(paths: trials.StudyPaths, record: TrialRecord) -> bool:
+def claim(paths: trials.StudyPaths, record: TrialRecord) -> bool:
     """One process recovers a lost trial: the first to create its marker file."""
     marker = paths.trials / f".lost-{record.trial:04d}"
     try:
@@ -66,7 +71,7 @@ def recover_lost(job, study: optuna.Study) -> list[int]:
     found = []
     for record in trials.read_records(job.paths):
         why = lost_because(record)
-        if why is None or not _claim(job.paths, record):
+        if why is None or not claim(job.paths, record):
             continue
         record.state, record.reason, record.finished_at = "failed", f"worker lost: {why}", time.time()
         trials.write_record(job.paths, record)

@@ -1,0 +1,138 @@
+"""Lost trials under KerasTuner: found by the oracle's process and tried again as new trials.
+
+KerasTuner's oracle has no heartbeat. A worker killed mid-trial (kill -9, out of memory, its
+machine gone) leaves its trial "ongoing" for ever, and the chief never ends: it waits for
+every worker it has seen. So the process that holds the oracle (the chief, or a single run)
+looks at the trial records (``recovery.lost_because``) before it hands out each trial, and
+the chief also every ``WATCH_SECONDS``: a lost trial is marked failed (``worker lost``) in
+its record and in the oracle, its worker is forgotten, and its configuration is handed out
+again as a *new* trial (a new record with ``attempt`` + 1), up to ``search.retries``.
+KerasTuner's own retry (the same trial id again) is not used: it would overwrite the failed
+attempt's record.
+
+What is still to retry is derived from the records, not kept in memory, so a retry that one
+run could not hand out (its last worker died) is handed out by the next run of the study.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+
+import keras_tuner as kt
+from keras_tuner.src.engine.trial import TrialStatus
+
+from cnnbench import trials
+from cnnbench.engines import recovery
+
+LOST = "worker lost"
+WATCH_SECONDS = 2.0  # how often the chief looks for lost trials between requests
+
+
+def config_key(values: dict) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def attempt_of(records: list, values: dict) -> int:
+    """The attempt a trial of ``values`` is: one more than its lost attempts so far."""
+    key = config_key(values)
+    return 1 + sum(r.reason.startswith(LOST) and config_key(r.values) == key for r in records)
+
+
+def uncounted(records: list) -> int:
+    """Trials that are not results: KerasTuner counts every trial it handed out, so the
+    budget grows by these."""
+    return sum(r.state == "interrupted" or r.reason.startswith(LOST) for r in records)
+
+
+class LostTrials:
+    """Finds lost trials for one oracle and hands their configurations out again."""
+
+    def __init__(self, job, oracle):
+        self.job, self.oracle = job, oracle
+        self.handed_out: set[tuple[str, int]] = set()  # (configuration, attempt) given to a worker
+        self.pending: list[tuple[str, int, dict]] = []
+
+    def release(self) -> None:
+        """Mark lost trials failed, free their workers, and work out what to try again.
+        Call with the oracle's lock held."""
+        job, oracle = self.job, self.oracle
+        records = trials.read_records(job.paths)
+        before = (oracle.max_trials, len(oracle.end_order))
+        for record in records:
+            why = recovery.lost_because(record)
+            if why is None or not recovery.claim(job.paths, record):
+                continue
+            record.state, record.reason, record.finished_at = "failed", f"{LOST}: {why}", time.time()
+            trials.write_record(job.paths, record)
+            again = record.attempt <= job.retries
+            job.progress.say(f"trial {record.trial} was lost ({why}); " + (
+                f"its configuration is tried again (attempt {record.attempt + 1})" if again
+                else f"not retried: {record.attempt} attempts made (search.retries {job.retries})"))
+        for record in records:
+            if record.reason.startswith(LOST):
+                self._end_in_oracle(record.trial, record.reason)
+        taken = {(config_key(r.values), r.attempt) for r in records} | self.handed_out
+        self.pending = [(config_key(r.values), r.attempt + 1, r.values) for r in records
+                        if r.reason.startswith(LOST) and r.attempt <= job.retries
+                        and (config_key(r.values), r.attempt + 1) not in taken]
+        oracle.max_trials = job.trials + uncounted(records)
+        if (oracle.max_trials, len(oracle.end_order)) != before:
+            oracle.save()
+
+    def _end_in_oracle(self, number: int, reason: str) -> None:
+        oracle = self.oracle
+        trial = next((t for t in oracle.trials.values() if int(t.trial_id) == number), None)
+        if trial is None or trial.status == TrialStatus.FAILED:
+            return
+        for tuner_id, ongoing in list(oracle.ongoing_trials.items()):
+            if ongoing.trial_id == trial.trial_id:
+                del oracle.ongoing_trials[tuner_id]
+                oracle.tuner_ids.discard(tuner_id)  # its worker is gone: the chief must not wait for it
+        if trial.trial_id in oracle._retry_queue:  # a reloaded oracle would run it again under its old id
+            oracle._retry_queue.remove(trial.trial_id)
+        trial.status, trial.message = TrialStatus.FAILED, reason
+        oracle.end_order.append(trial.trial_id)
+        oracle._save_trial(trial)
+
+    def next_retry(self) -> dict | None:
+        if not self.pending:
+            return None
+        key, attempt, values = self.pending.pop(0)
+        self.handed_out.add((key, attempt))
+        return values
+
+
+@kt.synchronized
+def _release(oracle, lost: LostTrials) -> None:  # the oracle first: kt.synchronized locks on it
+    lost.release()
+
+
+def install(job, oracle, hps_for, watch: bool) -> LostTrials:
+    """Make ``oracle`` release lost trials before each trial it hands out and hand their
+    configurations out first (``hps_for(values)`` makes the oracle's values of a
+    configuration); with ``watch``, also every WATCH_SECONDS in a background thread."""
+    lost = LostTrials(job, oracle)
+    _release(oracle, lost)
+    create_trial, populate_space = oracle.create_trial, oracle.populate_space
+
+    def create_trial_after_release(tuner_id):
+        _release(oracle, lost)  # before the budget check inside create_trial: it may grow
+        return create_trial(tuner_id)
+
+    def retry_first(trial_id):
+        values = lost.next_retry()
+        return {"status": TrialStatus.RUNNING, "values": hps_for(values)} if values else populate_space(trial_id)
+
+    oracle.create_trial, oracle.populate_space = create_trial_after_release, retry_first
+    if watch:
+        def watch_loop():
+            while True:
+                time.sleep(WATCH_SECONDS)
+                try:
+                    _release(oracle, lost)
+                except Exception as error:  # noqa: BLE001  (the next look may succeed; the chief must not die)
+                    job.progress.say(f"looking for lost trials failed: {error}")
+        threading.Thread(target=watch_loop, name="cnnbench-lost-trials", daemon=True).start()
+    return lost
