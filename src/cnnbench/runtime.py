@@ -154,8 +154,10 @@ THREADS_ENV = ("CNNBENCH_INTRA_OP_THREADS", "CNNBENCH_INTER_OP_THREADS")  # expl
 
 
 def thread_plan(cores: int, environ=os.environ) -> ThreadPlan:
-    """Intra-op threads = the cores we may use; inter-op 1 on 2 cores (measured: see
-    results/bench/README.md), 2 above. CNNBENCH_INTRA_OP_THREADS / _INTER_OP_ override."""
+    """Intra-op threads = the cores we may use; inter-op 1 on 2 cores, 2 above (a CNN's
+    graph is mostly a chain). make bench's thread table (results/bench/README.md) measured
+    inter-op 2 at 1.07x on ref-net in bf16 on a 2-core AMD EPYC: a candidate once it is
+    measured on the default network too. CNNBENCH_INTRA_OP_THREADS / _INTER_OP_ override."""
     intra, inter = (environ.get(name) for name in THREADS_ENV)
     return ThreadPlan(intra_op=int(intra) if intra else max(1, cores),
                       inter_op=int(inter) if inter else (1 if cores <= 2 else 2))
