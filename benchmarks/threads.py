@@ -25,10 +25,9 @@ sys.path.insert(0, str(ROOT / "src"))
 from cnnbench import runtime  # noqa: E402
 
 
-def _settings(cores: list[int]) -> dict[str, list[dict]]:
-    """Setting name -> the environments of the processes that train at once."""
+def _settings(n: int) -> dict[str, list[dict]]:
+    """Setting name -> the environments of the processes that train at once, on ``n`` cores."""
     intra, inter = runtime.THREADS_ENV
-    n = len(cores)
     settings = {
         f"intra {n}, inter 1 (cnnbench on {n} cores)": [{intra: str(n), inter: "1"}],
         f"intra {n}, inter 2": [{intra: str(n), inter: "2"}],
@@ -47,9 +46,8 @@ def _start(env: dict, policy: str, images: int, batch: int) -> subprocess.Popen:
 
 
 def thread_settings(rounds: int, images: int, batch: int) -> dict:
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
     policy = runtime.resolve_precision("auto")
-    settings = _settings(cores)
+    settings = _settings(runtime.usable_cores())
     runs: dict[str, list[float]] = {name: [] for name in settings}
     for _ in range(rounds):
         for name, envs in settings.items():

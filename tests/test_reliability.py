@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cnnbench.engines.recovery import process_gone
 from conftest import ROOT, SPACES
 
 TESTS = Path(__file__).resolve().parent
@@ -82,14 +83,6 @@ def test_a_signal_stops_the_sweep_gracefully(tmp_path, signum, code):
     assert sum(r["state"] == "interrupted" for r in final) == 1
 
 
-def gone(pid: int) -> bool:
-    """Exited, or killed and not yet reaped by its parent (a zombie)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except OSError:
-        return True
-
-
 @pytest.mark.parametrize("engine", ["optuna", "kerastuner"])
 def test_kill_9_mid_trial_is_found_and_retried_by_the_next_run(tmp_path, engine):
     proc, gate = sweep(tmp_path, "killed", "--trials", "2", "--engine", engine)
@@ -152,7 +145,7 @@ def test_kerastuner_workers_one_killed_its_trial_is_retried_in_the_same_run(tmp_
     wait_for(running_trial_started(gate, 2), "both workers to start a trial")
     victim = next(r for r in records(tmp_path, "ktw") if r["state"] == "running")
     os.kill(victim["pid"], signal.SIGKILL)
-    wait_for(lambda: gone(victim["pid"]), "the killed worker to be gone")
+    wait_for(lambda: process_gone(victim["pid"]), "the killed worker to be gone (or a zombie)")
     (gate / "go").touch()
     out, err = proc.communicate(timeout=WAIT)
     assert proc.returncode == 0, out + err

@@ -13,7 +13,6 @@ tabular approximation: a run stopped at epoch 3 of 8 is not a 3-epoch run).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pandas as pd
 from cnnbench.results import atomic_write, json_text, read_json
 from cnnbench.space import Space, SpaceError, parse_space
 from cnnbench.trials import StudyPaths, read_records
+from cnnbench.trials import config_key as key  # a configuration's identity in the table
 
 TABLE = "table.csv"
 ABOUT = "table.json"
@@ -34,11 +34,6 @@ def require_finite(space: Space) -> None:
     if space.search.sampler != "grid" or space.search.pruner != "none":
         raise SpaceError(f"{space.source}: search: a table trains every configuration once and fully; "
                          "set search.sampler: grid and search.pruner: none")
-
-
-def key(values: dict) -> str:
-    """The configuration's identity in the table (its searched values)."""
-    return json.dumps(values, sort_keys=True, default=str)
 
 
 def write_table(paths: StudyPaths, folder: Path | None = None) -> Path:

@@ -119,5 +119,10 @@ def started(number: int, engine: str, values: dict, config: dict, note: str = ""
                        heartbeat_at=now)
 
 
+def config_key(values: dict) -> str:
+    """A configuration's identity (its searched values), for comparing records."""
+    return json.dumps(values, sort_keys=True, default=str)
+
+
 def finished_count(records: list[TrialRecord]) -> int:
     return sum(r.state in FINISHED for r in records)

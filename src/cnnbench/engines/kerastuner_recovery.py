@@ -15,8 +15,6 @@ run could not hand out (its last worker died) is handed out by the next run of t
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import threading
 import time
 
@@ -25,13 +23,10 @@ from keras_tuner.src.engine.trial import TrialStatus
 
 from cnnbench import trials
 from cnnbench.engines import recovery
+from cnnbench.engines.recovery import LOST
+from cnnbench.trials import config_key
 
-LOST = "worker lost"
 WATCH_SECONDS = 2.0  # how often the chief looks for lost trials between requests
-
-
-def config_key(values: dict) -> str:
-    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def attempt_of(records: list, values: dict) -> int:
@@ -60,16 +55,7 @@ class LostTrials:
         job, oracle = self.job, self.oracle
         records = trials.read_records(job.paths)
         before = (oracle.max_trials, len(oracle.end_order))
-        for record in records:
-            why = recovery.lost_because(record)
-            if why is None or not recovery.claim(job.paths, record):
-                continue
-            record.state, record.reason, record.finished_at = "failed", f"{LOST}: {why}", time.time()
-            trials.write_record(job.paths, record)
-            again = record.attempt <= job.retries
-            job.progress.say(f"trial {record.trial} was lost ({why}); " + (
-                f"its configuration is tried again (attempt {record.attempt + 1})" if again
-                else f"not retried: {record.attempt} attempts made (search.retries {job.retries})"))
+        recovery.fail_lost(job, records)  # marks the records in place
         for record in records:
             if record.reason.startswith(LOST):
                 self._end_in_oracle(record.trial, record.reason)

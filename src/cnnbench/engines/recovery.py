@@ -23,8 +23,10 @@ from optuna.trial import TrialState
 from cnnbench import trials
 from cnnbench.trials import TrialRecord
 
+LOST = "worker lost"  # how a lost trial's record ends: "worker lost: <why>"
 
-def _process_gone(pid: int) -> bool:
+
+def process_gone(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -43,7 +45,7 @@ def lost_because(record: TrialRecord, now: float | None = None) -> str | None:
     if record.state != "running":
         return None
     now = time.time() if now is None else now
-    if record.host == socket.gethostname() and record.pid and record.pid != os.getpid() and _process_gone(record.pid):
+    if record.host == socket.gethostname() and record.pid and record.pid != os.getpid() and process_gone(record.pid):
         return f"its process {record.pid} on {record.host} is gone"
     silent = now - (record.heartbeat_at or record.started_at or 0)
     if silent > trials.STALE_SECONDS:
@@ -61,6 +63,23 @@ def claim(paths: trials.StudyPaths, record: TrialRecord) -> bool:
         return False
 
 
+def fail_lost(job, records: list[TrialRecord]) -> list[TrialRecord]:
+    """Mark the study's lost trials failed (each by one process only) and say so; the
+    records it marked. Retrying them is the engine's part."""
+    marked = []
+    for record in records:
+        why = lost_because(record)
+        if why is None or not claim(job.paths, record):
+            continue
+        record.state, record.reason, record.finished_at = "failed", f"{LOST}: {why}", time.time()
+        trials.write_record(job.paths, record)
+        job.progress.say(f"trial {record.trial} was lost ({why}); " + (
+            f"its configuration is tried again (attempt {record.attempt + 1})" if record.attempt <= job.retries
+            else f"not retried: {record.attempt} attempts made (search.retries {job.retries})"))
+        marked.append(record)
+    return marked
+
+
 def recover_lost(job, study: optuna.Study) -> list[int]:
     """Mark lost trials failed and queue their configurations again. Returns their numbers."""
     if job.storage:
@@ -69,20 +88,11 @@ def recover_lost(job, study: optuna.Study) -> list[int]:
             optuna.storages.fail_stale_trials(study)  # Optuna's RDB heartbeat: trials lost on any machine
     running = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     found = []
-    for record in trials.read_records(job.paths):
-        why = lost_because(record)
-        if why is None or not claim(job.paths, record):
-            continue
-        record.state, record.reason, record.finished_at = "failed", f"worker lost: {why}", time.time()
-        trials.write_record(job.paths, record)
+    for record in fail_lost(job, trials.read_records(job.paths)):
         if record.trial in running:
             study.tell(record.trial, state=TrialState.FAIL)
-        again = record.attempt <= job.retries
-        if again:
+        if record.attempt <= job.retries:
             study.enqueue_trial(record.values, user_attrs={"attempt": record.attempt + 1, "retry_of": record.trial})
-        job.progress.say(f"trial {record.trial} was lost ({why}); "
-                         + (f"its configuration is queued again (attempt {record.attempt + 1})" if again
-                            else f"not retried: {record.attempt} attempts made (search.retries {job.retries})"))
         found.append(record.trial)
     return found
 
