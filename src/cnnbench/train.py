@@ -85,8 +85,8 @@ def _train_dataset(x: np.ndarray, y: np.ndarray, config: dict, num_classes: int,
         return images, tf.one_hot(labels, num_classes)
 
     # A fixed pipeline, not tf.data's autotuner: with it, about half the epochs began with a
-    # stall of ~10 s with both cores idle (ref-net fp32 on the 2-core AMD EPYC VM: 406-538
-    # images/s over 5 epochs in two runs with it, 777-793 in four without; README, Speed). The
+    # stall of ~10 s with both cores idle (ref-net fp32 on the 2-core AMD EPYC VM: 463 and
+    # 532 images/s with it, 784 and 778 without; benchmarks/input_stall.py). The
     # augmentation is cheap next to a training step, so a map over the cores and two
     # batches in hand keep the step fed (benchmarks/data_path.py).
     options = tf.data.Options()
