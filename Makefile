@@ -20,9 +20,10 @@ export TF_CPP_MIN_LOG_LEVEL ?= 3
 SWEEP_ARGS := --space $(SPACE) --engine $(ENGINE) \
 	$(if $(STUDY),--study $(STUDY)) $(if $(TRIALS),--trials $(TRIALS)) \
 	$(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(ALGO),--algo $(ALGO)) \
-	$(if $(STORAGE),--storage $(STORAGE)) $(if $(WORKERS),--workers $(WORKERS))
+	$(if $(STORAGE),--storage $(STORAGE)) $(if $(WORKERS),--workers $(WORKERS)) \
+	$(if $(SEED),--seed $(SEED))
 
-.PHONY: sweep test bench check leaderboard clean-venv
+.PHONY: sweep test lint bench bench-recipe check leaderboard clean-venv
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -35,17 +36,33 @@ sweep: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+lint: $(VENV)/.installed
+	$(BIN)/ruff check src tests benchmarks
+
 # The PyTorch peer gets a venv of its own; if it cannot be installed the bench says so and
 # measures the rest.
 PEER_VENV := .venv-peer
 $(PEER_VENV)/.installed:
 	$(PYTHON) -m venv $(PEER_VENV)
-	$(PEER_VENV)/bin/pip install --quiet torch==2.13.0 numpy
+	$(PEER_VENV)/bin/pip install --quiet torch==2.13.0 numpy pillow==13.0.0
 	touch $@
 
 bench: $(VENV)/.installed
 	@$(MAKE) --no-print-directory $(PEER_VENV)/.installed || echo "make bench: the PyTorch peer could not be installed; measuring without it"
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+# The anchor recipe: airbench94 in PyTorch on this CPU and the JPEG copy, seeds 0-2 (about
+# 50 minutes a seed on a 2-core AMD EPYC Zen 3). tcmalloc, as PyTorch's CPU guide advises,
+# when Debian's libtcmalloc-minimal4 is installed. SEEDS="0" runs one.
+SEEDS ?= 0 1 2
+TCMALLOC := $(firstword $(wildcard /usr/lib/*/libtcmalloc_minimal.so.4))
+CPU_NAME := $(shell sed -n 's/^model name[^:]*: *//p' /proc/cpuinfo | head -1 | tr 'A-Z ' 'a-z-')
+bench-recipe: $(VENV)/.installed
+	@$(MAKE) --no-print-directory $(PEER_VENV)/.installed
+	mkdir -p results/bench
+	$(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC)) $(PEER_VENV)/bin/python benchmarks/peers/airbench94_torch.py \
+	  --data $(or $(CNNBENCH_CIFAR10),../shared/datasets/cifar10-jpeg) --seeds $(SEEDS) \
+	  --out results/bench/airbench94-peer-$(CPU_NAME)-$(shell date +%Y-%m-%d).json
 
 check: $(VENV)/.installed
 	$(BIN)/cnnbench check $(SPACE)

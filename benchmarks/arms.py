@@ -85,7 +85,7 @@ def process_boundary(trials: int = 10) -> dict:
     """Seconds per smoke trial trained in this process vs in cnnbench's child process (the
     same configurations, same data): what isolating each trial costs."""
     from cnnbench.data import load_data
-    from cnnbench.isolation import DEFAULT_TRAINER, InProcessRunner, TrialRunner
+    from cnnbench.isolation import InProcessRunner, TrialRunner
     from cnnbench.space import load_space
 
     space = load_space(ROOT / "search_spaces" / "smoke.yaml")

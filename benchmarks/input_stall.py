@@ -27,7 +27,7 @@ def autotuned_dataset(x, y, config, num_classes, seed):
     from cnnbench.train import augment_batch
 
     def prepare(images, labels):
-        if config["flip"] or config["translate"]:
+        if config["flip"] != "off" or config["translate"]:
             images = augment_batch(images, config["flip"], config["translate"])
         return images, tf.one_hot(labels, num_classes)
 

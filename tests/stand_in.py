@@ -17,6 +17,9 @@ from cnnbench.train import TrialResult
 from cnnbench.trials import StudyPaths, read_records
 
 
+SEEN: list = []  # (seed, (train images, validation images)) of every fake_train call, in-process
+
+
 def fake_train(config, data, on_epoch, seed):
     """Accuracy grows with the learning rate's closeness to 1e-2; sgd always crashes."""
     if config["optimizer"] == "sgd":
@@ -27,6 +30,7 @@ def fake_train(config, data, on_epoch, seed):
         acc = quality * epoch / config["epochs"]
         history.append({"val_accuracy": acc})
         on_epoch(epoch, {"val_accuracy": acc, "loss": 1.0})
+    SEEN.append((seed, None if data is None else (len(data.x_train), len(data.x_val))))
     return TrialResult(val_accuracy=acc, val_loss=1 - acc, best_epoch=config["epochs"],
                        epochs_run=config["epochs"], train_seconds=0.1, images_per_s=1000.0, parameter_count=10,
                        flops=20, history=history, model=None)
@@ -42,19 +46,28 @@ def gated_train(config, data, on_epoch, seed):
     """
     from cnnbench.model import build_model
 
+    from cnnbench.final import FINAL_SEED_OFFSET
+
     folder = Path(os.environ["CNNBENCH_STAND_IN_DIR"])
     (folder / f"training-{seed}").touch()
+    (folder / f"images-{seed}").write_text(f"{len(data.x_train)} {len(data.x_val)}")
     if config["learning_rate"] > 0.004 and os.environ.get("CNNBENCH_STAND_IN_CRASH"):
         os.kill(os.getpid(), 9)
+    # The final training (seed + FINAL_SEED_OFFSET) has a gate of its own, so a test can let
+    # the search finish and hold the final training.
+    gate = folder / ("go-final" if seed >= FINAL_SEED_OFFSET else "go")
     history = []
     for epoch in range(1, config["epochs"] + 1):
-        while not (folder / "go").exists():
+        while not gate.exists():
             time.sleep(0.05)
         acc = 0.1 + 0.01 * epoch + 0.001 * (seed % 7)
-        history.append({"val_accuracy": acc})
-        on_epoch(epoch, {"val_accuracy": acc, "loss": 1.0})
+        logs = {"val_accuracy": acc, "loss": 1.0} if len(data.y_val) else {"loss": 1.0}
+        history.append(logs)
+        on_epoch(epoch, logs)
+    if not len(data.y_val):
+        acc = None
     model = build_model(config, len(data.class_names), data.x_train.shape[1])
-    return TrialResult(val_accuracy=acc, val_loss=1 - acc, best_epoch=config["epochs"],
+    return TrialResult(val_accuracy=acc, val_loss=None if acc is None else 1 - acc, best_epoch=config["epochs"],
                        epochs_run=config["epochs"], train_seconds=0.1, images_per_s=1000.0,
                        parameter_count=model.count_params(), flops=20, history=history, model=model)
 

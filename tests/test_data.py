@@ -3,7 +3,6 @@ folder (a seeded subset of the offline copy), splits and the decode cache."""
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import pickle
 import tarfile

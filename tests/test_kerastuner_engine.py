@@ -130,7 +130,7 @@ def test_same_configuration_same_network_and_accuracy_through_both_engines(tmp_p
     a, b = cards["optuna"], cards["kerastuner"]
     assert a["config"] == b["config"] and a["parameter_count"] == b["parameter_count"] and a["flops_per_image"] == b["flops_per_image"]
     import keras
-    layers = [[(l.name, l.__class__.__name__) for l in keras.models.load_model(tmp_path / "r" / e / "best" / "model.keras").layers]
+    layers = [[(layer.name, layer.__class__.__name__) for layer in keras.models.load_model(tmp_path / "r" / e / "best" / "model.keras").layers]
               for e in ("optuna", "kerastuner")]
     assert layers[0] == layers[1]
     assert a["validation"]["accuracy"] == pytest.approx(b["validation"]["accuracy"], abs=0.03)

@@ -50,3 +50,20 @@ def test_progress_frame_orders_by_finish_and_tracks_the_best_completed_trial(tmp
     assert list(frame["best_val_accuracy"]) == [0.80, 0.80, 0.85]  # a pruned trial is never exported
     png = time_to_accuracy(frame, tmp_path / "progress.png", "test", test_accuracy=0.84, export_minutes=16.0)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_a_resumed_sweeps_eta_is_paced_by_this_runs_trials_and_the_final_phase_is_named(capsys, monkeypatch):
+    import cnnbench.report as report
+
+    clock = [100.0]
+    monkeypatch.setattr(report.time, "monotonic", lambda: clock[0])
+    # resumed: 8 of 10 trials finished in earlier runs; this run's first takes 60 s
+    progress = SweepProgress("s", total=10, done=8, live=False)
+    clock[0] += 60
+    progress.trial_done(TrialRecord(trial=8, state="complete", engine="optuna", values={}, val_accuracy=0.5))
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "10 of 10" in line and "ETA 0:01:00" in line  # one more trial at this run's pace: 60 s, not 60/9
+    progress.phase = "final"
+    progress.say("final training epoch 1/2")
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "| final training |" in line and "ETA" not in line

@@ -85,3 +85,14 @@ def test_a_worker_keeps_to_the_cores_its_parent_gave_it():
             "print(sorted(os.sched_getaffinity(0)), runtime.cpu().cores, runtime.thread_plan(runtime.cpu().cores).intra_op)")
     first = sorted(os.sched_getaffinity(0))[0]
     assert _fresh(code, CNNBENCH_CPUS=str(first)) == f"[{first}] 1 1"
+
+
+def test_trial_processes_preload_tcmalloc_where_installed_unless_told_not_to(monkeypatch):
+    from cnnbench import runtime
+
+    monkeypatch.setattr(runtime.os.path, "exists", lambda p: p == runtime.TCMALLOC_PATHS[0])
+    assert runtime.trial_allocator({}) == runtime.TCMALLOC_PATHS[0]
+    assert runtime.trial_allocator({"CNNBENCH_ALLOCATOR": "glibc"}) is None
+    assert runtime.trial_allocator({"LD_PRELOAD": "/opt/libjemalloc.so"}) is None  # the user's choice stands
+    monkeypatch.setattr(runtime.os.path, "exists", lambda p: False)
+    assert runtime.trial_allocator({}) is None

@@ -1,8 +1,33 @@
 """cnnbench: hyperparameter search and benchmarking for CNNs on CIFAR-10.
 
+The flow: a space file (``space``) -> an engine (``engines``: Optuna or KerasTuner) picks
+configurations -> each trains in a child process (``isolation`` -> ``train`` -> ``model``) and
+leaves a record (``trials``) -> the best configuration is trained once more on all training
+images (``final``) -> the model is tested once and exported (``export``) -> leaderboards,
+pictures and a report page (``results``, ``report``, ``plots``, ``pages``); ``sweep`` runs
+that flow, ``cli`` and ``api`` (below) are its doors.
+
 Importing the package prepares the process for TensorFlow (oneDNN kernels on unless the user
 chose otherwise, a quiet start) before anything can import TensorFlow: see ``runtime``.
+
+The Python API (``cnnbench.api``): ``load_space``, ``sweep``, ``load_study``, ``studies``.
 """
 from cnnbench import runtime as _runtime
 
 _runtime.prepare_environment()
+
+_API = ("Study", "load_space", "load_study", "studies", "sweep")
+
+
+def prepare() -> None:
+    """Prepare this process for TensorFlow as the CLI does (oneDNN on unless set; quiet).
+    Importing cnnbench already did; call it again after changing os.environ."""
+    _runtime.prepare_environment()
+
+
+def __getattr__(name: str):
+    if name in _API:  # loaded on first use: ``import cnnbench`` stays light
+        from cnnbench import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'cnnbench' has no attribute {name!r}")

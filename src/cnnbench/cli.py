@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -50,6 +51,14 @@ def cmd_check(args) -> int:
         print(f"measuring training speed here ({space.source}, two short epochs on random images)...")
         print(f"  {measure(space) / 1e9:.0f} GFLOP/s")
     print(check_summary(space))
+    if args.timeout:
+        from cnnbench.deadline import plan
+
+        n = space.data.train_subset or 50_000
+        n_val = round(n * space.data.validation_fraction)
+        found = plan(space, args.timeout, n_train=n - n_val, n_val=n_val, n_test=space.data.test_subset or 10_000)
+        print(found.text() if found else "  plan: this machine's speed for networks of this size is unknown "
+              "(cnnbench check --measure measures it in about half a minute)")
     return 0
 
 
@@ -61,8 +70,10 @@ def cmd_sweep(args) -> int:
     request = SweepRequest(space_file=args.space, study=args.study, trials=args.trials,
                            timeout_minutes=args.timeout, engine=args.engine, algo=args.algo,
                            storage=args.storage, results=args.results, workers=args.workers,
-                           tensorboard=args.tensorboard)
+                           tensorboard=args.tensorboard, final=False if args.no_final else None,
+                           seed=args.seed, command="cnnbench " + shlex.join(args.argv))
     sweep = prepare(request)
+    runtime.import_tensorflow_quietly()
     install_stop_handlers()
     summary = run_sweep(sweep)
     stopped = EXIT_FOR_SIGNAL.get(summary["stopped_by"], INTERRUPTED) if summary["stopped_by"] else 0
@@ -73,9 +84,15 @@ def cmd_sweep(args) -> int:
     print_leaderboard(frame, f"{sweep.study}: top trials", list(sweep.space.searched()), top=5, console=console)
     print(f"leaderboard: {sweep.paths.root / 'leaderboard.md'}")
     card = summary["card"]
+    if summary.get("final") is not None:
+        print(summary["final"].message)
     if card:
-        print(f"best trial {card['trial']}: validation accuracy {card['validation']['accuracy']:.4f}, "
-              f"test accuracy {card['test']['accuracy']:.4f} on {card['test']['images']} test images")
+        trained = (f"final training on {card['final']['train_images']:,} images" if card.get("final")
+                   else "the trial's own model")
+        validation = (f"validation accuracy {card['validation']['accuracy']:.4f}, " if card.get("validation")
+                      else "")
+        print(f"best trial {card['trial']}: {validation}test accuracy {card['test']['accuracy']:.4f} on "
+              f"{card['test']['images']} test images ({trained})")
         print(f"exported model: {summary['best_model']}")
     else:
         print("no trial completed, so no model was exported")
@@ -142,17 +159,31 @@ def cmd_export(args) -> int:
     from cnnbench.export import export_best
     from cnnbench.results import read_json
     from cnnbench.space import parse_space
-    from cnnbench.trials import read_records
+    from cnnbench.final import NO_TRIAL, FinalOutcome, best_trial
+    from cnnbench.trials import read_record, read_records
 
     paths = _study_paths(args)
     run = read_json(paths.root / "run.json")
     space = parse_space(run["space"], str(paths.root / "run.json"))
     data = load_data(space.data, space.seed, Path(run["space_file"]).resolve().parent)
-    card = export_best(read_records(paths), paths, data, run, trial=args.trial)
+    records = read_records(paths)
+    final = None
+    done = read_record(paths.final_record)
+    best = best_trial(records)
+    if args.trial is None and done is not None and done.trial == (best.trial if best else NO_TRIAL):
+        final = FinalOutcome(done, "the final training of the best trial")  # export it, as the sweep did
+    card = export_best(records, paths, data, run, trial=args.trial, final=final)
     if card is None:
         print(f"cnnbench: {paths.root}: no completed trial to export", file=sys.stderr)
         return 1
     print(f"trial {card['trial']}: test accuracy {card['test']['accuracy']:.4f}; exported to {paths.best}")
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from cnnbench.schema import schema_text
+
+    sys.stdout.write(schema_text())
     return 0
 
 
@@ -230,12 +261,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--results", default="results", help="results folder")
     s.add_argument("--workers", type=int, default=0,
                    help="worker processes on this machine (kerastuner: plus a chief oracle process)")
+    s.add_argument("--no-final", action="store_true",
+                   help="export the best trial's own model instead of training it once more on all training images")
+    s.add_argument("--seed", type=int, help="replaces the space's seed (sampler and training): another run of a recipe")
     s.add_argument("--tensorboard", action="store_true",
                    help="TensorBoard logs per trial in results/STUDY/tensorboard/trial-NNNN/")
     s.set_defaults(func=cmd_sweep)
 
     c = sub.add_parser("check", help="validate a space file and print what it searches")
     c.add_argument("space")
+    c.add_argument("--timeout", type=float, help="minutes: print what a sweep of that length holds on this machine")
     c.add_argument("--measure", action="store_true",
                    help="first measure this machine's training speed, for the time-per-trial forecast")
     c.set_defaults(func=cmd_check)
@@ -283,6 +318,8 @@ def parser() -> argparse.ArgumentParser:
     cp.add_argument("--out", help="output folder (default: beside the table, compare/)")
     cp.set_defaults(func=cmd_compare)
 
+    sc = sub.add_parser("schema", help="print the JSON Schema of space files (for editors)")
+    sc.set_defaults(func=cmd_schema)
     ev = sub.add_parser("evaluate", help="score an exported model on a labelled image folder")
     ev.add_argument("model", help="path to model.keras")
     ev.add_argument("folder", help="a folder with one subfolder of images per class")
@@ -293,10 +330,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # run.json quotes it
     runtime.pin_from_environment()  # a worker started by a sweep keeps to its share of the cores
     # compare replays through KerasTuner, which imports TensorFlow too
-    if args.command in ("sweep", "predict", "evaluate", "export", "tabulate", "compare") \
-            or getattr(args, "measure", False):
+    # A sweep imports TensorFlow once its input is validated: a bad space file is a
+    # sub-second error (cmd_sweep); KerasTuner's validation itself needs TensorFlow.
+    if args.command in ("predict", "evaluate", "export", "tabulate", "compare") \
+            or getattr(args, "measure", False) or getattr(args, "engine", None) == "kerastuner":
         runtime.import_tensorflow_quietly()
     try:
         return args.func(args)

@@ -142,6 +142,17 @@ def plot(traces: pd.DataFrame, path: Path, title: str) -> Path:
     return _save(fig, path)
 
 
+def choose(names: list[str] | None) -> list[Strategy]:
+    """The strategies named (all when None); an unknown name is one SpaceError line."""
+    unknown = set(names or []) - {s.name for s in STRATEGIES}
+    if unknown:
+        from cnnbench.space import SpaceError
+
+        raise SpaceError(f"--strategies: unknown {', '.join(sorted(unknown))} (known: "
+                         f"{', '.join(s.name for s in STRATEGIES)})")
+    return [s for s in STRATEGIES if not names or s.name in names]
+
+
 def compare_table(table_path: Path, seeds: int, trials: int, out: Path | None = None,
                   names: list[str] | None = None) -> dict[str, Path]:
     """Replay strategies against a table; write traces.csv, summary.csv/.md and regret.png."""
@@ -149,13 +160,7 @@ def compare_table(table_path: Path, seeds: int, trials: int, out: Path | None = 
     from cnnbench.results import atomic_write
 
     table = Table.load(table_path)
-    chosen = [s for s in STRATEGIES if not names or s.name in names]
-    unknown = set(names or []) - {s.name for s in STRATEGIES}
-    if unknown:
-        from cnnbench.space import SpaceError
-
-        raise SpaceError(f"--strategies: unknown {', '.join(sorted(unknown))} (known: "
-                         f"{', '.join(s.name for s in STRATEGIES)})")
+    chosen = choose(names)
     traces = run_comparison(table, seeds, trials, chosen)
     stats = summary(traces, table)
     out = Path(out or Path(table_path).parent / "compare")
@@ -181,8 +186,8 @@ def compare_live(space_file: str, seeds: int, minutes: float, out: Path, names: 
     from cnnbench.space import load_space
     from cnnbench.sweep import SweepRequest, prepare, run_sweep
 
+    chosen = choose(names)  # before anything loads: a misspelt name is one line, not a KeyError later
     base = load_space(space_file)
-    chosen = [s for s in STRATEGIES if not names or s.name in names]
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         root = Path(results or folder)
@@ -190,6 +195,7 @@ def compare_live(space_file: str, seeds: int, minutes: float, out: Path, names: 
             for seed in range(seeds):
                 doc = base.model_dump(mode="json", exclude_defaults=True)
                 doc["seed"] = seed
+                doc["final"] = False  # strategies are compared on what their search found
                 doc["search"] = {**doc.get("search", {}), "pruner": strategy.pruner}
                 if base.data.path:  # the variant lives elsewhere: keep the data where the space said
                     doc["data"]["path"] = str((Path(space_file).resolve().parent / base.data.path).resolve())

@@ -17,7 +17,7 @@ import os
 import pickle
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,10 +49,33 @@ class DataBundle:
     fingerprint: str      # sha256 prefix over the train+test arrays actually used
     skipped: list[str] = field(default_factory=list)  # "file: reason" of unreadable images left out
 
+    def train_sample(self, n: int = 5000) -> np.ndarray:
+        """``n`` training images drawn evenly over the whole split (seeded), for statistics:
+        image folders list their files class by class, so the first ``n`` would be one or
+        two classes (before this, normalisation and the whitening stem saw only airplanes)."""
+        if len(self.x_train) <= n:
+            return self.x_train
+        return self.x_train[np.sort(np.random.default_rng(0).choice(len(self.x_train), n, replace=False))]
+
     def channel_stats(self) -> tuple[list[float], list[float]]:
         """Per-channel mean and variance of training images scaled to [0, 1]."""
-        sample = self.x_train[:5000].astype(np.float32) / 255.0
+        sample = self.train_sample().astype(np.float32) / 255.0
         return sample.mean(axis=(0, 1, 2)).tolist(), sample.var(axis=(0, 1, 2)).tolist()
+
+    def training_subset(self, n: int) -> "DataBundle":
+        """The same data with ``n`` training images (stratified; 0 or too many: all of them).
+        Seeded by ``n`` alone, so every trial at one fidelity trains on the same images."""
+        if not n or n >= len(self.y_train):
+            return self
+        keep = stratified_pick(self.y_train, n, np.random.default_rng(n))
+        return replace(self, x_train=self.x_train[keep], y_train=self.y_train[keep])
+
+    def all_training(self) -> "DataBundle":
+        """The same data with the validation images moved into training (the final training):
+        nothing is held out but the test split."""
+        return replace(self, x_train=np.concatenate([self.x_train, self.x_val]),
+                       y_train=np.concatenate([self.y_train, self.y_val]), x_val=self.x_val[:0],
+                       y_val=self.y_val[:0])
 
 
 def synthetic_bundle(n_train: int, n_val: int = 256, image_size: int = 32, seed: int = 0) -> DataBundle:
@@ -193,7 +216,10 @@ def _decode_cached(files: list[str], size: int) -> tuple[np.ndarray, np.ndarray,
         except ImageError as e:
             return None, str(e)
 
-    with ThreadPoolExecutor(os.cpu_count() or 2) as pool:  # Pillow releases the GIL while decoding
+    from cnnbench.runtime import usable_cores
+
+    # Pillow releases the GIL while decoding; a worker pinned to one core decodes on that one
+    with ThreadPoolExecutor(usable_cores()) as pool:
         decoded = list(pool.map(decode, files, chunksize=256))
     readable = np.array([i for i, (img, _) in enumerate(decoded) if img is not None], np.int64)
     broken = [why for _, why in decoded if why]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cnnbench import runtime
+from cnnbench.knobs import TTA_VIEWS, unspell
 from cnnbench.model import architecture_stats
 
 TRAIN_COST = 3        # a training image costs about 3 forward passes (forward + backward)
@@ -33,8 +34,9 @@ class NotStarted(Exception):
 
 def forward_images(config: dict, n_train: int, n_val: int) -> float:
     """Forward-pass equivalents of images one trial processes: training x 3, validation
-    after each epoch (x2 with mirror test-time augmentation)."""
-    return config["epochs"] * (n_train * TRAIN_COST + n_val * (2 if config["tta"] else 1))
+    after each epoch (times the test-time augmentation's views)."""
+    n_train = min(n_train, config.get("train_images") or n_train)
+    return config["epochs"] * (n_train * TRAIN_COST + n_val * TTA_VIEWS[unspell("tta", config["tta"])])
 
 
 def trial_seconds(config: dict, n_train: int, n_val: int, flops_per_s: float, image_size: int = 32,
@@ -89,9 +91,39 @@ class ThroughputLog:
 
 @dataclass
 class Deadline:
-    """The moment a sweep must be done by (Unix seconds), or None for no deadline."""
+    """The moment a sweep must be done by (Unix seconds), or None for no deadline.
+
+    With ``final_images`` set (the final training is on: train + validation images), the
+    deadline keeps time for the final training of the best trial so far, and admits a new
+    trial only if its own final training would fit too (it may become the best).
+    """
     end: float | None
     log: ThroughputLog | None = None
+    final_images: int = 0
+    image_size: int = 32     # the data's: a trial's FLOPs per image depend on it
+    num_classes: int = 10
+    best_val: float = -1.0
+    best_final_seconds: float = 0.0  # forecast of the current best trial's final training
+
+    def final_seconds(self, config: dict) -> float:
+        """Forecast wall seconds of ``config``'s final training (0 when off or unknown here)."""
+        if not self.final_images or self.log is None:
+            return 0.0
+        from cnnbench.runtime import resolve_precision
+
+        rate = self.log.rate(resolve_precision(config["precision"]), self._flops(config))
+        return self._seconds(config, self.final_images, 0, rate) if rate else 0.0
+
+    def _flops(self, config: dict) -> int:
+        return architecture_stats(config, self.image_size, self.num_classes).flops
+
+    def _seconds(self, config: dict, n_train: int, n_val: int, rate: float) -> float:
+        return trial_seconds(config, n_train, n_val, rate, self.image_size, self.num_classes)
+
+    def note_complete(self, config: dict, val_accuracy: float | None) -> None:
+        """A trial completed: when it is the best so far, keep time for its final training."""
+        if val_accuracy is not None and val_accuracy > self.best_val:
+            self.best_val, self.best_final_seconds = val_accuracy, self.final_seconds(config)
 
     @classmethod
     def from_minutes(cls, minutes: float | None, started: float | None = None) -> "Deadline":
@@ -107,11 +139,11 @@ class Deadline:
 
     def export_seconds(self, config: dict, n_test: int, precision: str) -> float:
         """Time to keep for ranking and exporting: a test pass of the model plus fixed work."""
-        flops = architecture_stats(config).flops
+        flops = self._flops(config)
         rate = self.log.rate(precision, flops) if self.log else None
         if not rate:
             return EXPORT_SECONDS
-        return EXPORT_SECONDS + n_test * (2 if config["tta"] else 1) * flops / rate
+        return EXPORT_SECONDS + n_test * TTA_VIEWS[unspell("tta", config["tta"])] * flops / rate
 
     def admit(self, config: dict, n_train: int, n_val: int, n_test: int, precision: str,
               epoch_options: list[int]) -> tuple[dict, str]:
@@ -120,24 +152,33 @@ class Deadline:
         ``epoch_options`` are the epoch counts the space allows (empty: epochs is fixed);
         a trial too long for the time left is shortened to the largest one that fits.
         """
-        rate = self.log.rate(precision, architecture_stats(config).flops) if self.log else None
+        rate = self.log.rate(precision, self._flops(config)) if self.log else None
         if self.end is None or not rate:
             return config, ""
         budget = self.left() - self.export_seconds(config, n_test, precision)
-        need = trial_seconds(config, n_train, n_val, rate)
-        if need <= budget:
+
+        def fits(candidate: dict) -> bool:
+            reserve = max(self.best_final_seconds, self.final_seconds(candidate))
+            return self._seconds(candidate, n_train, n_val, rate) + reserve <= budget
+
+        if fits(config):
             return config, ""
         for epochs in sorted((e for e in epoch_options if e < config["epochs"]), reverse=True):
             shorter = {**config, "epochs": epochs}
-            if trial_seconds(shorter, n_train, n_val, rate) <= budget:
+            if fits(shorter):
                 return shorter, (f"shortened from {config['epochs']} to {epochs} epochs to finish before the "
                                  f"deadline ({budget / 60:.1f} min left)")
+        need = self._seconds(config, n_train, n_val, rate)
+        final = max(self.best_final_seconds, self.final_seconds(config))
+        kept = f", {final / 60:.1f} min of it kept for the final training" if final else ""
         raise NotStarted(f"not started: forecast {need / 60:.1f} min at {rate / 1e9:.0f} GFLOP/s, "
-                         f"{max(budget, 0) / 60:.1f} min left before the deadline")
+                         f"{max(budget, 0) / 60:.1f} min left before the deadline{kept}")
 
-    def epoch_would_overrun(self, seconds_per_epoch: float) -> bool:
-        """True when another epoch of this length would end past the deadline (minus export)."""
-        return self.end is not None and self.left() - EXPORT_SECONDS < seconds_per_epoch
+    def epoch_would_overrun(self, seconds_per_epoch: float, keep_final: bool = True) -> bool:
+        """True when another epoch of this length would end past the deadline (minus export
+        and, for a search trial, the time kept for the final training)."""
+        reserve = self.best_final_seconds if keep_final else 0.0
+        return self.end is not None and self.left() - EXPORT_SECONDS - reserve < seconds_per_epoch
 
 
 def measure(space, images: int = 2048) -> float:
@@ -150,3 +191,47 @@ def measure(space, images: int = 2048) -> float:
     result = train_and_evaluate(config, synthetic_bundle(images, image_size=space.data.image_size))
     ThroughputLog().add(result.precision, result.train_flops_per_s, result.flops)
     return result.train_flops_per_s
+
+
+@dataclass
+class HourPlan:
+    """What a sweep of ``minutes`` holds on this machine, before it runs (cnnbench check
+    --timeout): forecasts at the training speed this machine reached for networks of the
+    first configuration's size."""
+    minutes: float
+    rate: float               # training FLOPs/s
+    trial_seconds: float      # one trial of the first configuration (start_with[0], else the defaults)
+    final_seconds: float      # its final training on train + validation (0: off)
+    export_seconds: float
+    trials: int               # such trials that fit beside the final training and the export
+
+    def text(self) -> str:
+        lines = [f"  plan for {self.minutes:g} min here (at {self.rate / 1e9:.0f} GFLOP/s training):",
+                 f"    a trial of the first configuration: {self.trial_seconds / 60:.1f} min",
+                 f"    its final training on all training images: {self.final_seconds / 60:.1f} min"
+                 if self.final_seconds else "    final training: off",
+                 f"    export: {self.export_seconds / 60:.1f} min",
+                 f"    so {self.trials} such trial(s) fit beside the final training and the export"]
+        if self.trials == 0:
+            lines.append("    none does: the sweep shortens trials where the space searches epochs, and refuses "
+                         "the rest" + (" (the final training comes first)" if self.final_seconds else ""))
+        return "\n".join(lines)
+
+
+def plan(space, minutes: float, log: ThroughputLog | None = None, n_train: int = 45_000, n_val: int = 5_000,
+         n_test: int = 10_000) -> HourPlan | None:
+    """The plan for a sweep of ``space`` lasting ``minutes``, or None while this machine's
+    speed for networks of that size is unknown (``cnnbench check --measure``)."""
+    from cnnbench.runtime import resolve_precision
+
+    config = space.complete(space.start_with[0] if space.start_with else {})
+    deadline = Deadline(None, log or ThroughputLog(), final_images=(n_train + n_val) if space.final else 0,
+                        image_size=space.data.image_size)
+    rate = deadline.log.rate(resolve_precision(config["precision"]), deadline._flops(config))
+    if not rate:
+        return None
+    trial = deadline._seconds(config, n_train, n_val, rate)
+    final = deadline.final_seconds(config)
+    export = deadline.export_seconds(config, n_test, resolve_precision(config["precision"]))
+    fit = max(0, int((minutes * 60 - final - export) // trial))
+    return HourPlan(minutes, rate, trial, final, export, fit)

@@ -28,8 +28,11 @@ def evaluate(model, x: np.ndarray, y: np.ndarray, class_names) -> dict:
 
 
 def best_record(records: list[TrialRecord], paths: StudyPaths) -> TrialRecord | None:
-    """The completed trial with the best validation accuracy whose model file exists."""
-    done = [r for r in records if r.state == "complete" and paths.trial_model(r.trial).exists()]
+    """The completed trial with the best validation accuracy whose model file exists, among
+    those at the largest data fidelity (train_images)."""
+    from cnnbench.trials import top_fidelity
+
+    done = [r for r in top_fidelity(records) if paths.trial_model(r.trial).exists()]
     return max(done, key=lambda r: (r.val_accuracy, -r.trial), default=None)
 
 
@@ -48,33 +51,49 @@ def chosen_record(records: list[TrialRecord], paths: StudyPaths, trial: int) -> 
 
 
 def export_best(records: list[TrialRecord], paths: StudyPaths, data: DataBundle, run: dict,
-                trial: int | None = None) -> dict | None:
+                trial: int | None = None, final=None) -> dict | None:
     """Evaluate the best trial (or ``trial``, e.g. a point of a Pareto front) on the test
-    split once; write best/model.keras, best/saved_model/ and the model card."""
+    split once; write best/model.keras, best/saved_model/ and the model card.
+
+    ``final`` (a ``final.FinalOutcome``) that completed replaces the trial's model with the
+    final training's (same configuration, all training images); the card keeps the search
+    trial's validation figures and says what the final training was in ``final``.
+    """
     import keras
 
+    from cnnbench.final import card_block
+
     best = chosen_record(records, paths, trial) if trial is not None else best_record(records, paths)
-    if best is None:
+    use_final = trial is None and final is not None and final.complete and paths.final_model.exists()
+    if best is None and not use_final:
         return None
-    source = paths.trial_model(best.trial)
+    source = paths.final_model if use_final else paths.trial_model(best.trial)
     model = keras.models.load_model(source, compile=False)
     test = evaluate(model, data.x_test, data.y_test, data.class_names)
+    trained = final.record if use_final else best
+    validation = None if best is None else {
+        "accuracy": best.val_accuracy, "loss": best.val_loss, "best_epoch": best.best_epoch,
+        "images": int(len(data.y_val))}
     card = {
-        "study": run.get("study"), "engine": best.engine, "trial": best.trial,
+        "study": run.get("study"), "engine": trained.engine, "trial": None if best is None else best.trial,
         "classes": list(data.class_names),
         "input": "uint8 RGB images of any size, shape (batch, height, width, 3); "
                  f"resized to {data.x_train.shape[1]}x{data.x_train.shape[1]} inside the model",
         "image_size": int(data.x_train.shape[1]),
         "output": "class probabilities (softmax) in the order of 'classes'",
-        "hyperparameters": best.values, "config": best.config,
-        "validation": {"accuracy": best.val_accuracy, "loss": best.val_loss, "best_epoch": best.best_epoch,
-                       "images": int(len(data.y_val))},
+        "hyperparameters": trained.values, "config": trained.config,
+        "validation": validation,
         "test": test,
-        "parameter_count": best.parameter_count, "flops_per_image": best.flops, "latency_ms": best.latency_ms,
-        "chosen": "by hand (cnnbench export --trial)" if trial is not None else "best validation accuracy",
-        "training": {"epochs_run": best.epochs_run, "train_seconds": best.train_seconds,
-                     "images_per_s": best.images_per_s, "train_images": int(len(data.y_train)),
-                     "precision": best.precision, "history": best.history},
+        "parameter_count": trained.parameter_count, "flops_per_image": trained.flops,
+        "latency_ms": trained.latency_ms,
+        "chosen": ("by hand (cnnbench export --trial)" if trial is not None else
+                   "the space's only configuration" if best is None else "best validation accuracy"),
+        "training": {"epochs_run": trained.epochs_run, "train_seconds": trained.train_seconds,
+                     "images_per_s": trained.images_per_s,
+                     "train_images": trained.train_images or int(len(data.y_train)),
+                     "seed": trained.seed, "precision": trained.precision, "history": trained.history},
+        "final": card_block(final) if use_final else None,
+        "final_note": final.message if final is not None else None,
         "data": {"source": data.source, "fingerprint": data.fingerprint},
         **{k: run.get(k) for k in ("space_file", "space_hash", "space", "seed", "versions", "git_revision",
                                    "command", "machine")},
@@ -110,12 +129,18 @@ def save_saved_model(model, folder: Path) -> None:
 
 def card_markdown(card: dict) -> str:
     names = card["classes"]
+    validation, final = card.get("validation"), card.get("final")
     lines = [
         f"# Model card: {card['study']} (trial {card['trial']}, {card['engine']})", "",
         f"- Chosen: {card.get('chosen', 'best validation accuracy')}",
         f"- Test accuracy: **{card['test']['accuracy']:.4f}** on {card['test']['images']} images "
         f"({card['data']['source']}, fingerprint {card['data']['fingerprint']})",
-        f"- Validation accuracy: {card['validation']['accuracy']:.4f} (best epoch {card['validation']['best_epoch']})",
+        (f"- Validation accuracy (the search trial): {validation['accuracy']:.4f} (best epoch "
+         f"{validation['best_epoch']})" if validation else "- Validation accuracy: none (nothing was searched)"),
+        (f"- Final training: the configuration trained once more on all {final['train_images']:,} training "
+         f"images, seed {final['seed']}, {final['train_seconds']} s; this is the exported model"
+         if final else f"- Final training: none ({card.get('final_note') or 'off'}); the exported model is the "
+                       "search trial's own"),
         f"- Parameters: {card['parameter_count']:,}; FLOPs per image: {card['flops_per_image']:,}; CPU latency: "
         f"{card.get('latency_ms')} ms per image (batch of 64, where it trained)",
         f"- Training: {card['training']['epochs_run']} epochs, {card['training']['train_seconds']} s, "
@@ -123,7 +148,7 @@ def card_markdown(card: dict) -> str:
         f"- Space: `{card['space_file']}` (hash {card['space_hash']}), seed {card['seed']}, "
         f"code {card['git_revision']}",
         f"- Made by: `{card['command']}`",
-        f"- Versions: " + ", ".join(f"{k} {v}" for k, v in (card['versions'] or {}).items()),
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in (card['versions'] or {}).items()),
         f"- Trained on: {_machine_line(card.get('machine'))}, precision {card['training'].get('precision')}",
         "", "Load it anywhere with plain Keras: `keras.models.load_model(\"model.keras\")`; it takes uint8 RGB. "
         "The same model as a TensorFlow SavedModel is in `saved_model/` (`tf.saved_model.load`, signature `serve`).",

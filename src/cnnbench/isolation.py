@@ -92,7 +92,7 @@ def _child_main(conn, trainer_path: str, data_request: tuple | None) -> None:
         message = conn.recv()
         if message[0] == "stop":
             return
-        _, config, seed, model_path, log_dir = message
+        _, config, seed, model_path, log_dir, final = message
 
         def on_epoch(epoch: int, logs: dict) -> None:
             conn.send(("epoch", epoch, logs))
@@ -100,8 +100,15 @@ def _child_main(conn, trainer_path: str, data_request: tuple | None) -> None:
             if verdict == "prune":
                 raise PruneTrial(reason)
 
-        conn.send(train_one(trainer, config, data, seed, model_path, on_epoch, log_dir))
+        conn.send(train_one(trainer, config, final_data(data) if final else data, seed, model_path, on_epoch,
+                            log_dir))
         conn.send(("memory", _resident_mb() - baseline))
+
+
+def final_data(data):
+    """The final training's data: validation images moved into training (None stays None:
+    stand-in trainers need no data)."""
+    return data.all_training() if data is not None else None
 
 
 def _plain(result) -> dict | None:
@@ -117,9 +124,11 @@ class InProcessRunner:
     def __init__(self, data, trainer=None):
         self.data, self.trainer = data, trainer
 
-    def run(self, config: dict, seed: int, model_path, on_epoch, log_dir=None) -> tuple[str, str, dict | None]:
+    def run(self, config: dict, seed: int, model_path, on_epoch, log_dir=None,
+            final: bool = False) -> tuple[str, str, dict | None]:
         trainer = self.trainer or _load_trainer(DEFAULT_TRAINER)
-        return train_one(trainer, config, self.data, seed, model_path, on_epoch, log_dir)
+        data = final_data(self.data) if final else self.data
+        return train_one(trainer, config, data, seed, model_path, on_epoch, log_dir)
 
     def close(self, kill: bool = False) -> None:
         pass
@@ -138,13 +147,22 @@ class TrialRunner:
         parent, child = context.Pipe()
         self.process = context.Process(target=_child_main, args=(child, self.trainer, self.data_request),
                                        daemon=True, name="cnnbench-trial")
-        self.process.start()
+        from cnnbench.runtime import trial_allocator
+
+        preload = trial_allocator()  # for the child only: it inherits the environment at its start
+        if preload:
+            os.environ["LD_PRELOAD"] = preload
+        try:
+            self.process.start()
+        finally:
+            if preload:
+                os.environ.pop("LD_PRELOAD", None)
         child.close()
         self.conn = parent
         self.children_started += 1
 
     def run(self, config: dict, seed: int, model_path: Path | None, on_epoch,
-            log_dir: Path | None = None) -> tuple[str, str, dict | None]:
+            log_dir: Path | None = None, final: bool = False) -> tuple[str, str, dict | None]:
         """Train one trial: returns (state, reason, result fields). ``on_epoch(epoch, logs)``
         runs here, in the sweep's process; if it raises PruneTrial the child is told to stop
         the trial. Raises ChildDied when the child ends mid-trial (its exit is described)."""
@@ -153,7 +171,7 @@ class TrialRunner:
         if self.process is None or not self.process.is_alive():
             self._start()
         self.conn.send(("train", config, seed, str(model_path) if model_path else None,
-                        str(log_dir) if log_dir else None))
+                        str(log_dir) if log_dir else None, final))
         try:
             while True:
                 message = self.conn.recv()

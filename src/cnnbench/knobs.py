@@ -97,9 +97,14 @@ KNOBS: dict[str, Knob] = {
                         "(airbench: 1/9, a gentler start)", maximum=1000.0, check=_positive),
     # --- optimisation -------------------------------------------------------------------
     "optimizer": Knob(str, "adam", "optimizer; in Keras 3 'adam' with a weight_decay is AdamW (decoupled decay), "
-                      "so 'adamw' differs only in its default decay", ("adam", "adamw", "sgd")),
-    "learning_rate": Knob(float, 1e-3, "peak learning rate (per step, the loss averaged over the batch)",
-                          minimum=0.0, maximum=100.0),
+                      "so 'adamw' differs only in its default decay; 'muon' is Keras' Muon (orthogonalised "
+                      "momentum for conv and dense kernels, AdamW for the rest)", ("adam", "adamw", "sgd", "muon")),
+    "learning_rate": Knob(float, 1e-3, "peak learning rate: per step with the loss averaged over the batch, or per "
+                          "1,024 examples when hyper_units is per_1024", minimum=0.0, maximum=100.0),
+    "hyper_units": Knob(str, "keras", "how learning_rate and weight_decay are given: 'keras' (per step; decay "
+                        "multiplies weights by 1 - lr x decay each step) or 'per_1024' (airbench's: per 1,024 "
+                        "examples, decoupled from momentum and batch size; SGD only), converted to Keras' units "
+                        "by optim.keras_rates", ("keras", "per_1024")),
     "momentum": Knob(float, 0.9, "SGD momentum (sgd only)", minimum=0.0, below=1.0),
     "nesterov": Knob(bool, False, "Nesterov momentum (sgd only)"),
     "weight_decay": Knob(float, 0.0, "decoupled weight decay: each step multiplies weights by "
@@ -111,17 +116,34 @@ KNOBS: dict[str, Knob] = {
     "warmup": Knob(float, 0.0, "share of the trial's steps over which the learning rate rises linearly from a "
                    "tenth of its peak to the peak; with lr_schedule linear this is one-cycle", minimum=0.0, below=1.0),
     "batch_size": Knob(int, 128, "images per step", minimum=1, maximum=65536),
-    "epochs": Knob(int, 10, "passes over the training split", minimum=1, maximum=10_000),
+    "epochs": Knob(int, 10, "passes over the training split; the schedule is the trial's own, so fewer epochs "
+                   "are a complete shorter training, not the start of a longer one", minimum=1, maximum=10_000),
+    "train_images": Knob(int, 0, "train on this many training images, a stratified subset that is the same for "
+                         "every trial of that size (a cheap fidelity); 0 = all of them. The final training "
+                         "always uses all", minimum=0, maximum=100_000_000),
     "label_smoothing": Knob(float, 0.0, "label smoothing of the cross-entropy", minimum=0.0, below=1.0),
     "ema": Knob(float, 0.0, "average the weights over steps with this decay (e.g. 0.99; 0 = off); validation, "
                 "test and the exported model use the averaged weights", minimum=0.0, below=1.0),
+    "lookahead": Knob(bool, False, "airbench's weight averaging: every 5 steps an average of all weights (batch-norm "
+                      "statistics too) moves toward them by 1 - d, d = 0.95^5 x (step/steps)^3, and the weights jump "
+                      "to it; the last step ends on the average"),
+    "lr_start": Knob(float, 0.1, "the warm-up starts at this share of the peak learning rate (airbench: 0.2)",
+                     minimum=0.0, maximum=1.0),
+    "lr_end": Knob(float, 0.0, "linear and cosine schedules end at this share of the peak (airbench: 0.07)",
+                   minimum=0.0, maximum=1.0),
+    "whiten_bias_epochs": Knob(int, 0, "with the whitening stem: its bias trains for this many epochs, then stays "
+                               "fixed (airbench: 3); 0 = it trains throughout", minimum=0, maximum=10_000),
     # --- augmentation (training only; never in the exported model) ----------------------
-    "flip": Knob(bool, False, "random horizontal flip"),
+    "flip": Knob(str, "off", "horizontal flip: 'random' (each image, each epoch, a coin), or 'alternating' "
+                 "(airbench: a coin once per image, then every image mirrored every other epoch, so each pair "
+                 "of epochs sees both); true/false mean random/off", ("off", "random", "alternating")),
     "translate": Knob(int, 0, "random translation up to this many pixels (edges reflected)", minimum=0,
                       maximum=64),
     # --- evaluation ------------------------------------------------------------------------
-    "tta": Knob(bool, False, "test-time augmentation: validation, test and the exported model average the "
-                "predictions for each image and its mirror image (twice the inference cost)"),
+    "tta": Knob(str, "off", "test-time augmentation, built into validation, test and the exported model: "
+                "'mirror' averages each image and its mirror (2 views); 'mirror_translate' also the mirror pair "
+                "shifted 1 px up-left and 1 px down-right, weighted 1/2, 1/4, 1/4 (airbench's 6 views); "
+                "true/false mean mirror/off", ("off", "mirror", "mirror_translate")),
     # --- numerics -----------------------------------------------------------------------
     "precision": Knob(str, "auto", "compute dtype policy: auto = mixed_bfloat16 where the CPU has native bf16 "
                       "(AMX or AVX512_BF16), float32 elsewhere", ("auto", "float32", "mixed_bfloat16")),
@@ -133,8 +155,22 @@ def default_config() -> dict[str, Any]:
     return {name: knob.default for name, knob in KNOBS.items()}
 
 
+# Knobs that were booleans before they had more than two settings: a space file's (or an
+# old record's) true/false still means what it meant.
+BOOLEAN_SPELLINGS = {"flip": {True: "random", False: "off"}, "tta": {True: "mirror", False: "off"}}
+TTA_VIEWS = {"off": 1, "mirror": 2, "mirror_translate": 6}  # forward passes per evaluated image
+
+
+def unspell(name: str, value: Any) -> Any:
+    """A former boolean knob's true/false (or KerasTuner's 0/1) as the setting it names."""
+    if name in BOOLEAN_SPELLINGS and type(value) in (bool, int) and value in (0, 1):
+        return BOOLEAN_SPELLINGS[name][bool(value)]
+    return value
+
+
 def coerce(name: str, value: Any) -> Any:
     """``value`` as the Python type of knob ``name`` (YAML may give 1 for 1.0, or 2.0 for 2)."""
+    value = unspell(name, value)
     kind = KNOBS[name].kind
     if kind is bool and isinstance(value, int):  # KerasTuner hands booleans back as 0/1
         return bool(value)

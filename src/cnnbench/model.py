@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cnnbench.knobs import unspell
+
 CHANNELS = 3
 WHITEN_KERNEL = 2                                   # the whitening stem's patch side, pixels
 WHITEN_FILTERS = 2 * CHANNELS * WHITEN_KERNEL ** 2  # each eigenvector of the patches, + and -
@@ -190,18 +192,42 @@ def build_model(config: dict, num_classes: int = 10, image_size: int = 32,
     return model
 
 
-def with_mirror_tta(model):
-    """``model`` wrapped so it averages its predictions for each image and its mirror image.
+def with_tta(model, tta: str):
+    """``model`` wrapped to average its predictions over the views ``tta`` names (the knob):
+    'mirror': each image and its mirror; 'mirror_translate': that pair weighted 1/2, plus
+    the pair shifted by one pixel up-left and the pair shifted one pixel down-right (edges
+    reflected), 1/4 each: airbench's six views. Probabilities are averaged (airbench
+    averages logits). The shift is one pixel of the input image, which is one pixel of the
+    model's own resolution for images at its training size (all of CIFAR-10).
 
-    Built from a nested model, ``keras.ops.flip`` and ``Average``: it still loads in safe mode.
+    Built from a nested model, ``keras.ops`` and ``Average``: it still loads in safe mode.
     """
     import keras
     from keras import layers
 
+    tta = unspell("tta", tta)  # true/false, as spaces and records before the six views said
+    if tta == "off":
+        return model
     inputs = keras.Input(shape=(None, None, CHANNELS), dtype="uint8", name="image")
-    mirrored = keras.ops.flip(inputs, axis=2)  # (batch, height, width, channels): width is axis 2
-    outputs = layers.Average(name="mirror_average")([model(inputs), model(mirrored)])
+
+    def mirror_pair(images, name):
+        mirrored = keras.ops.flip(images, axis=2)  # (batch, height, width, channels): width is axis 2
+        return layers.Average(name=name)([model(images), model(mirrored)])
+
+    outputs = mirror_pair(inputs, "mirror_average")
+    if tta == "mirror_translate":
+        padded = keras.ops.pad(inputs, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="reflect")
+        down_right = layers.Cropping2D(((0, 2), (0, 2)), name="shift_down_right")(padded)
+        up_left = layers.Cropping2D(((2, 0), (2, 0)), name="shift_up_left")(padded)
+        shifted = layers.Average(name="shifted_average")([mirror_pair(down_right, "down_right_average"),
+                                                          mirror_pair(up_left, "up_left_average")])
+        outputs = layers.Average(name="six_view_average")([outputs, shifted])
     return keras.Model(inputs, outputs, name=f"{model.name}_tta")
+
+
+def with_mirror_tta(model):
+    """``model`` averaging each image and its mirror image (``with_tta(model, 'mirror')``)."""
+    return with_tta(model, "mirror")
 
 
 def _dirac_init(model) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import glob
 import json
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,7 +89,8 @@ def _class_names(model_path: Path, outputs: int) -> list[str]:
 
 
 def expand(paths: list[str]) -> list[str]:
-    """Files as given; folders searched recursively for images; globs expanded (sorted)."""
+    """Files as given; folders searched recursively for images; globs expanded (sorted). A
+    file named twice (a folder and an overlapping glob) is kept once, where it first came."""
     out: list[str] = []
     for given in paths:
         p = Path(given)
@@ -100,34 +100,30 @@ def expand(paths: list[str]) -> list[str]:
             out += sorted(glob.glob(given, recursive=True))
         else:
             out.append(given)
-    return out
-
-
-def _batches(items: list[str], size: int) -> Iterator[list[str]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
+    return list(dict.fromkeys(out))
 
 
 def classify(loaded: LoadedModel, paths: list[str], top: int = 1, on_batch=None) -> list[Prediction]:
-    """One Prediction per path, in order; an unreadable file gets an error, the rest still run."""
-    out = []
-    for chunk in _batches(paths, BATCH):
+    """One Prediction per path, in the order given (a path given twice is answered twice, in
+    both places); an unreadable file gets an error, the rest still run."""
+    out: list[tuple[int, Prediction]] = []
+    for start in range(0, len(paths), BATCH):
         pixels, readable = [], []
-        for path in chunk:
+        for index in range(start, min(start + BATCH, len(paths))):
             try:
-                pixels.append(read_image(path, loaded.image_size))
-                readable.append(path)
+                pixels.append(read_image(paths[index], loaded.image_size))
+                readable.append(index)
             except ImageError as e:
-                out.append(Prediction(path, error=str(e).split(": ", 1)[-1]))
+                out.append((index, Prediction(paths[index], error=str(e).split(": ", 1)[-1])))
         if pixels:
             probs = loaded.model.predict(np.stack(pixels), batch_size=BATCH, verbose=0)
-            for path, p in zip(readable, probs):
+            for index, p in zip(readable, probs):
                 order = np.argsort(-p)[:top]
-                out.append(Prediction(path, top=[(loaded.class_names[i], float(p[i])) for i in order]))
+                out.append((index, Prediction(paths[index], top=[(loaded.class_names[i], float(p[i]))
+                                                                   for i in order])))
         if on_batch:
-            on_batch(len(chunk))
-    order = {path: i for i, path in enumerate(paths)}
-    return sorted(out, key=lambda r: order[r.path])
+            on_batch(min(BATCH, len(paths) - start))
+    return [prediction for _, prediction in sorted(out, key=lambda pair: pair[0])]
 
 
 def evaluate_folder(loaded: LoadedModel, folder: Path) -> dict:

@@ -40,12 +40,25 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def study_markdown(study: str, frame: pd.DataFrame, run: dict) -> str:
+def study_markdown(study: str, frame: pd.DataFrame, run: dict, final: TrialRecord | None = None) -> str:
     return (f"# Leaderboard: {study}\n\n"
             f"Space `{run.get('space_file', '?')}` (hash {run.get('space_hash', '?')}), engine "
             f"{run.get('engine', '?')}, seed {run.get('seed', '?')}, code {run.get('git_revision', '?')}. "
             f"Made by `{run.get('command', 'cnnbench sweep')}`; see results/README.md for the columns.\n\n"
-            + markdown_table(frame))
+            + markdown_table(frame) + final_markdown(final))
+
+
+def final_markdown(final: TrialRecord | None) -> str:
+    """The final training, apart from the trials: it trained on other images (train +
+    validation), so it has no validation score to rank beside theirs."""
+    if final is None:
+        return ""
+    source = f"trial {final.trial}'s configuration" if final.trial >= 0 else "the space's only configuration"
+    return (f"\n## Final training\n\n{source[0].upper() + source[1:]} trained once more on all "
+            f"{final.train_images or 0:,} training images (seed {final.seed}): {final.state}"
+            f"{', ' + final.reason if final.reason else ''}; {final.epochs_run or 0} epochs, "
+            f"{_fmt(final.train_seconds)} s at {_fmt(final.images_per_s)} images/s. Its test accuracy is in "
+            "best/model_card.md when it was exported.\n")
 
 
 def rich_table(frame: pd.DataFrame, title: str, columns: list[str] | None = None, top: int | None = None) -> Table:
@@ -78,6 +91,8 @@ class SweepProgress:
     def __init__(self, study: str, total: int, done: int = 0, best: float | None = None,
                  timeout_minutes: float | None = None, live: bool | None = None):
         self.study, self.total, self.done, self.best = study, total, done, best
+        self.done_here = 0  # finished in this run: the ETA's pace (earlier runs' trials took other time)
+        self.phase = "search"  # or "final": the final training on all training images
         self.timeout = timeout_minutes * 60 if timeout_minutes else None
         self.started = time.monotonic()
         self.console = Console()
@@ -99,6 +114,7 @@ class SweepProgress:
             self._say(f"trial {record.trial} interrupted")
             return
         self.done += 1
+        self.done_here += 1
         if record.state == "complete" and (self.best is None or record.val_accuracy > self.best):
             self.best = record.val_accuracy
         detail = record.reason if record.state in ("failed", "interrupted") else \
@@ -113,12 +129,13 @@ class SweepProgress:
     def _headline(self) -> str:
         elapsed = time.monotonic() - self.started
         eta = ""
-        if self.done and self.total > self.done:
-            eta = _clock(elapsed / max(self.done, 1) * (self.total - self.done))
-            if self.timeout:
-                eta = _clock(min(elapsed / self.done * (self.total - self.done), max(0, self.timeout - elapsed)))
+        if self.done_here and self.total > self.done and self.phase == "search":
+            remaining = elapsed / self.done_here * (self.total - self.done)
+            eta = _clock(min(remaining, max(0, self.timeout - elapsed)) if self.timeout else remaining)
         best = f"{self.best:.4f}" if self.best is not None else "-"
-        return (f"[{self.study}] {min(self.done + 1, self.total)} of {self.total} | best val_accuracy {best} | "
+        where = (f"{min(self.done + 1, self.total)} of {self.total}" if self.phase == "search"
+                 else "final training")
+        return (f"[{self.study}] {where} | best val_accuracy {best} | "
                 f"elapsed {_clock(elapsed)}" + (f" | ETA {eta}" if eta else ""))
 
     def _say(self, message: str, quiet_when_live: bool = False) -> None:
@@ -147,7 +164,7 @@ def _clock(seconds: float) -> str:
 def check_summary(space) -> str:
     """What ``cnnbench check`` prints: each parameter with its range, the size of the space,
     and the range of parameter counts."""
-    from cnnbench.space import ChoiceParam, FixedParam, FloatParam, IntParam
+    from cnnbench.space import ChoiceParam, FloatParam, IntParam
 
     lines = [f"{space.source}: valid (hash {space.fingerprint()})"]
     if space.description:
@@ -185,7 +202,7 @@ def forecast_line(space, log=None) -> str:
     reached (``cnnbench check --measure`` measures it when none is known)."""
     from cnnbench import runtime
     from cnnbench.deadline import ThroughputLog, trial_seconds
-
+    from cnnbench.knobs import coerce
     from cnnbench.model import architecture_stats
 
     log = log or ThroughputLog()
@@ -200,7 +217,7 @@ def forecast_line(space, log=None) -> str:
         rates.append(rate)
         for epochs in space.extremes("epochs"):
             for tta in space.extremes("tta"):
-                cfg = {**config, "epochs": int(epochs), "tta": bool(tta)}
+                cfg = {**config, "epochs": int(epochs), "tta": coerce("tta", tta)}
                 seconds.append(trial_seconds(cfg, n - n_val, n_val, rate, space.data.image_size))
     if not seconds:
         return ("  time per trial: unknown on this machine until a trial of this size has run here "

@@ -55,9 +55,12 @@ def leaderboard_frame(records: list[TrialRecord], space: Space) -> pd.DataFrame:
     if frame.empty:
         return frame
     frame["_rank"] = frame["state"].map(_STATE_RANK).fillna(9)
-    frame = frame.sort_values(["_rank", "val_accuracy", "trial"], ascending=[True, False, True],
+    # Ranked within a data fidelity, the largest first: a score on 5,000 images is never
+    # placed among scores on 45,000 (an unknown size is the whole split).
+    frame["_images"] = pd.to_numeric(frame["train_images"], errors="coerce").fillna(float("inf"))
+    frame = frame.sort_values(["_rank", "_images", "val_accuracy", "trial"], ascending=[True, False, False, True],
                               na_position="last", kind="stable")
-    frame = frame.drop(columns="_rank").reset_index(drop=True)
+    frame = frame.drop(columns=["_rank", "_images"]).reset_index(drop=True)
     if space.minimize:  # a multi-objective study: which trials no other beats on every objective
         frame.insert(2, "pareto", pareto_frame(frame, list(space.minimize)))
     return frame
@@ -127,12 +130,13 @@ def studies_frame(results_root: Path) -> pd.DataFrame:
             "best_trial": None if best is None else int(best["trial"]),
             "val_accuracy": None if best is None else float(best["val_accuracy"]),
             "test_accuracy": card.get("test", {}).get("accuracy"),
+            "final_train_images": (card.get("final") or {}).get("train_images"),
             "parameter_count": None if best is None else int(best["parameter_count"]),
             "flops": None if best is None else int(best["flops"]),
         })
     frame = pd.DataFrame(rows, columns=["study", "engine", "space", "trials", "complete", "pruned", "failed",
                                         "interrupted", "best_trial", "val_accuracy", "test_accuracy",
-                                        "parameter_count", "flops"])
+                                        "final_train_images", "parameter_count", "flops"])
     return frame.sort_values(["test_accuracy", "val_accuracy"], ascending=False,
                              na_position="last").reset_index(drop=True)
 

@@ -207,9 +207,33 @@ def resolve_precision(requested: str, info: CpuInfo | None = None, gpus: int = 0
     return "mixed_bfloat16" if (info or cpu()).native_bf16 else "float32"
 
 
+ALLOCATOR_ENV = "CNNBENCH_ALLOCATOR"  # "glibc" keeps the system allocator in trial processes
+TCMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/aarch64-linux-gnu/"
+                  "libtcmalloc_minimal.so.4", "/usr/lib64/libtcmalloc_minimal.so.4")
+
+
+def trial_allocator(environ=os.environ) -> str | None:
+    """The malloc library trial processes preload, or None for the system's.
+
+    With glibc's allocator every large activation of a batch-1024 step is a fresh mmap
+    whose pages the kernel faults in and zeroes: on the 2-core AMD EPYC (Zen 3) cnnbench's
+    trial path trained airbench94's network at 154.9 images/s with it and 177.2 with
+    tcmalloc (benchmarks/allocator.py), as PyTorch's CPU guide says for its own. So trial
+    processes preload tcmalloc (Debian's libtcmalloc-minimal4) where it is installed,
+    unless CNNBENCH_ALLOCATOR=glibc or the user preloads something already.
+    """
+    if environ.get(ALLOCATOR_ENV, "").lower() == "glibc" or environ.get("LD_PRELOAD"):
+        return None
+    return next((p for p in TCMALLOC_PATHS if os.path.exists(p)), None)
+
+
 def machine() -> dict:
     """What run.json and model cards record about where they were made: the CPU (model,
-    cores, the flags that matter), TensorFlow's kernels and threads, what ``auto`` means here."""
+    cores, the flags that matter), TensorFlow's kernels and threads, what ``auto`` means
+    here, and the allocator trial processes use."""
     tf_runtime = configure_tensorflow()
+    allocator = trial_allocator()
     return {"cpu": cpu().describe(), **tf_runtime,
-            "auto_precision": resolve_precision("auto", gpus=tf_runtime["gpus"])}
+            "auto_precision": resolve_precision("auto", gpus=tf_runtime["gpus"]),
+            "trial_allocator": f"tcmalloc ({allocator})" if allocator else
+            ("LD_PRELOAD " + os.environ["LD_PRELOAD"] if os.environ.get("LD_PRELOAD") else "glibc")}

@@ -122,6 +122,10 @@ class Search(_Strict):
     # A trial lost with its process (kill -9, out of memory, a dead machine) is tried again
     # this many times.
     retries: int = Field(1, ge=0, le=100)
+    # Stop rules: end the search (then do the final training) once a trial reaches this
+    # validation accuracy, or after this many finished trials in a row brought no new best.
+    stop_at: dict[Literal["val_accuracy"], float] | None = None
+    stop_after_no_improvement: int | None = Field(None, ge=1, le=100_000)
 
 
 class Data(_Strict):
@@ -149,6 +153,10 @@ class Space(_Strict):
     # Known-good configurations (a value for every searched parameter that applies) tried
     # before the engine samples anything: a sweep never ends below its best known recipe.
     start_with: list[dict[str, Scalar]] = []
+    # After the search, train the best configuration once more on train + validation and
+    # export that model (final.py). A space of one configuration has nothing to choose: it
+    # goes straight to that training.
+    final: bool = True
     # Set by load_space, not by the file.
     source: str = Field("", exclude=True)
 

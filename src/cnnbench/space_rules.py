@@ -10,9 +10,9 @@ import math
 
 from pydantic import ValidationError
 
-from cnnbench.knobs import KNOBS
+from cnnbench.knobs import KNOBS, unspell
 from cnnbench.model import ArchitectureError, architecture_stats
-from cnnbench.space import (ARCH_KNOBS, MAX_CORNERS, ChoiceParam, FixedParam, FloatParam, IntParam, Space,
+from cnnbench.space import (ARCH_KNOBS, MAX_CORNERS, ChoiceParam, FloatParam, IntParam, Space,
                             SpaceError)
 
 _SCALAR_BRANCHES = ("bool", "int", "float", "str")  # a plain value's union members, as pydantic names them
@@ -67,7 +67,7 @@ def check_semantics(space: Space) -> None:
         else:
             values = [p.value]
         for v in values:
-            if problem := knob.problem(v):
+            if problem := knob.problem(unspell(name, v)):
                 raise SpaceError(f"{field}: {problem} ({knob.doc})")
         for parent, wanted in (p.condition or {}).items():
             if parent not in space.params:

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from cnnbench import engines, provenance, runtime, trials
+from cnnbench import final as final_training
 from cnnbench.data import load_data
 from cnnbench.deadline import DEADLINE_ENV, Deadline
 from cnnbench.engines.base import StudyJob
@@ -44,6 +45,9 @@ class SweepRequest:
     results: str = "results"
     workers: int = 0               # processes to start on this machine (KerasTuner: plus a chief)
     tensorboard: bool = False      # per-trial TensorBoard logs
+    final: bool | None = None      # False: no final training (--no-final); None: as the space says
+    seed: int | None = None        # replaces the space's seed (--seed): another run of the same recipe
+    command: str | None = None     # the command line that asked for it (the CLI sets it), for run.json
 
     def worker_command(self) -> list[str]:
         """The command each worker process runs: this sweep, as a worker. The storage URL
@@ -54,6 +58,8 @@ class SweepRequest:
                             ("--algo", self.algo)):
             if value is not None:
                 args += [flag, str(value)]
+        if self.seed is not None:
+            args += ["--seed", str(self.seed)]
         return args + (["--tensorboard"] if self.tensorboard else [])
 
 
@@ -86,12 +92,27 @@ class Sweep:
     def timeout(self) -> float | None:
         return self.request.timeout_minutes or self.space.budget.timeout_minutes
 
+    @property
+    def final(self) -> bool:
+        """Whether the best configuration is trained once more on all training images."""
+        return self.space.final if self.request.final is None else self.request.final and self.space.final
+
+    @property
+    def search_needed(self) -> bool:
+        """False for a single-configuration space with the final training on: the final
+        training is then the only training there is."""
+        return not (self.final and self.space.size() == 1)
+
 
 def prepare(request: SweepRequest) -> Sweep:
     """Validate the request. Raises SpaceError for a bad space, argument, algorithm or
     storage, or a study it does not match; nothing has been written when it does."""
     started = time.time()
     space = load_space(request.space_file)
+    if request.seed is not None:
+        if not 0 <= request.seed < 2**31:
+            raise SpaceError(f"--seed: must be from 0 to {2**31 - 1}, got {request.seed}")
+        space = space.model_copy(update={"seed": request.seed})
     if request.trials is not None and request.trials < 1:
         raise SpaceError(f"--trials: must be at least 1, got {request.trials}")
     if request.timeout_minutes is not None and request.timeout_minutes <= 0:
@@ -117,7 +138,10 @@ def prepare(request: SweepRequest) -> Sweep:
                          "use a new STUDY name to compare engines")
     storage = resolve(request.storage)
     algo = engine.validate(space, request.algo, storage)
-    command = "cnnbench " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "cnnbench sweep"
+    # Only the CLI knows a command line; an in-process sweep (compare --live, tabulate, a
+    # notebook) says what it was instead of quoting its host process's argv.
+    command = request.command or (f"in-process sweep (python {shlex.quote(sys.argv[0] or '-')}): "
+                                  f"{request.space_file}, study {study}")
     run = {
         "study": study, "engine": request.engine, "algo": algo, "storage": masked(storage),
         "space_file": request.space_file, "space_hash": space.fingerprint(),
@@ -142,12 +166,17 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
     # progress.csv counts minutes from the study's first start, across resumed runs
     run["first_started_unix"] = read_json(paths.root / "run.json").get("first_started_unix", sweep.started)
     deadline = Deadline.from_minutes(sweep.timeout, sweep.started)
+    deadline.image_size, deadline.num_classes = int(data.x_train.shape[1]), len(data.class_names)
+    if sweep.final:  # keep time for the best configuration's final training
+        deadline.final_images = len(data.y_train) + len(data.y_val)
     paths.root.mkdir(parents=True, exist_ok=True)
     if not is_worker():  # the process that started the sweep describes it
         atomic_write(paths.root / "run.json", json_text(run))
         atomic_write(paths.root / "space.yaml", yaml.safe_dump(run["space"], sort_keys=False))
     before = trials.read_records(paths)
     best = max((r.val_accuracy for r in before if r.state == "complete"), default=None)
+    if (known := final_training.best_trial(before)) is not None:
+        deadline.note_complete(known.config, known.val_accuracy)
     label = f"{sweep.study} worker {worker_id()}" if is_worker() else sweep.study
     progress = SweepProgress(label, sweep.trials, trials.finished_count(before), best, sweep.timeout, live)
     if data.skipped and not is_worker():
@@ -157,7 +186,8 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
     def refresh(_record=None) -> list:
         records = trials.read_records(paths)
         frame = leaderboard_frame(records, space)
-        write_study_leaderboard(frame, paths.root, study_markdown(sweep.study, frame, run))
+        final = trials.read_record(paths.final_record)
+        write_study_leaderboard(frame, paths.root, study_markdown(sweep.study, frame, run, final))
         atomic_write(paths.root / "progress.csv",
                      progress_frame(records, run["first_started_unix"]).to_csv(index=False))
         return records
@@ -170,16 +200,29 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
                    storage=sweep.storage, workers=0 if is_worker() else req.workers,
                    worker_command=req.worker_command(), worker_index=int(os.environ.get("CNNBENCH_WORKER", 0)),
                    on_record=refresh, tensorboard=req.tensorboard)
-    stopped_by = None
+    stopped_by, final = None, None
     # Worker processes keep the same deadline; only while this sweep runs, so that a later
     # sweep in the same process (compare --live, tabulate, tests) does not inherit it.
     inherited = os.environ.get(DEADLINE_ENV)
     if deadline.end is not None:
         os.environ[DEADLINE_ENV] = repr(deadline.end)
     try:
-        engine.run(job)
+        if sweep.search_needed:
+            engine.run(job)
+            if job.ended_by and not is_worker():  # a stop rule ended the search: say so where it lasts
+                run["search_ended_by"] = job.ended_by
+                atomic_write(paths.root / "run.json", json_text(run))
+        if sweep.final and not is_worker():
+            best_trial = final_training.best_trial(trials.read_records(paths))
+            if best_trial is not None or not sweep.search_needed:
+                final = final_training.run_final(job, best_trial, deadline.final_images)
     except KeyboardInterrupt as stop:  # SIGINT or SIGTERM: keep what finished, rank it, export it
         stopped_by = getattr(stop, "signum", 2)
+        interrupted = trials.read_record(paths.final_record)
+        if interrupted is not None and interrupted.state == "interrupted" and \
+                (interrupted.started_at or 0) >= sweep.started:  # this run's final training, not an earlier one
+            final = final_training.FinalOutcome(interrupted, "the final training was interrupted; exported the "
+                                                "best trial's own model; run the same command again to do it")
     finally:
         if inherited is None:
             os.environ.pop(DEADLINE_ENV, None)
@@ -192,12 +235,12 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
                "best_model": None, "worker": is_worker()}
     if is_worker():  # the starting process ranks and exports once every worker is done
         return summary
-    card = export_best(records, paths, data, run)
+    card = export_best(records, paths, data, run, final=final)
     write_global_leaderboard(Path(req.results))
     write_progress_plot(sweep, records, run, card)
     report = write_report(paths)
     return {**summary, "card": card, "best_model": str(paths.best / "model.keras") if card else None,
-            "report": str(report)}
+            "report": str(report), "final": final}
 
 
 def write_progress_plot(sweep: Sweep, records: list, run: dict, card: dict | None) -> None:

@@ -122,7 +122,8 @@ def tabulate(space_file: str, study: str | None, results: str, workers: int = 0,
     space = load_space(space_file)
     require_finite(space)
     request = SweepRequest(space_file=space_file, study=study or f"table-{Path(space_file).stem}",
-                           trials=space.size(), engine="optuna", algo="grid", results=results, workers=workers)
+                           trials=space.size(), engine="optuna", algo="grid", results=results, workers=workers,
+                           final=False)  # a table is every configuration's own score: nothing to retrain
     # Parallel workers can draw one grid point twice (Optuna's grid sampler only avoids
     # points already finished or running), leaving another untrained: top those up.
     for _ in range(3):

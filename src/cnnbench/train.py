@@ -18,8 +18,9 @@ import numpy as np
 
 from cnnbench import runtime
 from cnnbench.data import DataBundle
-from cnnbench.model import architecture_stats, build_model, set_whitening, with_mirror_tta
-from cnnbench.optim import make_optimizer
+from cnnbench.knobs import unspell
+from cnnbench.model import architecture_stats, build_model, set_whitening, with_tta
+from cnnbench.optim import lookahead_callback, make_optimizer
 
 EVAL_BATCH = 500          # inference batch; independent of the searched training batch size
 WHITENING_IMAGES = 5000   # training images whose patches set the whitening stem
@@ -36,8 +37,8 @@ class TrialFailed(RuntimeError):
 
 @dataclass
 class TrialResult:
-    val_accuracy: float      # best over epochs
-    val_loss: float          # at the best epoch
+    val_accuracy: float | None  # best over epochs (None: trained without a validation split)
+    val_loss: float | None      # at the best epoch
     best_epoch: int          # 1-based
     epochs_run: int
     train_seconds: float     # time in training steps, validation excluded
@@ -45,6 +46,7 @@ class TrialResult:
     parameter_count: int     # the network's weights, as Keras counts them
     flops: int               # per image, forward pass
     precision: str = "float32"  # the dtype policy it trained with (``auto`` resolved)
+    train_images: int | None = None  # images it trained on (train_images knob, or all)
     latency_ms: float | None = None  # inference per image, exported model, batch LATENCY_BATCH, this CPU
     history: list[dict] = field(default_factory=list)
     model: Any = None        # the inference model (best epoch's weights), or None when pruned
@@ -55,15 +57,18 @@ class TrialResult:
         return self.images_per_s * self.flops * TRAIN_FLOPS_PER_FORWARD
 
 
-def augment_batch(images, flip: bool, pad: int):
-    """Random horizontal flip and random translation by up to ``pad`` pixels in each
-    direction (edges reflected), for a whole uint8 batch at once: ops per batch, not per image."""
+def augment_batch(images, flip, pad: int, mirrored=None):
+    """Horizontal flip and random translation by up to ``pad`` pixels in each direction
+    (edges reflected), for a whole uint8 batch at once: ops per batch, not per image.
+    ``mirrored`` (a boolean per image) says which to flip; without it a truthy ``flip``
+    flips each image at random."""
     import tensorflow as tf
 
     n, size = tf.shape(images)[0], tf.shape(images)[1]
-    if flip:
-        mirrored = tf.random.uniform([n, 1, 1, 1]) < 0.5
-        images = tf.where(mirrored, tf.reverse(images, axis=[2]), images)
+    if mirrored is None and flip and flip != "off":
+        mirrored = tf.random.uniform([n]) < 0.5
+    if mirrored is not None:
+        images = tf.where(tf.reshape(mirrored, [-1, 1, 1, 1]), tf.reverse(images, axis=[2]), images)
     if pad:  # integer shifts, edges reflected: one projective-transform kernel for the batch
         shift = tf.cast(tf.random.uniform([n, 2], -pad, pad + 1, dtype=tf.int32), tf.float32)
         ones, zeros = tf.ones([n, 1]), tf.zeros([n, 1])
@@ -74,13 +79,21 @@ def augment_batch(images, flip: bool, pad: int):
     return images
 
 
-def _train_dataset(x: np.ndarray, y: np.ndarray, config: dict, num_classes: int, seed: int):
+def _train_dataset(x: np.ndarray, y: np.ndarray, config: dict, num_classes: int, seed: int, epoch=None):
+    """Shuffled, augmented, one-hot batches. With ``flip: alternating`` each image has a
+    fixed coin (seeded) and ``epoch`` (a scalar variable the trainer sets at each epoch's
+    start) mirrors every image in odd epochs, as airbench does."""
     import tensorflow as tf
 
-    flip, pad = config["flip"], config["translate"]
+    flip, pad = unspell("flip", config["flip"]), config["translate"]
+    alternating = flip == "alternating"
+    coins = np.random.default_rng(seed).random(len(x)) < 0.5
 
-    def prepare(images, labels):
-        if flip or pad:
+    def prepare(images, labels, coin):
+        if alternating:
+            mirrored = tf.not_equal(coin, tf.equal(tf.math.floormod(epoch, 2), 1))
+            images = augment_batch(images, False, pad, mirrored)
+        elif flip != "off" or pad:
             images = augment_batch(images, flip, pad)
         return images, tf.one_hot(labels, num_classes)
 
@@ -91,7 +104,7 @@ def _train_dataset(x: np.ndarray, y: np.ndarray, config: dict, num_classes: int,
     # batches in hand keep the step fed (benchmarks/data_path.py).
     options = tf.data.Options()
     options.autotune.enabled = False
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    ds = tf.data.Dataset.from_tensor_slices((x, y, coins)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     return (ds.batch(config["batch_size"]).map(prepare, num_parallel_calls=runtime.usable_cores())
             .prefetch(2).with_options(options))
 
@@ -103,7 +116,10 @@ def evaluate_probabilities(probabilities: np.ndarray, labels: np.ndarray) -> dic
             "loss": float(-np.log(np.clip(picked, 1e-7, 1.0)).mean())}
 
 
-def _epoch_callback(on_epoch, n_train: int, evaluator, x_val, y_val):
+def _epoch_callback(on_epoch, n_train: int, evaluator, x_val, y_val, epoch_var=None, whiten_gate=None,
+                    whiten_epochs: int = 0):
+    """The trainer's per-epoch work. Without validation images (the final training on every
+    training image) nothing is validated and the last epoch's weights are the result."""
     import keras
 
     class EpochWatcher(keras.callbacks.Callback):
@@ -115,6 +131,10 @@ def _epoch_callback(on_epoch, n_train: int, evaluator, x_val, y_val):
             self.best, self.best_weights = -1.0, None
 
         def on_epoch_begin(self, epoch, logs=None):
+            if epoch_var is not None:  # the alternating flip's parity, read by the input pipeline
+                epoch_var.assign(epoch)
+            if whiten_gate is not None:
+                whiten_gate.assign(1.0 if epoch < whiten_epochs else 0.0)
             self.started = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
@@ -122,14 +142,15 @@ def _epoch_callback(on_epoch, n_train: int, evaluator, x_val, y_val):
             loss = float((logs or {}).get("loss", 0.0))
             if not math.isfinite(loss):
                 raise TrialFailed(f"training loss became {loss} at epoch {epoch + 1}")
-            val = evaluate_probabilities(evaluator.predict(x_val, batch_size=EVAL_BATCH, verbose=0), y_val)
-            if logs is not None:  # in place: callbacks after this one (TensorBoard) see them too
+            logs = logs if logs is not None else {}
+            if len(y_val):
+                val = evaluate_probabilities(evaluator.predict(x_val, batch_size=EVAL_BATCH, verbose=0), y_val)
+                # in place: callbacks after this one (TensorBoard) see them too
                 logs.update(val_accuracy=val["accuracy"], val_loss=val["loss"])
-            logs = {**{k: float(v) for k, v in (logs or {}).items()}, "epoch": epoch + 1,
-                    "val_accuracy": val["accuracy"], "val_loss": val["loss"]}
+            logs = {**{k: float(v) for k, v in logs.items()}, "epoch": epoch + 1}
             self.history.append(logs)
-            if logs["val_accuracy"] > self.best:
-                self.best, self.best_weights = logs["val_accuracy"], self.model.get_weights()
+            if not len(y_val) or logs["val_accuracy"] > self.best:
+                self.best, self.best_weights = logs.get("val_accuracy", -1.0), self.model.get_weights()
             if on_epoch is not None:
                 on_epoch(epoch + 1, logs)
 
@@ -142,54 +163,73 @@ def _epoch_callback(on_epoch, n_train: int, evaluator, x_val, y_val):
 
 def inference_model(config: dict, trained, num_classes: int, image_size: int, mean, variance):
     """What gets saved and exported: a float32 twin of ``trained`` (bf16 is a training
-    speed-up, and emulated bf16 is slow where a model is reused), mirror-averaged when
-    ``tta`` is on."""
+    speed-up, and emulated bf16 is slow where a model is reused), with the test-time
+    augmentation ``tta`` names."""
     model = build_model(config, num_classes, image_size, mean, variance, dtype_policy="float32")
     model.set_weights(trained.get_weights())
-    return with_mirror_tta(model) if config["tta"] else model
+    return with_tta(model, config["tta"])
+
+
+def _callbacks(config: dict, watcher, total_steps: int, log_dir: str | None) -> list:
+    import keras
+
+    # With weight averaging on, the averaged weights are swapped in for validation at every
+    # epoch end (before the watcher runs) and out again when the next epoch starts.
+    callbacks = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config["ema"] else []
+    if config["lookahead"]:  # before the watcher: the last epoch is validated on the average
+        callbacks.append(lookahead_callback(total_steps))
+    callbacks.append(watcher)
+    if log_dir:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir, write_graph=False, update_freq="epoch"))
+    return callbacks
 
 
 def train_and_evaluate(config: dict, data: DataBundle, on_epoch: Callable[[int, dict], None] | None = None,
                        seed: int = 0, log_dir: str | None = None) -> TrialResult:
-    """Train ``config`` on ``data.x_train``, validating on ``data.x_val`` after every epoch.
+    """Train ``config`` on ``data.x_train``, validating on ``data.x_val`` after every epoch
+    (when it holds images: the final training has none).
 
     ``on_epoch(epoch, logs)`` may raise PruneTrial to stop early. Raises TrialFailed when
     training diverges. With ``log_dir``, TensorBoard logs of every epoch go there.
     """
     import keras
+    import tensorflow as tf
 
     tf_runtime = runtime.configure_tensorflow()
     precision = runtime.resolve_precision(config["precision"], gpus=tf_runtime["gpus"])
     keras.utils.set_random_seed(seed)
+    data = data.training_subset(config["train_images"])
+    config = {**config, **{name: unspell(name, config[name]) for name in ("flip", "tta")}}  # true/false of old
     num_classes = len(data.class_names)
     image_size = data.x_train.shape[1]
     mean, var = data.channel_stats()
     model = build_model(config, num_classes, image_size, mean, var, dtype_policy=precision, fused_batch_norm=True)
-    if config["stem"] == "whiten":
-        set_whitening(model, data.x_train[:WHITENING_IMAGES])
+    whitened = config["stem"] == "whiten"
+    if whitened:
+        set_whitening(model, data.train_sample(WHITENING_IMAGES))
     steps = math.ceil(len(data.x_train) / config["batch_size"])
-    model.compile(optimizer=make_optimizer(config, steps, model),
+    whiten_gate = tf.Variable(1.0, trainable=False) if whitened and config["whiten_bias_epochs"] else None
+    epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+    model.compile(optimizer=make_optimizer(config, steps, model, whiten_gate),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=config["label_smoothing"]))
-    # Validation sees what export will see: the mirror average when tta is on.
-    evaluator = with_mirror_tta(model) if config["tta"] else model
-    watcher = _epoch_callback(on_epoch, len(data.x_train), evaluator, data.x_val, data.y_val)
-    # With weight averaging on, the averaged weights are swapped in for validation at every
-    # epoch end (before the watcher runs) and out again when the next epoch starts.
-    callbacks = ([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config["ema"] else []) + [watcher]
-    if log_dir:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir, write_graph=False, update_freq="epoch"))
+    # Validation sees what export will see: the test-time augmentation's views.
+    evaluator = with_tta(model, config["tta"])
+    watcher = _epoch_callback(on_epoch, len(data.x_train), evaluator, data.x_val, data.y_val, epoch_var,
+                              whiten_gate, config["whiten_bias_epochs"])
+    callbacks = _callbacks(config, watcher, steps * config["epochs"], log_dir)
     stats = architecture_stats(config, image_size, num_classes)
 
     def result(with_model) -> TrialResult:
-        best = max(watcher.history, key=lambda h: h["val_accuracy"])
+        validated = [h for h in watcher.history if "val_accuracy" in h]
+        best = max(validated, key=lambda h: h["val_accuracy"]) if validated else watcher.history[-1]
         return TrialResult(
-            val_accuracy=best["val_accuracy"], val_loss=best["val_loss"], best_epoch=best["epoch"],
+            val_accuracy=best.get("val_accuracy"), val_loss=best.get("val_loss"), best_epoch=best["epoch"],
             epochs_run=len(watcher.history), train_seconds=round(sum(watcher.train_times), 2),
             images_per_s=round(watcher.throughput(), 1), parameter_count=stats.params, flops=stats.flops,
-            precision=precision, history=watcher.history, model=with_model)
+            precision=precision, train_images=len(data.y_train), history=watcher.history, model=with_model)
 
     try:
-        model.fit(_train_dataset(data.x_train, data.y_train, config, num_classes, seed),
+        model.fit(_train_dataset(data.x_train, data.y_train, config, num_classes, seed, epoch_var),
                   epochs=config["epochs"], verbose=0, shuffle=False,  # the dataset shuffles itself
                   callbacks=callbacks)
     except PruneTrial as pruned:
@@ -198,7 +238,7 @@ def train_and_evaluate(config: dict, data: DataBundle, on_epoch: Callable[[int, 
     model.set_weights(watcher.best_weights)
     exported = inference_model(config, model, num_classes, image_size, mean, var)
     done = result(exported)
-    done.latency_ms = latency_ms(exported, data.x_val)
+    done.latency_ms = latency_ms(exported, data.x_val if len(data.x_val) else data.x_train)
     return done
 
 

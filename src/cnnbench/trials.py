@@ -49,10 +49,12 @@ class TrialRecord:
     parameter_count: int | None = _column()  # the network's weights, as Keras counts them
     flops: int | None = _column()            # forward FLOPs per image, counted on paper
     precision: str | None = _column()        # the dtype policy it trained with
+    train_images: int | None = _column()     # images it trained on: its data fidelity (final training: all)
     latency_ms: float | None = _column()     # inference ms per image (exported model, batch of 64, this CPU)
     reason: str = _column("")                # why it was pruned, failed or interrupted
     note: str = _column("")                  # what cnnbench decided (e.g. epochs shortened)
     attempt: int = 1                         # 2, 3, ... when a lost trial's configuration is retried
+    seed: int | None = None                  # the seed it trained with
     history: list[dict] = field(default_factory=list)  # per epoch: loss, val_accuracy, val_loss, seconds
     host: str = ""
     pid: int = 0
@@ -91,10 +93,20 @@ class StudyPaths:
     def best(self) -> Path:
         return self.root / "best"
 
+    @property
+    def final_record(self) -> Path:
+        """The final training's record (final.py): the best configuration on all training images."""
+        return self.root / "final" / "record.json"
 
-def write_record(paths: StudyPaths, record: TrialRecord) -> None:
-    """Atomically (re)write a trial's record: a reader never sees half a file."""
-    target = paths.trial_record(record.trial)
+    @property
+    def final_model(self) -> Path:
+        return self.root / "final" / "model.keras"
+
+
+def write_record(paths: StudyPaths, record: TrialRecord, target: Path | None = None) -> None:
+    """Atomically (re)write a trial's record (or the final training's, at ``target``): a
+    reader never sees half a file."""
+    target = target or paths.trial_record(record.trial)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     tmp.write_text(record.to_json())
@@ -112,16 +124,39 @@ def read_records(paths: StudyPaths) -> list[TrialRecord]:
     return sorted(out, key=lambda r: r.trial)
 
 
-def started(number: int, engine: str, values: dict, config: dict, note: str = "", attempt: int = 1) -> TrialRecord:
+def read_record(path: Path) -> TrialRecord | None:
+    """One record file, or None when it is missing or unreadable."""
+    try:
+        return TrialRecord.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def started(number: int, engine: str, values: dict, config: dict, note: str = "", attempt: int = 1,
+            seed: int | None = None) -> TrialRecord:
     now = time.time()
     return TrialRecord(trial=number, engine=engine, values=dict(values), config=dict(config), note=note,
-                       attempt=attempt, host=socket.gethostname(), pid=os.getpid(), started_at=now,
+                       attempt=attempt, seed=seed, host=socket.gethostname(), pid=os.getpid(), started_at=now,
                        heartbeat_at=now)
 
 
 def config_key(values: dict) -> str:
     """A configuration's identity (its searched values), for comparing records."""
     return json.dumps(values, sort_keys=True, default=str)
+
+
+def fidelity(record: TrialRecord) -> float:
+    """A record's data fidelity, the images it trained on (unknown: all of them). Scores
+    are compared only between records of one fidelity."""
+    return float("inf") if not record.train_images else float(record.train_images)
+
+
+def top_fidelity(records: list[TrialRecord]) -> list[TrialRecord]:
+    """The completed records at the largest data fidelity any completed record has: the
+    ones a best trial is chosen from."""
+    done = [r for r in records if r.state == "complete" and r.val_accuracy is not None]
+    top = max(map(fidelity, done), default=None)
+    return [r for r in done if fidelity(r) == top]
 
 
 def finished_count(records: list[TrialRecord]) -> int:

@@ -38,9 +38,10 @@ class SilentProgress:
 
 
 class Runner(Protocol):
-    """Trains one configuration: ``isolation.TrialRunner`` (a child process) or in-process."""
+    """Trains one configuration: ``isolation.TrialRunner`` (a child process) or in-process.
+    ``final`` trains on train + validation (the final training), validating nothing."""
     def run(self, config: dict, seed: int, model_path: Path | None, on_epoch,
-            log_dir: Path | None = None) -> tuple[str, str, dict | None]: ...
+            log_dir: Path | None = None, final: bool = False) -> tuple[str, str, dict | None]: ...
     def close(self, kill: bool = False) -> None: ...
 
 
@@ -73,10 +74,43 @@ class StudyJob:
     on_record: Callable[[TrialRecord], None] | None = None
     heartbeat_hook: Callable[[int], None] | None = None  # e.g. Optuna's RDB heartbeat, per trial number
     tensorboard: bool = False            # per-trial TensorBoard logs in <study>/tensorboard/trial-NNNN/
+    ended_by: str = ""                   # why the search ended early (a stop rule), set by the engine
 
     @property
     def retries(self) -> int:
         return self.space.search.retries
+
+
+def stop_rule_reason(job: StudyJob) -> str | None:
+    """Why the space's stop rules end the search now (``search.stop_at``: a trial reached
+    the accuracy; ``search.stop_after_no_improvement``: that many finished trials in a row
+    brought no new best), or None. Read from cnnbench's records, so both engines and every
+    worker apply the same rule. The reason is kept in ``job.ended_by``."""
+    search = job.space.search
+    if not (search.stop_at or search.stop_after_no_improvement):
+        return None
+    finished = sorted((r for r in trials.read_records(job.paths) if r.state in trials.FINISHED),
+                      key=lambda r: (r.finished_at or 0, r.trial))
+    reason = None
+    target = (search.stop_at or {}).get("val_accuracy")
+    reached = [r for r in finished if r.state == "complete" and r.val_accuracy is not None
+               and target is not None and r.val_accuracy >= target]
+    if reached:
+        reason = (f"stop_at: trial {reached[0].trial} reached val_accuracy {reached[0].val_accuracy:.4f} "
+                  f"(>= {target})")
+    elif search.stop_after_no_improvement:
+        best, since = None, 0
+        for r in finished:
+            if r.state == "complete" and r.val_accuracy is not None and (best is None or r.val_accuracy > best):
+                best, since = r.val_accuracy, 0
+            else:
+                since += 1
+        if best is not None and since >= search.stop_after_no_improvement:
+            reason = (f"stop_after_no_improvement: the last {since} finished trials brought no better "
+                      f"val_accuracy than {best:.4f}")
+    if reason:
+        job.ended_by = reason
+    return reason
 
 
 class _Heartbeat(threading.Thread):
@@ -126,7 +160,7 @@ def run_trial(job: StudyJob, number: int, values: dict, should_stop: Callable[[i
     if job.deadline.end is not None and job.data_sizes:
         precision = runtime.resolve_precision(config["precision"])
         config, note = job.deadline.admit(config, *job.data_sizes, precision, space.epoch_options())
-    record = trials.started(number, job.engine, values, config, note, attempt)
+    record = trials.started(number, job.engine, values, config, note, attempt, seed=space.seed + number)
     lock = threading.Lock()
     last_epoch_end = [time.perf_counter()]
 
@@ -171,6 +205,8 @@ def run_trial(job: StudyJob, number: int, values: dict, should_stop: Callable[[i
     trials.write_record(paths, record)
     if record.images_per_s and record.precision and record.flops and job.deadline.log is not None:
         job.deadline.log.add(record.precision, record.images_per_s * record.flops * TRAIN_COST, record.flops)
+    if record.state == "complete":  # the deadline keeps time for the best one's final training
+        job.deadline.note_complete(record.config, record.val_accuracy)
     job.progress.trial_done(record)
     if stop is not None:
         raise stop

@@ -23,7 +23,7 @@ from cnnbench import runtime, trials
 from cnnbench.deadline import NotStarted
 from cnnbench.engines import kerastuner_recovery as lost
 from cnnbench.engines import recovery
-from cnnbench.engines.base import StudyJob, run_trial, wait_all
+from cnnbench.engines.base import StudyJob, run_trial, stop_rule_reason, wait_all
 from cnnbench.knobs import coerce
 from cnnbench.space import ChoiceParam, FloatParam, IntParam, Space, SpaceError
 
@@ -88,6 +88,9 @@ class _Runner:
 
     def run_trial(self, trial, *args, **kwargs):
         job = self.job
+        if reason := stop_rule_reason(job):  # the trial handed out is not trained
+            job.progress.say(f"search stopped by {reason}")
+            raise _StopSearch()
         values, overrides = trial_values(trial.hyperparameters.values, job.space)
         # Hyperband asks for `tuner/epochs` epochs; we train them from scratch rather than
         # resuming the earlier round's weights, so every row is one self-contained training.

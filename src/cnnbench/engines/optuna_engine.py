@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from cnnbench import runtime
 from cnnbench.deadline import EXPORT_SECONDS, NotStarted
 from cnnbench.engines import recovery
-from cnnbench.engines.base import StudyJob, run_trial, wait_all
+from cnnbench.engines.base import StudyJob, run_trial, stop_rule_reason, wait_all
 from cnnbench.engines.pruning import make_pruner, median_rule, progress_steps
 from cnnbench.space import ChoiceParam, FloatParam, IntParam, Space, SpaceError
 from cnnbench.storage_url import open_rdb
@@ -88,12 +88,14 @@ def process_seed(space_seed: int, worker: int, trials_in_study: int) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-def make_sampler(space: Space, algo: str, seed: int) -> optuna.samplers.BaseSampler:
+def make_sampler(space: Space, algo: str, seed: int, trials: int | None = None) -> optuna.samplers.BaseSampler:
+    """The sampler for ``algo``; TPE and CMA-ES sample at random for their first trials, a
+    quarter of the trials asked for (``trials``: --trials, else the space's budget), 3 to 10."""
     if algo == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if algo == "grid":
         return _Grid({n: space.candidate_values(n) for n in space.searched()}, seed=seed)
-    startup = max(3, min(10, space.budget.trials // 4))  # random trials before TPE/CMA-ES model the space
+    startup = max(3, min(10, (trials or space.budget.trials) // 4))  # random trials before TPE/CMA-ES model it
     with warnings.catch_warnings():  # `group` and `constant_liar` are marked experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # constant_liar: running trials count as bad guesses, so parallel workers spread out
@@ -144,7 +146,7 @@ def open_study(job: StudyJob) -> optuna.Study:
                                 load_if_exists=True)
     seed = process_seed(job.space.seed, job.worker_index, len(probe.get_trials(deepcopy=False)))
     study = optuna.load_study(study_name=job.study, storage=storage,
-                              sampler=make_sampler(job.space, job.algo, seed), pruner=make_pruner(job.space))
+                              sampler=make_sampler(job.space, job.algo, seed, job.trials), pruner=make_pruner(job.space))
     if job.storage:  # Optuna's own heartbeat, so every machine sees a lost trial
         job.heartbeat_hook = lambda number: _rdb_heartbeat(study, number)
     return study
@@ -206,6 +208,9 @@ def _should_continue(job: StudyJob, study: optuna.Study) -> bool:
     last = finished[-limit:]
     if len(last) == limit and all(t.state == TrialState.FAIL for t in last):
         job.progress.say(f"stopped: the last {limit} trials failed; the space is probably broken")
+        return False
+    if reason := stop_rule_reason(job):
+        job.progress.say(f"search stopped by {reason}")
         return False
     return True
 

@@ -26,7 +26,8 @@ def progress_steps(epoch: int, epochs: int) -> range:
 def make_pruner(space: Space) -> optuna.pruners.BasePruner:
     kind, startup = space.search.pruner, space.search.prune_after_trials
     if kind == "median":  # from 30% of the schedule on, below the median of earlier trials there
-        return optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=2)
+        # Optuna prunes once a trial's step is not below n_warmup_steps: 3 = the third tenth
+        return optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=3)
     if kind == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=PROGRESS_STEPS, reduction_factor=3)
     if kind == "successive_halving":

@@ -1,0 +1,124 @@
+"""The Python API, for notebooks and scripts: the same sweeps as the CLI, and studies read
+back without TensorFlow.
+
+    import cnnbench
+    space = cnnbench.load_space("search_spaces/smoke.yaml")
+    study = cnnbench.sweep("search_spaces/smoke.yaml", study="nb", trials=3, progress=False)
+    study.leaderboard()            # a DataFrame, best first
+    study.best_trial.val_accuracy  # the record of the best trial
+    study.card["test"]["accuracy"]
+    model = study.best_model()     # keras.Model (imports TensorFlow only here)
+    cnnbench.studies("results")    # one row per study
+
+``cnnbench.load_study(path)`` reads a finished or running study; nothing in it imports
+TensorFlow until ``best_model()``. A notebook that wants cnnbench's TensorFlow settings
+(oneDNN, threads) calls ``cnnbench.prepare()`` before it imports TensorFlow itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from cnnbench import trials
+from cnnbench.results import leaderboard_frame, progress_frame, read_json, studies_frame
+from cnnbench.space import Space, load_space, parse_space
+from cnnbench.trials import StudyPaths, TrialRecord
+
+
+@dataclass
+class Study:
+    """A study folder (``results/<study>``) read from its files: records, leaderboard, card."""
+    path: Path
+
+    @property
+    def paths(self) -> StudyPaths:
+        return StudyPaths(self.path)
+
+    @property
+    def run(self) -> dict:
+        """run.json: provenance (space, seed, versions, machine, command)."""
+        return read_json(self.path / "run.json")
+
+    @property
+    def space(self) -> Space:
+        return parse_space(self.run["space"], str(self.path / "run.json"))
+
+    @property
+    def records(self) -> list[TrialRecord]:
+        return trials.read_records(self.paths)
+
+    @property
+    def final(self) -> TrialRecord | None:
+        """The final training's record (the best configuration on all training images)."""
+        return trials.read_record(self.paths.final_record)
+
+    def leaderboard(self) -> pd.DataFrame:
+        """Every trial, best first, ranked within a data fidelity, as in leaderboard.csv."""
+        return leaderboard_frame(self.records, self.space)
+
+    def progress(self) -> pd.DataFrame:
+        """Finished trials in the order they finished, with the best so far (progress.csv)."""
+        return progress_frame(self.records, self.run.get("first_started_unix", 0.0))
+
+    @property
+    def best_trial(self) -> TrialRecord | None:
+        from cnnbench.final import best_trial
+
+        return best_trial(self.records)
+
+    @property
+    def card(self) -> dict:
+        """The exported model's card (empty before anything was exported)."""
+        return read_json(self.paths.best / "model_card.json")
+
+    def best_model(self):
+        """The exported model as a ``keras.Model`` (loaded in safe mode)."""
+        import keras
+
+        return keras.models.load_model(self.paths.best / "model.keras", compile=False)
+
+    def write_report(self) -> Path:
+        """(Re)write plots/ and report.html; returns the page's path."""
+        from cnnbench.pages import write_report
+
+        return write_report(self.paths)
+
+
+def load_study(path: str | Path) -> Study:
+    """The study in ``path`` (a ``results/<study>`` folder). Raises SpaceError if it is none."""
+    from cnnbench.space import SpaceError
+
+    path = Path(path)
+    if not (path / "run.json").is_file():
+        raise SpaceError(f"{path}: no study here (no run.json)")
+    return Study(path)
+
+
+def studies(results: str | Path = "results") -> pd.DataFrame:
+    """One row per study under ``results``: counts, best trial, exported test accuracy."""
+    return studies_frame(Path(results))
+
+
+def sweep(space: str | Path, study: str | None = None, trials: int | None = None,
+          timeout_minutes: float | None = None, engine: str = "optuna", results: str | Path = "results",
+          progress: bool | None = None, final: bool | None = None, seed: int | None = None) -> Study:
+    """Run (or continue) a sweep of the space file ``space`` in this process, as ``cnnbench
+    sweep`` does (trials in child processes, export at the end); returns the study.
+    ``progress=False`` keeps it quiet (None: live on a terminal). Ctrl-C stops it as on
+    the command line: what finished is ranked and exported, then KeyboardInterrupt."""
+    from cnnbench import runtime
+    from cnnbench.sweep import SweepRequest, prepare, run_sweep
+
+    request = SweepRequest(space_file=str(space), study=study, trials=trials, timeout_minutes=timeout_minutes,
+                           engine=engine, results=str(results), final=final, seed=seed)
+    prepared = prepare(request)
+    runtime.import_tensorflow_quietly()
+    summary = run_sweep(prepared, live=progress)
+    if summary["stopped_by"]:
+        raise KeyboardInterrupt(summary["stopped_by"])
+    return Study(prepared.paths.root)
+
+
+__all__ = ["Study", "load_space", "load_study", "studies", "sweep"]

@@ -1,0 +1,130 @@
+"""The final training: the search's best configuration trained once more on every training
+image (train + validation: 50,000 on CIFAR-10), and that model exported.
+
+Validation images choose the configuration; once it is chosen they are better spent as
+training data, as every CIFAR-10 paper does. The final training has the best trial's
+configuration (same epochs, same schedule) and a fresh seed, validates nothing (there is
+nothing left to validate on) and ends at its last epoch; the test split then evaluates it
+once. A space of a single configuration has nothing to choose, so its sweep goes straight
+to this training.
+
+Its record is ``<study>/final/record.json`` (a TrialRecord whose ``trial`` is the search
+trial it came from, -1 for a single-configuration space) and its model
+``<study>/final/model.keras``. A stop during it (Ctrl-C, SIGTERM) records it
+``interrupted``; the sweep then exports the best trial's own model and says so, and the
+next run of the same command does the final training. A finished final training whose
+configuration is still the best is never repeated.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from cnnbench import trials
+from cnnbench.engines.base import Interrupted, StudyJob
+from cnnbench.isolation import ChildDied
+from cnnbench.train import PruneTrial
+from cnnbench.trials import TrialRecord
+
+FINAL_SEED_OFFSET = 1_000_000  # trials train with seed + trial number; the final with seed + this
+NO_TRIAL = -1                  # ``trial`` of a single-configuration space's final training
+UNVALIDATED = ("history", "val_accuracy", "val_loss", "best_epoch")  # result fields a final record leaves out
+
+
+@dataclass
+class FinalOutcome:
+    record: TrialRecord | None  # None: no final training was attempted
+    message: str                # one line for the terminal and the model card
+
+    @property
+    def complete(self) -> bool:
+        return self.record is not None and self.record.state == "complete"
+
+
+def best_trial(records: list[TrialRecord]) -> TrialRecord | None:
+    """The completed search trial with the best validation accuracy (lowest number on ties),
+    among those at the largest data fidelity."""
+    done = trials.top_fidelity(records)  # a 5,000-image score is never compared with a 45,000-image one
+    return max(done, key=lambda r: (r.val_accuracy, -r.trial), default=None)
+
+
+def read_final(job: StudyJob) -> TrialRecord | None:
+    return trials.read_record(job.paths.final_record)
+
+
+def _already_done(previous: TrialRecord | None, number: int, config: dict, job: StudyJob) -> bool:
+    return (previous is not None and previous.state == "complete" and previous.trial == number
+            and previous.config == config and job.paths.final_model.exists())
+
+
+def run_final(job: StudyJob, best: TrialRecord | None, train_images: int) -> FinalOutcome:
+    """Train ``best``'s configuration (or the space's only one, when ``best`` is None) on
+    all ``train_images``; returns what happened. Raises Interrupted/KeyboardInterrupt after
+    recording the final training as interrupted."""
+    number = best.trial if best is not None else NO_TRIAL
+    # every training image, whatever fidelity the search compared it at
+    config = {**(best.config if best is not None else job.space.complete({})), "train_images": 0}
+    values = dict(best.values) if best is not None else {}
+    previous = read_final(job)
+    if _already_done(previous, number, config, job):
+        return FinalOutcome(previous, f"final training of trial {number} already done ({previous.train_images} "
+                                      "images); exporting it")
+    forecast = job.deadline.final_seconds(config)
+    left = job.deadline.left()
+    if forecast and forecast > left:
+        return FinalOutcome(None, f"no final training: forecast {forecast / 60:.1f} min, {max(left, 0) / 60:.1f} "
+                                  "min left before the deadline; exported the best trial's own model")
+    seed = job.space.seed + FINAL_SEED_OFFSET
+    source = f"trial {number}" if best is not None else "the space's only configuration"
+    record = trials.started(number, job.engine, values, config,
+                            f"final training of {source} on all {train_images:,} training images", seed=seed)
+    record.train_images = train_images
+    last = [time.perf_counter()]
+
+    def on_epoch(epoch: int, logs: dict) -> None:
+        now = time.perf_counter()
+        seconds, last[0] = now - last[0], now
+        record.history.append({**{k: v for k, v in logs.items() if k != "epoch"}, "epoch": epoch,
+                               "seconds": round(seconds, 2)})
+        record.epochs_run = epoch
+        job.progress.say(f"final training epoch {epoch}/{config['epochs']}: loss {logs.get('loss', float('nan')):.4f} "
+                         f"({seconds:.0f} s)")
+        if epoch < config["epochs"] and job.deadline.epoch_would_overrun(seconds, keep_final=False):
+            raise PruneTrial(f"stopped after epoch {epoch} of {config['epochs']}: the deadline is near")
+
+    job.progress.phase = "final"  # the progress line says which phase the sweep is in
+    job.paths.final_model.parent.mkdir(parents=True, exist_ok=True)
+    trials.write_record(job.paths, record, job.paths.final_record)
+    job.progress.say(f"final training: {source} on {train_images:,} images, {config['epochs']} epochs, seed {seed}")
+    try:
+        state, reason, result = job.runner.run(config, seed, job.paths.final_model, on_epoch, final=True)
+    except ChildDied as died:
+        state, reason, result = "failed", str(died), None
+    except KeyboardInterrupt as stop:
+        record.state, record.reason, record.finished_at = "interrupted", _stopped_by(stop), time.time()
+        trials.write_record(job.paths, record, job.paths.final_record)
+        raise
+    record.state, record.reason, record.finished_at = state, reason, time.time()
+    for key, value in (result or {}).items():  # no validation figures: nothing was held out
+        if key not in UNVALIDATED and hasattr(record, key) and value is not None:
+            setattr(record, key, value)
+    trials.write_record(job.paths, record, job.paths.final_record)
+    if state != "complete":
+        return FinalOutcome(record, f"final training {state}: {reason}; exported the best trial's own model")
+    return FinalOutcome(record, f"final training of {source} done: {record.train_seconds} s on "
+                                f"{train_images:,} images")
+
+
+def _stopped_by(stop: KeyboardInterrupt) -> str:
+    import signal
+
+    signum = stop.signum if isinstance(stop, Interrupted) else getattr(stop, "signum", signal.SIGINT)
+    return f"interrupted by {signal.Signals(signum).name}"
+
+
+def card_block(outcome: FinalOutcome) -> dict:
+    """The model card's ``final`` entry."""
+    r = outcome.record
+    return {"train_images": r.train_images, "from_trial": None if r.trial == NO_TRIAL else r.trial,
+            "seed": r.seed, "train_seconds": r.train_seconds, "epochs_run": r.epochs_run,
+            "images_per_s": r.images_per_s, "precision": r.precision, "history": r.history}

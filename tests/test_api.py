@@ -1,0 +1,54 @@
+"""The Python API as the README shows it, with the stand-in trainer in real child processes."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import SPACES
+from test_reliability import TESTS
+
+
+def test_the_readme_example_runs_as_written(tmp_path, monkeypatch, jpeg_root):
+    import cnnbench
+
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    (gate / "go").touch()
+    (gate / "go-final").touch()
+    monkeypatch.setenv("CNNBENCH_TRAINER", "stand_in:gated_train")
+    monkeypatch.setenv("CNNBENCH_STAND_IN_DIR", str(gate))
+    monkeypatch.setenv("CNNBENCH_CIFAR10", str(jpeg_root))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    space = cnnbench.load_space(SPACES / "smoke.yaml")
+    assert "learning_rate" in space.searched()
+    study = cnnbench.sweep(SPACES / "smoke.yaml", study="nb", trials=2, results=tmp_path / "results", progress=False)
+    board = study.leaderboard()
+    assert len(board) == 2 and list(board["val_accuracy"]) == sorted(board["val_accuracy"], reverse=True)
+    assert study.best_trial.val_accuracy == board["val_accuracy"].max()
+    assert study.card["final"]["train_images"] == 1200 and study.final.state == "complete"
+    assert study.best_model().count_params() == study.card["parameter_count"]
+    assert study.write_report().exists() and len(study.progress()) == 2
+    assert cnnbench.studies(tmp_path / "results")["study"].tolist() == ["nb"]
+    assert "in-process sweep" in study.run["command"]
+
+
+def test_reading_a_study_does_not_import_tensorflow(tmp_path):
+    folder = tmp_path / "s"
+    (folder / "trials").mkdir(parents=True)
+    (folder / "run.json").write_text('{"space": {"params": {}}, "first_started_unix": 0}')
+    code = ("import sys, cnnbench\n"
+            f"study = cnnbench.load_study({str(folder)!r})\n"
+            "print(len(study.records), len(study.leaderboard()), study.card, 'tensorflow' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["0", "0", "{}", "False"], proc.stdout + proc.stderr
+
+
+def test_load_study_refuses_a_folder_that_is_not_one(tmp_path):
+    import cnnbench
+    from cnnbench.space import SpaceError
+
+    with pytest.raises(SpaceError, match="no study here"):
+        cnnbench.load_study(tmp_path)

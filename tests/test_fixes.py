@@ -1,0 +1,122 @@
+"""Bugs found by a full read of the code (the layout issue's list), each with the test that
+failed before its fix."""
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from cnnbench.engines.optuna_engine import make_sampler
+from cnnbench.engines.pruning import make_pruner
+from cnnbench.space import parse_space
+
+SPACE = parse_space({"budget": {"trials": 100}, "search": {"pruner": "median", "prune_after_trials": 2},
+                     "params": {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-1}}})
+
+
+def test_the_median_pruner_starts_at_three_tenths_of_the_schedule():
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(SPACE))
+    for _ in range(2):  # two good trials to compare with
+        good = study.ask()
+        for step in range(1, 11):
+            good.report(0.9, step)
+        study.tell(good, 0.9)
+    bad = study.ask()
+    bad.report(0.1, 1)
+    bad.report(0.1, 2)
+    assert not bad.should_prune()  # 2 tenths: still warming up
+    bad.report(0.1, 3)
+    assert bad.should_prune()
+
+
+def test_tpe_start_up_follows_the_trials_asked_for_not_the_spaces_budget():
+    assert make_sampler(SPACE, "tpe", 0, trials=8)._n_startup_trials == 3
+    assert make_sampler(SPACE, "tpe", 0, trials=40)._n_startup_trials == 10
+    assert make_sampler(SPACE, "tpe", 0)._n_startup_trials == 10  # no --trials: the budget's 100
+
+
+def test_image_decoding_uses_the_cores_this_process_may_use(tmp_path, monkeypatch):
+    from PIL import Image
+
+    import cnnbench.data as data
+    import cnnbench.runtime as runtime
+
+    seen = []
+
+    class Recorder(data.ThreadPoolExecutor):
+        def __init__(self, workers):
+            seen.append(workers)
+            super().__init__(workers)
+
+    monkeypatch.setattr(data, "ThreadPoolExecutor", Recorder)
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 1)
+    path = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(path)
+    data._decode_cached([str(path)], 8)
+    assert seen == [1]
+
+
+def test_predict_keeps_the_input_order_when_a_file_is_given_twice(tmp_path):
+    from PIL import Image
+
+    from cnnbench.predict import expand
+
+    (tmp_path / "photos").mkdir()
+    for name in ("b.png", "a.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / "photos" / name)
+    given = [str(tmp_path / "photos" / "b.png"), str(tmp_path / "photos"), str(tmp_path / "photos" / "*.png")]
+    assert expand(given) == [str(tmp_path / "photos" / "b.png"), str(tmp_path / "photos" / "a.png")]
+
+
+def test_compare_live_with_a_misspelt_strategy_is_one_line(tmp_path, capsys):
+    from cnnbench.cli import main
+    from conftest import SPACES
+
+    code = main(["compare", str(SPACES / "smoke.yaml"), "--live", "--strategies", "tpe,rnadom",
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown rnadom" in err and "Traceback" not in err
+
+
+def test_the_deadline_prices_trials_at_the_datas_image_size(tmp_path):
+    import time
+
+    from cnnbench.deadline import Deadline, NotStarted, ThroughputLog, trial_seconds
+    from cnnbench.knobs import default_config
+    from cnnbench.model import architecture_stats
+
+    config = {**default_config(), "epochs": 4, "precision": "float32"}
+    log = ThroughputLog(tmp_path / "t.json")
+    for size in (32, 64):
+        log.add("float32", 1e10, architecture_stats(config, size).flops)  # the same speed at both sizes
+    small = trial_seconds(config, 5_000, 500, 1e10, 32)
+    large = trial_seconds(config, 5_000, 500, 1e10, 64)
+    assert large > 3 * small  # four times the pixels
+    end = time.time() + 2 * small + 60
+    assert Deadline(end, log).admit(config, 5_000, 500, 1_000, "float32", [])[0] == config
+    with pytest.raises(NotStarted):
+        Deadline(end, log, image_size=64).admit(config, 5_000, 500, 1_000, "float32", [])
+
+
+def test_run_json_quotes_the_command_only_when_there_was_one(tmp_path):
+    from cnnbench.sweep import SweepRequest, prepare
+    from conftest import SPACES
+
+    inside = prepare(SweepRequest(space_file=str(SPACES / "smoke.yaml"), results=str(tmp_path)))
+    assert inside.run["command"].startswith("in-process sweep") and "smoke.yaml" in inside.run["command"]
+    given = prepare(SweepRequest(space_file=str(SPACES / "smoke.yaml"), results=str(tmp_path),
+                                 command="cnnbench sweep --space smoke.yaml"))
+    assert given.run["command"] == "cnnbench sweep --space smoke.yaml"
+
+
+def test_a_bad_space_file_is_refused_before_tensorflow_loads(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("params:\n  epochs: {type: int, low: 5, high: 2}\n")
+    code = ("import sys\nfrom cnnbench.cli import main\n"
+            f"status = main(['sweep', '--space', {str(bad)!r}, '--results', {str(tmp_path / 'r')!r}])\n"
+            "print(status, 'tensorflow' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["2", "False"], proc.stdout + proc.stderr
+    assert "low (5) is above high (2)" in proc.stderr
