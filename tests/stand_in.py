@@ -53,9 +53,10 @@ def gated_train(config, data, on_epoch, seed):
     (folder / f"images-{seed}").write_text(f"{len(data.x_train)} {len(data.x_val)}")
     if config["learning_rate"] > 0.004 and os.environ.get("CNNBENCH_STAND_IN_CRASH"):
         os.kill(os.getpid(), 9)
-    # The final training (seed + FINAL_SEED_OFFSET) has a gate of its own, so a test can let
-    # the search finish and hold the final training.
-    gate = folder / ("go-final" if seed >= FINAL_SEED_OFFSET else "go")
+    # With a file "hold-final" in the folder, the final training (seed + FINAL_SEED_OFFSET)
+    # waits at a gate of its own, "go-final", so a test can let the search finish and hold it.
+    held = seed >= FINAL_SEED_OFFSET and (folder / "hold-final").exists()
+    gate = folder / ("go-final" if held else "go")
     history = []
     for epoch in range(1, config["epochs"] + 1):
         while not gate.exists():

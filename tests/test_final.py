@@ -106,8 +106,10 @@ def test_sweep_trains_the_final_model_exports_it_and_a_stop_during_it_keeps_the_
     """Real processes: the smoke space with the gated stand-in; the final training is held at
     its gate, stopped with SIGTERM (the trial's model is exported and the card says so), and
     the same command then does the final training and exports its model."""
+    (tmp_path / "gate").mkdir()
+    (tmp_path / "gate" / "hold-final").touch()  # the final training waits at its own gate, go-final
     proc, gate = sweep(tmp_path, "fin", "--trials", "1")
-    (gate / "go").touch()  # the search runs through; the final training waits at its own gate
+    (gate / "go").touch()  # the search runs through
     final_seed = 7 + FINAL_SEED_OFFSET  # smoke.yaml's seed
     wait_for(lambda: (gate / f"training-{final_seed}").exists(), "the final training to start")
     proc.send_signal(signal.SIGTERM)
@@ -172,3 +174,24 @@ def test_the_plan_counts_trials_beside_the_final_training_at_a_stated_speed(tmp_
                                                   "precision": {"type": "fixed", "value": "float32"}}})
     assert plan(off, 60, log).final_seconds == 0 and plan(off, 60, log).trials > hour.trials
     assert plan(space, 60, ThroughputLog(tmp_path / "empty.json")) is None  # speed unknown here
+
+
+def test_when_no_search_trial_fits_the_recipe_is_trained_on_all_images_in_the_epochs_that_fit(tmp_path):
+    space = parse_space({"seed": 1, "budget": {"trials": 4}, "search": {"sampler": "random", "pruner": "none"},
+                         "params": {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+                                    "epochs": {"type": "int", "low": 4, "high": 10, "step": 2},
+                                    "precision": {"type": "fixed", "value": "float32"}},
+                         "start_with": [{"learning_rate": 1e-2, "epochs": 10}]})
+    recipe = space.complete(space.start_with[0])
+    log = _log(tmp_path, 1e8, recipe)  # a slow machine: no trial fits beside its own final training
+    final_10 = trial_seconds(recipe, 360, 0, 1e8)
+    final_4 = trial_seconds({**recipe, "epochs": 4}, 360, 0, 1e8)
+    deadline = Deadline(time.time() + final_4 + 2 * EXPORT_SECONDS + 1, log, final_images=360)
+    assert final_10 > deadline.left()  # the recipe's own length does not fit, 4 epochs do
+    job = stand_in.make_job(space, tmp_path, data=synthetic_bundle(300, n_val=60), deadline=deadline,
+                            data_sizes=(300, 60, 60))
+    stand_in.engines.get("optuna").run(job)
+    assert not [r for r in read_records(job.paths) if r.state == "complete"]  # no trial fitted beside a final
+    outcome = run_final(job, None, 360, recipe=space.start_with[0])
+    assert outcome.complete and outcome.record.config["epochs"] == 4 and outcome.record.trial == -1
+    assert "start_with recipe" in outcome.source and "shortened from 10 to 4 epochs" in outcome.source

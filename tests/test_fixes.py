@@ -120,3 +120,68 @@ def test_a_bad_space_file_is_refused_before_tensorflow_loads(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.split() == ["2", "False"], proc.stdout + proc.stderr
     assert "low (5) is above high (2)" in proc.stderr
+
+
+def test_a_log_int_range_works_in_both_engines_and_a_log_step_is_refused():
+    from cnnbench.engines import kerastuner_engine, optuna_engine
+    from cnnbench.space import SpaceError
+
+    space = parse_space({"params": {"dense_units": {"type": "int", "low": 8, "high": 512, "log": True}}})
+    hp = kerastuner_engine.hyperparameters(space)  # crashed: KerasTuner refuses step 1 with log sampling
+    values = [hp.space[0].random_sample(seed) for seed in range(20)]
+    assert all(8 <= v <= 512 for v in values) and len(set(values)) > 5
+    assert optuna_engine.distributions(space)["dense_units"].log
+    with pytest.raises(SpaceError, match=r"params\.dense_units: a log range takes no step"):
+        parse_space({"params": {"dense_units": {"type": "int", "low": 8, "high": 512, "log": True, "step": 8}}},
+                    "x.yaml")
+
+
+def test_the_feasibility_check_follows_conditions():
+    space = parse_space({"params": {
+        "stages": {"type": "fixed", "value": 2},
+        "padding": {"type": "choice", "choices": ["same", "valid"]},
+        "kernel_size": {"type": "int", "low": 3, "high": 9, "condition": {"padding": "same"}}}})
+    low, high = space.param_range()  # refused before: 'valid' with a 9x9 kernel shrinks the map to nothing
+    assert 0 < low < high
+    from cnnbench.space import SpaceError
+
+    with pytest.raises(SpaceError):  # without the condition it really is infeasible
+        parse_space({"params": {"stages": {"type": "fixed", "value": 2},
+                                "padding": {"type": "choice", "choices": ["same", "valid"]},
+                                "kernel_size": {"type": "int", "low": 3, "high": 9}}})
+
+
+def test_damaged_records_and_run_json_are_named_not_silently_dropped(tmp_path):
+    from cnnbench.space import SpaceError
+    from cnnbench.sweep import SweepRequest, prepare
+    from cnnbench.trials import StudyPaths, TrialRecord, read_records, write_record
+    from conftest import SPACES
+
+    paths = StudyPaths(tmp_path / "s")
+    write_record(paths, TrialRecord(trial=0, engine="optuna", values={}, state="complete", val_accuracy=0.5))
+    paths.trial_record(1).write_text('{"trial": 1, "engi')  # torn
+    problems: list = []
+    assert [r.trial for r in read_records(paths, problems)] == [0]
+    assert len(problems) == 1 and "trial-0001.json" in problems[0]
+    (paths.root / "run.json").write_text("{ not json")
+    with pytest.raises(SpaceError, match="run.json: unreadable"):
+        prepare(SweepRequest(space_file=str(SPACES / "smoke.yaml"), study="s", results=str(tmp_path)))
+
+
+def test_a_kerastuner_trial_stopped_by_the_deadline_is_not_scored(tmp_path):
+    import time
+
+    import stand_in
+    from cnnbench.deadline import EXPORT_SECONDS, Deadline
+
+    space = parse_space({"budget": {"trials": 1}, "params": {
+        "learning_rate": {"type": "float", "low": 1e-3, "high": 1e-1}, "epochs": {"type": "fixed", "value": 3}}})
+    # the deadline is inside the export margin: every epoch "would overrun", so the trial stops after its first
+    job = stand_in.make_job(space, tmp_path, engine="kerastuner", deadline=Deadline(time.time() + EXPORT_SECONDS / 2))
+    stand_in.engines.get("kerastuner").run(job)
+    (record,) = stand_in.read_records(job.paths)
+    assert record.state == "pruned" and "deadline" in record.reason
+    tuner = stand_in.engines.get("kerastuner").make_tuner(job)
+    tuner.reload()
+    (trial,) = tuner.oracle.trials.values()
+    assert trial.status == "FAILED" and not trial.metrics.exists("val_accuracy")  # scored before the fix

@@ -124,7 +124,8 @@ def test_same_configuration_same_network_and_accuracy_through_both_engines(tmp_p
     cards = {}
     for engine in ("optuna", "kerastuner"):
         proc = run_cli("sweep", "--space", str(space_file), "--study", engine, "--results", str(tmp_path / "r"),
-                       "--engine", engine, "--trials", "1", env={"CNNBENCH_CIFAR10": str(jpeg_root)})
+                       "--engine", engine, "--trials", "1", "--no-final",  # the trial itself is compared
+                       env={"CNNBENCH_CIFAR10": str(jpeg_root)})
         assert proc.returncode == 0, proc.stderr[-3000:]
         cards[engine] = json.loads((tmp_path / "r" / engine / "best" / "model_card.json").read_text())
     a, b = cards["optuna"], cards["kerastuner"]

@@ -66,4 +66,4 @@ def test_a_resumed_sweeps_eta_is_paced_by_this_runs_trials_and_the_final_phase_i
     progress.phase = "final"
     progress.say("final training epoch 1/2")
     line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert "| final training |" in line and "ETA" not in line
+    assert "[s] final training | best val_accuracy" in line and "ETA" not in line

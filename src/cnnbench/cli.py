@@ -91,7 +91,8 @@ def cmd_sweep(args) -> int:
                    else "the trial's own model")
         validation = (f"validation accuracy {card['validation']['accuracy']:.4f}, " if card.get("validation")
                       else "")
-        print(f"best trial {card['trial']}: {validation}test accuracy {card['test']['accuracy']:.4f} on "
+        chosen = f"best trial {card['trial']}" if card["trial"] is not None else card["chosen"]
+        print(f"{chosen}: {validation}test accuracy {card['test']['accuracy']:.4f} on "
               f"{card['test']['images']} test images ({trained})")
         print(f"exported model: {summary['best_model']}")
     else:

@@ -120,6 +120,17 @@ class Deadline:
     def _seconds(self, config: dict, n_train: int, n_val: int, rate: float) -> float:
         return trial_seconds(config, n_train, n_val, rate, self.image_size, self.num_classes)
 
+    def fit_final(self, config: dict, epoch_options: list[int]) -> tuple[dict, str]:
+        """``config`` with the most epochs (of ``epoch_options``, at most its own) whose final
+        training fits in the time left less the export, and a note when they were cut."""
+        budget = self.left() - 2 * EXPORT_SECONDS
+        if self.end is None or self.final_seconds(config) <= budget:
+            return config, ""
+        for epochs in sorted((e for e in epoch_options if e < config["epochs"]), reverse=True):
+            if self.final_seconds({**config, "epochs": epochs}) <= budget:
+                return {**config, "epochs": epochs}, f"; shortened from {config['epochs']} to {epochs} epochs"
+        return config, ""
+
     def note_complete(self, config: dict, val_accuracy: float | None) -> None:
         """A trial completed: when it is the best so far, keep time for its final training."""
         if val_accuracy is not None and val_accuracy > self.best_val:

@@ -87,7 +87,8 @@ def export_best(records: list[TrialRecord], paths: StudyPaths, data: DataBundle,
         "parameter_count": trained.parameter_count, "flops_per_image": trained.flops,
         "latency_ms": trained.latency_ms,
         "chosen": ("by hand (cnnbench export --trial)" if trial is not None else
-                   "the space's only configuration" if best is None else "best validation accuracy"),
+                   (final.source or "the space's only configuration") if best is None else
+                   "best validation accuracy"),
         "training": {"epochs_run": trained.epochs_run, "train_seconds": trained.train_seconds,
                      "images_per_s": trained.images_per_s,
                      "train_images": trained.train_images or int(len(data.y_train)),

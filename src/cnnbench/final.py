@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 
 from cnnbench import trials
+from cnnbench.deadline import TRAIN_COST
 from cnnbench.engines.base import Interrupted, StudyJob
 from cnnbench.isolation import ChildDied
 from cnnbench.train import PruneTrial
@@ -35,6 +36,7 @@ UNVALIDATED = ("history", "val_accuracy", "val_loss", "best_epoch")  # result fi
 class FinalOutcome:
     record: TrialRecord | None  # None: no final training was attempted
     message: str                # one line for the terminal and the model card
+    source: str = ""            # what was trained: "trial N", "the space's only configuration", ...
 
     @property
     def complete(self) -> bool:
@@ -57,14 +59,23 @@ def _already_done(previous: TrialRecord | None, number: int, config: dict, job: 
             and previous.config == config and job.paths.final_model.exists())
 
 
-def run_final(job: StudyJob, best: TrialRecord | None, train_images: int) -> FinalOutcome:
+def run_final(job: StudyJob, best: TrialRecord | None, train_images: int, recipe: dict | None = None) -> FinalOutcome:
     """Train ``best``'s configuration (or the space's only one, when ``best`` is None) on
     all ``train_images``; returns what happened. Raises Interrupted/KeyboardInterrupt after
-    recording the final training as interrupted."""
+    recording the final training as interrupted.
+
+    ``recipe`` (a start_with entry) is the fallback when no search trial could finish before
+    the deadline beside its final training (a slow machine): the known recipe is trained on
+    all images instead, with the most epochs the space allows that still fit.
+    """
     number = best.trial if best is not None else NO_TRIAL
     # every training image, whatever fidelity the search compared it at
-    config = {**(best.config if best is not None else job.space.complete({})), "train_images": 0}
-    values = dict(best.values) if best is not None else {}
+    base = best.config if best is not None else job.space.complete(recipe or {})
+    config = {**base, "train_images": 0}
+    values = dict(best.values) if best is not None else dict(recipe or {})
+    shortened = ""
+    if recipe is not None:
+        config, shortened = job.deadline.fit_final(config, job.space.epoch_options())
     previous = read_final(job)
     if _already_done(previous, number, config, job):
         return FinalOutcome(previous, f"final training of trial {number} already done ({previous.train_images} "
@@ -75,7 +86,8 @@ def run_final(job: StudyJob, best: TrialRecord | None, train_images: int) -> Fin
         return FinalOutcome(None, f"no final training: forecast {forecast / 60:.1f} min, {max(left, 0) / 60:.1f} "
                                   "min left before the deadline; exported the best trial's own model")
     seed = job.space.seed + FINAL_SEED_OFFSET
-    source = f"trial {number}" if best is not None else "the space's only configuration"
+    source = (f"trial {number}" if best is not None else "the space's only configuration" if recipe is None
+              else "the start_with recipe (no search trial fitted beside its final training" + shortened + ")")
     record = trials.started(number, job.engine, values, config,
                             f"final training of {source} on all {train_images:,} training images", seed=seed)
     record.train_images = train_images
@@ -109,10 +121,13 @@ def run_final(job: StudyJob, best: TrialRecord | None, train_images: int) -> Fin
         if key not in UNVALIDATED and hasattr(record, key) and value is not None:
             setattr(record, key, value)
     trials.write_record(job.paths, record, job.paths.final_record)
+    if record.images_per_s and record.flops and record.precision and job.deadline.log is not None:
+        job.deadline.log.add(record.precision, record.images_per_s * record.flops * TRAIN_COST, record.flops)
     if state != "complete":
-        return FinalOutcome(record, f"final training {state}: {reason}; exported the best trial's own model")
+        return FinalOutcome(record, f"final training {state}: {reason}; exported the best trial's own model",
+                            source)
     return FinalOutcome(record, f"final training of {source} done: {record.train_seconds} s on "
-                                f"{train_images:,} images")
+                                f"{train_images:,} images", source)
 
 
 def _stopped_by(stop: KeyboardInterrupt) -> str:

@@ -4,7 +4,11 @@ uncompiled), so these classes never need to load anywhere else.
 """
 from __future__ import annotations
 
-def lr_multiplier(step, total_steps: int, schedule: str, warmup: float, start: float = 0.1, end: float = 0.0):
+WARMUP_START = 0.1  # the warm-up's default start, as a share of the peak (the lr_start knob's default)
+
+
+def lr_multiplier(step, total_steps: int, schedule: str, warmup: float, start: float = WARMUP_START,
+                  end: float = 0.0):
     """The learning rate at ``step`` as a share of the peak (a TensorFlow scalar).
 
     Linear warm-up over ``warmup`` of the steps (from ``start`` x the peak), then the

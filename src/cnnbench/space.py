@@ -300,6 +300,11 @@ class Space(_Strict):
         for combo in itertools.product(*(self.extremes(k) for k in ARCH_KNOBS)):
             cfg = dict(base)
             cfg.update({k: coerce(k, v) for k, v in zip(ARCH_KNOBS, combo)})
+            # A conditional knob whose condition fails keeps its default, as in complete():
+            # kernel_size 9 only under padding 'same' must not be tried with 'valid'.
+            for name, param in self._ordered().items():
+                if name in ARCH_KNOBS and param.condition and not param.condition_holds(cfg):
+                    cfg[name] = KNOBS[name].default
             yield cfg
 
     def _ordered(self) -> dict[str, Param]:

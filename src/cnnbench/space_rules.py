@@ -57,6 +57,10 @@ def check_semantics(space: Space) -> None:
                 raise SpaceError(f"{field}: low ({p.low}) is above high ({p.high})")
             if p.log and p.low <= 0:
                 raise SpaceError(f"{field}: a log range must be above zero, but low is {p.low}")
+            if p.log and p.step not in (None, 1):
+                # Optuna refuses a step on a log range and KerasTuner reads it as a factor: no
+                # one meaning to give it
+                raise SpaceError(f"{field}: a log range takes no step (got step {p.step}); drop one of them")
             values = [p.low, p.high]
         elif isinstance(p, ChoiceParam):
             if not p.choices:

@@ -129,6 +129,9 @@ def prepare(request: SweepRequest) -> Sweep:
         raise SpaceError(f"--results: {board} exists and was not written by cnnbench; "
                          "choose a results folder of its own")
     earlier = read_json(paths.root / "run.json")
+    if not earlier and (paths.root / "run.json").exists():  # unreadable: the resume check would be off
+        raise SpaceError(f"{paths.root / 'run.json'}: unreadable (not JSON); it says which space this study "
+                         "was made with: restore it, or use a new STUDY name")
     if earlier and earlier.get("space_hash") != space.fingerprint():
         raise SpaceError(f"{request.space_file}: study {study!r} in {paths.root} was run with a different "
                          f"space (hash {earlier.get('space_hash')}, now {space.fingerprint()}); "
@@ -183,8 +186,14 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
         shown = "; ".join(data.skipped[:5]) + (f"; and {len(data.skipped) - 5} more" if len(data.skipped) > 5 else "")
         progress.say(f"skipped {len(data.skipped)} unreadable image(s) (listed in run.json): {shown}")
 
+    reported: set[str] = set()
+
     def refresh(_record=None) -> list:
-        records = trials.read_records(paths)
+        unreadable: list[str] = []
+        records = trials.read_records(paths, unreadable)
+        for problem in sorted(set(unreadable) - reported):  # said once, never dropped silently
+            progress.say(f"unreadable trial record, left out of the leaderboard: {problem}")
+            reported.add(problem)
         frame = leaderboard_frame(records, space)
         final = trials.read_record(paths.final_record)
         write_study_leaderboard(frame, paths.root, study_markdown(sweep.study, frame, run, final))
@@ -216,6 +225,10 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
             best_trial = final_training.best_trial(trials.read_records(paths))
             if best_trial is not None or not sweep.search_needed:
                 final = final_training.run_final(job, best_trial, deadline.final_images)
+            elif deadline.end is not None and space.start_with:
+                # The hour held no search trial beside a final training (a slow machine): rather
+                # than nothing, the known recipe on all images, sized to the time left.
+                final = final_training.run_final(job, None, deadline.final_images, recipe=space.start_with[0])
     except KeyboardInterrupt as stop:  # SIGINT or SIGTERM: keep what finished, rank it, export it
         stopped_by = getattr(stop, "signum", 2)
         interrupted = trials.read_record(paths.final_record)

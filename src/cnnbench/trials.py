@@ -113,14 +113,17 @@ def write_record(paths: StudyPaths, record: TrialRecord, target: Path | None = N
     os.replace(tmp, target)
 
 
-def read_records(paths: StudyPaths) -> list[TrialRecord]:
-    """Every trial record of the study, by trial number."""
+def read_records(paths: StudyPaths, unreadable: list[str] | None = None) -> list[TrialRecord]:
+    """Every trial record of the study, by trial number. Records are written atomically, so
+    one that cannot be read was damaged (a full disk, an editor): it is left out, and its
+    file name is added to ``unreadable`` for the caller to report."""
     out = []
     for path in sorted(paths.trials.glob("trial-*.json")):
         try:
             out.append(TrialRecord.from_dict(json.loads(path.read_text())))
-        except (OSError, ValueError, TypeError):
-            continue  # a record being replaced right now; it is whole again a moment later
+        except (OSError, ValueError, TypeError) as e:
+            if unreadable is not None:
+                unreadable.append(f"{path}: {type(e).__name__}")
     return sorted(out, key=lambda r: r.trial)
 
 

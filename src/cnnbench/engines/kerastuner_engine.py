@@ -62,9 +62,11 @@ def hyperparameters(space: Space) -> kt.HyperParameters:
             for parent, wanted in (p.condition or {}).items():
                 scopes.enter_context(hp.conditional_scope(parent, wanted if isinstance(wanted, list) else [wanted]))
             if isinstance(p, IntParam):
-                hp.Int(name, p.low, p.high, step=p.step, sampling="log" if p.log else "linear")
+                # KerasTuner reads a step on a log range as a factor and refuses 1: none there
+                hp.Int(name, p.low, p.high, step=None if p.log else p.step, sampling="log" if p.log else "linear")
             elif isinstance(p, FloatParam):
-                hp.Float(name, p.low, p.high, step=p.step, sampling="log" if p.log else "linear")
+                hp.Float(name, p.low, p.high, step=None if p.log else p.step,
+                         sampling="log" if p.log else "linear")
             elif isinstance(p, ChoiceParam):
                 hp.Choice(name, p.choices, ordered=False)
     return hp
@@ -104,6 +106,8 @@ class _Runner:
             job.on_record(record)
         if record.state == "failed":
             raise kt.errors.FailedTrialError(record.reason)  # fails the trial, not the search
+        if record.state == "pruned":  # stopped by the deadline: a partial score the oracle must not learn from
+            raise kt.errors.FailedTrialError(f"{record.reason} (its partial score is not reported)")
         return {"val_accuracy": float(record.val_accuracy)} if record.val_accuracy is not None else {}
 
 
