@@ -21,8 +21,7 @@ import time
 from dataclasses import dataclass
 
 from cnnbench import trials
-from cnnbench.deadline import TRAIN_COST
-from cnnbench.engines.base import Interrupted, StudyJob
+from cnnbench.engines.base import StudyJob, log_throughput, signal_name
 from cnnbench.isolation import ChildDied
 from cnnbench.train import PruneTrial
 from cnnbench.trials import TrialRecord
@@ -113,7 +112,7 @@ def run_final(job: StudyJob, best: TrialRecord | None, train_images: int, recipe
     except ChildDied as died:
         state, reason, result = "failed", str(died), None
     except KeyboardInterrupt as stop:
-        record.state, record.reason, record.finished_at = "interrupted", _stopped_by(stop), time.time()
+        record.state, record.reason, record.finished_at = "interrupted", f"interrupted by {signal_name(stop)}", time.time()
         trials.write_record(job.paths, record, job.paths.final_record)
         raise
     record.state, record.reason, record.finished_at = state, reason, time.time()
@@ -121,20 +120,12 @@ def run_final(job: StudyJob, best: TrialRecord | None, train_images: int, recipe
         if key not in UNVALIDATED and hasattr(record, key) and value is not None:
             setattr(record, key, value)
     trials.write_record(job.paths, record, job.paths.final_record)
-    if record.images_per_s and record.flops and record.precision and job.deadline.log is not None:
-        job.deadline.log.add(record.precision, record.images_per_s * record.flops * TRAIN_COST, record.flops)
+    log_throughput(job, record)
     if state != "complete":
         return FinalOutcome(record, f"final training {state}: {reason}; exported the best trial's own model",
                             source)
     return FinalOutcome(record, f"final training of {source} done: {record.train_seconds} s on "
                                 f"{train_images:,} images", source)
-
-
-def _stopped_by(stop: KeyboardInterrupt) -> str:
-    import signal
-
-    signum = stop.signum if isinstance(stop, Interrupted) else getattr(stop, "signum", signal.SIGINT)
-    return f"interrupted by {signal.Signals(signum).name}"
 
 
 def card_block(outcome: FinalOutcome) -> dict:

@@ -191,7 +191,7 @@ def run_trial(job: StudyJob, number: int, values: dict, should_stop: Callable[[i
         state, reason, result = "failed", str(died), None
     except KeyboardInterrupt as signalled:  # Interrupted (SIGINT, SIGTERM) or a plain Ctrl-C
         stop = signalled
-        state, reason, result = "interrupted", f"interrupted by {_signal_name(signalled)}", None
+        state, reason, result = "interrupted", f"interrupted by {signal_name(signalled)}", None
     finally:
         heartbeat.stop()
     record.state, record.reason = state, reason
@@ -203,8 +203,7 @@ def run_trial(job: StudyJob, number: int, values: dict, should_stop: Callable[[i
         record.history = merged_history(history, record.history) if history else record.history
     record.finished_at = time.time()
     trials.write_record(paths, record)
-    if record.images_per_s and record.precision and record.flops and job.deadline.log is not None:
-        job.deadline.log.add(record.precision, record.images_per_s * record.flops * TRAIN_COST, record.flops)
+    log_throughput(job, record)
     if record.state == "complete":  # the deadline keeps time for the best one's final training
         job.deadline.note_complete(record.config, record.val_accuracy)
     job.progress.trial_done(record)
@@ -213,7 +212,13 @@ def run_trial(job: StudyJob, number: int, values: dict, should_stop: Callable[[i
     return record
 
 
-def _signal_name(stop: KeyboardInterrupt) -> str:
+def log_throughput(job: StudyJob, record: TrialRecord) -> None:
+    """Keep the training speed a finished training reached here, for later forecasts."""
+    if record.images_per_s and record.precision and record.flops and job.deadline.log is not None:
+        job.deadline.log.add(record.precision, record.images_per_s * record.flops * TRAIN_COST, record.flops)
+
+
+def signal_name(stop: KeyboardInterrupt) -> str:
     import signal
 
     return signal.Signals(getattr(stop, "signum", signal.SIGINT)).name
