@@ -1,6 +1,6 @@
 # cnnbench: the commands the README documents. Each sets up .venv on first use.
 #   make sweep [SPACE=search_spaces/NAME.yaml] [STUDY=name] [TRIALS=n] [TIMEOUT=minutes]
-#              [ENGINE=optuna|kerastuner] [ALGO=...] [STORAGE=url]
+#              [ENGINE=optuna|kerastuner] [ALGO=...] [STORAGE=url] [SEED=n] [NO_START_WITH=1]
 #   make test | make bench | make check SPACE=... | make leaderboard [STUDY=...]
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -21,7 +21,7 @@ SWEEP_ARGS := --space $(SPACE) --engine $(ENGINE) \
 	$(if $(STUDY),--study $(STUDY)) $(if $(TRIALS),--trials $(TRIALS)) \
 	$(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(ALGO),--algo $(ALGO)) \
 	$(if $(STORAGE),--storage $(STORAGE)) $(if $(WORKERS),--workers $(WORKERS)) \
-	$(if $(SEED),--seed $(SEED))
+	$(if $(SEED),--seed $(SEED)) $(if $(NO_START_WITH),--no-start-with)
 
 .PHONY: sweep test lint bench bench-recipe check leaderboard clean-venv
 $(VENV)/.installed: pyproject.toml

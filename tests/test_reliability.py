@@ -55,7 +55,8 @@ def running_trial_started(gate: Path, n: int = 1):
     return lambda: len(list(gate.glob("training-*"))) >= n
 
 
-@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)],
+                         ids=["SIGTERM", "SIGINT", "SIGHUP"])
 def test_a_signal_stops_the_sweep_gracefully(tmp_path, signum, code):
     proc, gate = sweep(tmp_path, "stopped", "--trials", "4", ignore_sigint=signum == signal.SIGINT)
     wait_for(running_trial_started(gate), "the first trial to start")
@@ -73,6 +74,8 @@ def test_a_signal_stops_the_sweep_gracefully(tmp_path, signum, code):
     assert dict(zip(board["trial"], board["state"])) == states  # the board matches the records
     assert (tmp_path / "results" / "stopped" / "best" / "model.keras").exists()
     assert f"stopped by {signal.Signals(signum).name}" in out
+    if signum != signal.SIGTERM:
+        return  # what follows a stop is the same for every signal: checked once
 
     (gate / "go").touch()  # the same command again continues: the interrupted trial did not count
     again, _ = sweep(tmp_path, "stopped", "--trials", "4")
@@ -137,6 +140,18 @@ def test_two_workers_one_killed_nothing_lost_nothing_twice(tmp_path):
     board = pd.read_csv(tmp_path / "results" / "workers" / "leaderboard.csv")
     assert sorted(board["trial"]) == sorted(r["trial"] for r in final)
     assert "was killed by SIGKILL" in out or "was lost" in out
+
+
+def test_workers_stop_with_their_sweep_even_when_it_is_killed_9(tmp_path):
+    proc, gate = sweep(tmp_path, "orphans", "--trials", "6", "--workers", "2")
+    wait_for(running_trial_started(gate, 2), "both workers to start a trial")
+    wait_for(lambda: sum(r["state"] == "running" for r in records(tmp_path, "orphans")) == 2, "two running records")
+    workers = [r["pid"] for r in records(tmp_path, "orphans") if r["state"] == "running"]
+    proc.kill()
+    proc.communicate(timeout=WAIT)
+    wait_for(lambda: all(process_gone(pid) for pid in workers), "the workers to stop with their sweep")
+    states = [r["state"] for r in records(tmp_path, "orphans")]
+    assert states == ["interrupted", "interrupted"]  # each stopped the graceful way, on SIGTERM
 
 
 def test_kerastuner_workers_one_killed_its_trial_is_retried_in_the_same_run(tmp_path):

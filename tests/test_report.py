@@ -15,9 +15,9 @@ def test_plain_progress_lines_name_trial_of_total_best_and_epoch(capsys):
     progress.trial_done(TrialRecord(trial=0, state="complete", engine="optuna", values={}, val_accuracy=0.61))
     progress.trial_done(TrialRecord(trial=1, state="failed", engine="optuna", values={}, reason="ValueError: x"))
     lines = capsys.readouterr().out.strip().splitlines()
-    assert "[my-study] 1 of 3 | best val_accuracy - |" in lines[0] and "learning_rate=0.001235" in lines[0]
+    assert "[my-study] search: 1 of 3 | best val_accuracy - |" in lines[0] and "learning_rate=0.001235" in lines[0]
     assert "trial 0 epoch 2/5: val_accuracy 0.5000" in lines[1]
-    assert "[my-study] 2 of 3 | best val_accuracy 0.6100" in lines[2] and "ETA" in lines[2]
+    assert "[my-study] search: 2 of 3 | best val_accuracy 0.6100" in lines[2] and "ETA" in lines[2]
     assert lines[3].endswith("trial 1 failed: ValueError: x")
 
 

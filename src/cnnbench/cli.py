@@ -2,11 +2,13 @@
 
 Exit codes: 0 success; 1 some work failed (an image that could not be classified, a sweep
 with no completed trial); 2 bad input (space file, data, arguments), nothing written;
-130 interrupted (what finished is kept).
+130/143/129 stopped by SIGINT/SIGTERM/SIGHUP (what finished is kept); 74 a file could not be
+written (a full disk, a read-only folder: one line naming it).
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import shlex
@@ -21,11 +23,13 @@ from cnnbench.predict import ModelError
 from cnnbench.space import SpaceError
 
 BAD_INPUT, INTERRUPTED = 2, 130
-EXIT_FOR_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}  # the shell's convention: 128 + signal
+# the shell's convention: 128 + signal. SIGHUP (a closed terminal, a dropped ssh session)
+# stops a sweep like SIGTERM.
+EXIT_FOR_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 
 
 def install_stop_handlers() -> None:
-    """SIGINT and SIGTERM stop a sweep gracefully (the running trial is recorded as
+    """SIGINT, SIGTERM and SIGHUP stop a sweep gracefully (the running trial is recorded as
     interrupted, what finished is ranked and exported). Installed explicitly, so a sweep
     started from a script or in the background, where SIGINT arrives ignored, still stops
     on ``kill -INT``. The first signal counts; later ones are ignored while cleaning up."""
@@ -71,7 +75,8 @@ def cmd_sweep(args) -> int:
                            timeout_minutes=args.timeout, engine=args.engine, algo=args.algo,
                            storage=args.storage, results=args.results, workers=args.workers,
                            tensorboard=args.tensorboard, final=False if args.no_final else None,
-                           seed=args.seed, command="cnnbench " + shlex.join(args.argv))
+                           seed=args.seed, start_with=not args.no_start_with, cache=not args.no_cache,
+                           warm_start=tuple(args.warm_start or ()), command="cnnbench " + shlex.join(args.argv))
     sweep = prepare(request)
     runtime.import_tensorflow_quietly()
     install_stop_handlers()
@@ -167,6 +172,9 @@ def cmd_export(args) -> int:
     run = read_json(paths.root / "run.json")
     space = parse_space(run["space"], str(paths.root / "run.json"))
     data = load_data(space.data, space.seed, Path(run["space_file"]).resolve().parent)
+    from cnnbench.sweep import check_same_data
+
+    check_same_data(paths, data)  # the test split must be the study's own
     records = read_records(paths)
     final = None
     done = read_record(paths.final_record)
@@ -185,6 +193,18 @@ def cmd_schema(args) -> int:
     from cnnbench.schema import schema_text
 
     sys.stdout.write(schema_text())
+    return 0
+
+
+def cmd_repair(args) -> int:
+    """Make a study's Optuna journal readable again, keeping every complete entry."""
+    from cnnbench.engines.optuna_engine import repair_journal
+
+    journal = Path(args.results) / args.study / "optuna.journal"
+    if not journal.is_file():
+        raise SpaceError(f"{journal}: no Optuna journal here (a study run with --storage keeps its state in the "
+                         "database)")
+    print(f"{journal}: {repair_journal(journal) or 'nothing to repair'}")
     return 0
 
 
@@ -265,6 +285,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--no-final", action="store_true",
                    help="export the best trial's own model instead of training it once more on all training images")
     s.add_argument("--seed", type=int, help="replaces the space's seed (sampler and training): another run of a recipe")
+    s.add_argument("--no-start-with", action="store_true",
+                   help="ignore the space's start_with recipes: the search on its own, as for a user without one")
+    s.add_argument("--warm-start", action="append", metavar="STUDY",
+                   help="start a new Optuna study from the finished trials of STUDY (same results folder, same "
+                   "searched parameters); repeatable")
+    s.add_argument("--no-cache", action="store_true",
+                   help="train every trial, even one whose training (same configuration, seed, data and code) "
+                   "was done before in this results folder")
     s.add_argument("--tensorboard", action="store_true",
                    help="TensorBoard logs per trial in results/STUDY/tensorboard/trial-NNNN/")
     s.set_defaults(func=cmd_sweep)
@@ -321,6 +349,10 @@ def parser() -> argparse.ArgumentParser:
 
     sc = sub.add_parser("schema", help="print the JSON Schema of space files (for editors)")
     sc.set_defaults(func=cmd_schema)
+    rp = sub.add_parser("repair", help="make a study's Optuna journal readable again (torn or unreadable entries)")
+    rp.add_argument("study")
+    rp.add_argument("--results", default="results", help="results folder")
+    rp.set_defaults(func=cmd_repair)
     ev = sub.add_parser("evaluate", help="score an exported model on a labelled image folder")
     ev.add_argument("model", help="path to model.keras")
     ev.add_argument("folder", help="a folder with one subfolder of images per class")
@@ -350,6 +382,17 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:  # a full disk, a read-only folder, a lost mount: one line, the study kept
+        if e.errno not in WRITE_FAILURES:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"cnnbench: {where}cannot write: {e.strerror}; every finished trial is kept, and once the cause is "
+              "fixed the same command continues", file=sys.stderr)
+        return WRITE_FAILED
+
+
+WRITE_FAILED = 74  # EX_IOERR
+WRITE_FAILURES = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EIO, errno.EPERM)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,11 @@ import json
 import os
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cnnbench import runtime
+from cnnbench.files import atomic_write
 from cnnbench.knobs import TTA_VIEWS, unspell
 from cnnbench.model import architecture_stats
 
@@ -77,10 +78,7 @@ class ThroughputLog:
         samples = table.setdefault(machine_key(precision), [])
         samples.append([round(flops_per_image), round(flops_per_s)])
         del samples[:-SAMPLES_KEPT]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(table, indent=1))
-        os.replace(tmp, self.path)
+        atomic_write(self.path, json.dumps(table, indent=1))
 
     def rate(self, precision: str, flops_per_image: float) -> float | None:
         """The median training FLOPs/s of recent trials here of a similar size, or None."""
@@ -104,6 +102,7 @@ class Deadline:
     num_classes: int = 10
     best_val: float = -1.0
     best_final_seconds: float = 0.0  # forecast of the current best trial's final training
+    best_rung: int = 0               # the rung the best so far was scored at
 
     def final_seconds(self, config: dict) -> float:
         """Forecast wall seconds of ``config``'s final training (0 when off or unknown here)."""
@@ -126,15 +125,20 @@ class Deadline:
         budget = self.left() - 2 * EXPORT_SECONDS
         if self.end is None or self.final_seconds(config) <= budget:
             return config, ""
-        for epochs in sorted((e for e in epoch_options if e < config["epochs"]), reverse=True):
+        # the space's epoch choices when it searches epochs, else any shorter schedule (the
+        # one-cycle schedule compresses to it)
+        for epochs in sorted((e for e in epoch_options or range(1, config["epochs"]) if e < config["epochs"]),
+                             reverse=True):
             if self.final_seconds({**config, "epochs": epochs}) <= budget:
                 return {**config, "epochs": epochs}, f"; shortened from {config['epochs']} to {epochs} epochs"
         return config, ""
 
-    def note_complete(self, config: dict, val_accuracy: float | None) -> None:
-        """A trial completed: when it is the best so far, keep time for its final training."""
-        if val_accuracy is not None and val_accuracy > self.best_val:
+    def note_complete(self, config: dict, val_accuracy: float | None, rung: int | None = None) -> None:
+        """A trial completed: when it is the best so far (at the highest rung yet, with
+        successive halving), keep time for its final training."""
+        if val_accuracy is not None and (rung or 0, val_accuracy) > (self.best_rung, self.best_val):
             self.best_val, self.best_final_seconds = val_accuracy, self.final_seconds(config)
+            self.best_rung = rung or 0
 
     @classmethod
     def from_minutes(cls, minutes: float | None, started: float | None = None) -> "Deadline":
@@ -157,11 +161,13 @@ class Deadline:
         return EXPORT_SECONDS + n_test * TTA_VIEWS[unspell("tta", config["tta"])] * flops / rate
 
     def admit(self, config: dict, n_train: int, n_val: int, n_test: int, precision: str,
-              epoch_options: list[int]) -> tuple[dict, str]:
+              epoch_options: list[int], final_config: dict | None = None) -> tuple[dict, str]:
         """The configuration to train and a note, or NotStarted when it cannot finish in time.
 
         ``epoch_options`` are the epoch counts the space allows (empty: epochs is fixed);
         a trial too long for the time left is shortened to the largest one that fits.
+        ``final_config``: what its final training would train when that differs from
+        ``config`` (a successive-halving rung trains a cheaper fidelity than its final).
         """
         rate = self.log.rate(precision, self._flops(config)) if self.log else None
         if self.end is None or not rate:
@@ -169,7 +175,7 @@ class Deadline:
         budget = self.left() - self.export_seconds(config, n_test, precision)
 
         def fits(candidate: dict) -> bool:
-            reserve = max(self.best_final_seconds, self.final_seconds(candidate))
+            reserve = max(self.best_final_seconds, self.final_seconds(final_config or candidate))
             return self._seconds(candidate, n_train, n_val, rate) + reserve <= budget
 
         if fits(config):
@@ -180,7 +186,7 @@ class Deadline:
                 return shorter, (f"shortened from {config['epochs']} to {epochs} epochs to finish before the "
                                  f"deadline ({budget / 60:.1f} min left)")
         need = self._seconds(config, n_train, n_val, rate)
-        final = max(self.best_final_seconds, self.final_seconds(config))
+        final = max(self.best_final_seconds, self.final_seconds(final_config or config))
         kept = f", {final / 60:.1f} min of it kept for the final training" if final else ""
         raise NotStarted(f"not started: forecast {need / 60:.1f} min at {rate / 1e9:.0f} GFLOP/s, "
                          f"{max(budget, 0) / 60:.1f} min left before the deadline{kept}")
@@ -215,14 +221,29 @@ class HourPlan:
     final_seconds: float      # its final training on train + validation (0: off)
     export_seconds: float
     trials: int               # such trials that fit beside the final training and the export
+    rungs: list[tuple[str, float, int]] = field(default_factory=list)  # successive halving: (rung, seconds, runs)
+    reduction_factor: int = 3
+
+    @property
+    def search_seconds(self) -> float:
+        if self.rungs:
+            return sum(seconds * runs for _, seconds, runs in self.rungs)
+        return self.trials * self.trial_seconds
 
     def text(self) -> str:
-        lines = [f"  plan for {self.minutes:g} min here (at {self.rate / 1e9:.0f} GFLOP/s training):",
-                 f"    a trial of the first configuration: {self.trial_seconds / 60:.1f} min",
-                 f"    its final training on all training images: {self.final_seconds / 60:.1f} min"
-                 if self.final_seconds else "    final training: off",
-                 f"    export: {self.export_seconds / 60:.1f} min",
-                 f"    so {self.trials} such trial(s) fit beside the final training and the export"]
+        lines = [f"  plan for {self.minutes:g} min here (at {self.rate / 1e9:.0f} GFLOP/s training):"]
+        if self.rungs:
+            lines.append(f"    search: {self.rungs[0][2]} configuration(s), the best 1/{self.reduction_factor} of each "
+                         "rung promoted to the next:")
+            lines += [f"      {name}: {runs} run(s) of {seconds / 60:.1f} min" for name, seconds, runs in self.rungs]
+        else:
+            lines.append(f"    a trial of the first configuration: {self.trial_seconds / 60:.1f} min")
+        lines += [f"    final training on all training images: {self.final_seconds / 60:.1f} min"
+                  if self.final_seconds else "    final training: off",
+                  f"    export: {self.export_seconds / 60:.1f} min",
+                  f"    total: {(self.search_seconds + self.final_seconds + self.export_seconds) / 60:.1f} min"]
+        if not self.rungs:
+            lines.append(f"    so {self.trials} such trial(s) fit beside the final training and the export")
         if self.trials == 0:
             lines.append("    none does: the sweep shortens trials where the space searches epochs, and refuses "
                          "the rest" + (" (the final training comes first)" if self.final_seconds else ""))
@@ -232,7 +253,13 @@ class HourPlan:
 def plan(space, minutes: float, log: ThroughputLog | None = None, n_train: int = 45_000, n_val: int = 5_000,
          n_test: int = 10_000) -> HourPlan | None:
     """The plan for a sweep of ``space`` lasting ``minutes``, or None while this machine's
-    speed for networks of that size is unknown (``cnnbench check --measure``)."""
+    speed for networks of that size is unknown (``cnnbench check --measure``).
+
+    With ``search.rungs``, successive halving: ``n`` configurations at the first rung,
+    ``n // f`` of them at the second, ``n // f**2`` at the third (``f`` the reduction
+    factor), with the largest ``n`` whose runs fit beside the final training and export.
+    """
+    from cnnbench.engines.promotion import describe
     from cnnbench.runtime import resolve_precision
 
     config = space.complete(space.start_with[0] if space.start_with else {})
@@ -244,5 +271,14 @@ def plan(space, minutes: float, log: ThroughputLog | None = None, n_train: int =
     trial = deadline._seconds(config, n_train, n_val, rate)
     final = deadline.final_seconds(config)
     export = deadline.export_seconds(config, n_test, resolve_precision(config["precision"]))
-    fit = max(0, int((minutes * 60 - final - export) // trial))
-    return HourPlan(minutes, rate, trial, final, export, fit)
+    search = minutes * 60 - final - export
+    if not space.search.rungs:
+        return HourPlan(minutes, rate, trial, final, export, max(0, int(search // trial)))
+    f = space.search.reduction_factor
+    costs = [deadline._seconds({**config, **rung}, n_train, n_val, rate) for rung in space.search.rungs]
+    per_config = sum(cost / f**k for k, cost in enumerate(costs))  # a configuration's expected share
+    n = max(0, int(search // per_config))
+    while n and sum(cost * (n // f**k) for k, cost in enumerate(costs)) > search:
+        n -= 1  # whole runs only: n // f**k rounds down, so this rarely steps
+    rungs = [(describe(space, k), cost, n // f**k) for k, cost in enumerate(costs)]
+    return HourPlan(minutes, rate, costs[0], final, export, n, rungs, f)

@@ -1,7 +1,9 @@
 """The best trial, evaluated once on the test split and exported with its model card."""
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -100,7 +102,7 @@ def export_best(records: list[TrialRecord], paths: StudyPaths, data: DataBundle,
                                    "command", "machine")},
     }
     paths.best.mkdir(parents=True, exist_ok=True)
-    tmp = paths.best / ".model.tmp.keras"
+    tmp = paths.best / f".model.{os.getpid()}.tmp.keras"  # two sweeps of one study may export at once
     shutil.copyfile(source, tmp)
     tmp.replace(paths.best / "model.keras")
     save_saved_model(model, paths.best / "saved_model")
@@ -115,7 +117,7 @@ def save_saved_model(model, folder: Path) -> None:
     import keras
     import tensorflow as tf
 
-    tmp = folder.with_name(f".{folder.name}.tmp")
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")  # unique: a second sweep may export at once
     shutil.rmtree(tmp, ignore_errors=True)
     # An explicit endpoint: ``model.export`` would keep the functional model's list of one
     # input, so serving would need ``serve([images])`` instead of ``serve(images)``.
@@ -124,8 +126,22 @@ def save_saved_model(model, folder: Path) -> None:
     archive.add_endpoint(name="serve", fn=lambda images: model(images, training=False),
                          input_signature=[tf.TensorSpec((None, None, None, 3), tf.uint8, name="images")])
     archive.write_out(str(tmp), verbose=False)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.replace(folder)
+    swap_in(tmp, folder)
+
+
+def swap_in(tmp: Path, folder: Path) -> None:
+    """Put the finished folder ``tmp`` in place of ``folder``. Another sweep of the same
+    study may export at the same moment and put its own folder there between the removal
+    and the rename: then try again, and after a few tries let the other one stand."""
+    for _ in range(5):
+        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            tmp.replace(folder)
+            return
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def card_markdown(card: dict) -> str:

@@ -68,12 +68,17 @@ def run_final(job: StudyJob, best: TrialRecord | None, train_images: int, recipe
     all images instead, with the most epochs the space allows that still fit.
     """
     number = best.trial if best is not None else NO_TRIAL
-    # every training image, whatever fidelity the search compared it at
-    base = best.config if best is not None else job.space.complete(recipe or {})
+    ranked_at_rung = best is not None and best.rung is not None
+    # every training image, whatever fidelity the search compared it at; a rung's schedule
+    # was a cheap fidelity too, so a configuration ranked at a rung trains the space's own
+    if best is None:
+        base = job.space.complete(recipe or {})
+    else:
+        base = job.space.complete(best.values) if ranked_at_rung else best.config
     config = {**base, "train_images": 0}
     values = dict(best.values) if best is not None else dict(recipe or {})
     shortened = ""
-    if recipe is not None:
+    if recipe is not None or ranked_at_rung:  # sized to the time left (a search trial's was kept for it)
         config, shortened = job.deadline.fit_final(config, job.space.epoch_options())
     previous = read_final(job)
     if _already_done(previous, number, config, job):
@@ -85,7 +90,7 @@ def run_final(job: StudyJob, best: TrialRecord | None, train_images: int, recipe
         return FinalOutcome(None, f"no final training: forecast {forecast / 60:.1f} min, {max(left, 0) / 60:.1f} "
                                   "min left before the deadline; exported the best trial's own model")
     seed = job.space.seed + FINAL_SEED_OFFSET
-    source = (f"trial {number}" if best is not None else "the space's only configuration" if recipe is None
+    source = (f"trial {number}{shortened}" if best is not None else "the space's only configuration" if recipe is None
               else "the start_with recipe (no search trial fitted beside its final training" + shortened + ")")
     record = trials.started(number, job.engine, values, config,
                             f"final training of {source} on all {train_images:,} training images", seed=seed)

@@ -36,15 +36,26 @@ def _resident_mb() -> float:
         return 0.0
 
 
-def _die_with_parent() -> None:
-    """Linux: the kernel kills this child if the sweep process dies (even by SIGKILL), so a
-    killed sweep leaves no orphan training on."""
+def _die_with_parent(signum: int = signal.SIGKILL, parent: int | None = None) -> None:
+    """Linux: the kernel sends ``signum`` to this process when its parent dies (even by
+    SIGKILL), so a killed sweep leaves no orphan training on. ``parent``: the pid it must
+    still have, for the case where the parent died before this call (then stop at once)."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signum)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass  # elsewhere the child notices the parent at its next epoch (a broken pipe)
+    if parent is not None and os.getppid() != parent:
+        os.kill(os.getpid(), signum)
+
+
+def worker_preexec():
+    """For ``subprocess.Popen(preexec_fn=...)`` of a sweep's worker processes: each gets
+    SIGTERM when the sweep dies (a worker stops on it the graceful way, recording its trial
+    as interrupted), so no worker trains on as an orphan, kill -9 of the sweep included."""
+    parent = os.getpid()
+    return lambda: _die_with_parent(signal.SIGTERM, parent)
 
 
 def _load_trainer(dotted: str):
@@ -76,6 +87,7 @@ def _child_main(conn, trainer_path: str, data_request: tuple | None) -> None:
     """The child: load data once, then train whatever the parent sends until told to stop."""
     # Ctrl-C reaches every process in the terminal's group; the parent decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal too: the parent stops it
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent()
     from cnnbench import runtime

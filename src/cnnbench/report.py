@@ -92,7 +92,7 @@ class SweepProgress:
                  timeout_minutes: float | None = None, live: bool | None = None):
         self.study, self.total, self.done, self.best = study, total, done, best
         self.done_here = 0  # finished in this run: the ETA's pace (earlier runs' trials took other time)
-        self.phase = "search"  # or "final": the final training on all training images
+        self.phase = "search"  # "promotion" (a run at a higher rung), "final" (the final training)
         self.timeout = timeout_minutes * 60 if timeout_minutes else None
         self.started = time.monotonic()
         self.console = Console()
@@ -129,11 +129,11 @@ class SweepProgress:
     def _headline(self) -> str:
         elapsed = time.monotonic() - self.started
         eta = ""
-        if self.done_here and self.total > self.done and self.phase == "search":
+        if self.done_here and self.total > self.done and self.phase != "final":
             remaining = elapsed / self.done_here * (self.total - self.done)
             eta = _clock(min(remaining, max(0, self.timeout - elapsed)) if self.timeout else remaining)
         best = f"{self.best:.4f}" if self.best is not None else "-"
-        where = (f"{min(self.done + 1, self.total)} of {self.total}" if self.phase == "search"
+        where = (f"{self.phase}: {min(self.done + 1, self.total)} of {self.total}" if self.phase != "final"
                  else "final training")
         return (f"[{self.study}] {where} | best val_accuracy {best} | "
                 f"elapsed {_clock(elapsed)}" + (f" | ETA {eta}" if eta else ""))

@@ -6,26 +6,18 @@ renders them for people.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from cnnbench.files import atomic_write  # noqa: F401 (its callers import it from here too)
 from cnnbench.knobs import coerce
 from cnnbench.space import FixedParam, Space
 from cnnbench.trials import RESULT_COLUMNS, TrialRecord
 
 PROGRESS_COLUMNS = ["trial", "state", "minutes", "val_accuracy", "best_val_accuracy"]
 _STATE_RANK = {"complete": 0, "pruned": 1, "running": 2, "interrupted": 3, "failed": 4}
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` so a reader (or a crash) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def json_text(obj) -> str:
@@ -57,10 +49,12 @@ def leaderboard_frame(records: list[TrialRecord], space: Space) -> pd.DataFrame:
     frame["_rank"] = frame["state"].map(_STATE_RANK).fillna(9)
     # Ranked within a data fidelity, the largest first: a score on 5,000 images is never
     # placed among scores on 45,000 (an unknown size is the whole split).
+    # Successive-halving rungs first: the top rung (its scores on the most data) leads.
+    frame["_rung"] = pd.to_numeric(frame["rung"], errors="coerce").fillna(float("inf"))
     frame["_images"] = pd.to_numeric(frame["train_images"], errors="coerce").fillna(float("inf"))
-    frame = frame.sort_values(["_rank", "_images", "val_accuracy", "trial"], ascending=[True, False, False, True],
-                              na_position="last", kind="stable")
-    frame = frame.drop(columns=["_rank", "_images"]).reset_index(drop=True)
+    frame = frame.sort_values(["_rank", "_rung", "_images", "val_accuracy", "trial"],
+                              ascending=[True, False, False, False, True], na_position="last", kind="stable")
+    frame = frame.drop(columns=["_rank", "_rung", "_images"]).reset_index(drop=True)
     if space.minimize:  # a multi-objective study: which trials no other beats on every objective
         frame.insert(2, "pareto", pareto_frame(frame, list(space.minimize)))
     return frame

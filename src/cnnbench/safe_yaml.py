@@ -8,6 +8,8 @@ would silently keep the last) and nesting deeper than ``MAX_DEPTH``.
 """
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +63,15 @@ def _depth(node, level: int = 0) -> int:
 
 def load(path: Path) -> Any:
     """The parsed document; YamlProblem (one line, no file name) or OSError."""
-    data = path.read_bytes()
+    # Special files first: /dev/zero would be read until memory runs out, a FIFO would hang.
+    # A file is opened without blocking and read at most one byte past the limit.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise YamlProblem("not a regular file (a device, FIFO or socket); give a space file")
+        data = f.read(MAX_BYTES + 1)
     if len(data) > MAX_BYTES:
-        raise YamlProblem(f"{len(data):,} bytes; a space file is at most {MAX_BYTES:,}")
+        raise YamlProblem(f"over {MAX_BYTES:,} bytes; a space file is at most {MAX_BYTES:,}")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

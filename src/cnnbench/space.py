@@ -126,6 +126,13 @@ class Search(_Strict):
     # validation accuracy, or after this many finished trials in a row brought no new best.
     stop_at: dict[Literal["val_accuracy"], float] | None = None
     stop_after_no_improvement: int | None = Field(None, ge=1, le=100_000)
+    # Successive halving over cheap fidelities (engines/promotion.py): every configuration
+    # first trains at rungs[0] (e.g. {train_images: 5000, epochs: 2}: a complete small
+    # training); the best 1/reduction_factor of each rung train again at the next one; the
+    # best of the last rung gets the final training on all images. Empty: every trial
+    # trains at the space's own fidelity.
+    rungs: list[dict[str, Scalar]] = Field([], max_length=6)
+    reduction_factor: int = Field(3, ge=2, le=10)
 
 
 class Data(_Strict):

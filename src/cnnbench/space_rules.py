@@ -84,6 +84,7 @@ def check_semantics(space: Space) -> None:
                     raise SpaceError(f"{field}.condition: {parent!r} never takes the value {w!r}")
     space._ordered()  # raises on cycles
     _check_start_with(space)
+    _check_rungs(space)
     if len(set(space.minimize)) != len(space.minimize):
         raise SpaceError(f"{src}: minimize: an objective is listed twice")
     if space.minimize and space.search.pruner in ("hyperband", "successive_halving"):
@@ -127,3 +128,33 @@ def _check_start_with(space: Space) -> None:
             architecture_stats(config, space.data.image_size)
         except ArchitectureError as e:
             raise SpaceError(f"{where}: architecture impossible: {e}") from None
+
+
+RUNG_KNOBS = ("train_images", "epochs", "batch_size", "tta")  # a rung's fidelity: data, schedule, steps, views
+
+
+def _check_rungs(space: Space) -> None:
+    """Each rung sets fidelity knobs only, to values they take, and each costs more than the
+    one before (more images or more epochs, never fewer)."""
+    previous: tuple[float, float] | None = None
+    for i, rung in enumerate(space.search.rungs):
+        where = f"{space.source}: search.rungs[{i}]"
+        if not rung:
+            raise SpaceError(f"{where}: empty; give train_images and/or epochs")
+        for name, value in rung.items():
+            if name not in RUNG_KNOBS:
+                raise SpaceError(f"{where}.{name}: a rung sets only {', '.join(RUNG_KNOBS)} (its fidelity)")
+            if name in space.searched():
+                raise SpaceError(f"{where}.{name}: {name} is searched in params, but a rung fixes it for its "
+                                 "trainings; fix it in params (the final training uses that value)")
+            if problem := KNOBS[name].problem(unspell(name, value)):
+                raise SpaceError(f"{where}.{name}: {problem} ({KNOBS[name].doc})")
+        base = space.complete({})
+        size = (rung.get("train_images") or float("inf"), rung.get("epochs", base["epochs"]))
+        if previous is not None and (size[0] < previous[0] or size[1] < previous[1] or size == previous):
+            raise SpaceError(f"{where}: trains no more than rungs[{i - 1}] (images {previous[0]}, epochs "
+                             f"{previous[1]}); each rung needs more images or more epochs, never fewer")
+        previous = size
+    if space.search.rungs and space.minimize:
+        raise SpaceError(f"{space.source}: search.rungs: promotion ranks by validation accuracy alone; a "
+                         "multi-objective study (minimize) cannot use rungs")

@@ -12,14 +12,14 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from cnnbench import engines, provenance, runtime, trials
 from cnnbench import final as final_training
-from cnnbench.data import load_data
+from cnnbench.data import DataError, load_data
 from cnnbench.deadline import DEADLINE_ENV, Deadline
 from cnnbench.engines.base import StudyJob
 from cnnbench.export import export_best
@@ -47,6 +47,9 @@ class SweepRequest:
     tensorboard: bool = False      # per-trial TensorBoard logs
     final: bool | None = None      # False: no final training (--no-final); None: as the space says
     seed: int | None = None        # replaces the space's seed (--seed): another run of the same recipe
+    start_with: bool = True        # False (--no-start-with): the search on its own, as without a known recipe
+    cache: bool = True             # False (--no-cache): train every trial, even one already trained
+    warm_start: tuple[str, ...] = ()  # earlier studies (same results folder) whose trials TPE starts from
     command: str | None = None     # the command line that asked for it (the CLI sets it), for run.json
 
     def worker_command(self) -> list[str]:
@@ -60,6 +63,10 @@ class SweepRequest:
                 args += [flag, str(value)]
         if self.seed is not None:
             args += ["--seed", str(self.seed)]
+        if not self.start_with:
+            args.append("--no-start-with")
+        if not self.cache:
+            args.append("--no-cache")
         return args + (["--tensorboard"] if self.tensorboard else [])
 
 
@@ -83,6 +90,7 @@ class Sweep:
     started: float  # Unix seconds: TIMEOUT counts from here, export included
     algo: str       # the algorithm that actually runs
     storage: str | None
+    warm: list = field(default_factory=list)  # (study, record) pairs a new Optuna study starts from
 
     @property
     def trials(self) -> int:
@@ -104,6 +112,45 @@ class Sweep:
         return not (self.final and self.space.size() == 1)
 
 
+MAX_STUDY_NAME = 120
+
+
+def knob_defaults_hash() -> str:
+    """A short hash of every knob's default: a space names only what it sets, so a changed
+    default changes what a resumed study's new trials would train."""
+    import hashlib
+    import json
+
+    from cnnbench.knobs import default_config
+
+    return hashlib.sha256(json.dumps(default_config(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def check_same_data(paths: StudyPaths, data) -> None:
+    """A resumed study trains on the data it was made with (CNNBENCH_CIFAR10 or the space's
+    path may point elsewhere now); DataError before anything is written otherwise."""
+    earlier = (read_json(paths.root / "run.json").get("data") or {}).get("fingerprint")
+    if earlier and earlier != data.fingerprint:
+        raise DataError(f"{data.source}: study {paths.root.name!r} was made with other data (fingerprint {earlier}, "
+                        f"now {data.fingerprint}); point CNNBENCH_CIFAR10 at the data it was made with, or use a "
+                        "new STUDY name")
+
+
+def check_results_folder(results: Path, study: str) -> None:
+    """The results folder and the study's folders in it are folders (or do not exist yet),
+    and none is a symbolic link leading out of the results folder: nothing a sweep writes
+    may land anywhere else. Raises SpaceError naming the path."""
+    if results.exists() and not results.is_dir():
+        raise SpaceError(f"--results: {results} is a file, not a folder")
+    root = results.resolve()
+    for part in (results / study, results / study / "trials", results / study / "best", results / study / "final"):
+        if part.is_symlink() and root not in part.resolve().parents:
+            raise SpaceError(f"{part}: a symbolic link to {part.resolve()}, outside the results folder {root}; "
+                             "a study writes only inside its results folder")
+        if part.exists() and not part.is_dir():
+            raise SpaceError(f"{part}: a file where the study keeps a folder; move it away")
+
+
 def prepare(request: SweepRequest) -> Sweep:
     """Validate the request. Raises SpaceError for a bad space, argument, algorithm or
     storage, or a study it does not match; nothing has been written when it does."""
@@ -113,6 +160,8 @@ def prepare(request: SweepRequest) -> Sweep:
         if not 0 <= request.seed < 2**31:
             raise SpaceError(f"--seed: must be from 0 to {2**31 - 1}, got {request.seed}")
         space = space.model_copy(update={"seed": request.seed})
+    if not request.start_with:
+        space = space.model_copy(update={"start_with": []})
     if request.trials is not None and request.trials < 1:
         raise SpaceError(f"--trials: must be at least 1, got {request.trials}")
     if request.timeout_minutes is not None and request.timeout_minutes <= 0:
@@ -123,6 +172,9 @@ def prepare(request: SweepRequest) -> Sweep:
     study = request.study or Path(request.space_file).stem
     if not study.replace("-", "").replace("_", "").replace(".", "").isalnum() or study.strip(".") == "":
         raise SpaceError(f"--study: {study!r} may hold only letters, digits, '-', '_' and '.'")
+    if len(study) > MAX_STUDY_NAME:  # file names (trial-NNNN.json.<pid>.tmp inside it) stay under 255 bytes
+        raise SpaceError(f"--study: {len(study)} characters; a study name is at most {MAX_STUDY_NAME}")
+    check_results_folder(Path(request.results), study)
     paths = StudyPaths(Path(request.results) / study)
     board = Path(request.results) / "leaderboard.md"
     if board.exists() and not board.read_text(errors="replace").startswith(GLOBAL_BOARD_TITLE):
@@ -136,23 +188,39 @@ def prepare(request: SweepRequest) -> Sweep:
         raise SpaceError(f"{request.space_file}: study {study!r} in {paths.root} was run with a different "
                          f"space (hash {earlier.get('space_hash')}, now {space.fingerprint()}); "
                          "use a new STUDY name, or the space it was made with")
+    if earlier and earlier.get("knob_defaults_hash") not in (None, knob_defaults_hash()):
+        raise SpaceError(f"{request.space_file}: study {study!r} in {paths.root} was made when the knobs' "
+                         f"defaults were different (code {earlier.get('git_revision') or 'unknown'}): its trials "
+                         "trained other configurations than this code would; use a new STUDY name")
     if earlier and earlier.get("engine") not in (None, request.engine):
         raise SpaceError(f"--engine: study {study!r} was run with {earlier.get('engine')}; "
                          "use a new STUDY name to compare engines")
     storage = resolve(request.storage)
     algo = engine.validate(space, request.algo, storage)
+    if storage and hasattr(engine, "check_study"):  # the storage may hold it from another machine
+        engine.check_study(study, storage, space)
+    warm, warm_note = [], ""
+    if request.warm_start:
+        if request.engine != "optuna":
+            raise SpaceError("--warm-start: KerasTuner's oracles take no earlier trials through their public API; "
+                             "use the Optuna engine")
+        from cnnbench.engines.warm_start import gather
+
+        warm, warm_note = gather(Path(request.results), list(request.warm_start), space)
     # Only the CLI knows a command line; an in-process sweep (compare --live, tabulate, a
     # notebook) says what it was instead of quoting its host process's argv.
     command = request.command or (f"in-process sweep (python {shlex.quote(sys.argv[0] or '-')}): "
                                   f"{request.space_file}, study {study}")
     run = {
         "study": study, "engine": request.engine, "algo": algo, "storage": masked(storage),
-        "space_file": request.space_file, "space_hash": space.fingerprint(),
+        "space_file": request.space_file, "space_hash": space.fingerprint(), "knob_defaults_hash": knob_defaults_hash(),
         "space": space.model_dump(mode="json"), "seed": space.seed,
         "versions": provenance.versions(), "git_revision": provenance.git_revision(),
         "command": scrub(command, storage),
+        "warm_start": {"studies": list(request.warm_start), "trials": len(warm), "note": warm_note}
+        if request.warm_start else None,
     }
-    return Sweep(request, space, study, paths, run, started, algo, storage)
+    return Sweep(request, space, study, paths, run, started, algo, storage, warm)
 
 
 def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
@@ -161,6 +229,7 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
     engine = engines.get(req.engine)
     space_dir = Path(req.space_file).resolve().parent
     data = load_data(space.data, space.seed, space_dir)
+    check_same_data(paths, data)
     run = {**sweep.run, "data": {"source": data.source, "fingerprint": data.fingerprint,
                                  "train": len(data.y_train), "val": len(data.y_val), "test": len(data.y_test),
                                  "skipped_unreadable": data.skipped},
@@ -178,8 +247,9 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
         atomic_write(paths.root / "space.yaml", yaml.safe_dump(run["space"], sort_keys=False))
     before = trials.read_records(paths)
     best = max((r.val_accuracy for r in before if r.state == "complete"), default=None)
-    if (known := final_training.best_trial(before)) is not None:
-        deadline.note_complete(known.config, known.val_accuracy)
+    if (known := final_training.best_trial(before)) is not None:  # a rung's own fidelity is not its final's
+        deadline.note_complete(space.complete(known.values) if known.rung is not None else known.config,
+                               known.val_accuracy, known.rung)
     label = f"{sweep.study} worker {worker_id()}" if is_worker() else sweep.study
     progress = SweepProgress(label, sweep.trials, trials.finished_count(before), best, sweep.timeout, live)
     if data.skipped and not is_worker():
@@ -208,7 +278,8 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
                    data_sizes=(len(data.y_train), len(data.y_val), len(data.y_test)), deadline=deadline,
                    storage=sweep.storage, workers=0 if is_worker() else req.workers,
                    worker_command=req.worker_command(), worker_index=int(os.environ.get("CNNBENCH_WORKER", 0)),
-                   on_record=refresh, tensorboard=req.tensorboard)
+                   on_record=refresh, tensorboard=req.tensorboard, data_fingerprint=data.fingerprint,
+                   cache=req.cache, warm_start=sweep.warm)
     stopped_by, final = None, None
     # Worker processes keep the same deadline; only while this sweep runs, so that a later
     # sweep in the same process (compare --live, tabulate, tests) does not inherit it.

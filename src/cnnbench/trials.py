@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from cnnbench.files import atomic_write
+
 STATES = ("running", "complete", "pruned", "failed", "interrupted")
 # Interrupted trials (Ctrl-C, SIGTERM) are not results: they do not count toward the budget.
 FINISHED = ("complete", "pruned", "failed")
@@ -50,11 +52,16 @@ class TrialRecord:
     flops: int | None = _column()            # forward FLOPs per image, counted on paper
     precision: str | None = _column()        # the dtype policy it trained with
     train_images: int | None = _column()     # images it trained on: its data fidelity (final training: all)
+    rung: int | None = _column()             # its successive-halving rung (search.rungs), None without rungs
+    promoted_from: int | None = _column()    # the trial whose score at the rung below promoted this one
     latency_ms: float | None = _column()     # inference ms per image (exported model, batch of 64, this CPU)
     reason: str = _column("")                # why it was pruned, failed or interrupted
     note: str = _column("")                  # what cnnbench decided (e.g. epochs shortened)
     attempt: int = 1                         # 2, 3, ... when a lost trial's configuration is retried
     seed: int | None = None                  # the seed it trained with
+    data_fingerprint: str | None = None      # the data it trained on (engines/cache.py)
+    trainer_version: str | None = None       # the training code's hash (engines/cache.py)
+    cached_from: str | None = None           # "<study>/<trial>" when served from an earlier training
     history: list[dict] = field(default_factory=list)  # per epoch: loss, val_accuracy, val_loss, seconds
     host: str = ""
     pid: int = 0
@@ -89,6 +96,11 @@ class StudyPaths:
     def trial_model(self, number: int) -> Path:
         return self.trials / f"trial-{number:04d}.keras"
 
+    def lost_marker(self, number: int) -> Path:
+        """Exists once a trial was declared lost (engines.recovery): its process, if it comes
+        back (a paused machine), must not write its record again."""
+        return self.trials / f".lost-{number:04d}"
+
     @property
     def best(self) -> Path:
         return self.root / "best"
@@ -106,11 +118,7 @@ class StudyPaths:
 def write_record(paths: StudyPaths, record: TrialRecord, target: Path | None = None) -> None:
     """Atomically (re)write a trial's record (or the final training's, at ``target``): a
     reader never sees half a file."""
-    target = target or paths.trial_record(record.trial)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(record.to_json())
-    os.replace(tmp, target)
+    atomic_write(target or paths.trial_record(record.trial), record.to_json())
 
 
 def read_records(paths: StudyPaths, unreadable: list[str] | None = None) -> list[TrialRecord]:
@@ -148,15 +156,17 @@ def config_key(values: dict) -> str:
     return json.dumps(values, sort_keys=True, default=str)
 
 
-def fidelity(record: TrialRecord) -> float:
-    """A record's data fidelity, the images it trained on (unknown: all of them). Scores
-    are compared only between records of one fidelity."""
-    return float("inf") if not record.train_images else float(record.train_images)
+def fidelity(record: TrialRecord) -> tuple[float, float]:
+    """A record's fidelity: its rung (a trial without rungs trained at the space's own, full
+    fidelity, above every rung), then the images it trained on (unknown: all of them).
+    Scores are compared only between records of one fidelity."""
+    rung = float("inf") if record.rung is None else float(record.rung)
+    return rung, float("inf") if not record.train_images else float(record.train_images)
 
 
 def top_fidelity(records: list[TrialRecord]) -> list[TrialRecord]:
-    """The completed records at the largest data fidelity any completed record has: the
-    ones a best trial is chosen from."""
+    """The completed records at the largest fidelity any completed record has: the ones a
+    best trial is chosen from."""
     done = [r for r in records if r.state == "complete" and r.val_accuracy is not None]
     top = max(map(fidelity, done), default=None)
     return [r for r in done if fidelity(r) == top]

@@ -45,6 +45,12 @@ class Runner(Protocol):
     def close(self, kill: bool = False) -> None: ...
 
 
+class TrialTaken(Exception):
+    """This process's trial was declared lost while it was paused (SIGSTOP, a suspended
+    machine) and handed to another: its result is dropped, its record left as the retry
+    left it."""
+
+
 class Interrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM arrived: the running trial is recorded as interrupted, the sweep
     ranks and exports what finished, and exits 130 or 143."""
@@ -75,6 +81,9 @@ class StudyJob:
     heartbeat_hook: Callable[[int], None] | None = None  # e.g. Optuna's RDB heartbeat, per trial number
     tensorboard: bool = False            # per-trial TensorBoard logs in <study>/tensorboard/trial-NNNN/
     ended_by: str = ""                   # why the search ended early (a stop rule), set by the engine
+    data_fingerprint: str | None = None  # the data's; with ``cache``, finished trainings are reused
+    cache: bool = True                   # serve a training already done (engines/cache.py); --no-cache
+    warm_start: list = field(default_factory=list)  # (study, record) pairs to add before sampling (Optuna)
 
     @property
     def retries(self) -> int:
@@ -123,8 +132,13 @@ class _Heartbeat(threading.Thread):
     def run(self) -> None:
         while not self.stopped.wait(trials.HEARTBEAT_SECONDS):
             with self.lock:
+                if self.job.paths.lost_marker(self.record.trial).exists():
+                    return  # declared lost while paused: the record is no longer ours
                 self.record.heartbeat_at = time.time()
-                trials.write_record(self.job.paths, self.record)
+                try:
+                    trials.write_record(self.job.paths, self.record)
+                except OSError:  # a full disk: the trial's own end-of-trial write reports it, once
+                    pass
             if self.job.heartbeat_hook:
                 self.job.heartbeat_hook(self.record.trial)
 
@@ -143,7 +157,8 @@ def merged_history(trained: list[dict], observed: list[dict]) -> list[dict]:
 
 
 def run_trial(job: StudyJob, number: int, values: dict, should_stop: Callable[[int, int, float], bool] | None = None,
-              overrides: dict | None = None, attempt: int = 1) -> TrialRecord:
+              overrides: dict | None = None, attempt: int = 1, rung: int | None = None,
+              promoted_from: int | None = None) -> TrialRecord:
     """Train the configuration ``values`` selects, recording it from start to end.
 
     ``should_stop(epoch, epochs, val_accuracy)`` is the engine's pruning hook (it hears
@@ -153,14 +168,38 @@ def run_trial(job: StudyJob, number: int, values: dict, should_stop: Callable[[i
     shortened, when the space searches epochs); one that is running when the deadline
     nears stops at an epoch's end. SIGINT/SIGTERM (``Interrupted``) record the trial as
     interrupted and propagate.
+
+    ``rung`` (a space with ``search.rungs``): the run trains at that rung's fidelity, never
+    shortened (a shorter run would be another fidelity); ``promoted_from`` is the trial
+    whose score at the rung below earned it.
     """
+    from cnnbench.engines import promotion
+
     space, paths = job.space, job.paths
-    config = {**space.complete(values), **(overrides or {})}
-    note = ""
+    config = {**space.complete(values), **(overrides or {}), **promotion.overrides(space, rung)}
+    final_config = {**space.complete(values), **(overrides or {})}  # what its final training would train
+    note = promotion.describe(space, rung) + (f", promoted from trial {promoted_from}" if promoted_from is not None
+                                              else "") if rung is not None else ""
     if job.deadline.end is not None and job.data_sizes:
         precision = runtime.resolve_precision(config["precision"])
-        config, note = job.deadline.admit(config, *job.data_sizes, precision, space.epoch_options())
+        config, late = job.deadline.admit(config, *job.data_sizes, precision,
+                                          [] if rung is not None else space.epoch_options(), final_config)
+        note = "; ".join(filter(None, (note, late)))
+    from cnnbench.engines import cache
+
+    version = cache.trainer_version() if job.data_fingerprint else None
+    if job.cache and job.data_fingerprint and \
+            (found := cache.find(paths.root.parent, config, space.seed + number, job.data_fingerprint, version)):
+        record = cache.serve(paths, number, job.engine, values, found)
+        record.rung, record.promoted_from, record.attempt = rung, promoted_from, attempt
+        trials.write_record(paths, record)
+        job.progress.say(f"trial {number}: the same training was done in {found[0]}; served from it")
+        job.deadline.note_complete(final_config, record.val_accuracy, rung)
+        job.progress.trial_done(record)
+        return record
     record = trials.started(number, job.engine, values, config, note, attempt, seed=space.seed + number)
+    record.rung, record.promoted_from = rung, promoted_from
+    record.data_fingerprint, record.trainer_version = job.data_fingerprint, version
     lock = threading.Lock()
     last_epoch_end = [time.perf_counter()]
 
@@ -202,10 +241,16 @@ def run_trial(job: StudyJob, number: int, values: dict, should_stop: Callable[[i
                 setattr(record, key, value)
         record.history = merged_history(history, record.history) if history else record.history
     record.finished_at = time.time()
+    if paths.lost_marker(number).exists():  # paused past the heartbeat limit: another took it over
+        job.progress.say(f"trial {number} was declared lost while this process was paused and is tried "
+                         "again elsewhere; this run's result is dropped")
+        if stop is not None:
+            raise stop
+        raise TrialTaken(number)
     trials.write_record(paths, record)
     log_throughput(job, record)
     if record.state == "complete":  # the deadline keeps time for the best one's final training
-        job.deadline.note_complete(record.config, record.val_accuracy)
+        job.deadline.note_complete(final_config, record.val_accuracy, rung)
     job.progress.trial_done(record)
     if stop is not None:
         raise stop

@@ -23,7 +23,8 @@ from cnnbench import runtime, trials
 from cnnbench.deadline import NotStarted
 from cnnbench.engines import kerastuner_recovery as lost
 from cnnbench.engines import recovery
-from cnnbench.engines.base import StudyJob, run_trial, stop_rule_reason, wait_all
+from cnnbench.engines.base import StudyJob, TrialTaken, run_trial, stop_rule_reason, wait_all
+from cnnbench.isolation import worker_preexec
 from cnnbench.knobs import coerce
 from cnnbench.space import ChoiceParam, FloatParam, IntParam, Space, SpaceError
 
@@ -49,6 +50,9 @@ def validate(space: Space, algo: str | None, storage: str | None) -> str:
     if space.minimize:
         raise SpaceError(f"{space.source}: minimize: KerasTuner can only add objectives into one number; "
                          "run multi-objective spaces with the Optuna engine (ENGINE=optuna)")
+    if space.search.rungs:  # its oracles own the trial queue; a data-size rung is a new trial for them
+        raise SpaceError(f"{space.source}: search.rungs: successive halving over data sizes runs on the Optuna "
+                         "engine; KerasTuner's Hyperband (--algo hyperband) promotes over epochs instead")
     if algo == "grid" and (problem := space.grid_problem()):
         raise SpaceError(problem)
     return algo
@@ -102,6 +106,8 @@ class _Runner:
         except NotStarted as late:
             job.progress.say(f"stopped before trial {trial.trial_id}: {late}")
             raise _StopSearch() from None
+        except TrialTaken as taken:  # declared lost while paused; its retry stands
+            raise kt.errors.FailedTrialError(f"trial {taken} was taken over while this worker was paused") from None
         if job.on_record:
             job.on_record(record)
         if record.state == "failed":
@@ -199,9 +205,11 @@ def _run_distributed(job: StudyJob) -> bool:
     True when a worker died (its trial may still need a retry that nobody ran)."""
     env = {**os.environ, "KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(_free_port())}
     # Workers' requests wait for the chief's server to come up (gRPC wait_for_ready).
-    chief = subprocess.Popen(job.worker_command, env={**env, "KERASTUNER_TUNER_ID": "chief"})
+    chief = subprocess.Popen(job.worker_command, env={**env, "KERASTUNER_TUNER_ID": "chief"},
+                             preexec_fn=worker_preexec())
     pool = [subprocess.Popen(job.worker_command, env={**env, "KERASTUNER_TUNER_ID": f"tuner{i}",
-                                                       **runtime.worker_environment(i, job.workers)})
+                                                       **runtime.worker_environment(i, job.workers)},
+                             preexec_fn=worker_preexec())
             for i in range(job.workers)]
     try:
         codes = wait_all(pool)

@@ -15,23 +15,26 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import subprocess
 import warnings
 
 import optuna
 from optuna.trial import TrialState
 
-from cnnbench import runtime
+from cnnbench import runtime, trials
 from cnnbench.deadline import EXPORT_SECONDS, NotStarted
-from cnnbench.engines import recovery
-from cnnbench.engines.base import StudyJob, run_trial, stop_rule_reason, wait_all
+from cnnbench.files import atomic_write
+from cnnbench.engines import promotion, recovery
+from cnnbench.engines.base import StudyJob, TrialTaken, run_trial, stop_rule_reason, wait_all
+from cnnbench.isolation import worker_preexec
 from cnnbench.engines.pruning import make_pruner, median_rule, progress_steps
 from cnnbench.space import ChoiceParam, FloatParam, IntParam, Space, SpaceError
 from cnnbench.storage_url import open_rdb
 
 NAME = "optuna"
 ALGORITHMS = ("tpe", "random", "grid", "cmaes")
-UNCOUNTED = ("interrupted", "surplus", "not_started")  # user attributes of trials that are not results
+UNCOUNTED = ("interrupted", "surplus", "not_started", "warm_start_from")  # user attributes of trials that are not results
 NOT_STARTED_TRIES = 5  # configurations asked for near the deadline before the sweep stops
 
 
@@ -122,7 +125,61 @@ def storage_for(job: StudyJob):
     from optuna.storages.journal import JournalFileBackend
 
     job.paths.root.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(job.paths.root / "optuna.journal")))
+    journal = job.paths.root / "optuna.journal"
+    if cut := repair_journal(journal, torn_tail_only=True):
+        job.progress.say(f"{journal}: {cut}")
+    try:
+        return JournalStorage(JournalFileBackend(str(journal)))
+    except ValueError:  # an unreadable entry inside the file (Optuna reads no further)
+        raise SpaceError(f"{journal}: an unreadable entry inside the journal; `cnnbench repair {job.study}"
+                         f"{'' if job.paths.root.parent.name == 'results' else ' --results ' + str(job.paths.root.parent)}"
+                         "` drops it and keeps every complete entry") from None
+
+
+def repair_journal(journal, torn_tail_only: bool = False) -> str:
+    """Make an Optuna journal file readable again, keeping every complete entry; says what
+    it did ("" when nothing was wrong).
+
+    A write cut short (a full disk, a kill mid-write) leaves a last line without its newline.
+    Optuna skips it when reading, but its next write would go straight after it, leaving an
+    unreadable line inside the file for good; so every sweep cuts such a tail before it
+    opens the journal. ``cnnbench repair`` (``torn_tail_only=False``) also drops unreadable
+    lines inside the file (left by an older torn write), which Optuna cannot read past.
+    """
+    if not journal.exists():
+        return ""
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    lock = JournalFileSymlinkLock(str(journal))  # Optuna's own: no worker is mid-append meanwhile
+    lock.acquire()
+    try:
+        return _repair_locked(journal, torn_tail_only)
+    finally:
+        lock.release()
+
+
+def _repair_locked(journal, torn_tail_only: bool) -> str:
+    import json
+
+    data = journal.read_bytes()
+    lines = data.split(b"\n")
+    tail = lines.pop()  # after the last newline: b"" when the file ends cleanly
+    kept = [line for line in lines if torn_tail_only or _is_json(line, json)]
+    dropped = len(lines) - len(kept)
+    if not tail and not dropped:
+        return ""
+    atomic_write(journal, b"".join(line + b"\n" for line in kept))
+    said = [f"cut a torn last entry ({len(tail)} bytes)"] if tail else []
+    said += [f"dropped {dropped} unreadable entr{'y' if dropped == 1 else 'ies'}"] if dropped else []
+    return "; ".join(said) + f"; kept {len(kept)} complete entries"
+
+
+def _is_json(line: bytes, json) -> bool:
+    try:
+        json.loads(line)
+        return True
+    except ValueError:
+        return False
 
 
 def counted_trials(study: optuna.Study) -> list:
@@ -147,6 +204,8 @@ def open_study(job: StudyJob) -> optuna.Study:
     seed = process_seed(job.space.seed, job.worker_index, len(probe.get_trials(deepcopy=False)))
     study = optuna.load_study(study_name=job.study, storage=storage,
                               sampler=make_sampler(job.space, job.algo, seed, job.trials), pruner=make_pruner(job.space))
+    if "space_hash" not in study.user_attrs:  # so another machine's edited space is refused (check_study)
+        study.set_user_attr("space_hash", job.space.fingerprint())
     if job.storage:  # Optuna's own heartbeat, so every machine sees a lost trial
         job.heartbeat_hook = lambda number: _rdb_heartbeat(study, number)
     return study
@@ -165,6 +224,11 @@ def run(job: StudyJob) -> None:
     processes on the shared storage instead, and wait for them."""
     study = open_study(job)
     recovery.recover_lost(job, study)
+    if job.warm_start and not job.worker_index and not study.get_trials(deepcopy=False):  # a new study only
+        from cnnbench.engines import warm_start
+
+        added = warm_start.add(study, job.space, job.warm_start)
+        job.progress.say(f"warm start: {added} finished trial(s) of earlier studies added before sampling")
     if not job.worker_index:
         for known_good in job.space.start_with:  # tried before anything is sampled; once per study
             study.enqueue_trial(known_good, skip_if_exists=True)
@@ -172,9 +236,12 @@ def run(job: StudyJob) -> None:
         run_workers(job, study)  # then finish here whatever dead workers left undone
     refused = 0  # configurations in a row that could not finish before the deadline
     while _should_continue(job, study):
+        if job.space.search.rungs:
+            _enqueue_promotion(job, study)
         with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": we beat ourselves
             warnings.simplefilter("ignore", UserWarning)
             trial = study.ask()
+        trial.set_user_attr(recovery.OWNER, f"{socket.gethostname()}:{os.getpid()}")  # for recover_unrecorded
         if sum(t.number < trial.number for t in counted_trials(study)) >= job.trials:
             trial.set_user_attr("surplus", True)  # another worker took the last place in the budget
             study.tell(trial, state=TrialState.FAIL)
@@ -192,6 +259,19 @@ def run(job: StudyJob) -> None:
                 break
             job.progress.say(f"trial {trial.number} {late}; asking for another configuration")
         recovery.recover_lost(job, study)
+
+
+def _enqueue_promotion(job: StudyJob, study: optuna.Study) -> None:
+    """Successive halving (engines/promotion.py): when a configuration has earned the next
+    rung, queue its values for that rung before the sampler is asked for a new one."""
+    every = study.get_trials(deepcopy=False)
+    claimed = {(t.user_attrs["promoted_from"], t.user_attrs["rung"]) for t in every
+               if t.user_attrs.get("promoted_from") is not None}
+    promoted = promotion.next_promotion(job.space, trials.read_records(job.paths), claimed)
+    waiting = any(t.state == TrialState.WAITING for t in every)  # start_with and retries go first
+    if promoted is not None and not waiting:
+        study.enqueue_trial(promoted.values, user_attrs={"rung": promoted.rung,
+                                                         "promoted_from": promoted.source.trial})
 
 
 def _should_continue(job: StudyJob, study: optuna.Study) -> bool:
@@ -219,6 +299,8 @@ def _run_one(job: StudyJob, study: optuna.Study, trial: optuna.Trial) -> None:
     """Train one asked trial and tell Optuna how it ended (NotStarted: it could not finish
     before the deadline and was not trained)."""
     values = suggest(trial, job.space)
+    rung = trial.user_attrs.get("rung", 0) if job.space.search.rungs else None
+    job.progress.phase = "promotion" if rung else "search"
 
     def should_stop(epoch: int, epochs: int, val_accuracy: float) -> bool:
         steps = progress_steps(epoch, epochs)
@@ -229,15 +311,22 @@ def _run_one(job: StudyJob, study: optuna.Study, trial: optuna.Trial) -> None:
         return bool(steps) and trial.should_prune()
 
     try:
-        record = run_trial(job, trial.number, values, should_stop, attempt=trial.user_attrs.get("attempt", 1))
+        # with rungs, promotion is the pruning: a rung run is a whole small training
+        record = run_trial(job, trial.number, values, None if rung is not None else should_stop,
+                           attempt=trial.user_attrs.get("attempt", 1), rung=rung,
+                           promoted_from=trial.user_attrs.get("promoted_from"))
     except NotStarted as late:
         trial.set_user_attr("not_started", str(late))
         study.tell(trial, state=TrialState.FAIL)
         raise
     except KeyboardInterrupt:
+        if job.paths.lost_marker(trial.number).exists():
+            raise  # declared lost while paused: already failed in the study, nothing to tell
         trial.set_user_attr("interrupted", True)
         study.tell(trial, state=TrialState.FAIL)
         raise
+    except TrialTaken:
+        return  # recovery failed it in the study and queued its retry
     objectives = [record.val_accuracy, *(getattr(record, cost) for cost in job.space.minimize)]
     if record.state == "complete" and None not in objectives:
         study.tell(trial, objectives if job.space.minimize else record.val_accuracy)
@@ -252,12 +341,27 @@ def run_workers(job: StudyJob, study: optuna.Study) -> None:
     A worker that dies does not stop the others: its trial is recovered at once."""
     env = {**os.environ, **({"CNNBENCH_STORAGE": job.storage} if job.storage else {})}
     processes = [subprocess.Popen(job.worker_command, env={**env, "CNNBENCH_WORKER": str(i + 1),
-                                                            **runtime.worker_environment(i, job.workers)})
+                                                            **runtime.worker_environment(i, job.workers)},
+                                  preexec_fn=worker_preexec())
                  for i in range(job.workers)]
     codes = wait_all(processes, on_exit=lambda _process, code: code and recovery.recover_lost(job, study))
     for i, code in enumerate(codes):
         if code:
             job.progress.say(f"worker {i + 1} {recovery.describe_exit(code)}; the others finished the study")
+
+
+def check_study(study: str, storage: str, space: Space) -> None:
+    """A study in a shared storage was made with this space, whichever results folder the
+    first machine used; raises SpaceError before anything is written when it was not."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        found = optuna.load_study(study_name=study, storage=open_rdb(storage)).user_attrs.get("space_hash")
+    except KeyError:
+        return  # a new study
+    if found not in (None, space.fingerprint()):
+        raise SpaceError(f"{space.source}: study {study!r} in the storage was made with a different space "
+                         f"(hash {found}, now {space.fingerprint()}); use a new STUDY name, or the space it was "
+                         "made with")
 
 
 def exists(job: StudyJob) -> bool:

@@ -55,7 +55,7 @@ def lost_because(record: TrialRecord, now: float | None = None) -> str | None:
 
 def claim(paths: trials.StudyPaths, record: TrialRecord) -> bool:
     """One process recovers a lost trial: the first to create its marker file."""
-    marker = paths.trials / f".lost-{record.trial:04d}"
+    marker = paths.lost_marker(record.trial)
     try:
         os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         return True
@@ -92,8 +92,42 @@ def recover_lost(job, study: optuna.Study) -> list[int]:
         if record.trial in running:
             study.tell(record.trial, state=TrialState.FAIL)
         if record.attempt <= job.retries:
-            study.enqueue_trial(record.values, user_attrs={"attempt": record.attempt + 1, "retry_of": record.trial})
+            rung = {"rung": record.rung, "promoted_from": record.promoted_from} if record.rung is not None else {}
+            study.enqueue_trial(record.values, user_attrs={"attempt": record.attempt + 1, "retry_of": record.trial,
+                                                           **rung})
         found.append(record.trial)
+    return found + recover_unrecorded(job, study)
+
+
+OWNER = "owner"  # a trial's user attribute right after ``ask``: "host:pid" of the process that asked
+
+
+def recover_unrecorded(job, study: optuna.Study, now: float | None = None) -> list[int]:
+    """Optuna trials left RUNNING with no cnnbench record (their process died between
+    ``ask`` and the record's first write): failed, and their configuration queued again, so
+    the budget still holds. One is lost when its owner's process is gone (same host), or
+    when it has no owner and started over ``STALE_SECONDS`` ago."""
+    now = time.time() if now is None else now
+    recorded = {r.trial for r in trials.read_records(job.paths)}
+    found = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.number in recorded:
+            continue
+        host, _, pid = str(t.user_attrs.get(OWNER, "")).rpartition(":")
+        if host:  # this process runs one trial at a time and none now: its own RUNNING one is lost too
+            lost = host == socket.gethostname() and (int(pid) == os.getpid() or process_gone(int(pid)))
+        else:
+            lost = t.datetime_start is not None and now - t.datetime_start.timestamp() > trials.STALE_SECONDS
+        if not lost:
+            continue
+        study._storage.set_trial_user_attr(t._trial_id, "lost_before_record", True)
+        study.tell(t.number, state=TrialState.FAIL)
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "attempt": 1,
+                                                  **{k: t.user_attrs[k] for k in ("rung", "promoted_from")
+                                                     if k in t.user_attrs}})
+        job.progress.say(f"trial {t.number} was lost before its record was written; its configuration is "
+                         "tried again")
+        found.append(t.number)
     return found
 
 

@@ -1,0 +1,104 @@
+"""Special files, oversized names and paths that lead out of the results folder: one line,
+before anything is written (in-process: no TensorFlow, no sweep)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cnnbench.space import SpaceError, load_space
+from cnnbench.sweep import MAX_STUDY_NAME, SweepRequest, prepare
+from conftest import SPACES
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "/dev/urandom", "fifo"])
+def test_a_device_or_fifo_as_space_file_is_refused_without_reading_it(tmp_path, special):
+    if special == "fifo":  # no writer: a blocking read would hang for ever
+        special = str(tmp_path / "space.yaml")
+        os.mkfifo(special)
+    with pytest.raises(SpaceError, match="not a regular file") as e:
+        load_space(special)
+    assert str(e.value).startswith(special) and "\n" not in str(e.value)
+
+
+def test_an_oversized_space_file_is_refused_after_reading_no_more_than_its_limit(tmp_path):
+    from cnnbench.safe_yaml import MAX_BYTES
+
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"#" * (MAX_BYTES * 3))
+    with pytest.raises(SpaceError, match=f"over {MAX_BYTES:,} bytes"):
+        load_space(big)
+
+
+def _prepare(tmp_path, results, **kw):
+    return prepare(SweepRequest(space_file=str(SPACES / "smoke.yaml"), results=str(results), **kw))
+
+
+def test_a_study_name_too_long_for_file_names_is_one_line(tmp_path):
+    with pytest.raises(SpaceError, match=f"^--study: 300 characters; a study name is at most {MAX_STUDY_NAME}$"):
+        _prepare(tmp_path, tmp_path / "results", study="a" * 300)
+    assert not (tmp_path / "results").exists()
+
+
+def test_results_naming_a_file_is_one_line(tmp_path):
+    (tmp_path / "results").write_text("not a folder")
+    with pytest.raises(SpaceError, match="--results: .* is a file, not a folder"):
+        _prepare(tmp_path, tmp_path / "results")
+
+
+def test_a_symlink_leading_out_of_the_results_folder_is_refused_and_nothing_lands_outside(tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    study = tmp_path / "results" / "smoke"
+    study.mkdir(parents=True)
+    (study / "trials").symlink_to(outside)
+    with pytest.raises(SpaceError, match="a symbolic link to .*outside the results folder"):
+        _prepare(tmp_path, tmp_path / "results")
+    assert list(outside.iterdir()) == []
+    inside = tmp_path / "results" / "kept"
+    inside.mkdir()
+    (study / "trials").unlink()
+    (study / "trials").symlink_to(inside)  # a link that stays inside the results folder is fine
+    assert _prepare(tmp_path, tmp_path / "results").study == "smoke"
+
+
+def test_a_shared_storage_refuses_an_edited_space_from_another_results_folder(tmp_path):
+    import stand_in
+    from cnnbench.space import parse_space
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    text = (SPACES / "smoke.yaml").read_text()
+    first = parse_space(__import__("yaml").safe_load(text), "smoke.yaml")
+    stand_in.run(first, tmp_path / "machine-a", study="shared", trials=1, storage=url)
+    edited = tmp_path / "smoke.yaml"
+    edited.write_text(text.replace("seed: ", "seed: 1", 1) if "seed: " in text else "seed: 7\n" + text)
+    request = dict(space_file=str(edited), results=str(tmp_path / "machine-b"), study="shared", storage=url)
+    with pytest.raises(SpaceError, match="study 'shared' in the storage was made with a different space"):
+        prepare(SweepRequest(**request))
+    assert not (tmp_path / "machine-b").exists()
+    unchanged = tmp_path / "same.yaml"
+    unchanged.write_text(text)
+    assert prepare(SweepRequest(**{**request, "space_file": str(unchanged)})).study == "shared"
+
+
+def test_an_export_folder_swapped_in_while_another_sweep_puts_its_own_there(tmp_path, monkeypatch):
+    import shutil
+
+    from cnnbench import export
+
+    folder, mine = tmp_path / "saved_model", tmp_path / ".saved_model.1.tmp"
+    mine.mkdir()
+    (mine / "mine").write_text("1")
+    real, raced = shutil.rmtree, []
+
+    def rmtree_then_the_other_sweep_writes(path, *a, **k):
+        real(path, *a, **k)
+        if Path(path) == folder and not raced:  # the other sweep renames its folder in just now
+            raced.append(1)
+            folder.mkdir()
+            (folder / "theirs").write_text("2")
+
+    monkeypatch.setattr(export.shutil, "rmtree", rmtree_then_the_other_sweep_writes)
+    export.swap_in(mine, folder)
+    assert [p.name for p in folder.iterdir()] == ["mine"] and not mine.exists() and raced

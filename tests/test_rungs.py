@@ -1,0 +1,185 @@
+"""Successive halving over cheap fidelities (search.rungs): the space rules, the promotion
+rule, the Optuna engine's runs and records, the leaderboard, the final training and the plan,
+all with a stand-in trainer (no TensorFlow) and stated throughputs (no clock)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import stand_in
+from cnnbench.data import synthetic_bundle
+from cnnbench.deadline import Deadline, ThroughputLog, plan, trial_seconds
+from cnnbench.engines import promotion
+from cnnbench.final import best_trial, run_final
+from cnnbench.results import leaderboard_frame
+from cnnbench.space import SpaceError, parse_space
+from cnnbench.train import TrialResult
+from cnnbench.trials import TrialRecord, config_key, top_fidelity
+
+RUNGS = [{"train_images": 100, "epochs": 1}, {"train_images": 200, "epochs": 2}]
+
+
+def _space(**search):
+    return parse_space({"seed": 3, "budget": {"trials": 12},
+                        "search": {"sampler": "random", "pruner": "none", "rungs": RUNGS, **search},
+                        "params": {"learning_rate": {"type": "float", "low": 1e-4, "high": 1.0, "log": True},
+                                   "epochs": {"type": "fixed", "value": 5},
+                                   "precision": {"type": "fixed", "value": "float32"}}})
+
+
+def data_aware_train(config, data, on_epoch, seed):
+    """Accuracy rises with closeness of the learning rate to 1e-2 and with the images seen."""
+    quality = 1.0 / (1.0 + abs(np.log10(config["learning_rate"]) + 2))
+    images = config["train_images"] or 1000
+    acc = quality * (1 - 1 / (1 + images / 100))
+    for epoch in range(1, config["epochs"] + 1):
+        on_epoch(epoch, {"val_accuracy": acc, "loss": 1.0})
+    return TrialResult(val_accuracy=acc, val_loss=1 - acc, best_epoch=config["epochs"], epochs_run=config["epochs"],
+                       train_seconds=0.1, images_per_s=1000.0, parameter_count=10, flops=20,
+                       train_images=images, history=[], model=None)
+
+
+@pytest.mark.parametrize("rungs, problem", [
+    ([{"learning_rate": 0.1}], "a rung sets only train_images, epochs, batch_size, tta"),
+    ([{"train_images": 200}, {"train_images": 100}], "each rung needs more images or more epochs"),
+    ([{"train_images": 100, "epochs": 2}, {"train_images": 100, "epochs": 2}], "trains no more than rungs[0]"),
+    ([{"train_images": -5}], "search.rungs[0].train_images"),
+    ([{}], "search.rungs[0]: empty"),
+])
+def test_a_bad_rung_is_one_line_naming_it(rungs, problem):
+    with pytest.raises(SpaceError, match=r"^x\.yaml: search\.rungs") as e:
+        parse_space({"search": {"rungs": rungs}, "params": {"epochs": {"type": "fixed", "value": 4}}}, "x.yaml")
+    assert problem in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_rung_may_not_fix_a_searched_parameter_and_kerastuner_refuses_rungs():
+    with pytest.raises(SpaceError, match="epochs is searched in params"):
+        parse_space({"search": {"rungs": [{"epochs": 2}]},
+                     "params": {"epochs": {"type": "int", "low": 2, "high": 8}}})
+    from cnnbench.engines import kerastuner_engine
+
+    with pytest.raises(SpaceError, match="Optuna engine; KerasTuner's Hyperband"):
+        kerastuner_engine.validate(_space(), None, None)
+
+
+def _record(trial, lr, rung, acc, state="complete"):
+    return TrialRecord(trial=trial, engine="optuna", values={"learning_rate": lr}, state=state, val_accuracy=acc,
+                       rung=rung, train_images=RUNGS[rung]["train_images"])
+
+
+def test_the_best_third_of_a_rung_is_promoted_once_the_rung_has_enough_runs():
+    space = _space()
+    two = [_record(0, 0.01, 0, 0.5), _record(1, 0.1, 0, 0.4)]
+    assert promotion.next_promotion(space, two) is None  # 2 // 3 = 0: nobody earned it yet
+    three = two + [_record(2, 0.02, 0, 0.6)]
+    promoted = promotion.next_promotion(space, three)
+    assert promoted.source.trial == 2 and promoted.rung == 1 and promoted.values == {"learning_rate": 0.02}
+    assert promotion.next_promotion(space, three, claimed={(2, 1)}) is None  # already handed out
+    interrupted = three + [TrialRecord(trial=3, engine="optuna", values={"learning_rate": 0.02}, rung=1,
+                                       state="interrupted")]
+    assert promotion.next_promotion(space, interrupted).source.trial == 2  # an interrupted run is run again
+    ran = three + [_record(3, 0.02, 1, 0.7)]
+    assert promotion.next_promotion(space, ran) is None
+    six = ran + [_record(4, 0.011, 0, 0.55), _record(5, 0.3, 0, 0.1), _record(6, 0.5, 0, 0.05)]
+    assert promotion.next_promotion(space, six).source.trial == 4  # 6 // 3 = 2: the second best now goes on
+
+
+def test_the_optuna_engine_runs_rungs_and_records_fidelity_and_promotion(tmp_path):
+    space = _space()
+    records = stand_in.run(space, tmp_path, trials=12, trainer=data_aware_train)
+    assert len(records) == 12 and all(r.state == "complete" for r in records)
+    by_trial = {r.trial: r for r in records}
+    first = [r for r in records if r.rung == 0]
+    second = [r for r in records if r.rung == 1]
+    assert len(first) + len(second) == 12 and len(second) == len(first) // 3
+    assert all(r.config["train_images"] == 100 and r.config["epochs"] == 1 and r.promoted_from is None
+               for r in first)
+    for r in second:
+        source = by_trial[r.promoted_from]
+        assert source.rung == 0 and source.values == r.values and "promoted from trial" in r.note
+        assert r.config["train_images"] == 200 and r.config["epochs"] == 2
+        earlier = [f.val_accuracy for f in first if f.finished_at <= r.started_at]
+        # ASHA: in the top third of the rung's runs finished when it was promoted
+        assert sorted(earlier, reverse=True).index(source.val_accuracy) < len(earlier) // 3
+    assert len({config_key(r.values) for r in second}) == len(second)  # never promoted twice
+
+
+def test_the_leaderboard_ranks_the_top_rung_first_and_the_best_comes_from_it():
+    space = _space()
+    records = [_record(0, 0.01, 0, 0.9), _record(1, 0.1, 0, 0.4), _record(2, 0.02, 0, 0.6),
+               _record(3, 0.01, 1, 0.7)]
+    frame = leaderboard_frame(records, space)
+    assert list(frame["trial"]) == [3, 0, 2, 1]  # rung 1's 0.7 above rung 0's 0.9: never compared
+    assert [r.trial for r in top_fidelity(records)] == [3] and best_trial(records).trial == 3
+
+
+def test_a_configuration_ranked_at_a_rung_gets_the_spaces_own_schedule_on_all_images(tmp_path):
+    space = _space()
+    job = stand_in.make_job(space, tmp_path, data=synthetic_bundle(300, n_val=60), trainer=data_aware_train)
+    outcome = run_final(job, _record(3, 0.01, 1, 0.7), 360)
+    assert outcome.complete and outcome.record.config["epochs"] == 5 and outcome.record.config["train_images"] == 0
+    assert outcome.record.rung is None and outcome.record.trial == 3
+
+
+def test_the_deadline_keeps_time_for_the_final_training_not_for_the_rung(tmp_path):
+    space = _space()
+    config = space.complete({"learning_rate": 0.01})
+    log = ThroughputLog(tmp_path / "t.json")
+    from cnnbench.deadline import machine_key  # noqa: F401 (the log keys by this machine)
+    from cnnbench.model import architecture_stats
+
+    flops = architecture_stats(config).flops
+    log.add("float32", 1e9, flops)
+    deadline = Deadline(None, log, final_images=50_000)
+    deadline.note_complete({**config, **RUNGS[0]}, 0.5, rung=None)
+    small = deadline.best_final_seconds
+    deadline.note_complete(config, 0.4, rung=1)  # a lower score, but at a higher rung: it is the best now
+    assert deadline.best_rung == 1 and deadline.best_final_seconds == pytest.approx(deadline.final_seconds(config))
+    assert deadline.best_final_seconds > small
+
+
+def test_the_plan_halves_the_configurations_rung_by_rung_at_a_stated_speed(tmp_path):
+    space = _space()
+    config = space.complete({})
+    from cnnbench.model import architecture_stats
+
+    log = ThroughputLog(tmp_path / "t.json")
+    rate = 3e10  # a stated training speed: FLOPs/s
+    log.add("float32", rate, architecture_stats(config).flops)
+    hour = plan(space, 60, log)
+    costs = [trial_seconds({**config, **rung}, 45_000, 5_000, rate) for rung in RUNGS]
+    final = trial_seconds(config, 50_000, 0, rate)
+    assert hour.final_seconds == pytest.approx(final) and hour.rate == rate
+    n = hour.trials
+    assert n >= 3
+    assert [runs for _, _, runs in hour.rungs] == [n, n // 3]
+    spent = costs[0] * n + costs[1] * (n // 3)
+    room = 3600 - final - hour.export_seconds
+    assert spent <= room < spent + costs[0] + costs[1]  # one more configuration would not fit
+    text = hour.text()
+    assert f"search: {n} configuration(s)" in text and "rung 1 (200 images, 2 epochs)" in text and "total:" in text
+
+
+def test_a_training_subset_is_stratified_and_the_same_for_every_trial_of_its_size():
+    data = synthetic_bundle(1000, n_val=100)
+    a, b = data.training_subset(300), data.training_subset(300)
+    np.testing.assert_array_equal(a.y_train, b.y_train)
+    np.testing.assert_array_equal(a.x_train, b.x_train)
+    counts = np.bincount(a.y_train, minlength=10)
+    share = np.bincount(data.y_train, minlength=10) / len(data.y_train) * 300
+    assert len(a.y_train) == 300 and np.all(np.abs(counts - share) <= 1)
+
+
+def test_a_compressed_schedule_reaches_its_end_at_the_rungs_last_step():
+    from cnnbench.knobs import default_config
+    from cnnbench.optim import _schedule
+
+    config = {**default_config(), "lr_schedule": "linear", "warmup": 0.2, "lr_end": 0.0, "batch_size": 32,
+              "epochs": 2, "learning_rate": 0.01}
+    steps = math.ceil(100 / 32) * 2  # a rung of 100 images, 2 epochs: its own whole schedule
+    schedule = _schedule(config, steps)
+    peak = float(schedule(int(steps * 0.2)))
+    assert peak > 0 and float(schedule(steps)) == pytest.approx(0.0, abs=1e-9)
+    assert float(schedule(steps // 2)) < peak

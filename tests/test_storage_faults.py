@@ -1,0 +1,158 @@
+"""Torn journals, trials without records, failed writes and paused workers: each ends in
+one line or is reconciled, and the same command continues the study (in-process, the
+stand-in trainer, the real Optuna journal)."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import stand_in
+from cnnbench import trials
+from cnnbench.cli import WRITE_FAILED, main
+from cnnbench.space import SpaceError, parse_space
+
+SPACE = {"seed": 1, "budget": {"trials": 3}, "search": {"sampler": "random", "pruner": "none"},
+         "params": {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+                    "epochs": {"type": "fixed", "value": 2}}}
+
+
+def _journal(root: Path) -> Path:
+    return root / "s" / "optuna.journal"
+
+
+def _complete(root: Path) -> int:
+    return sum(r.state == "complete" for r in trials.read_records(trials.StudyPaths(root / "s")))
+
+
+def test_a_torn_journal_tail_is_cut_before_the_next_write_and_the_study_continues(tmp_path):
+    space = parse_space(SPACE)
+    stand_in.run(space, tmp_path, trials=2)
+    with _journal(tmp_path).open("ab") as f:
+        f.write(b'{"op_code": 4, "worker_id": "x", "trial_i')  # a write cut short by a full disk
+    stand_in.run(space, tmp_path, trials=3)
+    assert _complete(tmp_path) == 3
+    for line in _journal(tmp_path).read_bytes().splitlines():
+        json.loads(line)  # no torn line inside the file
+
+
+def test_an_unreadable_entry_inside_the_journal_is_one_line_and_repair_keeps_the_rest(tmp_path, capsys):
+    space = parse_space(SPACE)
+    stand_in.run(space, tmp_path, trials=2)
+    lines = _journal(tmp_path).read_bytes().splitlines(keepends=True)
+    _journal(tmp_path).write_bytes(b"".join(lines[:3] + [b'{"op_code": 5, "tri\n'] + lines[3:]))
+    with pytest.raises(SpaceError, match=r"an unreadable entry inside the journal; `cnnbench repair s --results"):
+        stand_in.run(space, tmp_path, trials=3)
+    assert main(["repair", "s", "--results", str(tmp_path)]) == 0
+    assert "dropped 1 unreadable entry; kept" in capsys.readouterr().out
+    stand_in.run(space, tmp_path, trials=3)
+    assert _complete(tmp_path) == 3
+
+
+@pytest.mark.parametrize("owner", ["dead process", "none"])
+def test_a_running_trial_without_a_record_is_failed_and_its_configuration_run_again(tmp_path, monkeypatch, owner):
+    space = parse_space(SPACE)
+    stand_in.run(space, tmp_path, trials=1)
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(_journal(tmp_path)))))
+    orphan = study.ask()  # its process died before cnnbench wrote a record
+    orphan.suggest_float("learning_rate", 1e-3, 1e-1, log=True)
+    if owner == "dead process":
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        orphan.set_user_attr("owner", f"{socket.gethostname()}:{gone.pid}")
+    else:  # asked, and killed before even its owner was written: found by its age
+        monkeypatch.setattr(trials, "STALE_SECONDS", -1.0)
+    stand_in.run(space, tmp_path, trials=3)
+    assert _complete(tmp_path) == 3  # the budget holds
+    study = optuna.load_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(_journal(tmp_path)))))
+    failed = study.trials[orphan.number]
+    assert failed.state == TrialState.FAIL and failed.user_attrs["lost_before_record"]
+    retried = [t for t in study.trials if t.user_attrs.get("retry_of") == orphan.number]
+    assert len(retried) == 1 and retried[0].params == failed.params and retried[0].state == TrialState.COMPLETE
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+
+
+def test_a_full_disk_at_a_record_write_names_the_file_leaves_no_temporary_and_the_study_continues(tmp_path,
+                                                                                                  monkeypatch):
+    space = parse_space(SPACE)
+    real = Path.write_text
+
+    def full_disk(self, *a, **k):
+        if self.name.startswith(".trial-0001.json"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(OSError) as e:
+        stand_in.run(space, tmp_path, trials=3)
+    assert e.value.errno == errno.ENOSPC and e.value.filename.endswith("trial-0001.json")
+    assert not list((tmp_path / "s" / "trials").glob(".*.tmp"))
+    monkeypatch.setattr(Path, "write_text", real)  # the space is freed
+    stand_in.run(space, tmp_path, trials=3)
+    assert _complete(tmp_path) == 3
+
+
+def test_a_write_failure_is_one_line_and_its_own_exit_code(tmp_path, monkeypatch, capsys):
+    space = parse_space(SPACE)
+    stand_in.run(space, tmp_path, trials=1)
+    with _journal(tmp_path).open("ab") as f:
+        f.write(b'{"torn')
+
+    def full_disk(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(_journal(tmp_path)))
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    assert main(["repair", "s", "--results", str(tmp_path)]) == WRITE_FAILED
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"cnnbench: {_journal(tmp_path)}: cannot write: No space left on device") and "\n" not in err
+
+
+def test_a_trial_declared_lost_while_paused_does_not_write_again_when_its_process_returns(tmp_path):
+    space = parse_space(SPACE)
+    job = stand_in.make_job(space, tmp_path, trials=1)
+
+    def paused_then_back(config, data, on_epoch, seed):
+        # while this process was stopped, another declared the trial lost and took it over
+        job.paths.lost_marker(0).touch()
+        return stand_in.fake_train(config, data, on_epoch, seed)
+
+    job.runner = stand_in.InProcessRunner(None, paused_then_back)
+    before = []
+
+    def keep(record):
+        before.append(record)
+
+    job.on_record = keep
+    stand_in.engines.get("optuna").run(job)
+    record = trials.read_record(job.paths.trial_record(0))
+    assert record.state == "running" and not before  # left as the recovery found it: this run wrote nothing more
+
+
+def test_a_resume_with_other_data_or_other_knob_defaults_is_refused_before_anything_is_written(tmp_path):
+    from cnnbench.data import DataError, synthetic_bundle
+    from cnnbench.sweep import SweepRequest, check_same_data, knob_defaults_hash, prepare
+    from conftest import SPACES
+
+    request = SweepRequest(space_file=str(SPACES / "smoke.yaml"), results=str(tmp_path), study="r")
+    run = dict(prepare(request).run, data={"fingerprint": "made-with-other-data"})
+    assert run["knob_defaults_hash"] == knob_defaults_hash()
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "run.json").write_text(json.dumps(run))
+    with pytest.raises(DataError, match="study 'r' was made with other data .*CNNBENCH_CIFAR10"):
+        check_same_data(trials.StudyPaths(tmp_path / "r"), synthetic_bundle(20, n_val=10))
+    prepare(request)  # same space, same defaults: accepted
+    (tmp_path / "r" / "run.json").write_text(json.dumps({**run, "knob_defaults_hash": "0123456789abcdef"}))
+    before = sorted(p.name for p in (tmp_path / "r").iterdir())
+    with pytest.raises(SpaceError, match="the knobs' defaults were different"):
+        prepare(request)
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == before
