@@ -52,3 +52,13 @@ def test_load_study_refuses_a_folder_that_is_not_one(tmp_path):
 
     with pytest.raises(SpaceError, match="no study here"):
         cnnbench.load_study(tmp_path)
+
+
+def test_cnnbench_sweep_stays_the_api_function_after_the_sweep_module_is_imported(monkeypatch):
+    import cnnbench
+    import cnnbench.sweep  # noqa: F401 (binds the name cnnbench.sweep to the module)
+    from cnnbench import api
+
+    seen = []
+    monkeypatch.setattr(api, "sweep", lambda *a, **k: seen.append((a, k)) or "study")
+    assert cnnbench.sweep("space.yaml", study="s") == "study" and seen == [(("space.yaml",), {"study": "s"})]

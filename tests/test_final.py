@@ -186,7 +186,9 @@ def test_when_no_search_trial_fits_the_recipe_is_trained_on_all_images_in_the_ep
     log = _log(tmp_path, 1e8, recipe)  # a slow machine: no trial fits beside its own final training
     final_10 = trial_seconds(recipe, 360, 0, 1e8)
     final_4 = trial_seconds({**recipe, "epochs": 4}, 360, 0, 1e8)
-    deadline = Deadline(time.time() + final_4 + 2 * EXPORT_SECONDS + 1, log, final_images=360)
+    deadline = Deadline(None, log, final_images=360)
+    export = max(2 * EXPORT_SECONDS, deadline.export_seconds(recipe, 60, "float32"))  # its 60 test images
+    deadline.end = time.time() + final_4 + export + 1
     assert final_10 > deadline.left()  # the recipe's own length does not fit, 4 epochs do
     job = stand_in.make_job(space, tmp_path, data=synthetic_bundle(300, n_val=60), deadline=deadline,
                             data_sizes=(300, 60, 60))
@@ -195,3 +197,19 @@ def test_when_no_search_trial_fits_the_recipe_is_trained_on_all_images_in_the_ep
     outcome = run_final(job, None, 360, recipe=space.start_with[0])
     assert outcome.complete and outcome.record.config["epochs"] == 4 and outcome.record.trial == -1
     assert "start_with recipe" in outcome.source and "shortened from 10 to 4 epochs" in outcome.source
+
+
+def test_the_centre_of_a_space_names_every_searched_parameter_that_applies():
+    space = parse_space({"params": {
+        "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        "warmup": {"type": "float", "low": 0.1, "high": 0.3, "step": 0.05},
+        "epochs": {"type": "int", "low": 4, "high": 14, "step": 2},
+        "optimizer": {"type": "choice", "choices": ["adam", "sgd", "adamw"]},
+        "momentum": {"type": "float", "low": 0.8, "high": 0.9, "condition": {"optimizer": "sgd"}}}})
+    centre = space.centre()
+    assert centre["learning_rate"] == pytest.approx(1e-3) and centre["warmup"] == pytest.approx(0.2)
+    assert centre["epochs"] == 8 and centre["optimizer"] == "sgd" and centre["momentum"] == pytest.approx(0.85)
+    assert all(space.params[k].admits(v) is None for k, v in centre.items())
+    other = parse_space({"params": {**{k: v.model_dump() for k, v in space.params.items()},
+                                    "optimizer": {"type": "choice", "choices": ["adam", "adamw", "sgd"]}}})
+    assert other.centre()["optimizer"] == "adamw" and "momentum" not in other.centre()  # its condition fails

@@ -32,7 +32,9 @@ def study(tmp_path, minimize=()):
     atomic_write(root / "best" / "model_card.json", json_text({
         "trial": 0, "classes": names, "test": {"accuracy": 0.5, "per_class_accuracy": {n: 0.5 for n in names},
                                                "confusion_matrix": [[5] * 10 for _ in range(10)]}}))
-    (root / "best" / "model_card.md").write_text("# Model card: s\n")
+    (root / "best" / "model_card.md").write_text(
+        "# Model card: s (trial 0, optuna)\n\n- Test accuracy: **0.5000** on 10 images (`synthetic`)\n\n"
+        "## Hyperparameters\n\n| knob | value |\n|---|---|\n| learning_rate | 0.01 |\n")
     return root, records
 
 
@@ -53,10 +55,12 @@ def test_report_is_one_self_contained_page(tmp_path):
     from cnnbench.trials import StudyPaths
 
     page = write_report(StudyPaths(root)).read_text()
-    assert page.count("<tr>") == len(records) + 1  # header + one row per trial
+    board = page.split('id="leaderboard"')[1].split("</table>")[0]
+    assert board.count("<tr>") == len(records) + 1  # header + one row per trial
     assert page.count('src="data:image/png;base64,') == 6
     assert "http://" not in page and "https://" not in page  # opens with no network
-    assert "cnnbench sweep --study s" in page and "# Model card: s" in page
+    assert "cnnbench sweep --study s" in page and "Model card: s (trial 0, optuna)</h3>" in page
+    assert "<strong>0.5000</strong>" in page and "<td>learning_rate</td><td>0.01</td>" in page
 
 
 def test_multi_objective_leaderboard_marks_the_pareto_front(tmp_path):
@@ -90,17 +94,24 @@ def test_the_report_renders_in_headless_chromium(tmp_path):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
             "--disable-sync", "--no-first-run"])
-        page = browser.new_page()
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.on("console", lambda m: m.type == "error" and errors.append(m.text))
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(page_path.as_uri())
         page.wait_for_load_state("load")
         rows = page.locator("#leaderboard tbody tr").count()
+        text = page.inner_text("body")
+        headers = page.evaluate("[...document.querySelectorAll('#leaderboard th')].map(th => "
+                                "[th.textContent, th.getBoundingClientRect().right])")
         loaded = page.evaluate("[...document.images].map(i => i.complete && i.naturalWidth > 0)")
         page.locator("#leaderboard th").first.click()  # sorting runs without errors
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
         browser.close()
     assert rows == len(records)
+    assert "Test accuracy: 0.5000 on 10 images" in text and "**" not in text  # the card as HTML, not source
+    right = dict(headers)
+    assert right["val_accuracy"] <= 1400 and right["optimizer"] <= 1400 and right["learning_rate"] <= 1400
+    assert "epochs" not in right and "Fixed in this space: epochs=4" in text  # folded into one line
     assert loaded and all(loaded)
     assert errors == []
     assert (tmp_path / "report.png").read_bytes()[:8] == PNG

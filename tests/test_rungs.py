@@ -183,3 +183,33 @@ def test_a_compressed_schedule_reaches_its_end_at_the_rungs_last_step():
     peak = float(schedule(int(steps * 0.2)))
     assert peak > 0 and float(schedule(steps)) == pytest.approx(0.0, abs=1e-9)
     assert float(schedule(steps // 2)) < peak
+
+
+def test_stagnation_is_judged_at_the_first_rung_not_across_fidelities(tmp_path):
+    from cnnbench.engines.base import stop_rule_reason
+    from cnnbench.trials import write_record
+
+    space = _space(stop_after_no_improvement=2)
+    job = stand_in.make_job(space, tmp_path)
+    runs = [_record(0, 0.01, 0, 0.5), _record(1, 0.1, 0, 0.4), _record(2, 0.02, 0, 0.6), _record(3, 0.02, 1, 0.8),
+            _record(4, 0.03, 0, 0.62)]
+    for i, r in enumerate(runs):
+        r.finished_at = 1000.0 + i
+        write_record(job.paths, r)
+    # rung 1's 0.8 is not a bar the next 5,000-image scores must clear: 0.62 is a new best at rung 0
+    assert stop_rule_reason(job) is None
+    for i, r in enumerate([_record(5, 0.3, 0, 0.2), _record(6, 0.4, 0, 0.3)]):
+        r.finished_at = 2000.0 + i
+        write_record(job.paths, r)
+    assert "the last 2 finished trials brought no better val_accuracy than 0.6200" in stop_rule_reason(job)
+
+
+def test_a_grid_is_not_done_while_promotions_are_owed(tmp_path):
+    space = parse_space({"seed": 3, "budget": {"trials": 20},
+                         "search": {"sampler": "grid", "pruner": "none", "rungs": RUNGS},
+                         "params": {"learning_rate": {"type": "choice", "choices": [1e-4, 1e-3, 1e-2]},
+                                    "epochs": {"type": "fixed", "value": 5},
+                                    "precision": {"type": "fixed", "value": "float32"}}})
+    records = stand_in.run(space, tmp_path, trials=20, trainer=data_aware_train)
+    assert sorted(r.rung for r in records) == [0, 0, 0, 1]  # 3 grid points, then the best third promoted
+    assert next(r for r in records if r.rung == 1).values == {"learning_rate": 1e-2}

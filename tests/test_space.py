@@ -188,3 +188,21 @@ def test_size_is_counted_not_listed_for_huge_ranges():
                                     "batch_size": {"type": "int", "low": 1, "high": 65536},
                                     "epochs": {"type": "int", "low": 1, "high": 10000, "step": 3}}})
     assert space.size() == 16 * 65536 * 3334
+
+
+def test_every_knob_that_changes_the_networks_size_says_it_shapes_the_network():
+    from cnnbench.knobs import KNOBS, default_config
+    from cnnbench.model import architecture_stats
+    from cnnbench.space import ARCH_KNOBS
+
+    base = {**default_config(), "stages": 2, "base_filters": 8, "dense_units": 16, "batch_norm": True,
+            "head": "flatten"}
+    alternatives = {"bn_scale": False, "stem": "whiten", "stages": 3, "convs_per_stage": 1, "base_filters": 16,
+                    "filter_growth": 1.0, "max_filters": 8, "widths": "8-32", "kernel_size": 5, "padding": "valid",
+                    "residual": True, "batch_norm": False, "head": "global_avg", "dense_units": 0,
+                    "pool_after": "first_conv", "pool_last_stage": False}
+    for name, other in alternatives.items():
+        size = lambda cfg: (architecture_stats(cfg).params, architecture_stats(cfg).flops)  # noqa: E731
+        changed = size({**base, name: other}) != size(base)
+        assert changed and KNOBS[name].shapes_network and name in ARCH_KNOBS, name
+    assert not KNOBS["learning_rate"].shapes_network and "learning_rate" not in ARCH_KNOBS

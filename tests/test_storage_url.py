@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from cnnbench.space import SpaceError
-from cnnbench.storage_url import masked, resolve, scrub
+from cnnbench.engines.storage_url import masked, resolve, scrub
 
 
 def test_passwords_are_masked():

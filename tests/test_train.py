@@ -136,3 +136,16 @@ def test_tta_and_ema_model_is_exported_float32_mirror_averaged_and_loads_in_safe
     assert proc.returncode == 0, proc.stderr
     assert "bfloat16" not in proc.stdout  # exported in float32 whatever it trained in
     np.testing.assert_allclose(np.load(tmp_path / "p.npy"), probs, atol=1e-5)
+
+
+def test_deterministic_training_gives_the_same_figures_bit_for_bit():
+    from cnnbench.knobs import default_config
+    from cnnbench.train import train_and_evaluate
+
+    config = {**default_config(), "stages": 1, "base_filters": 4, "epochs": 2, "batch_size": 16,
+              "precision": "float32", "flip": "random", "translate": 2, "deterministic": True}
+    runs = [train_and_evaluate(config, _tiny_data(), seed=3) for _ in range(2)]
+    figures = [[(h["loss"], h["val_accuracy"], h["val_loss"]) for h in r.history] for r in runs]
+    assert figures[0] == figures[1]
+    weights = [r.model.get_weights() for r in runs]
+    assert all(np.array_equal(a, b) for a, b in zip(*weights))

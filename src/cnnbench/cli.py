@@ -75,7 +75,7 @@ def cmd_sweep(args) -> int:
                            timeout_minutes=args.timeout, engine=args.engine, algo=args.algo,
                            storage=args.storage, results=args.results, workers=args.workers,
                            tensorboard=args.tensorboard, final=False if args.no_final else None,
-                           seed=args.seed, start_with=not args.no_start_with, cache=not args.no_cache,
+                           seed=args.seed, start_with=not args.no_start_with, cache=not args.no_cache, deterministic=args.deterministic,
                            warm_start=tuple(args.warm_start or ()), command="cnnbench " + shlex.join(args.argv))
     sweep = prepare(request)
     runtime.import_tensorflow_quietly()
@@ -290,6 +290,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--warm-start", action="append", metavar="STUDY",
                    help="start a new Optuna study from the finished trials of STUDY (same results folder, same "
                    "searched parameters); repeatable")
+    s.add_argument("--deterministic", action="store_true",
+                   help="TensorFlow's op determinism in every trial: a configuration and seed give the same figures")
     s.add_argument("--no-cache", action="store_true",
                    help="train every trial, even one whose training (same configuration, seed, data and code) "
                    "was done before in this results folder")
@@ -386,8 +388,11 @@ def main(argv: list[str] | None = None) -> int:
         if e.errno not in WRITE_FAILURES:
             raise
         where = f"{e.filename}: " if e.filename else ""
-        print(f"cnnbench: {where}cannot write: {e.strerror}; every finished trial is kept, and once the cause is "
-              "fixed the same command continues", file=sys.stderr)
+        try:  # after SIGHUP the terminal itself may be gone
+            print(f"cnnbench: {where}{e.strerror}; every finished trial is kept, and once the cause is fixed "
+                  "the same command continues", file=sys.stderr)
+        except OSError:
+            pass
         return WRITE_FAILED
 
 

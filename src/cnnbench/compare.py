@@ -202,7 +202,8 @@ def compare_live(space_file: str, seeds: int, minutes: float, out: Path, names: 
                 variant = Path(folder) / f"{strategy.name}-{seed}.yaml"
                 variant.write_text(yaml.safe_dump(doc))
                 sweep = prepare(SweepRequest(space_file=str(variant), study=variant.stem, timeout_minutes=minutes,
-                                             engine=strategy.engine, algo=strategy.algo, results=str(root)))
+                                             engine=strategy.engine, algo=strategy.algo, results=str(root),
+                                             cache=False))  # every strategy pays for its own trainings
                 summary_ = run_sweep(sweep, live=False)
                 start = sweep.started
                 best = -math.inf

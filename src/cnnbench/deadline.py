@@ -119,10 +119,14 @@ class Deadline:
     def _seconds(self, config: dict, n_train: int, n_val: int, rate: float) -> float:
         return trial_seconds(config, n_train, n_val, rate, self.image_size, self.num_classes)
 
-    def fit_final(self, config: dict, epoch_options: list[int]) -> tuple[dict, str]:
+    def fit_final(self, config: dict, epoch_options: list[int], n_test: int = 0) -> tuple[dict, str]:
         """``config`` with the most epochs (of ``epoch_options``, at most its own) whose final
-        training fits in the time left less the export, and a note when they were cut."""
-        budget = self.left() - 2 * EXPORT_SECONDS
+        training fits in the time left less the export (its test pass over ``n_test``
+        images), and a note when they were cut."""
+        from cnnbench.runtime import resolve_precision
+
+        budget = self.left() - max(2 * EXPORT_SECONDS,
+                                   self.export_seconds(config, n_test, resolve_precision(config["precision"])))
         if self.end is None or self.final_seconds(config) <= budget:
             return config, ""
         # the space's epoch choices when it searches epochs, else any shorter schedule (the
@@ -172,7 +176,8 @@ class Deadline:
         rate = self.log.rate(precision, self._flops(config)) if self.log else None
         if self.end is None or not rate:
             return config, ""
-        budget = self.left() - self.export_seconds(config, n_test, precision)
+        # the export tests the final model (its views), not this run's cheaper fidelity
+        budget = self.left() - self.export_seconds(final_config or config, n_test, precision)
 
         def fits(candidate: dict) -> bool:
             reserve = max(self.best_final_seconds, self.final_seconds(final_config or candidate))
@@ -277,8 +282,13 @@ def plan(space, minutes: float, log: ThroughputLog | None = None, n_train: int =
     f = space.search.reduction_factor
     costs = [deadline._seconds({**config, **rung}, n_train, n_val, rate) for rung in space.search.rungs]
     per_config = sum(cost / f**k for k, cost in enumerate(costs))  # a configuration's expected share
+    def spent(n: int) -> float:  # whole runs: n at the first rung, n // f at the next, ...
+        return sum(cost * (n // f**k) for k, cost in enumerate(costs))
+
     n = max(0, int(search // per_config))
-    while n and sum(cost * (n // f**k) for k, cost in enumerate(costs)) > search:
-        n -= 1  # whole runs only: n // f**k rounds down, so this rarely steps
+    while spent(n + 1) <= search:
+        n += 1
+    while n and spent(n) > search:
+        n -= 1
     rungs = [(describe(space, k), cost, n // f**k) for k, cost in enumerate(costs)]
     return HourPlan(minutes, rate, costs[0], final, export, n, rungs, f)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 from pathlib import Path
@@ -188,9 +187,3 @@ def _machine_line(machine: dict | None) -> str:
     return (f"{cpu.get('model')} ({cpu.get('cores')} cores; {' '.join(cpu.get('flags', []))}), oneDNN "
             f"{'on' if machine.get('onednn') else 'off'}, {machine.get('intra_op_threads')} intra-op threads")
 
-
-def load_card(model_path: Path) -> dict:
-    try:
-        return json.loads((Path(model_path).parent / "model_card.json").read_text())
-    except (OSError, ValueError):
-        return {}

@@ -58,14 +58,15 @@ def _already_done(previous: TrialRecord | None, number: int, config: dict, job: 
             and previous.config == config and job.paths.final_model.exists())
 
 
-def run_final(job: StudyJob, best: TrialRecord | None, train_images: int, recipe: dict | None = None) -> FinalOutcome:
+def run_final(job: StudyJob, best: TrialRecord | None, train_images: int, recipe: dict | None = None,
+              recipe_name: str = "the start_with recipe") -> FinalOutcome:
     """Train ``best``'s configuration (or the space's only one, when ``best`` is None) on
     all ``train_images``; returns what happened. Raises Interrupted/KeyboardInterrupt after
     recording the final training as interrupted.
 
-    ``recipe`` (a start_with entry) is the fallback when no search trial could finish before
-    the deadline beside its final training (a slow machine): the known recipe is trained on
-    all images instead, with the most epochs the space allows that still fit.
+    ``recipe`` (a start_with entry, else the space's centre, called ``recipe_name``) is the
+    fallback when no search trial could finish before the deadline beside its final training
+    (a slow machine): it is trained on all images instead, with the most epochs that fit.
     """
     number = best.trial if best is not None else NO_TRIAL
     ranked_at_rung = best is not None and best.rung is not None
@@ -79,7 +80,8 @@ def run_final(job: StudyJob, best: TrialRecord | None, train_images: int, recipe
     values = dict(best.values) if best is not None else dict(recipe or {})
     shortened = ""
     if recipe is not None or ranked_at_rung:  # sized to the time left (a search trial's was kept for it)
-        config, shortened = job.deadline.fit_final(config, job.space.epoch_options())
+        config, shortened = job.deadline.fit_final(config, job.space.epoch_options(),
+                                                   job.data_sizes[2] if job.data_sizes else 0)
     previous = read_final(job)
     if _already_done(previous, number, config, job):
         return FinalOutcome(previous, f"final training of trial {number} already done ({previous.train_images} "
@@ -91,7 +93,7 @@ def run_final(job: StudyJob, best: TrialRecord | None, train_images: int, recipe
                                   "min left before the deadline; exported the best trial's own model")
     seed = job.space.seed + FINAL_SEED_OFFSET
     source = (f"trial {number}{shortened}" if best is not None else "the space's only configuration" if recipe is None
-              else "the start_with recipe (no search trial fitted beside its final training" + shortened + ")")
+              else f"{recipe_name} (no search trial fitted beside its final training" + shortened + ")")
     record = trials.started(number, job.engine, values, config,
                             f"final training of {source} on all {train_images:,} training images", seed=seed)
     record.train_images = train_images

@@ -36,16 +36,23 @@ def _resident_mb() -> float:
         return 0.0
 
 
-def _die_with_parent(signum: int = signal.SIGKILL, parent: int | None = None) -> None:
-    """Linux: the kernel sends ``signum`` to this process when its parent dies (even by
-    SIGKILL), so a killed sweep leaves no orphan training on. ``parent``: the pid it must
-    still have, for the case where the parent died before this call (then stop at once)."""
+def _libc():
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signum)  # PR_SET_PDEATHSIG
+        return ctypes.CDLL("libc.so.6", use_errno=True)
     except (OSError, AttributeError):
-        pass  # elsewhere the child notices the parent at its next epoch (a broken pipe)
+        return None  # not Linux
+
+
+def _die_with_parent(signum: int = signal.SIGKILL, parent: int | None = None, libc=None) -> None:
+    """Linux: the kernel sends ``signum`` to this process when its parent dies (even by
+    SIGKILL), so a killed sweep leaves no orphan training on. ``parent``: the pid it must
+    still have, for the case where the parent died before this call (then stop at once)."""
+    libc = libc or _libc()
+    if libc is not None:
+        libc.prctl(1, signum)  # PR_SET_PDEATHSIG
+    # elsewhere the child notices the parent at its next epoch (a broken pipe)
     if parent is not None and os.getppid() != parent:
         os.kill(os.getpid(), signum)
 
@@ -53,9 +60,11 @@ def _die_with_parent(signum: int = signal.SIGKILL, parent: int | None = None) ->
 def worker_preexec():
     """For ``subprocess.Popen(preexec_fn=...)`` of a sweep's worker processes: each gets
     SIGTERM when the sweep dies (a worker stops on it the graceful way, recording its trial
-    as interrupted), so no worker trains on as an orphan, kill -9 of the sweep included."""
-    parent = os.getpid()
-    return lambda: _die_with_parent(signal.SIGTERM, parent)
+    as interrupted), so no worker trains on as an orphan, kill -9 of the sweep included.
+    libc is loaded here, before the fork: the forked child of a threaded parent should do
+    as little as it can before exec."""
+    parent, libc = os.getpid(), _libc()
+    return lambda: _die_with_parent(signal.SIGTERM, parent, libc)
 
 
 def _load_trainer(dotted: str):

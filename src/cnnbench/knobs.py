@@ -24,6 +24,7 @@ class Knob:
     below: float | None = None      # exclusive upper bound for numbers
     maximum: float | None = None    # inclusive upper bound: what cnnbench can build and train at all
     check: Callable[[Any], str | None] | None = None  # any further rule; returns the problem
+    shapes_network: bool = False    # changes the layers or their sizes (so the parameter count)
 
     def problem(self, value: Any) -> str | None:
         """Why ``value`` is not a valid setting of this knob, or None when it is."""
@@ -57,29 +58,34 @@ def _positive(value: float) -> str | None:
     return None if value > 0 else f"{value!r} must be above 0"
 
 
+def _network(*args, **kwargs) -> Knob:
+    """A knob that shapes the network: the space's feasibility check builds its corners."""
+    return Knob(*args, shapes_network=True, **kwargs)
+
+
 KNOBS: dict[str, Knob] = {
     # --- architecture -------------------------------------------------------------------
-    "stem": Knob(str, "none", "what the image meets first: nothing, or 'whiten': a frozen 2x2 conv whose 24 "
+    "stem": _network(str, "none", "what the image meets first: nothing, or 'whiten': a frozen 2x2 conv whose 24 "
                  "filters whiten the training images' 2x2 patches (their PCA, +/-; airbench), then the activation",
                  ("none", "whiten")),
-    "stages": Knob(int, 3, "conv stages; each has one 2x2 pooling (halves the size)", minimum=1, maximum=10),
-    "convs_per_stage": Knob(int, 2, "conv layers in each stage (before any residual unit)", minimum=1,
+    "stages": _network(int, 3, "conv stages; each has one 2x2 pooling (halves the size)", minimum=1, maximum=10),
+    "convs_per_stage": _network(int, 2, "conv layers in each stage (before any residual unit)", minimum=1,
                             maximum=32),
-    "base_filters": Knob(int, 32, "filters in the first stage", minimum=1, maximum=8192),
-    "filter_growth": Knob(float, 2.0, "filters multiply by this from one stage to the next", minimum=1.0,
+    "base_filters": _network(int, 32, "filters in the first stage", minimum=1, maximum=8192),
+    "filter_growth": _network(float, 2.0, "filters multiply by this from one stage to the next", minimum=1.0,
                           maximum=16.0),
-    "max_filters": Knob(int, 512, "cap on filters in any stage", minimum=1, maximum=8192),
-    "widths": Knob(str, "", "filters of each stage, e.g. '64-256-256' (one per stage); when set, base_filters, "
+    "max_filters": _network(int, 512, "cap on filters in any stage", minimum=1, maximum=8192),
+    "widths": _network(str, "", "filters of each stage, e.g. '64-256-256' (one per stage); when set, base_filters, "
                    "filter_growth and max_filters are not used", check=_widths_problem),
-    "kernel_size": Knob(int, 3, "conv kernel side, pixels", minimum=1, maximum=31),
-    "padding": Knob(str, "same", "conv padding: 'valid' shrinks each side by kernel_size-1", ("same", "valid")),
-    "pool_after": Knob(str, "last_conv", "where each stage's pooling sits: after its last conv (VGG), or after "
+    "kernel_size": _network(int, 3, "conv kernel side, pixels", minimum=1, maximum=31),
+    "padding": _network(str, "same", "conv padding: 'valid' shrinks each side by kernel_size-1", ("same", "valid")),
+    "pool_after": _network(str, "last_conv", "where each stage's pooling sits: after its last conv (VGG), or after "
                        "its first, so the stage's other convs run on a quarter of the pixels (ResNet-9, airbench)",
                        ("last_conv", "first_conv")),
-    "residual": Knob(bool, False, "a residual unit after each stage's pooling: its input plus two more 3x3 "
+    "residual": _network(bool, False, "a residual unit after each stage's pooling: its input plus two more 3x3 "
                      "'same' convs of the stage's width (ResNet-9)"),
-    "batch_norm": Knob(bool, True, "batch norm after every conv (the conv then has no bias)"),
-    "bn_scale": Knob(bool, True, "batch norm learns a per-channel scale as well as a shift (airbench: no)"),
+    "batch_norm": _network(bool, True, "batch norm after every conv (the conv then has no bias)"),
+    "bn_scale": _network(bool, True, "batch norm learns a per-channel scale as well as a shift (airbench: no)"),
     "bn_momentum": Knob(float, 0.9, "batch norm moving-statistics momentum; short CPU runs want it low so the "
                         "statistics settle within a few hundred steps (airbench: 0.6)", minimum=0.0, below=1.0),
     "dirac_init": Knob(bool, False, "initialise every 3x3 conv as the identity on its first channels: an implicit "
@@ -87,11 +93,11 @@ KNOBS: dict[str, Knob] = {
     "activation": Knob(str, "relu", "activation after every conv and hidden dense layer",
                        ("relu", "gelu", "silu", "elu")),
     "pooling": Knob(str, "max", "2x2 pooling of each stage", ("max", "avg")),
-    "pool_last_stage": Knob(bool, True, "pool in the last stage too (the tutorial CNN does not)"),
-    "head": Knob(str, "global_avg", "how the last feature map becomes a vector",
+    "pool_last_stage": _network(bool, True, "pool in the last stage too (the tutorial CNN does not)"),
+    "head": _network(str, "global_avg", "how the last feature map becomes a vector",
                  ("global_avg", "global_max", "flatten")),
     "conv_dropout": Knob(float, 0.0, "dropout rate at the end of each stage", minimum=0.0, below=1.0),
-    "dense_units": Knob(int, 0, "width of the hidden dense layer; 0 means none", minimum=0, maximum=65536),
+    "dense_units": _network(int, 0, "width of the hidden dense layer; 0 means none", minimum=0, maximum=65536),
     "dropout": Knob(float, 0.0, "dropout rate before the classifier", minimum=0.0, below=1.0),
     "logit_scale": Knob(float, 1.0, "the classifier's outputs are multiplied by this before the softmax "
                         "(airbench: 1/9, a gentler start)", maximum=1000.0, check=_positive),
@@ -147,6 +153,8 @@ KNOBS: dict[str, Knob] = {
     # --- numerics -----------------------------------------------------------------------
     "precision": Knob(str, "auto", "compute dtype policy: auto = mixed_bfloat16 where the CPU has native bf16 "
                       "(AMX or AVX512_BF16), float32 elsewhere", ("auto", "float32", "mixed_bfloat16")),
+    "deterministic": Knob(bool, False, "TensorFlow's op determinism: the same configuration and seed give the same "
+                          "figures, bit for bit, on one machine (the space's top-level deterministic: true sets it)"),
 }
 
 

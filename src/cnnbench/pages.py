@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import json
-import warnings
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -20,30 +20,6 @@ from cnnbench.space import parse_space
 from cnnbench.trials import StudyPaths, read_records
 
 TOP_CURVES = 5  # learning curves drawn for this many best trials
-
-
-def _importances(space, records) -> dict[str, float] | None:
-    """Optuna's fANOVA importances of the searched parameters for validation accuracy,
-    from the completed trials (None with fewer than 3 or nothing varied)."""
-    import optuna
-
-    from cnnbench.engines.optuna_engine import distributions
-
-    done = [r for r in records if r.state == "complete" and r.val_accuracy is not None]
-    dists = distributions(space)
-    if len(done) < 3 or not dists:
-        return None
-    study = optuna.create_study(direction="maximize")
-    for r in done:
-        params = {k: v for k, v in r.values.items() if k in dists}
-        study.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params},
-                                                  value=r.val_accuracy))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return optuna.importance.get_param_importances(study)
-    except (RuntimeError, ValueError, ZeroDivisionError):
-        return None
 
 
 def write_plots(paths: StudyPaths) -> list[Path]:
@@ -58,7 +34,9 @@ def write_plots(paths: StudyPaths) -> list[Path]:
     out = []
     if len(progress):
         out.append(plots.best_so_far(progress, folder / "best_so_far.png", f"{name}: best validation accuracy so far"))
-    scores = _importances(space, records)
+    from cnnbench.engines.optuna_engine import importances  # fANOVA is Optuna's, whichever engine ran
+
+    scores = importances(space, records)
     if scores:
         out.append(plots.importances(scores, folder / "importances.png", f"{name}: what mattered",
                                      "Optuna fANOVA"))
@@ -92,6 +70,61 @@ def _table(frame: pd.DataFrame) -> str:
     return f'<table id="leaderboard"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
+def _inline(text: str) -> str:
+    """The card's inline Markdown (``**bold**``, ```code```) as HTML, the rest escaped."""
+    out = html.escape(text)
+    out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
+
+
+def card_html(markdown: str) -> str:
+    """The model card (export.card_markdown: headings, bullets, pipe tables, paragraphs) as
+    HTML, so the page shows it as a person reads it, not as Markdown source."""
+    out, table, bullets = [], [], []
+
+    def flush() -> None:
+        if bullets:
+            out.append("<ul>" + "".join(f"<li>{_inline(b)}</li>" for b in bullets) + "</ul>")
+            bullets.clear()
+        if table:
+            head, *body = table
+            out.append("<table class='card'><thead><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head)
+                       + "</tr></thead><tbody>" + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row)
+                                                        + "</tr>" for row in body) + "</tbody></table>")
+            table.clear()
+
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not all(set(c) <= set("-: ") for c in cells):  # the |---| rule under a table's head
+                table.append(cells)
+            continue
+        if line.startswith("- "):
+            bullets.append(line[2:])
+            continue
+        flush()
+        if line.startswith("#"):
+            level = min(len(line) - len(line.lstrip("#")) + 2, 6)  # under the page's own h1/h2
+            out.append(f"<h{level}>{_inline(line.lstrip('#').strip())}</h{level}>")
+        elif line.strip():
+            out.append(f"<p>{_inline(line)}</p>")
+    flush()
+    return "\n".join(out)
+
+
+def searched_first(board: pd.DataFrame, space) -> tuple[pd.DataFrame, str]:
+    """The leaderboard with what a person looks for on the left (trial, state, rung, the
+    score, the searched parameters), the columns a space fixes folded into one line, and
+    empty columns dropped."""
+    fixed = [n for n in space.params if n not in space.searched() and n in board.columns]
+    folded = ", ".join(f"{n}={board[n].dropna().iloc[0]}" for n in fixed if board[n].notna().any())
+    lead = [c for c in ("trial", "state", "rung", "train_images", "val_accuracy") if c in board.columns]
+    searched = [n for n in space.searched() if n in board.columns]
+    rest = [c for c in board.columns if c not in lead + searched + fixed]
+    shown = board[lead + searched + rest]
+    return shown.loc[:, shown.notna().any() | (shown.columns == "trial")], folded
+
+
 SORT_SCRIPT = """
 document.querySelectorAll('#leaderboard th').forEach((th, column) => th.addEventListener('click', () => {
   const body = th.closest('table').tBodies[0], up = th.dataset.order !== 'up';
@@ -112,7 +145,7 @@ def write_report(paths: StudyPaths) -> Path:
     study's summary and provenance, a sortable leaderboard, the plots and the model card."""
     run = read_json(paths.root / "run.json")
     space = parse_space(run["space"], str(paths.root / "run.json"))
-    board = leaderboard_frame(read_records(paths), space)
+    board, fixed = searched_first(leaderboard_frame(read_records(paths), space), space)
     images = write_plots(paths)
     card_md = paths.best / "model_card.md"
     machine = run.get("machine", {}).get("cpu", {})
@@ -124,10 +157,12 @@ def write_report(paths: StudyPaths) -> Path:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>cnnbench: {html.escape(str(run.get('study')))}"
              f"</title><style>{STYLE}</style></head><body>",
              f"<h1>Study {html.escape(str(run.get('study')))}</h1>", summary,
-             "<h2>Leaderboard</h2><p>Click a column to sort.</p>", f"<div class='scroll'>{_table(board)}</div>",
-             "<h2>Pictures</h2>", *(_image(p) for p in images),
              "<h2>Model card</h2>",
-             f"<pre>{html.escape(card_md.read_text())}</pre>" if card_md.exists() else "<p>No model exported.</p>",
+             card_html(card_md.read_text()) if card_md.exists() else "<p>No model exported.</p>",
+             "<h2>Leaderboard</h2><p>The searched parameters first; click a column to sort.</p>",
+             f"<p class='fixed'>Fixed in this space: {html.escape(fixed)}</p>" if fixed else "",
+             f"<div class='scroll'>{_table(board)}</div>",
+             "<h2>Pictures</h2>", *(_image(p) for p in images),
              "<h2>Provenance (run.json)</h2>", f"<pre>{html.escape(json.dumps(run, indent=1))}</pre>",
              f"<script>{SORT_SCRIPT}</script></body></html>"]
     target = paths.root / "report.html"

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-COLORS = {"complete": "tab:blue", "pruned": "tab:gray", "failed": "tab:red", "interrupted": "tab:orange"}
 
 
 def _pyplot():

@@ -76,7 +76,9 @@ def print_leaderboard(frame: pd.DataFrame, title: str, space_params: list[str] =
                       console: Console | None = None) -> None:
     # A terminal fits a handful of parameter columns; wider spaces are in leaderboard.md.
     shown = [p for p in space_params if p in frame.columns] if len(space_params) <= 6 else []
-    cols = TERMINAL_COLUMNS[:3] + shown + TERMINAL_COLUMNS[3:]
+    # successive halving: which rung (and so which fidelity) each score is from
+    rungs = ["rung", "train_images"] if "rung" in frame.columns and frame["rung"].notna().any() else []
+    cols = TERMINAL_COLUMNS[:2] + rungs + TERMINAL_COLUMNS[2:3] + shown + TERMINAL_COLUMNS[3:]
     (console or wide_console()).print(rich_table(frame, title, cols, top))
 
 

@@ -67,7 +67,10 @@ def load(path: Path) -> Any:
     # A file is opened without blocking and read at most one byte past the limit.
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        mode = os.fstat(f.fileno()).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(21, "Is a directory", str(path))
+        if not stat.S_ISREG(mode):
             raise YamlProblem("not a regular file (a device, FIFO or socket); give a space file")
         data = f.read(MAX_BYTES + 1)
     if len(data) > MAX_BYTES:

@@ -21,9 +21,8 @@ from cnnbench.model import architecture_stats
 
 Scalar = Union[bool, int, float, str]
 # Knobs that change the network's shape: their extremes bound its size and feasibility.
-ARCH_KNOBS = ("stem", "stages", "convs_per_stage", "base_filters", "filter_growth", "max_filters", "widths",
-              "kernel_size", "padding", "pool_after", "residual", "batch_norm", "pool_last_stage", "head",
-              "dense_units")
+# The knobs that shape the network (each says so itself: Knob.shapes_network).
+ARCH_KNOBS = tuple(name for name, knob in KNOBS.items() if knob.shapes_network)
 
 
 MAX_LISTED = 10_000        # values of one parameter cnnbench will list (grids, epoch options)
@@ -60,6 +59,11 @@ class IntParam(_Param):
     step: int = Field(1, ge=1)
     log: bool = False
 
+    def middle(self) -> int:
+        """The centre of the range (geometric on a log range), on the step grid."""
+        mid = math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2
+        return self.low + round((mid - self.low) / self.step) * self.step
+
     def admits(self, value) -> str | None:
         """Why ``value`` is not one this parameter can take, or None."""
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
@@ -75,6 +79,11 @@ class FloatParam(_Param):
     high: float
     log: bool = False
     step: float | None = Field(None, gt=0)
+
+    def middle(self) -> float:
+        """The centre of the range (geometric on a log range), on the step grid."""
+        mid = math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2
+        return self.low + round((mid - self.low) / self.step) * self.step if self.step else mid
 
     def admits(self, value) -> str | None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -164,6 +173,9 @@ class Space(_Strict):
     # export that model (final.py). A space of one configuration has nothing to choose: it
     # goes straight to that training.
     final: bool = True
+    # Repeatable trials: TensorFlow's op determinism in every trial (the deterministic knob),
+    # so a configuration and seed give the same per-epoch figures on one machine.
+    deterministic: bool = False
     # Set by load_space, not by the file.
     source: str = Field("", exclude=True)
 
@@ -193,6 +205,8 @@ class Space(_Strict):
                 config[name] = coerce(name, param.value)
             elif name in values:
                 config[name] = coerce(name, values[name])
+        if self.deterministic:
+            config["deterministic"] = True
         return config
 
     def value_count(self, name: str) -> int | None:
@@ -225,6 +239,16 @@ class Space(_Strict):
         if isinstance(p, IntParam):
             return list(range(p.low, p.high + 1, p.step))
         return [p.low + i * p.step for i in range(count)]
+
+    def centre(self) -> dict[str, Any]:
+        """A value for every searched parameter that applies: the centre of each range, the
+        middle choice. The configuration trained when nothing else can be (no search trial
+        fits the deadline and the space names no start_with recipe)."""
+        values: dict[str, Any] = {}
+        for name, p in self.searched().items():
+            if p.condition_holds(self.complete(values)):
+                values[name] = p.choices[len(p.choices) // 2] if isinstance(p, ChoiceParam) else p.middle()
+        return values
 
     def epoch_options(self) -> list[int]:
         """Epoch counts a trial may be given when the space searches ``epochs`` (else [])."""

@@ -12,6 +12,7 @@ import os
 import shlex
 import sys
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from cnnbench.report import SweepProgress, markdown_table, study_markdown
 from cnnbench.results import (atomic_write, epoch_curves, json_text, leaderboard_frame, progress_frame,
                               read_json, studies_frame, write_study_leaderboard)
 from cnnbench.space import Space, SpaceError, load_space
-from cnnbench.storage_url import masked, resolve, scrub
+from cnnbench.engines.storage_url import masked, resolve, scrub
 from cnnbench.trials import StudyPaths
 
 
@@ -49,6 +50,7 @@ class SweepRequest:
     seed: int | None = None        # replaces the space's seed (--seed): another run of the same recipe
     start_with: bool = True        # False (--no-start-with): the search on its own, as without a known recipe
     cache: bool = True             # False (--no-cache): train every trial, even one already trained
+    deterministic: bool = False    # --deterministic: TensorFlow's op determinism in every trial
     warm_start: tuple[str, ...] = ()  # earlier studies (same results folder) whose trials TPE starts from
     command: str | None = None     # the command line that asked for it (the CLI sets it), for run.json
 
@@ -67,7 +69,23 @@ class SweepRequest:
             args.append("--no-start-with")
         if not self.cache:
             args.append("--no-cache")
+        if self.deterministic:
+            args.append("--deterministic")
         return args + (["--tensorboard"] if self.tensorboard else [])
+
+
+class _CallableModule(types.ModuleType):
+    """``import cnnbench.sweep`` binds this module to the name ``cnnbench.sweep``, which is
+    also the API's function (cnnbench/__init__.py): calling the module calls the function,
+    so a notebook's ``cnnbench.sweep(...)`` works whatever was imported before."""
+
+    def __call__(self, *args, **kwargs):
+        from cnnbench.api import sweep
+
+        return sweep(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 
 def worker_id() -> str | None:
@@ -126,6 +144,17 @@ def knob_defaults_hash() -> str:
     return hashlib.sha256(json.dumps(default_config(), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def split_fingerprint(data) -> str:
+    """The data and its split into training and validation: a score is only reusable
+    (engines/cache.py) on the very images it was trained and validated on."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{data.fingerprint}/{len(data.y_train)}/{len(data.y_test)}".encode())
+    digest.update(data.x_val.tobytes())
+    digest.update(data.y_val.tobytes())
+    return f"{data.fingerprint}/{digest.hexdigest()[:12]}"
+
+
 def check_same_data(paths: StudyPaths, data) -> None:
     """A resumed study trains on the data it was made with (CNNBENCH_CIFAR10 or the space's
     path may point elsewhere now); DataError before anything is written otherwise."""
@@ -162,6 +191,8 @@ def prepare(request: SweepRequest) -> Sweep:
         space = space.model_copy(update={"seed": request.seed})
     if not request.start_with:
         space = space.model_copy(update={"start_with": []})
+    if request.deterministic:
+        space = space.model_copy(update={"deterministic": True})
     if request.trials is not None and request.trials < 1:
         raise SpaceError(f"--trials: must be at least 1, got {request.trials}")
     if request.timeout_minutes is not None and request.timeout_minutes <= 0:
@@ -278,7 +309,7 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
                    data_sizes=(len(data.y_train), len(data.y_val), len(data.y_test)), deadline=deadline,
                    storage=sweep.storage, workers=0 if is_worker() else req.workers,
                    worker_command=req.worker_command(), worker_index=int(os.environ.get("CNNBENCH_WORKER", 0)),
-                   on_record=refresh, tensorboard=req.tensorboard, data_fingerprint=data.fingerprint,
+                   on_record=refresh, tensorboard=req.tensorboard, data_fingerprint=split_fingerprint(data),
                    cache=req.cache, warm_start=sweep.warm)
     stopped_by, final = None, None
     # Worker processes keep the same deadline; only while this sweep runs, so that a later
@@ -296,10 +327,14 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
             best_trial = final_training.best_trial(trials.read_records(paths))
             if best_trial is not None or not sweep.search_needed:
                 final = final_training.run_final(job, best_trial, deadline.final_images)
-            elif deadline.end is not None and space.start_with:
-                # The hour held no search trial beside a final training (a slow machine): rather
-                # than nothing, the known recipe on all images, sized to the time left.
-                final = final_training.run_final(job, None, deadline.final_images, recipe=space.start_with[0])
+            elif deadline.end is not None and not trials.finished_count(trials.read_records(paths)):
+                # The hour held no search trial beside a final training (a slow machine: every
+                # one was refused, none failed): rather than nothing, the known recipe (else
+                # the space's centre) on all images, sized to the time left.
+                recipe = space.start_with[0] if space.start_with else space.centre()
+                final = final_training.run_final(job, None, deadline.final_images, recipe=recipe,
+                                                 recipe_name="the start_with recipe" if space.start_with
+                                                 else "the space's centre (no start_with recipe)")
     except KeyboardInterrupt as stop:  # SIGINT or SIGTERM: keep what finished, rank it, export it
         stopped_by = getattr(stop, "signum", 2)
         interrupted = trials.read_record(paths.final_record)

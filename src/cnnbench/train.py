@@ -197,7 +197,11 @@ def train_and_evaluate(config: dict, data: DataBundle, on_epoch: Callable[[int, 
 
     tf_runtime = runtime.configure_tensorflow()
     precision = runtime.resolve_precision(config["precision"], gpus=tf_runtime["gpus"])
-    keras.utils.set_random_seed(seed)
+    keras.utils.set_random_seed(seed)  # Python, NumPy and TensorFlow: the data order and augmentation too
+    if config.get("deterministic"):
+        # Process-wide and one-way: a trial process that trained one deterministic trial
+        # keeps deterministic kernels for the rest of its life (it is recycled on memory only).
+        tf.config.experimental.enable_op_determinism()
     data = data.training_subset(config["train_images"])
     config = {**config, **{name: unspell(name, config[name]) for name in ("flip", "tta")}}  # true/false of old
     num_classes = len(data.class_names)

@@ -26,9 +26,6 @@ class Engine(Protocol):
         """Run trials for ``job`` (an ``engines.base.StudyJob``) until its budget, deadline
         or a signal ends them; with ``job.workers``, start worker processes and wait."""
 
-    def exists(self, job) -> bool:
-        """Whether the study already has engine state (a resumed study)."""
-
 
 ENGINES = {"optuna": "cnnbench.engines.optuna_engine", "kerastuner": "cnnbench.engines.kerastuner_engine"}
 

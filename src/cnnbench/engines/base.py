@@ -100,6 +100,8 @@ def stop_rule_reason(job: StudyJob) -> str | None:
         return None
     finished = sorted((r for r in trials.read_records(job.paths) if r.state in trials.FINISHED),
                       key=lambda r: (r.finished_at or 0, r.trial))
+    # stagnation is judged within one fidelity: the first rung, which every configuration runs
+    same_fidelity = [r for r in finished if r.rung in (None, 0)] if search.rungs else finished
     reason = None
     target = (search.stop_at or {}).get("val_accuracy")
     reached = [r for r in finished if r.state == "complete" and r.val_accuracy is not None
@@ -109,7 +111,7 @@ def stop_rule_reason(job: StudyJob) -> str | None:
                   f"(>= {target})")
     elif search.stop_after_no_improvement:
         best, since = None, 0
-        for r in finished:
+        for r in same_fidelity:
             if r.state == "complete" and r.val_accuracy is not None and (best is None or r.val_accuracy > best):
                 best, since = r.val_accuracy, 0
             else:
@@ -173,11 +175,15 @@ def run_trial(job: StudyJob, number: int, values: dict, should_stop: Callable[[i
     shortened (a shorter run would be another fidelity); ``promoted_from`` is the trial
     whose score at the rung below earned it.
     """
-    from cnnbench.engines import promotion
+    from cnnbench.engines import cache, promotion
 
     space, paths = job.space, job.paths
     config = {**space.complete(values), **(overrides or {}), **promotion.overrides(space, rung)}
     final_config = {**space.complete(values), **(overrides or {})}  # what its final training would train
+    version = cache.trainer_version() if job.data_fingerprint else None
+    if served := _served_from_cache(job, number, values, config, final_config, version, rung, promoted_from,
+                                    attempt):
+        return served  # before admission: a training already done costs nothing
     note = promotion.describe(space, rung) + (f", promoted from trial {promoted_from}" if promoted_from is not None
                                               else "") if rung is not None else ""
     if job.deadline.end is not None and job.data_sizes:
@@ -185,18 +191,6 @@ def run_trial(job: StudyJob, number: int, values: dict, should_stop: Callable[[i
         config, late = job.deadline.admit(config, *job.data_sizes, precision,
                                           [] if rung is not None else space.epoch_options(), final_config)
         note = "; ".join(filter(None, (note, late)))
-    from cnnbench.engines import cache
-
-    version = cache.trainer_version() if job.data_fingerprint else None
-    if job.cache and job.data_fingerprint and \
-            (found := cache.find(paths.root.parent, config, space.seed + number, job.data_fingerprint, version)):
-        record = cache.serve(paths, number, job.engine, values, found)
-        record.rung, record.promoted_from, record.attempt = rung, promoted_from, attempt
-        trials.write_record(paths, record)
-        job.progress.say(f"trial {number}: the same training was done in {found[0]}; served from it")
-        job.deadline.note_complete(final_config, record.val_accuracy, rung)
-        job.progress.trial_done(record)
-        return record
     record = trials.started(number, job.engine, values, config, note, attempt, seed=space.seed + number)
     record.rung, record.promoted_from = rung, promoted_from
     record.data_fingerprint, record.trainer_version = job.data_fingerprint, version
@@ -233,14 +227,7 @@ def run_trial(job: StudyJob, number: int, values: dict, should_stop: Callable[[i
         state, reason, result = "interrupted", f"interrupted by {signal_name(signalled)}", None
     finally:
         heartbeat.stop()
-    record.state, record.reason = state, reason
-    if result:
-        history = result.pop("history", None)
-        for key, value in result.items():
-            if hasattr(record, key) and value is not None:
-                setattr(record, key, value)
-        record.history = merged_history(history, record.history) if history else record.history
-    record.finished_at = time.time()
+    _end(record, state, reason, result)
     if paths.lost_marker(number).exists():  # paused past the heartbeat limit: another took it over
         job.progress.say(f"trial {number} was declared lost while this process was paused and is tried "
                          "again elsewhere; this run's result is dropped")
@@ -254,6 +241,39 @@ def run_trial(job: StudyJob, number: int, values: dict, should_stop: Callable[[i
     job.progress.trial_done(record)
     if stop is not None:
         raise stop
+    return record
+
+
+def _end(record: TrialRecord, state: str, reason: str, result: dict | None) -> None:
+    """How the training ended, into its record: the trainer's figures and history."""
+    record.state, record.reason = state, reason
+    if result:
+        history = result.pop("history", None)
+        for key, value in result.items():
+            if hasattr(record, key) and value is not None:
+                setattr(record, key, value)
+        record.history = merged_history(history, record.history) if history else record.history
+    record.finished_at = time.time()
+
+
+def _served_from_cache(job: StudyJob, number: int, values: dict, config: dict, final_config: dict,
+                       version: str | None, rung: int | None, promoted_from: int | None,
+                       attempt: int) -> TrialRecord | None:
+    """Trial ``number`` copied from a finished training of the same thing (engines/cache.py),
+    or None when there is none (or the cache is off)."""
+    from cnnbench.engines import cache
+
+    if not (job.cache and job.data_fingerprint):
+        return None
+    found = cache.find(job.paths.root.parent, config, job.space.seed + number, job.data_fingerprint, version)
+    if found is None:
+        return None
+    record = cache.serve(job.paths, number, job.engine, values, found)
+    record.rung, record.promoted_from, record.attempt = rung, promoted_from, attempt
+    trials.write_record(job.paths, record)
+    job.progress.say(f"trial {number}: the same training was done in {found[0]}; served from it")
+    job.deadline.note_complete(final_config, record.val_accuracy, rung)
+    job.progress.trial_done(record)
     return record
 
 

@@ -228,4 +228,5 @@ def _run_distributed(job: StudyJob) -> bool:
 
 
 def exists(job: StudyJob) -> bool:
+    """Whether KerasTuner has saved state for this study (a resumed study)."""
     return (job.paths.root / PROJECT / "oracle.json").exists()

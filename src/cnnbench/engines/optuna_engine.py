@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 import subprocess
 import warnings
@@ -30,7 +31,7 @@ from cnnbench.engines.base import StudyJob, TrialTaken, run_trial, stop_rule_rea
 from cnnbench.isolation import worker_preexec
 from cnnbench.engines.pruning import make_pruner, median_rule, progress_steps
 from cnnbench.space import ChoiceParam, FloatParam, IntParam, Space, SpaceError
-from cnnbench.storage_url import open_rdb
+from cnnbench.engines.storage_url import open_rdb
 
 NAME = "optuna"
 ALGORITHMS = ("tpe", "random", "grid", "cmaes")
@@ -164,14 +165,33 @@ def _repair_locked(journal, torn_tail_only: bool) -> str:
     data = journal.read_bytes()
     lines = data.split(b"\n")
     tail = lines.pop()  # after the last newline: b"" when the file ends cleanly
-    kept = [line for line in lines if torn_tail_only or _is_json(line, json)]
-    dropped = len(lines) - len(kept)
-    if not tail and not dropped:
+    kept, mended, cut = [], 0, 0
+    for i, line in enumerate(lines):
+        if torn_tail_only or _is_json(line, json):
+            kept.append(line)
+            continue
+        # A torn write (often followed by the next entry on the same line). Losing it is safe
+        # unless it created a study or a trial: Optuna numbers trials by the order of their
+        # creation entries, so one lost would renumber every later trial; then the file is
+        # cut before it instead, keeping a consistent prefix.
+        torn = re.match(rb'\{"op_code":\s*(\d+)', line)
+        if torn is None or int(torn[1]) in CREATING_OPS:
+            cut = len(lines) - i
+            break
+        start = line.rfind(b'{"op_code"')
+        if start > 0 and _is_json(line[start:], json):
+            kept.append(line[start:])  # the next entry, written straight after the torn one
+        mended += 1
+    if not tail and not mended and not cut:
         return ""
     atomic_write(journal, b"".join(line + b"\n" for line in kept))
     said = [f"cut a torn last entry ({len(tail)} bytes)"] if tail else []
-    said += [f"dropped {dropped} unreadable entr{'y' if dropped == 1 else 'ies'}"] if dropped else []
+    said += [f"removed {mended} torn entr{'y' if mended == 1 else 'ies'}"] if mended else []
+    said += [f"cut {cut} entr{'y' if cut == 1 else 'ies'} from the first unreadable one on"] if cut else []
     return "; ".join(said) + f"; kept {len(kept)} complete entries"
+
+
+CREATING_OPS = (0, 4)  # JournalOperation.CREATE_STUDY, CREATE_TRIAL
 
 
 def _is_json(line: bytes, json) -> bool:
@@ -224,14 +244,15 @@ def run(job: StudyJob) -> None:
     processes on the shared storage instead, and wait for them."""
     study = open_study(job)
     recovery.recover_lost(job, study)
-    if job.warm_start and not job.worker_index and not study.get_trials(deepcopy=False):  # a new study only
+    new_study = not study.get_trials(deepcopy=False)
+    if not job.worker_index:
+        for known_good in job.space.start_with:  # tried before anything is sampled; once per study
+            study.enqueue_trial(known_good, skip_if_exists=True)
+    if job.warm_start and not job.worker_index and new_study:  # after start_with: its skip check sees them
         from cnnbench.engines import warm_start
 
         added = warm_start.add(study, job.space, job.warm_start)
         job.progress.say(f"warm start: {added} finished trial(s) of earlier studies added before sampling")
-    if not job.worker_index:
-        for known_good in job.space.start_with:  # tried before anything is sampled; once per study
-            study.enqueue_trial(known_good, skip_if_exists=True)
     if job.workers:
         run_workers(job, study)  # then finish here whatever dead workers left undone
     refused = 0  # configurations in a row that could not finish before the deadline
@@ -265,8 +286,10 @@ def _enqueue_promotion(job: StudyJob, study: optuna.Study) -> None:
     """Successive halving (engines/promotion.py): when a configuration has earned the next
     rung, queue its values for that rung before the sampler is asked for a new one."""
     every = study.get_trials(deepcopy=False)
+    # handed out and not yet recorded; a promotion that ended (even unrecorded: interrupted,
+    # not started before the deadline) may be handed out again
     claimed = {(t.user_attrs["promoted_from"], t.user_attrs["rung"]) for t in every
-               if t.user_attrs.get("promoted_from") is not None}
+               if t.user_attrs.get("promoted_from") is not None and t.state in (TrialState.WAITING, TrialState.RUNNING)}
     promoted = promotion.next_promotion(job.space, trials.read_records(job.paths), claimed)
     waiting = any(t.state == TrialState.WAITING for t in every)  # start_with and retries go first
     if promoted is not None and not waiting:
@@ -274,11 +297,19 @@ def _enqueue_promotion(job: StudyJob, study: optuna.Study) -> None:
                                                          "promoted_from": promoted.source.trial})
 
 
+def _promotion_pending(job: StudyJob, study: optuna.Study) -> bool:
+    """Successive halving has a run queued or earned (a grid is not done while it has)."""
+    if not job.space.search.rungs:
+        return False
+    _enqueue_promotion(job, study)
+    return any(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
+
+
 def _should_continue(job: StudyJob, study: optuna.Study) -> bool:
     every = counted_trials(study)
     if len(every) >= job.trials:
         return False
-    if isinstance(study.sampler, _Grid) and study.sampler.is_exhausted(study):
+    if isinstance(study.sampler, _Grid) and study.sampler.is_exhausted(study) and not _promotion_pending(job, study):
         return False
     if job.deadline.left() <= EXPORT_SECONDS:
         job.progress.say("stopped: the deadline is here; what finished is ranked and exported")
@@ -364,12 +395,26 @@ def check_study(study: str, storage: str, space: Space) -> None:
                          "made with")
 
 
-def exists(job: StudyJob) -> bool:
-    if not job.storage and not (job.paths.root / "optuna.journal").exists():
-        return False
-    try:
-        optuna.load_study(study_name=job.study, storage=storage_for(job))
-        return True
-    except KeyError:
-        return False
 
+
+def importances(space: Space, records: list) -> dict[str, float] | None:
+    """Optuna's fANOVA importances of the searched parameters for validation accuracy, from
+    the completed trials (at the first rung with successive halving: one fidelity), or None
+    with fewer than 3 or nothing varied. For the report page (pages.py)."""
+    done = [r for r in records if r.state == "complete" and r.val_accuracy is not None]
+    if any(r.rung is not None for r in done):
+        done = [r for r in done if r.rung == 0]
+    dists = distributions(space)
+    if len(done) < 3 or not dists:
+        return None
+    study = optuna.create_study(direction="maximize")
+    for r in done:
+        params = {k: v for k, v in r.values.items() if k in dists}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params},
+                                                  value=r.val_accuracy))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return optuna.importance.get_param_importances(study)
+    except (RuntimeError, ValueError, ZeroDivisionError):
+        return None

@@ -96,7 +96,45 @@ def recover_lost(job, study: optuna.Study) -> list[int]:
             study.enqueue_trial(record.values, user_attrs={"attempt": record.attempt + 1, "retry_of": record.trial,
                                                            **rung})
         found.append(record.trial)
+    rebuild_damaged(job, study)
     return found + recover_unrecorded(job, study)
+
+
+def rebuild_damaged(job, study: optuna.Study) -> list[int]:
+    """Trial records that cannot be read (torn by a full disk, cut by an editor) rebuilt from
+    what Optuna's storage knows of a finished trial (its values, state, score and times),
+    marked as rebuilt; a damaged record of a trial the storage has not finished is named,
+    never silently left out. Returns the rebuilt trial numbers."""
+    from cnnbench.engines import promotion
+
+    damaged: list[str] = []
+    trials.read_records(job.paths, damaged)
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    states = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
+    rebuilt = []
+    for entry in damaged:
+        path = Path(entry.rsplit(": ", 1)[0])
+        number = int(path.stem.split("-")[1])
+        t = by_number.get(number)
+        if t is None or t.state not in states:
+            job.progress.say(f"{path}: damaged and not finished in the study's storage; left out of the "
+                             "leaderboard (restore it, or delete it to run its configuration again)")
+            continue
+        rung = t.user_attrs.get("rung") if job.space.search.rungs else None
+        state = "interrupted" if t.user_attrs.get("interrupted") else states[t.state]
+        record = TrialRecord(trial=number, engine=job.engine, values=dict(t.params),
+                             config={**job.space.complete(t.params), **promotion.overrides(job.space, rung)},
+                             state=state, val_accuracy=t.value if t.state == TrialState.COMPLETE else None,
+                             rung=rung, promoted_from=t.user_attrs.get("promoted_from"),
+                             attempt=t.user_attrs.get("attempt", 1), seed=job.space.seed + number,
+                             note="rebuilt from the Optuna storage: its record file was damaged (metrics other "
+                                  "than val_accuracy are lost)",
+                             started_at=t.datetime_start and t.datetime_start.timestamp(),
+                             finished_at=t.datetime_complete and t.datetime_complete.timestamp())
+        trials.write_record(job.paths, record)
+        job.progress.say(f"{path}: damaged; rebuilt from the study's storage (trial {number}, {state})")
+        rebuilt.append(number)
+    return rebuilt
 
 
 OWNER = "owner"  # a trial's user attribute right after ``ask``: "host:pid" of the process that asked
@@ -122,11 +160,16 @@ def recover_unrecorded(job, study: optuna.Study, now: float | None = None) -> li
             continue
         study._storage.set_trial_user_attr(t._trial_id, "lost_before_record", True)
         study.tell(t.number, state=TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "attempt": 1,
-                                                  **{k: t.user_attrs[k] for k in ("rung", "promoted_from")
-                                                     if k in t.user_attrs}})
-        job.progress.say(f"trial {t.number} was lost before its record was written; its configuration is "
-                         "tried again")
+        attempt = t.user_attrs.get("attempt", 1)
+        # an enqueued trial (start_with, a promotion, a retry) keeps its values even when its
+        # process died before suggesting them
+        values = {**t.system_attrs.get("fixed_params", {}), **t.params}
+        if attempt <= job.retries:
+            study.enqueue_trial(values, user_attrs={"retry_of": t.number, "attempt": attempt + 1,
+                                                    **{k: t.user_attrs[k] for k in ("rung", "promoted_from")
+                                                       if k in t.user_attrs}})
+        job.progress.say(f"trial {t.number} was lost before its record was written; " + (
+            "its configuration is tried again" if attempt <= job.retries else f"not retried ({attempt} attempts)"))
         found.append(t.number)
     return found
 

@@ -64,8 +64,11 @@ def add(study, space: Space, chosen: list[tuple[str, TrialRecord]]) -> int:
     added = []
     for name, record in chosen:
         params = {k: v for k, v in record.values.items() if k in every}
-        added.append(optuna.trial.create_trial(
-            params=params, distributions={k: every[k] for k in params}, value=record.val_accuracy,
-            user_attrs={ATTRIBUTE: f"{name}/{record.trial}"}))
-    study.add_trials(added)
+        try:  # checked against this space's distributions (a value off its step grid is refused)
+            added.append(optuna.trial.create_trial(
+                params=params, distributions={k: every[k] for k in params}, value=record.val_accuracy,
+                user_attrs={ATTRIBUTE: f"{name}/{record.trial}"}))
+        except ValueError:
+            continue
+    study.add_trials(added)  # all at once: a new study gets all of them or none
     return len(added)
