@@ -198,7 +198,7 @@ def cmd_schema(args) -> int:
 
 def cmd_repair(args) -> int:
     """Make a study's Optuna journal readable again, keeping every complete entry."""
-    from cnnbench.engines.optuna_engine import repair_journal
+    from cnnbench.engines.journal import repair_journal
 
     journal = Path(args.results) / args.study / "optuna.journal"
     if not journal.is_file():

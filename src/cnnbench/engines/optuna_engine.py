@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import socket
 import subprocess
 import warnings
@@ -25,8 +24,8 @@ from optuna.trial import TrialState
 
 from cnnbench import runtime, trials
 from cnnbench.deadline import EXPORT_SECONDS, NotStarted
-from cnnbench.files import atomic_write
 from cnnbench.engines import promotion, recovery
+from cnnbench.engines.journal import repair_journal
 from cnnbench.engines.base import StudyJob, TrialTaken, run_trial, stop_rule_reason, wait_all
 from cnnbench.isolation import worker_preexec
 from cnnbench.engines.pruning import make_pruner, median_rule, progress_steps
@@ -134,72 +133,7 @@ def storage_for(job: StudyJob):
     except ValueError:  # an unreadable entry inside the file (Optuna reads no further)
         raise SpaceError(f"{journal}: an unreadable entry inside the journal; `cnnbench repair {job.study}"
                          f"{'' if job.paths.root.parent.name == 'results' else ' --results ' + str(job.paths.root.parent)}"
-                         "` drops it and keeps every complete entry") from None
-
-
-def repair_journal(journal, torn_tail_only: bool = False) -> str:
-    """Make an Optuna journal file readable again, keeping every complete entry; says what
-    it did ("" when nothing was wrong).
-
-    A write cut short (a full disk, a kill mid-write) leaves a last line without its newline.
-    Optuna skips it when reading, but its next write would go straight after it, leaving an
-    unreadable line inside the file for good; so every sweep cuts such a tail before it
-    opens the journal. ``cnnbench repair`` (``torn_tail_only=False``) also drops unreadable
-    lines inside the file (left by an older torn write), which Optuna cannot read past.
-    """
-    if not journal.exists():
-        return ""
-    from optuna.storages.journal import JournalFileSymlinkLock
-
-    lock = JournalFileSymlinkLock(str(journal))  # Optuna's own: no worker is mid-append meanwhile
-    lock.acquire()
-    try:
-        return _repair_locked(journal, torn_tail_only)
-    finally:
-        lock.release()
-
-
-def _repair_locked(journal, torn_tail_only: bool) -> str:
-    import json
-
-    data = journal.read_bytes()
-    lines = data.split(b"\n")
-    tail = lines.pop()  # after the last newline: b"" when the file ends cleanly
-    kept, mended, cut = [], 0, 0
-    for i, line in enumerate(lines):
-        if torn_tail_only or _is_json(line, json):
-            kept.append(line)
-            continue
-        # A torn write (often followed by the next entry on the same line). Losing it is safe
-        # unless it created a study or a trial: Optuna numbers trials by the order of their
-        # creation entries, so one lost would renumber every later trial; then the file is
-        # cut before it instead, keeping a consistent prefix.
-        torn = re.match(rb'\{"op_code":\s*(\d+)', line)
-        if torn is None or int(torn[1]) in CREATING_OPS:
-            cut = len(lines) - i
-            break
-        start = line.rfind(b'{"op_code"')
-        if start > 0 and _is_json(line[start:], json):
-            kept.append(line[start:])  # the next entry, written straight after the torn one
-        mended += 1
-    if not tail and not mended and not cut:
-        return ""
-    atomic_write(journal, b"".join(line + b"\n" for line in kept))
-    said = [f"cut a torn last entry ({len(tail)} bytes)"] if tail else []
-    said += [f"removed {mended} torn entr{'y' if mended == 1 else 'ies'}"] if mended else []
-    said += [f"cut {cut} entr{'y' if cut == 1 else 'ies'} from the first unreadable one on"] if cut else []
-    return "; ".join(said) + f"; kept {len(kept)} complete entries"
-
-
-CREATING_OPS = (0, 4)  # JournalOperation.CREATE_STUDY, CREATE_TRIAL
-
-
-def _is_json(line: bytes, json) -> bool:
-    try:
-        json.loads(line)
-        return True
-    except ValueError:
-        return False
+                         "` repairs it, keeping every complete entry it can") from None
 
 
 def counted_trials(study: optuna.Study) -> list:

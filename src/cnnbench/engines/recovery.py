@@ -92,9 +92,8 @@ def recover_lost(job, study: optuna.Study) -> list[int]:
         if record.trial in running:
             study.tell(record.trial, state=TrialState.FAIL)
         if record.attempt <= job.retries:
-            rung = {"rung": record.rung, "promoted_from": record.promoted_from} if record.rung is not None else {}
-            study.enqueue_trial(record.values, user_attrs={"attempt": record.attempt + 1, "retry_of": record.trial,
-                                                           **rung})
+            requeue(study, record.values, record.trial, record.attempt,
+                    {"rung": record.rung, "promoted_from": record.promoted_from} if record.rung is not None else {})
         found.append(record.trial)
     rebuild_damaged(job, study)
     return found + recover_unrecorded(job, study)
@@ -137,6 +136,12 @@ def rebuild_damaged(job, study: optuna.Study) -> list[int]:
     return rebuilt
 
 
+def requeue(study: optuna.Study, values: dict, lost: int, attempt: int, rung: dict) -> None:
+    """Queue a lost trial's configuration again as attempt ``attempt + 1``, at the same rung
+    (``rung``: its ``rung``/``promoted_from`` attributes, empty without rungs)."""
+    study.enqueue_trial(values, user_attrs={"attempt": attempt + 1, "retry_of": lost, **rung})
+
+
 OWNER = "owner"  # a trial's user attribute right after ``ask``: "host:pid" of the process that asked
 
 
@@ -165,9 +170,8 @@ def recover_unrecorded(job, study: optuna.Study, now: float | None = None) -> li
         # process died before suggesting them
         values = {**t.system_attrs.get("fixed_params", {}), **t.params}
         if attempt <= job.retries:
-            study.enqueue_trial(values, user_attrs={"retry_of": t.number, "attempt": attempt + 1,
-                                                    **{k: t.user_attrs[k] for k in ("rung", "promoted_from")
-                                                       if k in t.user_attrs}})
+            requeue(study, values, t.number, attempt,
+                    {k: t.user_attrs[k] for k in ("rung", "promoted_from") if k in t.user_attrs})
         job.progress.say(f"trial {t.number} was lost before its record was written; " + (
             "its configuration is tried again" if attempt <= job.retries else f"not retried ({attempt} attempts)"))
         found.append(t.number)

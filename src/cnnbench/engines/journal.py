@@ -1,0 +1,72 @@
+"""Optuna's journal file, kept readable: torn writes cut or removed before they can lodge
+inside the file (every sweep, under Optuna's own lock), and ``cnnbench repair``."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from cnnbench.files import atomic_write
+
+
+def repair_journal(journal: Path, torn_tail_only: bool = False) -> str:
+    """Make an Optuna journal file readable again, keeping every complete entry; says what
+    it did ("" when nothing was wrong).
+
+    A write cut short (a full disk, a kill mid-write) leaves a last line without its newline.
+    Optuna skips it when reading, but its next write would go straight after it, leaving an
+    unreadable line inside the file for good; so every sweep cuts such a tail before it
+    opens the journal. ``cnnbench repair`` (``torn_tail_only=False``) also drops unreadable
+    lines inside the file (left by an older torn write), which Optuna cannot read past.
+    """
+    if not journal.exists():
+        return ""
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    lock = JournalFileSymlinkLock(str(journal))  # Optuna's own: no worker is mid-append meanwhile
+    lock.acquire()
+    try:
+        return _repair_locked(journal, torn_tail_only)
+    finally:
+        lock.release()
+
+
+def _repair_locked(journal: Path, torn_tail_only: bool) -> str:
+    data = journal.read_bytes()
+    lines = data.split(b"\n")
+    tail = lines.pop()  # after the last newline: b"" when the file ends cleanly
+    kept, mended, cut = [], 0, 0
+    for i, line in enumerate(lines):
+        if torn_tail_only or _is_json(line):
+            kept.append(line)
+            continue
+        # A torn write (often followed by the next entry on the same line). Losing it is safe
+        # unless it created a study or a trial: Optuna numbers trials by the order of their
+        # creation entries, so one lost would renumber every later trial; then the file is
+        # cut before it instead, keeping a consistent prefix.
+        torn = re.match(rb'\{"op_code":\s*(\d+)', line)
+        if torn is None or int(torn[1]) in CREATING_OPS:
+            cut = len(lines) - i
+            break
+        start = line.rfind(b'{"op_code"')
+        if start > 0 and _is_json(line[start:]):
+            kept.append(line[start:])  # the next entry, written straight after the torn one
+        mended += 1
+    if not tail and not mended and not cut:
+        return ""
+    atomic_write(journal, b"".join(line + b"\n" for line in kept))
+    said = [f"cut a torn last entry ({len(tail)} bytes)"] if tail else []
+    said += [f"removed {mended} torn entr{'y' if mended == 1 else 'ies'}"] if mended else []
+    said += [f"cut {cut} entr{'y' if cut == 1 else 'ies'} from the first unreadable one on"] if cut else []
+    return "; ".join(said) + f"; kept {len(kept)} complete entries"
+
+
+CREATING_OPS = (0, 4)  # JournalOperation.CREATE_STUDY, CREATE_TRIAL
+
+
+def _is_json(line: bytes) -> bool:
+    try:
+        json.loads(line)
+        return True
+    except ValueError:
+        return False
