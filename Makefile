@@ -23,7 +23,7 @@ SWEEP_ARGS := --space $(SPACE) --engine $(ENGINE) \
 	$(if $(STORAGE),--storage $(STORAGE)) $(if $(WORKERS),--workers $(WORKERS)) \
 	$(if $(SEED),--seed $(SEED)) $(if $(NO_START_WITH),--no-start-with)
 
-.PHONY: sweep test lint bench bench-recipe check leaderboard clean-venv
+.PHONY: sweep test test-slow lint bench bench-recipe check leaderboard clean-venv
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -33,11 +33,17 @@ $(VENV)/.installed: pyproject.toml
 sweep: $(VENV)/.installed
 	$(BIN)/cnnbench sweep $(SWEEP_ARGS)
 
+# make test: everything but the real-process end-to-end tests (marked slow), under 4 minutes
+# on 2 cores; make test-slow: those; .ci/run runs both.
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(VENV)/.installed
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
 
 # The PyTorch peer gets a venv of its own; if it cannot be installed the bench says so and
 # measures the rest.

@@ -26,6 +26,7 @@ ARM = """
 import json, sys, resource
 sys.path.insert(0, {src!r})
 import cnnbench
+cnnbench.prepare()
 from cnnbench.data import synthetic_bundle
 from cnnbench.space import load_space
 from cnnbench.train import train_and_evaluate

@@ -9,7 +9,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-import cnnbench  # noqa: E402,F401  (oneDNN and a quiet start, before TensorFlow loads)
+import cnnbench  # noqa: E402
+
+cnnbench.prepare()  # oneDNN and a quiet start, before TensorFlow loads
 from cnnbench import runtime  # noqa: E402
 from cnnbench.data import synthetic_bundle  # noqa: E402
 

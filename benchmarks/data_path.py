@@ -24,6 +24,10 @@ sys.path.insert(0, str(ROOT / "src"))
 def main() -> None:
     import numpy as np
 
+    import cnnbench
+
+    cnnbench.prepare()  # oneDNN and a quiet start, as in every cnnbench process
+
     from cnnbench.data import load_data
     from cnnbench.knobs import default_config
     from cnnbench.space import Data

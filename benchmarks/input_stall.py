@@ -37,7 +37,9 @@ def autotuned_dataset(x, y, config, num_classes, seed):
 
 def arm(pipeline: str) -> dict:
     sys.path.insert(0, str(ROOT / "src"))
-    import cnnbench  # noqa: F401  (oneDNN on, as in every cnnbench process)
+    import cnnbench
+
+    cnnbench.prepare()  # oneDNN on, as in every cnnbench process
     from cnnbench import train
     from cnnbench.data import synthetic_bundle
     from cnnbench.knobs import default_config

@@ -41,7 +41,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import cnnbench  # noqa: E402,F401  (prepares the environment: oneDNN, quiet start)
+import cnnbench  # noqa: E402
+
+cnnbench.prepare()  # oneDNN and a quiet start, before TensorFlow loads
 from cnnbench import provenance, runtime  # noqa: E402
 
 PEER = ROOT.parent / "shared" / "bench" / "torch_peer.py"

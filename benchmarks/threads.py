@@ -66,7 +66,9 @@ def thread_settings(rounds: int, images: int, batch: int) -> dict:
 
 
 if __name__ == "__main__":  # on its own: .venv/bin/python benchmarks/threads.py [rounds]
-    import cnnbench  # noqa: F401  (oneDNN on, as in every cnnbench process)
+    import cnnbench
+
+    cnnbench.prepare()  # oneDNN on, as in every cnnbench process
 
     measured = thread_settings(int(sys.argv[1]) if len(sys.argv) > 1 else 3, 4096, 128)
     print(json.dumps(measured, indent=2))

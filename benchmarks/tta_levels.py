@@ -14,7 +14,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-import cnnbench  # noqa: E402,F401  (prepares the environment: oneDNN, quiet start)
+import cnnbench  # noqa: E402
+
+cnnbench.prepare()  # oneDNN and a quiet start, before TensorFlow loads
 
 
 def main() -> None:

@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+import cnnbench
+
+cnnbench.prepare()  # as the cnnbench command does first: oneDNN on, a quiet TensorFlow
+
 ROOT = Path(__file__).resolve().parents[1]
 JPEG_ROOT = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg"
 SPACES = ROOT / "search_spaces"
@@ -81,8 +85,9 @@ _SMOKE_STUDIES: dict = {}
 
 
 def smoke_study(engine: str, tmp_path_factory, jpeg_root):
-    """The smoke space swept once per session and engine, as a user runs it: 3 trials (its
-    budget), then the same study resumed to 4. Shared by the contract and end-to-end tests."""
+    """The smoke space swept once per session, as a user runs it (``cnnbench sweep``, the
+    real trainer in its child process): 3 trials, its budget. Resuming is the contract
+    tests' (both engines, in-process)."""
     from types import SimpleNamespace
 
     import pandas as pd
@@ -95,8 +100,63 @@ def smoke_study(engine: str, tmp_path_factory, jpeg_root):
         first = run_cli(*args, env=env)
         assert first.returncode == 0, first.stdout + first.stderr
         before = pd.read_csv(results / "smoke" / "leaderboard.csv")
-        second = run_cli(*args, "--trials", "4", env=env)
-        assert second.returncode == 0, second.stdout + second.stderr
         _SMOKE_STUDIES[engine] = SimpleNamespace(results=results, folder=results / "smoke", first=first,
-                                                 second=second, before=before, env=env)
+                                                 before=before, env=env)
     return _SMOKE_STUDIES[engine]
+
+
+_STAND_IN_STUDIES: dict = {}
+
+
+def stand_in_study(engine: str, tmp_path_factory, jpeg_root):
+    """The smoke space swept as a notebook would (``cnnbench.sweep``), in this process, by the
+    gated stand-in trainer (no training; each trial hands back one tiny real model): 3
+    trials, then the same study resumed to 4. The engines' contract, in seconds: the
+    search, records, leaderboards, resume and export are all real."""
+    import cnnbench
+    from stand_in import stand_in_model_env
+
+    if engine not in _STAND_IN_STUDIES:
+        results = tmp_path_factory.mktemp(f"stand-in-{engine}")
+        gate = results / "gate"
+        gate.mkdir()
+        (gate / "go").touch()
+        env = {"CNNBENCH_STAND_IN_DIR": str(gate), "CNNBENCH_CIFAR10": str(jpeg_root), **stand_in_model_env()}
+        saved = {name: os.environ.get(name) for name in env}
+        os.environ.update(env)
+        try:
+            kw = dict(study="smoke", results=results, engine=engine, progress=False, trainer="stand_in:gated_train",
+                      in_process=True)
+            cnnbench.sweep(SPACES / "smoke.yaml", **kw)
+            import pandas as pd
+
+            before = pd.read_csv(results / "smoke" / "leaderboard.csv")
+            cnnbench.sweep(SPACES / "smoke.yaml", trials=4, **kw)
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+        from types import SimpleNamespace
+
+        _STAND_IN_STUDIES[engine] = SimpleNamespace(results=results, folder=results / "smoke", before=before)
+    return _STAND_IN_STUDIES[engine]
+
+
+def quick_sweep(space_file, results: Path, monkeypatch, jpeg_root, trainer: str | None = "stand_in:gated_train",
+                **kw):
+    """``cnnbench.sweep`` in this process with the gated stand-in (its gates open, so it
+    trains at once): the whole sweep (search, final training, export, report) in seconds.
+    ``trainer=None``: cnnbench's own, in this process. Returns the Study."""
+    import cnnbench
+    from stand_in import stand_in_model_env
+
+    gate = Path(results) / "gate"
+    gate.mkdir(parents=True, exist_ok=True)
+    (gate / "go").touch()
+    (gate / "go-final").touch()
+    for name, value in {"CNNBENCH_STAND_IN_DIR": str(gate), "CNNBENCH_CIFAR10": str(jpeg_root),
+                        **stand_in_model_env()}.items():
+        monkeypatch.setenv(name, value)
+    return cnnbench.sweep(space_file, results=results, progress=False, trainer=trainer, in_process=True, **kw)

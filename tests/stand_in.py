@@ -13,7 +13,7 @@ from cnnbench import engines
 from cnnbench.deadline import Deadline
 from cnnbench.engines.base import SilentProgress, StudyJob
 from cnnbench.isolation import InProcessRunner
-from cnnbench.train import TrialResult
+from cnnbench.trials import TrialResult
 from cnnbench.trials import StudyPaths, read_records
 
 
@@ -37,15 +37,13 @@ def fake_train(config, data, on_epoch, seed):
 
 
 def gated_train(config, data, on_epoch, seed):
-    """For signal and kill tests in real processes (CNNBENCH_TRAINER=stand_in:gated_train).
+    """For signal and kill tests in real processes (``--trainer stand_in:gated_train``).
 
     Writes ``training-<seed>`` in CNNBENCH_STAND_IN_DIR when a trial starts, then waits at
     each epoch until a file ``go`` exists there (so a test can act while a trial is surely
     running). Completed trials return a tiny real model, so export works. With
     CNNBENCH_STAND_IN_CRASH set, a learning rate above 0.004 kills the process mid-trial.
     """
-    from cnnbench.model import build_model
-
     from cnnbench.final import FINAL_SEED_OFFSET
 
     folder = Path(os.environ["CNNBENCH_STAND_IN_DIR"])
@@ -67,10 +65,43 @@ def gated_train(config, data, on_epoch, seed):
         on_epoch(epoch, logs)
     if not len(data.y_val):
         acc = None
-    model = build_model(config, len(data.class_names), data.x_train.shape[1])
+    prebuilt = os.environ.get("CNNBENCH_STAND_IN_MODEL")
+    if prebuilt and (len(data.class_names), data.x_train.shape[1]) == PREBUILT_SHAPE:
+        model, count = prebuilt, int(os.environ["CNNBENCH_STAND_IN_PARAMS"])  # no TensorFlow in this child
+    else:
+        from cnnbench.model import build_model
+
+        model = build_model(config, len(data.class_names), data.x_train.shape[1])
+        count = model.count_params()
     return TrialResult(val_accuracy=acc, val_loss=None if acc is None else 1 - acc, best_epoch=config["epochs"],
                        epochs_run=config["epochs"], train_seconds=0.1, images_per_s=1000.0,
-                       parameter_count=model.count_params(), flops=20, history=history, model=model)
+                       parameter_count=count, flops=20, history=history, model=model,
+                       latency_ms=round(0.05 + 0.01 * (seed % 5), 3))  # a cost axis for two-objective fronts
+
+
+PREBUILT_SHAPE = (10, 32)  # classes, image size: the smoke space's data
+_PREBUILT: dict = {}
+
+
+def stand_in_model_env() -> dict:
+    """Environment for gated_train in real child processes: a tiny real model saved once per
+    test session (here, where TensorFlow is loaded anyway), which each trial hands back as a
+    file, so that the children never import TensorFlow (seconds each on 2 cores)."""
+    if not _PREBUILT:
+        import atexit
+        import shutil
+        import tempfile
+
+        from cnnbench.knobs import default_config
+        from cnnbench.model import build_model
+
+        folder = Path(tempfile.mkdtemp(prefix="cnnbench-stand-in-"))
+        atexit.register(shutil.rmtree, folder, True)
+        model = build_model({**default_config(), "stages": 1, "base_filters": 4}, *PREBUILT_SHAPE)
+        model.save(folder / "tiny.keras")
+        _PREBUILT.update(CNNBENCH_STAND_IN_MODEL=str(folder / "tiny.keras"),
+                         CNNBENCH_STAND_IN_PARAMS=str(model.count_params()))
+    return dict(_PREBUILT)
 
 
 def make_job(space, root: Path, study: str = "s", trials: int | None = None, engine: str = "optuna",

@@ -18,8 +18,13 @@ def test_the_readme_example_runs_as_written(tmp_path, monkeypatch, jpeg_root):
     gate.mkdir()
     (gate / "go").touch()
     (gate / "go-final").touch()
-    monkeypatch.setenv("CNNBENCH_TRAINER", "stand_in:gated_train")
+    import importlib
+
+    # the example as written; only the trainer its trials' child processes load is the stand-in
+    monkeypatch.setattr(importlib.import_module("cnnbench.sweep"), "DEFAULT_TRAINER", "stand_in:gated_train")
     monkeypatch.setenv("CNNBENCH_STAND_IN_DIR", str(gate))
+    for name, value in __import__("stand_in").stand_in_model_env().items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("CNNBENCH_CIFAR10", str(jpeg_root))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
     space = cnnbench.load_space(SPACES / "smoke.yaml")

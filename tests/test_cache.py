@@ -62,24 +62,34 @@ def test_a_code_change_other_data_or_no_cache_trains_again(tmp_path, with_models
     again = Counting()
     _study(tmp_path, "b", again, cache=False)
     assert again.calls == 3
-    monkeypatch.setattr(cache, "trainer_version", lambda: "another-code")
+    monkeypatch.setattr(cache, "trainer_version", lambda trainer=None: "another-code")
     changed = Counting()
     records = _study(tmp_path, "c", changed)
     assert changed.calls == 3 and not any(r.cached_from for r in records)
 
 
 def test_the_trainer_version_follows_the_training_code(tmp_path, monkeypatch):
-    cache.trainer_version.cache_clear()
+    cache._trainer_version.cache_clear()
     before = cache.trainer_version()
     fake = tmp_path / "cnnbench"
     fake.mkdir()
     real_root = __import__("pathlib").Path(cache.__file__).resolve().parent.parent
     for name in cache.TRAINING_MODULES:
+        (fake / name).parent.mkdir(parents=True, exist_ok=True)
         (fake / name).write_bytes((real_root / name).read_bytes())
     monkeypatch.setattr(cache, "__file__", str(fake / "engines" / "cache.py"))
-    cache.trainer_version.cache_clear()
+    cache._trainer_version.cache_clear()
     assert cache.trainer_version() == before  # same sources, same version
-    (fake / "optim.py").write_bytes((fake / "optim.py").read_bytes() + b"\n# changed\n")
-    cache.trainer_version.cache_clear()
+    optim = fake / next(name for name in cache.TRAINING_MODULES if name.endswith("optim.py"))
+    optim.write_bytes(optim.read_bytes() + b"\n# changed\n")
+    cache._trainer_version.cache_clear()
     assert cache.trainer_version() != before
-    cache.trainer_version.cache_clear()
+    cache._trainer_version.cache_clear()
+
+
+def test_a_trainer_of_ones_own_is_never_served_another_trainers_result(tmp_path, with_models):
+    _study(tmp_path, "a", Counting())
+    mine = Counting()
+    records = _study(tmp_path, "b", mine, trainer_name="stand_in:fake_train")
+    assert mine.calls == 3 and not any(r.cached_from for r in records)
+    assert cache.trainer_version("stand_in:fake_train") != cache.trainer_version()

@@ -95,13 +95,18 @@ def stand_in_env(tmp_path, jpeg_root, monkeypatch):
     gate = tmp_path / "gate"
     gate.mkdir(exist_ok=True)
     (gate / "go").touch()  # the gated stand-in trains at once
-    monkeypatch.setenv("CNNBENCH_TRAINER", "stand_in:gated_train")
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("cnnbench.sweep"), "DEFAULT_TRAINER", "stand_in:gated_train")
     monkeypatch.setenv("CNNBENCH_STAND_IN_DIR", str(gate))
+    for name, value in __import__("stand_in").stand_in_model_env().items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("CNNBENCH_CIFAR10", str(jpeg_root))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")])))
     return gate
 
 
+@pytest.mark.slow
 def test_compare_live_runs_each_strategy_and_seed_as_a_real_sweep(tmp_path, jpeg_root, monkeypatch):
     from cnnbench.compare import compare_live
     from conftest import SPACES

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from cnnbench import data as data_mod
+from cnnbench import data_sources
 from cnnbench.data import DataError, load_data, stratified_pick
 from cnnbench.space import Data
 
@@ -54,7 +55,7 @@ def test_tarball_checked_against_sha256(official_folder, tmp_path, monkeypatch):
         tar.add(official_folder, arcname="cifar-10-batches-py")
     with pytest.raises(DataError, match="is not the published"):
         load_data(Data(path=str(tar_path)), seed=0)
-    monkeypatch.setattr(data_mod, "CIFAR10_TAR_SHA256", hashlib.sha256(tar_path.read_bytes()).hexdigest())
+    monkeypatch.setattr(data_sources, "CIFAR10_TAR_SHA256", hashlib.sha256(tar_path.read_bytes()).hexdigest())
     bundle = load_data(Data(path=str(tar_path)), seed=0)
     assert bundle.fingerprint == load_data(Data(path=str(official_folder)), seed=0).fingerprint
 

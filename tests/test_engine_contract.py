@@ -1,5 +1,9 @@
 """One contract, both engines: the smoke space through Optuna and KerasTuner must give the
-same kind of study: rows and states, resume, export, a model that loads in a fresh process."""
+same kind of study: rows and states, resume, export, a model that loads in a fresh process.
+
+The studies are swept in this process by the gated stand-in (``conftest.stand_in_study``):
+the engines, records, leaderboards and export are real, only the training is not (the
+real trainer through the real command is test_sweep_e2e's)."""
 from __future__ import annotations
 
 import json
@@ -9,14 +13,14 @@ import sys
 import pandas as pd
 import pytest
 
-from conftest import smoke_study
+from conftest import stand_in_study
 
 ENGINES = ["optuna", "kerastuner"]
 
 
 @pytest.fixture(scope="module", params=ENGINES)
 def study(request, tmp_path_factory, jpeg_root):
-    swept = smoke_study(request.param, tmp_path_factory, jpeg_root)
+    swept = stand_in_study(request.param, tmp_path_factory, jpeg_root)
     return request.param, swept.folder, swept.before, swept.results
 
 
@@ -41,19 +45,25 @@ def test_resume_keeps_earlier_trials(study):
         assert after.loc[row["trial"], "learning_rate"] == pytest.approx(row["learning_rate"])
 
 
-def test_export_loads_in_fresh_process(study):
+def test_export_names_the_engine_and_the_best_trial(study):
     engine, folder, _, _ = study
     card = json.loads((folder / "best" / "model_card.json").read_text())
     assert card["engine"] == engine
     board = pd.read_csv(folder / "leaderboard.csv")
     assert card["trial"] == int(board.iloc[0]["trial"])
+
+
+def test_both_engines_exports_load_in_one_fresh_process(tmp_path_factory, jpeg_root):
+    folders = [stand_in_study(engine, tmp_path_factory, jpeg_root).folder for engine in ENGINES]
     code = ("import sys, numpy as np, keras\n"
-            "m = keras.models.load_model(sys.argv[1])\n"
-            "print(m.predict(np.zeros((3, 32, 32, 3), np.uint8), verbose=0).shape, m.count_params())")
-    proc = subprocess.run([sys.executable, "-c", code, str(folder / "best" / "model.keras")],
+            "for path in sys.argv[1:]:\n"
+            "    m = keras.models.load_model(path, safe_mode=True)\n"
+            "    print(m.predict(np.zeros((3, 32, 32, 3), np.uint8), verbose=0).shape, m.count_params())")
+    proc = subprocess.run([sys.executable, "-c", code, *[str(f / "best" / "model.keras") for f in folders]],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().splitlines()[-1] == f"(3, 10) {card['parameter_count']}"
+    cards = [json.loads((f / "best" / "model_card.json").read_text()) for f in folders]
+    assert proc.stdout.strip().splitlines()[-2:] == [f"(3, 10) {c['parameter_count']}" for c in cards]
 
 
 def test_global_leaderboard_names_the_engine(study):

@@ -102,6 +102,7 @@ def test_the_deadline_keeps_time_for_the_final_training(tmp_path):
     assert with_final.epoch_would_overrun(epoch) and not with_final.epoch_would_overrun(epoch, keep_final=False)
 
 
+@pytest.mark.slow
 def test_sweep_trains_the_final_model_exports_it_and_a_stop_during_it_keeps_the_trial(tmp_path):
     """Real processes: the smoke space with the gated stand-in; the final training is held at
     its gate, stopped with SIGTERM (the trial's model is exported and the card says so), and
@@ -134,26 +135,21 @@ def test_sweep_trains_the_final_model_exports_it_and_a_stop_during_it_keeps_the_
     assert len(list((study / "trials").glob("trial-*.json"))) == 1  # the final is no extra trial
 
 
-def test_a_single_configuration_goes_straight_to_the_final_training_and_no_final_keeps_the_search(tmp_path):
-    from conftest import SPACES
+def test_a_single_configuration_goes_straight_to_the_final_training_and_no_final_keeps_the_search(
+        tmp_path, monkeypatch, jpeg_root):
+    from conftest import SPACES, quick_sweep
 
     fixed = tmp_path / "fixed.yaml"  # the smoke space with every parameter fixed
     head = (SPACES / "smoke.yaml").read_text().split("params:")[0]
     fixed.write_text(head + "params:\n  stages: {type: fixed, value: 1}\n  epochs: {type: fixed, value: 1}\n")
-    proc, gate = sweep(tmp_path, "only", "--space", str(fixed))
-    (gate / "go").touch()
-    (gate / "go-final").touch()
-    out, err = proc.communicate(timeout=WAIT)
-    assert proc.returncode == 0, out + err
-    card = json.loads((tmp_path / "results" / "only" / "best" / "model_card.json").read_text())
-    assert card["final"]["from_trial"] is None and card["validation"] is None
-    assert card["chosen"] == "the space's only configuration"
-    assert not list((tmp_path / "results" / "only" / "trials").glob("trial-*.json"))
+    only = quick_sweep(fixed, tmp_path / "results", monkeypatch, jpeg_root, study="only")
+    assert only.card["final"]["from_trial"] is None and only.card["validation"] is None
+    assert only.card["chosen"] == "the space's only configuration"
+    assert not only.records
 
-    proc, _ = sweep(tmp_path, "nofinal", "--space", str(fixed), "--no-final", "--trials", "1")
-    out, err = proc.communicate(timeout=WAIT)
-    assert proc.returncode == 0, out + err
-    card = json.loads((tmp_path / "results" / "nofinal" / "best" / "model_card.json").read_text())
+    nofinal = quick_sweep(fixed, tmp_path / "results", monkeypatch, jpeg_root, study="nofinal", final=False,
+                          trials=1)
+    card = nofinal.card
     assert card["final"] is None and card["trial"] == 0 and card["training"]["train_images"] == 960
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from cnnbench.engines.optuna_engine import make_sampler
+from cnnbench.engines.optuna_study import make_sampler
 from cnnbench.engines.pruning import make_pruner
 from cnnbench.space import parse_space
 
@@ -37,7 +37,7 @@ def test_tpe_start_up_follows_the_trials_asked_for_not_the_spaces_budget():
 def test_image_decoding_uses_the_cores_this_process_may_use(tmp_path, monkeypatch):
     from PIL import Image
 
-    import cnnbench.data as data
+    import cnnbench.data_sources as data
     import cnnbench.runtime as runtime
 
     seen = []
@@ -123,14 +123,14 @@ def test_a_bad_space_file_is_refused_before_tensorflow_loads(tmp_path):
 
 
 def test_a_log_int_range_works_in_both_engines_and_a_log_step_is_refused():
-    from cnnbench.engines import kerastuner_engine, optuna_engine
+    from cnnbench.engines import kerastuner_engine, optuna_study
     from cnnbench.space import SpaceError
 
     space = parse_space({"params": {"dense_units": {"type": "int", "low": 8, "high": 512, "log": True}}})
     hp = kerastuner_engine.hyperparameters(space)  # crashed: KerasTuner refuses step 1 with log sampling
     values = [hp.space[0].random_sample(seed) for seed in range(20)]
     assert all(8 <= v <= 512 for v in values) and len(set(values)) > 5
-    assert optuna_engine.distributions(space)["dense_units"].log
+    assert optuna_study.distributions(space)["dense_units"].log
     with pytest.raises(SpaceError, match=r"params\.dense_units: a log range takes no step"):
         parse_space({"params": {"dense_units": {"type": "int", "low": 8, "high": 512, "log": True, "step": 8}}},
                     "x.yaml")

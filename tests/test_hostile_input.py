@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cnnbench.space import SpaceError, load_space
-from cnnbench.sweep import MAX_STUDY_NAME, SweepRequest, prepare
+from cnnbench.request import MAX_STUDY_NAME, SweepRequest, prepare
 from conftest import SPACES
 
 

@@ -95,6 +95,7 @@ def test_grid_needs_a_finite_space():
     assert kerastuner_engine.validate(_space(), None, None) == "random"  # what run.json records
 
 
+@pytest.mark.slow
 def test_distributed_chief_and_two_workers(tmp_path, jpeg_root):
     results = tmp_path / "results"
     proc = run_cli("sweep", "--space", str(SPACES / "smoke.yaml"), "--study", "dist", "--results", str(results),
@@ -111,6 +112,7 @@ def test_distributed_chief_and_two_workers(tmp_path, jpeg_root):
     assert "worker tuner0" in logs and "worker tuner1" in logs
 
 
+@pytest.mark.slow
 def test_same_configuration_same_network_and_accuracy_through_both_engines(tmp_path, jpeg_root):
     """seed.yaml's idea, shrunk: everything fixed, so both engines train trial 0 identically."""
     space_file = tmp_path / "fixed.yaml"
@@ -156,3 +158,38 @@ def test_start_with_runs_known_good_configurations_first_and_once(monkeypatch, t
     assert [r.values for r in first[:2]] == known
     _, again = _run(space, tmp_path, algo, 5)  # resumed: not handed out again
     assert len(again) == 5 and sum(r.values in known for r in again) == 2
+
+
+def test_the_kerastuner_internals_cnnbench_relies_on_are_pinned_and_present(tmp_path):
+    """An upgrade of KerasTuner that renames one of them fails here, not silently in a sweep."""
+    from cnnbench.engines.kerastuner_oracle import PINNED, CnnbenchOracle, adopt
+
+    assert kt.__version__ == PINNED
+    from stand_in import make_job
+
+    grid = parse_space({"seed": 2, "params": {"optimizer": {"type": "choice", "choices": ["adam", "adamw"]},
+                                              "epochs": {"type": "fixed", "value": 2}}})
+    for algo in kerastuner_engine.ALGORITHMS:
+        job = make_job(grid if algo == "grid" else _space(), tmp_path, algo, engine="kerastuner", algo=algo)
+        oracle = adopt(kerastuner_engine.make_tuner(job).oracle, [])
+        assert isinstance(oracle, CnnbenchOracle) and type(oracle).__name__ == f"Cnnbench{type(oracle).__mro__[2].__name__}"
+    with pytest.raises(RuntimeError, match=f"lacks .*as in KerasTuner {PINNED}"):
+        adopt(object(), [])
+
+
+def test_kerastuners_state_files_are_written_whole_and_a_torn_one_is_one_line(tmp_path, monkeypatch):
+    from cnnbench.engines import kerastuner_oracle
+
+    written = []
+    real = kerastuner_oracle.atomic_write
+    monkeypatch.setattr(kerastuner_oracle, "atomic_write", lambda path, data: (written.append(path.name), real(path, data)))
+    space = _space()
+    paths, first = _run(space, tmp_path, "random", 2)
+    assert {"oracle.json", "trial.json", "tuner0.json"} <= set(written)
+    oracle = paths / "kerastuner" / "oracle.json"
+    oracle.write_text(oracle.read_text()[:40])  # torn by hand (or by an older cnnbench killed mid-write)
+    with pytest.raises(SpaceError, match=r"oracle.json: KerasTuner's state is torn or unreadable .*new --study"):
+        _run(space, tmp_path, "random", 3)
+    oracle.write_text("")
+    with pytest.raises(SpaceError, match="oracle.json: KerasTuner's state is torn"):
+        _run(space, tmp_path, "random", 3)

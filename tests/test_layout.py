@@ -8,7 +8,8 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "cnnbench"
 ENGINE_LIBRARIES = ("optuna", "keras_tuner")
-GLUE = ("cnnbench.cli", "cnnbench.sweep", "cnnbench.api", "cnnbench.compare", "cnnbench.tabular")  # the top: commands
+GLUE = ("cnnbench.cli", "cnnbench.commands", "cnnbench.sweep", "cnnbench.request", "cnnbench.api", "cnnbench.compare",
+        "cnnbench.tabular")  # the top: commands
 
 
 def imports(path: Path) -> set[str]:

@@ -5,7 +5,7 @@ import numpy as np
 import optuna
 import pytest
 
-from cnnbench.engines.optuna_engine import suggest
+from cnnbench.engines.optuna_study import suggest
 from cnnbench.knobs import default_config
 from cnnbench.model import ArchitectureError, architecture_stats, build_model
 from cnnbench.space import load_space

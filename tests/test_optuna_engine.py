@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from cnnbench.engines import optuna_engine, pruning
+from cnnbench.engines import optuna_engine, optuna_study, pruning
 from cnnbench.space import SpaceError, parse_space
 from stand_in import make_job, run
 
@@ -160,5 +160,5 @@ def test_a_resumed_study_continues_the_search_instead_of_replaying_it(tmp_path):
 
 
 def test_process_seeds_differ_per_worker_and_per_resume_but_not_on_a_fresh_run():
-    seeds = {optuna_engine.process_seed(7, w, n) for w in range(3) for n in (0, 5)}
-    assert optuna_engine.process_seed(7, 0, 0) == 7 and len(seeds) == 6
+    seeds = {optuna_study.process_seed(7, w, n) for w in range(3) for n in (0, 5)}
+    assert optuna_study.process_seed(7, 0, 0) == 7 and len(seeds) == 6

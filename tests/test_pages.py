@@ -38,11 +38,20 @@ def study(tmp_path, minimize=()):
     return root, records
 
 
+def _importances(root):
+    """What the glue passes the report: the engines' importances of the study's trials."""
+    from cnnbench import engines
+    from cnnbench.api import load_study
+
+    study = load_study(root)
+    return engines.importances(study.space, study.records)
+
+
 def test_every_picture_is_written_and_is_a_png(tmp_path):
     root, _ = study(tmp_path)
     from cnnbench.trials import StudyPaths
 
-    written = {p.name for p in write_plots(StudyPaths(root))}
+    written = {p.name for p in write_plots(StudyPaths(root), _importances(root))}
     assert written == {"best_so_far.png", "importances.png", "parallel_coordinates.png", "learning_curves.png",
                        "confusion_matrix.png", "accuracy_vs_cost.png"}
     for name in written:
@@ -54,7 +63,7 @@ def test_report_is_one_self_contained_page(tmp_path):
     root, records = study(tmp_path)
     from cnnbench.trials import StudyPaths
 
-    page = write_report(StudyPaths(root)).read_text()
+    page = write_report(StudyPaths(root), _importances(root)).read_text()
     board = page.split('id="leaderboard"')[1].split("</table>")[0]
     assert board.count("<tr>") == len(records) + 1  # header + one row per trial
     assert page.count('src="data:image/png;base64,') == 6
@@ -88,7 +97,7 @@ def test_the_report_renders_in_headless_chromium(tmp_path):
     root, records = study(tmp_path)
     from cnnbench.trials import StudyPaths
 
-    page_path = write_report(StudyPaths(root))
+    page_path = write_report(StudyPaths(root), _importances(root))
     errors = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[

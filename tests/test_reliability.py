@@ -19,6 +19,7 @@ import pytest
 
 from cnnbench.engines.recovery import process_gone
 from conftest import ROOT, SPACES
+from stand_in import stand_in_model_env
 
 TESTS = Path(__file__).resolve().parent
 WAIT = 240  # generous bound for a file to appear; the tests never wait a fixed time
@@ -28,11 +29,11 @@ def sweep(tmp_path, study, *extra, ignore_sigint=False, env=None):
     """Start `cnnbench sweep` on the smoke space with the gated stand-in trainer."""
     gate = tmp_path / "gate"
     gate.mkdir(exist_ok=True)
-    full_env = {**os.environ, "CNNBENCH_TRAINER": "stand_in:gated_train", "CNNBENCH_STAND_IN_DIR": str(gate),
+    full_env = {**os.environ, "CNNBENCH_STAND_IN_DIR": str(gate), **stand_in_model_env(),
                 "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
                 "CNNBENCH_CIFAR10": str(ROOT.parent / "shared" / "datasets" / "cifar10-jpeg"), **(env or {})}
     args = [sys.executable, "-m", "cnnbench.cli", "sweep", "--space", str(SPACES / "smoke.yaml"), "--study", study,
-            "--results", str(tmp_path / "results"), *extra]
+            "--results", str(tmp_path / "results"), "--trainer", "stand_in:gated_train", *extra]
     # A process started from a script or in the background gets SIGINT ignored: cnnbench
     # must install its own handler all the same.
     pre = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
@@ -55,6 +56,7 @@ def running_trial_started(gate: Path, n: int = 1):
     return lambda: len(list(gate.glob("training-*"))) >= n
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)],
                          ids=["SIGTERM", "SIGINT", "SIGHUP"])
 def test_a_signal_stops_the_sweep_gracefully(tmp_path, signum, code):
@@ -86,6 +88,7 @@ def test_a_signal_stops_the_sweep_gracefully(tmp_path, signum, code):
     assert sum(r["state"] == "interrupted" for r in final) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["optuna", "kerastuner"])
 def test_kill_9_mid_trial_is_found_and_retried_by_the_next_run(tmp_path, engine):
     proc, gate = sweep(tmp_path, "killed", "--trials", "2", "--engine", engine)
@@ -107,6 +110,7 @@ def test_kill_9_mid_trial_is_found_and_retried_by_the_next_run(tmp_path, engine)
     assert "was lost" in out
 
 
+@pytest.mark.slow
 def test_a_crashing_trial_fails_alone_and_the_sweep_goes_on(tmp_path):
     (tmp_path / "gate").mkdir()
     (tmp_path / "gate" / "go").touch()
@@ -121,6 +125,7 @@ def test_a_crashing_trial_fails_alone_and_the_sweep_goes_on(tmp_path):
     assert len(final) == 6 and any(r["state"] == "complete" for r in final)
 
 
+@pytest.mark.slow
 def test_two_workers_one_killed_nothing_lost_nothing_twice(tmp_path):
     proc, gate = sweep(tmp_path, "workers", "--trials", "6", "--workers", "2")
     wait_for(running_trial_started(gate, 2), "both workers to start a trial")
@@ -142,18 +147,22 @@ def test_two_workers_one_killed_nothing_lost_nothing_twice(tmp_path):
     assert "was killed by SIGKILL" in out or "was lost" in out
 
 
-def test_workers_stop_with_their_sweep_even_when_it_is_killed_9(tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGHUP], ids=["kill-9", "SIGHUP"])
+def test_workers_stop_with_their_sweep_even_when_it_is_killed_9(tmp_path, signum):
     proc, gate = sweep(tmp_path, "orphans", "--trials", "6", "--workers", "2")
     wait_for(running_trial_started(gate, 2), "both workers to start a trial")
     wait_for(lambda: sum(r["state"] == "running" for r in records(tmp_path, "orphans")) == 2, "two running records")
     workers = [r["pid"] for r in records(tmp_path, "orphans") if r["state"] == "running"]
-    proc.kill()
+    proc.send_signal(signum)  # kill -9: the kernel tells the workers; SIGHUP: the sweep passes it on
     proc.communicate(timeout=WAIT)
+    assert proc.returncode == (-9 if signum == signal.SIGKILL else 129)
     wait_for(lambda: all(process_gone(pid) for pid in workers), "the workers to stop with their sweep")
     states = [r["state"] for r in records(tmp_path, "orphans")]
     assert states == ["interrupted", "interrupted"]  # each stopped the graceful way, on SIGTERM
 
 
+@pytest.mark.slow
 def test_kerastuner_workers_one_killed_its_trial_is_retried_in_the_same_run(tmp_path):
     # KerasTuner's oracle has no heartbeat: the chief finds the lost trial from its record
     proc, gate = sweep(tmp_path, "ktw", "--engine", "kerastuner", "--trials", "6", "--workers", "2")
@@ -175,6 +184,7 @@ def test_kerastuner_workers_one_killed_its_trial_is_retried_in_the_same_run(tmp_
     assert "was lost" in out and "was killed by SIGKILL" in out
 
 
+@pytest.mark.slow
 def test_postgresql_two_workers_one_killed_and_the_password_never_written(tmp_path, postgres_url):
     # the URL from the environment, as a many-machine setup would pass it (not on every command line)
     proc, gate = sweep(tmp_path, "pg", "--trials", "5", "--workers", "2", env={"CNNBENCH_STORAGE": postgres_url})
@@ -209,3 +219,78 @@ def test_an_unreachable_database_is_one_line_before_anything_is_written(tmp_path
     assert len(lines) == 1 and "cannot open the database" in lines[0] and "user:***@" in lines[0]
     assert "hunter2" not in out + err
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_two_sweeps_of_one_study_started_together_both_end_well(tmp_path):
+    """Two `cnnbench sweep` of the same study at the same moment (two terminals, a job
+    started twice): both exit 0 without a traceback, the study holds its budget, and the
+    export left behind is whole."""
+    (tmp_path / "gate").mkdir()
+    first, gate = sweep(tmp_path, "twice", "--trials", "3")
+    second, _ = sweep(tmp_path, "twice", "--trials", "3")
+    wait_for(running_trial_started(gate, 2), "both sweeps to start a trial")
+    (gate / "go").touch()
+    for proc in (first, second):
+        out, err = proc.communicate(timeout=WAIT)
+        assert proc.returncode == 0, out + err
+        assert "Traceback" not in err
+    done = [r for r in records(tmp_path, "twice") if r["state"] == "complete"]
+    assert 3 <= len(done) <= 4  # each counts the other's trials; one racing trial may add one
+    best = tmp_path / "results" / "twice" / "best"
+    card = json.loads((best / "model_card.json").read_text())
+    assert card["study"] == "twice" and not list(best.glob(".*tmp*"))  # no temporary left behind
+    import zipfile
+
+    assert zipfile.ZipFile(best / "model.keras").testzip() is None  # a whole file, not two halves
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MB tmpfs mounted as the results folder (root only: skipped elsewhere)."""
+    mount = tmp_path / "results"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip() or made.returncode}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def _fill(folder: Path) -> Path:
+    """Write zeros into ``folder`` until the disk is full; returns the filler file."""
+    filler = folder / "filler"
+    with filler.open("wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+@pytest.mark.slow
+def test_a_full_disk_ends_the_sweep_in_one_line_and_the_same_command_continues(tmp_path, small_disk):
+    proc, gate = sweep(tmp_path, "full", "--trials", "5")
+    (gate / "go").touch()
+    wait_for(lambda: sum(r["state"] == "complete" for r in records(tmp_path, "full")) >= 2, "two finished trials")
+    (gate / "go").unlink()  # hold the next trial mid-training ...
+    wait_for(lambda: any(r["state"] == "running" for r in records(tmp_path, "full")), "a running trial")
+    filler = _fill(small_disk)  # ... fill the disk under it, and let it end
+    (gate / "go").touch()
+    out, err = proc.communicate(timeout=WAIT)
+    assert proc.returncode == 74, out + err  # WRITE_FAILED
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"cnnbench: {small_disk}") and "No space left on device" in line
+    finished = [r for r in records(tmp_path, "full") if r["state"] == "complete"]
+    assert len(finished) >= 2  # every finished trial still readable
+    filler.unlink()  # the cause fixed: the same command continues the study
+    again, _ = sweep(tmp_path, "full", "--trials", "5")
+    out, err = again.communicate(timeout=WAIT)
+    assert again.returncode == 0, out + err
+    assert sum(r["state"] == "complete" for r in records(tmp_path, "full")) == 5
+    for entry in (small_disk / "full" / "optuna.journal").read_bytes().splitlines():
+        json.loads(entry)  # no torn line left inside the journal
+    assert not list(small_disk.rglob("*.tmp")) and (small_disk / "full" / "best" / "model.keras").exists()

@@ -15,7 +15,7 @@ from cnnbench.engines import promotion
 from cnnbench.final import best_trial, run_final
 from cnnbench.results import leaderboard_frame
 from cnnbench.space import SpaceError, parse_space
-from cnnbench.train import TrialResult
+from cnnbench.trials import TrialResult
 from cnnbench.trials import TrialRecord, config_key, top_fidelity
 
 RUNGS = [{"train_images": 100, "epochs": 1}, {"train_images": 200, "epochs": 2}]

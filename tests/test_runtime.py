@@ -69,14 +69,18 @@ def _fresh(code: str, **env) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def test_importing_cnnbench_turns_onednn_on_before_tensorflow_loads():
-    code = ("import cnnbench, os; from cnnbench import runtime; m = runtime.configure_tensorflow(); "
+def test_prepare_turns_onednn_on_before_tensorflow_loads_and_says_when_it_came_too_late():
+    code = ("import cnnbench, os; cnnbench.prepare(); from cnnbench import runtime; m = runtime.configure_tensorflow(); "
             "print(os.environ['TF_ENABLE_ONEDNN_OPTS'], m['onednn'], m['onednn_set_by'], m['intra_op_threads'])")
     setting, enabled, origin, threads = _fresh(code).split()
     assert (setting, enabled, origin) == ("1", "True", "cnnbench")
     assert int(threads) == len(os.sched_getaffinity(0))
-    setting, enabled, origin, _ = _fresh(code, TF_ENABLE_ONEDNN_OPTS="0").split()
-    assert (setting, enabled, origin) == ("0", "False", "user")
+    # a user's own setting wins: test_onednn_is_enabled_unless_the_user_chose (no TensorFlow needed)
+    late = ("import os, tensorflow, cnnbench; cnnbench.prepare(); from cnnbench import runtime; "
+            "print('TF_ENABLE_ONEDNN_OPTS' in os.environ, runtime.configure_tensorflow()['onednn_set_by'])")
+    assert _fresh(late) == ("True cnnbench, for trial processes only (TensorFlow was imported before "
+                            "cnnbench.prepare())")  # the trial processes still get oneDNN
+    assert _fresh("import cnnbench, os; print('TF_ENABLE_ONEDNN_OPTS' in os.environ)") == "False"  # import: nothing
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this platform")

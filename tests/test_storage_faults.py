@@ -3,6 +3,7 @@ one line or is reconciled, and the same command continues the study (in-process,
 stand-in trainer, the real Optuna journal)."""
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -144,7 +145,7 @@ def test_a_trial_declared_lost_while_paused_does_not_write_again_when_its_proces
 
 def test_a_resume_with_other_data_or_other_knob_defaults_is_refused_before_anything_is_written(tmp_path):
     from cnnbench.data import DataError, synthetic_bundle
-    from cnnbench.sweep import SweepRequest, check_same_data, knob_defaults_hash, prepare
+    from cnnbench.request import SweepRequest, check_same_data, knob_defaults_hash, prepare
     from conftest import SPACES
 
     request = SweepRequest(space_file=str(SPACES / "smoke.yaml"), results=str(tmp_path), study="r")
@@ -172,3 +173,45 @@ def test_a_torn_trial_record_is_rebuilt_from_the_storage_not_dropped(tmp_path):
     rebuilt = after[1]
     assert rebuilt.state == "complete" and rebuilt.val_accuracy == pytest.approx(before[1].val_accuracy)
     assert rebuilt.values == before[1].values and "rebuilt from the Optuna storage" in rebuilt.note
+
+
+def _saved_tiny_models(tmp_path):
+    """A stand-in study whose completed trials each keep a real (tiny, untrained) model file."""
+    from cnnbench.knobs import default_config
+    from cnnbench.model import build_model
+
+    space = parse_space(SPACE)
+    stand_in.run(space, tmp_path, trials=3)
+    paths = trials.StudyPaths(tmp_path / "s")
+    records = trials.read_records(paths)
+    model = build_model({**default_config(), "stages": 1, "base_filters": 4, "dense_units": 8}, 10, 32)
+    for record in records:
+        model.save(paths.trial_model(record.trial))
+    return paths, sorted(records, key=lambda r: -r.val_accuracy)
+
+
+def test_a_torn_model_file_is_set_aside_and_the_next_best_trial_exported(tmp_path):
+    from cnnbench.data import synthetic_bundle
+    from cnnbench.export import ExportError, export_best
+    from cnnbench.final import FinalOutcome
+
+    paths, ranked = _saved_tiny_models(tmp_path)
+    data, said = synthetic_bundle(20, n_val=10), []
+    best = paths.trial_model(ranked[0].trial)
+    best.write_bytes(best.read_bytes()[: best.stat().st_size // 2])  # a copy cut short
+    card = export_best(ranked, paths, data, {"study": "s"}, say=said.append)
+    assert card["trial"] == ranked[1].trial
+    assert not best.exists() and best.with_name(best.name + ".damaged").exists()  # kept, renamed
+    assert len(said) == 1 and str(best) in said[0] and "set aside" in said[0]
+    # a damaged final model: the best trial's own is exported and the final will be trained again
+    paths.final_model.parent.mkdir(parents=True, exist_ok=True)
+    paths.final_model.write_bytes(b"PK\x03\x04 torn")
+    final = FinalOutcome(dataclasses.replace(ranked[1]), "final training complete")
+    card = export_best(ranked, paths, data, {"study": "s"}, final=final, say=said.append)
+    assert card["final"] is None and card["trial"] == ranked[1].trial
+    assert "the next run trains the final again" in card["final_note"] and not paths.final_model.exists()
+    # chosen by hand: one line, nothing exported in its place
+    torn = paths.trial_model(ranked[2].trial)
+    torn.write_bytes(b"")
+    with pytest.raises(ExportError, match="cannot be loaded"):
+        export_best(ranked, paths, data, {"study": "s"}, trial=ranked[2].trial, say=said.append)

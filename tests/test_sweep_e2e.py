@@ -10,18 +10,28 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import SPACES, run_cli, smoke_study
+from cnnbench.cli import main
+from conftest import SPACES, quick_sweep, run_cli, smoke_study
+
+
+def cli(capsys, *args: str):
+    """``cnnbench ARGS`` in this process: (exit code, stdout, stderr). For commands that
+    install no signal handler (everything but a sweep that gets past its validation)."""
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory, jpeg_root):
-    """The smoke space through Optuna: 3 trials, then the same study resumed up to 4."""
+    """The smoke space through Optuna and the real trainer, as a user runs it: 3 trials."""
     s = smoke_study("optuna", tmp_path_factory, jpeg_root)
-    return s.results, s.first, s.second, s.before, s.env
+    return s.results, s.first, s.before, s.env
 
 
 def test_leaderboard_rows_and_columns(swept):
-    results, first, _, board, _ = swept
+    results, first, board, _ = swept
     assert len(board) == 3 and set(board["trial"]) == {0, 1, 2}
     assert set(board["state"]) <= {"complete", "pruned", "failed"}
     for column in ["trial", "state", "engine", "stages", "base_filters", "optimizer", "momentum", "learning_rate",
@@ -36,15 +46,6 @@ def test_leaderboard_rows_and_columns(swept):
     md = (results / "smoke" / "leaderboard.md").read_text()
     assert "| trial | state | engine |" in md
     assert "smoke" in (results / "leaderboard.md").read_text()
-
-
-def test_resume_keeps_completed_trials(swept):
-    results, _, second, before, _ = swept
-    after = pd.read_csv(results / "smoke" / "leaderboard.csv")
-    assert sorted(after["trial"]) == [0, 1, 2, 3]  # one new trial: the first three counted toward 4
-    merged = before.merge(after, on="trial", suffixes=("_before", "_after"))
-    assert (merged["val_accuracy_before"] == merged["val_accuracy_after"]).all()
-    assert "start trial 0" not in second.stdout
 
 
 def test_model_card_describes_itself(swept):
@@ -88,7 +89,7 @@ def test_exported_model_and_saved_model_load_in_fresh_process(swept, jpeg_root):
     assert float(lines[-1]) < 1e-5
 
 
-def test_predict_real_and_broken_images(swept, jpeg_root, tmp_path):
+def test_predict_real_and_broken_images(swept, jpeg_root, tmp_path, capsys):
     from PIL import Image
 
     results = swept[0]
@@ -102,14 +103,14 @@ def test_predict_real_and_broken_images(swept, jpeg_root, tmp_path):
     broken.write_bytes(b"not a jpeg at all")
     missing = tmp_path / "missing.png"
 
-    ok = run_cli("predict", model, real, str(gray), str(rgba), "--top", "3")
-    assert ok.returncode == 0, ok.stderr
-    lines = ok.stdout.strip().splitlines()
+    code, out, err = cli(capsys, "predict", model, real, str(gray), str(rgba), "--top", "3")
+    assert code == 0, err
+    lines = out.strip().splitlines()
     assert len(lines) == 3 and lines[0].startswith(real + ": ") and lines[0].count(",") == 2
 
-    mixed = run_cli("predict", model, str(broken), real, str(missing), "--json")
-    assert mixed.returncode == 1
-    out = json.loads(mixed.stdout)
+    code, text, _ = cli(capsys, "predict", model, str(broken), real, str(missing), "--json")
+    assert code == 1
+    out = json.loads(text)
     assert [o["image"] for o in out] == [str(broken), real, str(missing)]
     assert out[0]["error"] == "not an image PIL can read" and out[2]["error"] == "no such file"
     assert out[1]["error"] is None and len(out[1]["predictions"]) == 1
@@ -117,24 +118,25 @@ def test_predict_real_and_broken_images(swept, jpeg_root, tmp_path):
         (results / "smoke" / "best" / "model_card.json").read_text())["classes"]
 
 
-def test_leaderboard_command(swept):
+def test_leaderboard_command(swept, capsys):
     results = swept[0]
-    one = run_cli("leaderboard", "smoke", "--results", str(results))
-    assert one.returncode == 0 and "smoke: 4 trials" in one.stdout
-    every = run_cli("leaderboard", "--results", str(results))
-    assert every.returncode == 0 and "smoke" in every.stdout
-    missing = run_cli("leaderboard", "nope", "--results", str(results))
-    assert missing.returncode == 2 and "no leaderboard for study 'nope'" in missing.stderr
+    code, out, _ = cli(capsys, "leaderboard", "smoke", "--results", str(results))
+    assert code == 0 and "smoke: 3 trials" in out
+    code, out, _ = cli(capsys, "leaderboard", "--results", str(results))
+    assert code == 0 and "smoke" in out
+    code, _, err = cli(capsys, "leaderboard", "nope", "--results", str(results))
+    assert code == 2 and "no leaderboard for study 'nope'" in err
 
 
-def test_changed_space_refuses_to_resume(swept, tmp_path):
-    results, *_, env = swept
+def test_changed_space_refuses_to_resume(swept, tmp_path, capsys):
+    results = swept[0]
     changed = tmp_path / "smoke.yaml"
     changed.write_text((SPACES / "smoke.yaml").read_text().replace("seed: 7", "seed: 8"))
-    proc = run_cli("sweep", "--space", str(changed), "--study", "smoke", "--results", str(results), env=env)
-    assert proc.returncode == 2 and "was run with a different space" in proc.stderr
+    code, _, err = cli(capsys, "sweep", "--space", str(changed), "--study", "smoke", "--results", str(results))
+    assert code == 2 and "was run with a different space" in err  # refused before any signal handler
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_finished_trials_and_exports(tmp_path, jpeg_root):
     """SIGINT mid-sweep: exit 130, finished trials ranked, best exported; the rerun continues."""
     import os
@@ -159,6 +161,7 @@ def test_ctrl_c_keeps_finished_trials_and_exports(tmp_path, jpeg_root):
     assert "run the same command again to continue" in out
 
 
+@pytest.mark.slow
 def test_two_optuna_worker_processes_share_one_study(tmp_path, jpeg_root):
     results = tmp_path / "results"
     proc = run_cli("sweep", "--space", str(SPACES / "smoke.yaml"), "--study", "shared", "--results", str(results),
@@ -171,7 +174,7 @@ def test_two_optuna_worker_processes_share_one_study(tmp_path, jpeg_root):
     assert (results / "shared" / "best" / "model.keras").exists()
 
 
-def test_predict_on_odd_formats_gives_the_class_of_the_plain_picture(swept, jpeg_root, tmp_path):
+def test_predict_on_odd_formats_gives_the_class_of_the_plain_picture(swept, jpeg_root, tmp_path, capsys):
     from PIL import Image
 
     from test_images import odd_files
@@ -183,10 +186,10 @@ def test_predict_on_odd_formats_gives_the_class_of_the_plain_picture(swept, jpeg
     folder = tmp_path / "odd"
     folder.mkdir()
     odd_files(folder, picture)
-    proc = run_cli("predict", model, str(folder), "--json", "--top", "10")
-    assert proc.returncode == 0, proc.stderr
+    code, out, err = cli(capsys, "predict", model, str(folder), "--json", "--top", "10")
+    assert code == 0, err
     probs = {Path(o["image"]).name: {p["class"]: p["probability"] for p in o["predictions"]}
-             for o in json.loads(proc.stdout)}
+             for o in json.loads(out)}
     assert set(probs) == {"rgb48.png", "gray16.png", "rotated.jpg", "rgba.png", "palette.png", "cmyk.jpg",
                           "lossless.webp", "progressive.jpg", "animated.gif", "plain.png"}
     plain = probs.pop("plain.png")
@@ -200,9 +203,11 @@ def test_predict_on_odd_formats_gives_the_class_of_the_plain_picture(swept, jpeg
             assert max(p, key=p.get) == ranked[0], name
 
 
-def test_predict_agrees_with_the_model_cards_test_evaluation_on_bigger_images(tmp_path, jpeg_root):
+def test_predict_agrees_with_the_model_cards_test_evaluation_on_bigger_images(tmp_path, jpeg_root, monkeypatch,
+                                                                             capsys):
     """Images that are not 32x32 are resized the same way for training, test and predict:
-    the confusion matrix rebuilt from `cnnbench predict` equals the model card's."""
+    the confusion matrix rebuilt from `cnnbench predict` equals the model card's (the real
+    trainer, in this process, on 240 images)."""
     from PIL import Image
 
     data = tmp_path / "big"
@@ -215,61 +220,61 @@ def test_predict_agrees_with_the_model_cards_test_evaluation_on_bigger_images(tm
     space = tmp_path / "big.yaml"
     space.write_text((SPACES / "smoke.yaml").read_text().replace("  train_subset: 1200", "  train_subset: null")
                      .replace("  test_subset: 500", "  test_subset: null"))
-    results = tmp_path / "results"
-    proc = run_cli("sweep", "--space", str(space), "--study", "big", "--results", str(results), "--trials", "1",
-                   env={"CNNBENCH_CIFAR10": str(data)})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    card = json.loads((results / "big" / "best" / "model_card.json").read_text())
-    out = run_cli("predict", str(results / "big" / "best" / "model.keras"), str(data / "test"), "--json")
-    assert out.returncode == 0, out.stderr
+    study = quick_sweep(space, tmp_path / "results", monkeypatch, data, trainer=None, study="big", trials=1)
+    card = study.card
+    code, out, err = cli(capsys, "predict", str(study.path / "best" / "model.keras"), str(data / "test"), "--json")
+    assert code == 0, err
     names = card["classes"]
     confusion = np.zeros((len(names), len(names)), int)
-    for o in json.loads(out.stdout):
+    for o in json.loads(out):
         confusion[names.index(Path(o["image"]).parent.name), names.index(o["predictions"][0]["class"])] += 1
     assert confusion.sum() == 80
     assert confusion.tolist() == card["test"]["confusion_matrix"]
-    evaluated = run_cli("evaluate", str(results / "big" / "best" / "model.keras"), str(data / "test"), "--json")
-    assert evaluated.returncode == 0 and json.loads(evaluated.stdout)["confusion_matrix"] == confusion.tolist()
+    code, out, _ = cli(capsys, "evaluate", str(study.path / "best" / "model.keras"), str(data / "test"), "--json")
+    assert code == 0 and json.loads(out)["confusion_matrix"] == confusion.tolist()
 
 
-def test_two_objective_sweep_marks_its_front_exports_a_chosen_trial_and_logs_tensorboard(tmp_path, jpeg_root):
+def test_two_objective_sweep_marks_its_front_and_exports_a_chosen_trial(tmp_path, jpeg_root, monkeypatch, capsys):
     space = tmp_path / "two.yaml"
     space.write_text((SPACES / "smoke.yaml").read_text().replace("objective: val_accuracy",
                                                                    "objective: val_accuracy\nminimize: [latency_ms]"))
     results = tmp_path / "results"
-    env = {"CNNBENCH_CIFAR10": str(jpeg_root)}
-    proc = run_cli("sweep", "--space", str(space), "--study", "two", "--results", str(results), "--trials", "4",
-                   "--tensorboard", env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    logs = results / "two" / "tensorboard"
-    runs = sorted(p.name for p in logs.iterdir())  # one TensorBoard run folder per trial that trained
-    assert runs and runs == [f"trial-{n:04d}" for n in range(len(runs))]
-    assert all(list((logs / r).rglob("events.out.tfevents.*")) for r in runs)
-    board = pd.read_csv(results / "two" / "leaderboard.csv")
+    study = quick_sweep(space, results, monkeypatch, jpeg_root, study="two", trials=4)
+    board = study.leaderboard()
     front = board[board["pareto"]]
     assert len(front) >= 1 and front["latency_ms"].notna().all()
     assert (results / "two" / "plots" / "accuracy_vs_cost.png").exists() and (results / "two" / "report.html").exists()
     chosen = int(front.sort_values("latency_ms").iloc[0]["trial"])
-    out = run_cli("export", "two", "--results", str(results), "--trial", str(chosen), env=env)
-    assert out.returncode == 0, out.stderr[-2000:]
+    code, _, err = cli(capsys, "export", "two", "--results", str(results), "--trial", str(chosen))
+    assert code == 0, err
     card = json.loads((results / "two" / "best" / "model_card.json").read_text())
     assert card["trial"] == chosen and card["chosen"].startswith("by hand")
-    wrong = run_cli("export", "two", "--results", str(results), "--trial", "99", env=env)
-    assert wrong.returncode == 2 and "no trial 99" in wrong.stderr
-    kt = run_cli("sweep", "--space", str(space), "--study", "two-kt", "--results", str(results), "--engine", "kerastuner",
-                 env=env)
-    assert kt.returncode == 2 and "KerasTuner can only add objectives" in kt.stderr
+    code, _, err = cli(capsys, "export", "two", "--results", str(results), "--trial", "99")
+    assert code == 2 and "no trial 99" in err
+    code, _, err = cli(capsys, "sweep", "--space", str(space), "--study", "two-kt", "--results", str(results),
+                       "--engine", "kerastuner")
+    assert code == 2 and "KerasTuner can only add objectives" in err
 
 
-def test_optunas_own_api_reads_the_study_in_a_fresh_process(swept):
+@pytest.mark.slow
+def test_tensorboard_logs_one_run_per_trial_that_trained(tmp_path, jpeg_root):
+    results = tmp_path / "results"
+    proc = run_cli("sweep", "--space", str(SPACES / "smoke.yaml"), "--study", "tb", "--results", str(results),
+                   "--trials", "2", "--no-final", "--tensorboard", env={"CNNBENCH_CIFAR10": str(jpeg_root)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    logs = results / "tb" / "tensorboard"
+    runs = sorted(p.name for p in logs.iterdir())  # one TensorBoard run folder per trial that trained
+    assert runs and runs == [f"trial-{n:04d}" for n in range(len(runs))]
+    assert all(list((logs / r).rglob("events.out.tfevents.*")) for r in runs)
+
+
+def test_optunas_own_api_reads_the_study(swept):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
     results = swept[0]
-    code = ("import sys, optuna\n"
-            "from optuna.storages import JournalStorage\n"
-            "from optuna.storages.journal import JournalFileBackend\n"
-            "s = optuna.load_study(study_name='smoke', storage=JournalStorage(JournalFileBackend(sys.argv[1])))\n"
-            "print(sum(t.state.name == 'COMPLETE' for t in s.trials))")
-    proc = subprocess.run([sys.executable, "-c", code, str(results / "smoke" / "optuna.journal")],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    study = optuna.load_study(study_name="smoke",
+                              storage=JournalStorage(JournalFileBackend(str(results / "smoke" / "optuna.journal"))))
     board = pd.read_csv(results / "smoke" / "leaderboard.csv")
-    assert int(proc.stdout.strip().splitlines()[-1]) == int((board["state"] == "complete").sum())
+    assert sum(t.state.name == "COMPLETE" for t in study.trials) == int((board["state"] == "complete").sum())

@@ -7,21 +7,21 @@ images (``final``) -> the model is tested once and exported (``export``) -> lead
 pictures and a report page (``results``, ``report``, ``plots``, ``pages``); ``sweep`` runs
 that flow, ``cli`` and ``api`` (below) are its doors.
 
-Importing the package prepares the process for TensorFlow (oneDNN kernels on unless the user
-chose otherwise, a quiet start) before anything can import TensorFlow: see ``runtime``.
+Importing the package changes nothing in the process. ``cnnbench.prepare()`` readies it for
+TensorFlow (oneDNN kernels on unless the user chose otherwise, a quiet start); the
+``cnnbench`` command and ``cnnbench.sweep`` call it, a notebook may call it before it imports
+TensorFlow itself (after that it is too late, and run.json says so): see ``runtime``.
 
 The Python API (``cnnbench.api``): ``load_space``, ``sweep``, ``load_study``, ``studies``.
 """
 from cnnbench import runtime as _runtime
 
-_runtime.prepare_environment()
-
 _API = ("Study", "load_space", "load_study", "studies", "sweep")
 
 
 def prepare() -> None:
-    """Prepare this process for TensorFlow as the CLI does (oneDNN on unless set; quiet).
-    Importing cnnbench already did; call it again after changing os.environ."""
+    """Prepare this process for TensorFlow as the CLI does (oneDNN on unless set; quiet),
+    before TensorFlow is imported."""
     _runtime.prepare_environment()
 
 

@@ -83,7 +83,9 @@ class Study:
         """(Re)write plots/ and report.html; returns the page's path."""
         from cnnbench.pages import write_report
 
-        return write_report(self.paths)
+        from cnnbench import engines
+
+        return write_report(self.paths, engines.importances(self.space, self.records))
 
 
 def load_study(path: str | Path) -> Study:
@@ -103,18 +105,22 @@ def studies(results: str | Path = "results") -> pd.DataFrame:
 
 def sweep(space: str | Path, study: str | None = None, trials: int | None = None,
           timeout_minutes: float | None = None, engine: str = "optuna", results: str | Path = "results",
-          progress: bool | None = None, final: bool | None = None, seed: int | None = None) -> Study:
+          progress: bool | None = None, final: bool | None = None, seed: int | None = None,
+          trainer: str | None = None, in_process: bool = False) -> Study:
     """Run (or continue) a sweep of the space file ``space`` in this process, as ``cnnbench
     sweep`` does (trials in child processes, export at the end); returns the study.
     ``progress=False`` keeps it quiet (None: live on a terminal). Ctrl-C stops it as on
-    the command line: what finished is ranked and exported, then KeyboardInterrupt."""
+    the command line: what finished is ranked and exported, then KeyboardInterrupt.
+    ``trainer="module:function"`` trains with a function of your own; ``in_process=True``
+    trains in this process (a debugger reaches the trainer; a crash ends the sweep)."""
     from cnnbench import runtime
     from cnnbench.sweep import SweepRequest, prepare, run_sweep
 
+    runtime.prepare_environment()  # oneDNN and a quiet start, unless TensorFlow is loaded already
     request = SweepRequest(space_file=str(space), study=study, trials=trials, timeout_minutes=timeout_minutes,
-                           engine=engine, results=str(results), final=final, seed=seed)
+                           engine=engine, results=str(results), final=final, seed=seed, trainer=trainer,
+                           in_process=in_process)
     prepared = prepare(request)
-    runtime.import_tensorflow_quietly()
     summary = run_sweep(prepared, live=progress)
     if summary["stopped_by"]:
         raise KeyboardInterrupt(summary["stopped_by"])

@@ -62,12 +62,13 @@ def replay(table: Table, strategy: Strategy, seed: int, trials: int) -> pd.DataF
             warnings.simplefilter("ignore")
             engine.run(job)
         records = read_records(paths)
-    minutes, best, rows = 0.0, -math.inf, []
+    minutes, best = 0.0, -math.inf
+    rows: list[dict] = []
     for r in sorted(records, key=lambda r: r.trial):
         if r.state not in ("complete", "pruned"):
             continue
         minutes += table.seconds(r.values, r.epochs_run or 0) / 60
-        if r.state == "complete":
+        if r.state == "complete" and r.val_accuracy is not None:
             best = max(best, r.val_accuracy)
         rows.append({"strategy": strategy.name, "seed": seed, "trial": len(rows) + 1, "minutes": minutes,
                      "best": best if best > -math.inf else np.nan, "regret": table.best - best if best > -math.inf

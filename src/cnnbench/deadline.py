@@ -20,8 +20,8 @@ from cnnbench import runtime
 from cnnbench.files import atomic_write
 from cnnbench.knobs import TTA_VIEWS, unspell
 from cnnbench.model import architecture_stats
+from cnnbench.trials import TRAIN_FLOPS_PER_FORWARD as TRAIN_COST  # a training image: ~3 forward passes
 
-TRAIN_COST = 3        # a training image costs about 3 forward passes (forward + backward)
 SETUP_SECONDS = 15.0  # building, compiling and tracing a trial before its first step
 SAFETY = 1.15         # forecasts run this much long: finishing early is cheaper than overrunning
 EXPORT_SECONDS = 45.0 # ranking, loading the best model, saving the card, on top of its test pass
@@ -264,13 +264,12 @@ def plan(space, minutes: float, log: ThroughputLog | None = None, n_train: int =
     ``n // f`` of them at the second, ``n // f**2`` at the third (``f`` the reduction
     factor), with the largest ``n`` whose runs fit beside the final training and export.
     """
-    from cnnbench.engines.promotion import describe
     from cnnbench.runtime import resolve_precision
 
     config = space.complete(space.start_with[0] if space.start_with else {})
     deadline = Deadline(None, log or ThroughputLog(), final_images=(n_train + n_val) if space.final else 0,
                         image_size=space.data.image_size)
-    rate = deadline.log.rate(resolve_precision(config["precision"]), deadline._flops(config))
+    rate = (log or deadline.log or ThroughputLog()).rate(resolve_precision(config["precision"]), deadline._flops(config))
     if not rate:
         return None
     trial = deadline._seconds(config, n_train, n_val, rate)
@@ -290,5 +289,5 @@ def plan(space, minutes: float, log: ThroughputLog | None = None, n_train: int =
         n += 1
     while n and spent(n) > search:
         n -= 1
-    rungs = [(describe(space, k), cost, n // f**k) for k, cost in enumerate(costs)]
+    rungs = [(space.rung_name(k), cost, n // f**k) for k, cost in enumerate(costs)]
     return HourPlan(minutes, rate, costs[0], final, export, n, rungs, f)

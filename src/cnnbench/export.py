@@ -4,13 +4,16 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import sys
+from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import numpy as np
 
 from cnnbench.data import DataBundle
 from cnnbench.results import atomic_write, json_text
-from cnnbench.trials import StudyPaths, TrialRecord
+from cnnbench.trials import NO_TRIAL, StudyPaths, TrialRecord
 
 
 def evaluate(model, x: np.ndarray, y: np.ndarray, class_names) -> dict:
@@ -51,31 +54,114 @@ def chosen_record(records: list[TrialRecord], paths: StudyPaths, trial: int) -> 
     return found
 
 
+def load_or_set_aside(source: Path):
+    """(model, None), or (None, one line) for a model file that cannot be loaded (torn by a
+    kill while it was written, cut short by a full disk): it is renamed ``*.damaged`` (kept,
+    never deleted) so that no later run stumbles on it again."""
+    import keras
+
+    try:
+        return keras.models.load_model(source, compile=False), None
+    except Exception as error:
+        if _whole_zip(source):  # not damage (another Keras, a missing layer): say it, touch nothing
+            raise
+        aside = source.with_name(source.name + ".damaged")
+        source.replace(aside)
+        return None, (f"{source}: cannot be loaded ({type(error).__name__}: {str(error)[:120]}); "
+                      f"set aside as {aside.name}")
+
+
+def _whole_zip(path: Path) -> bool:
+    """Whether ``path`` is a complete zip archive (a .keras file is one) with intact members."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        return False
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 def export_best(records: list[TrialRecord], paths: StudyPaths, data: DataBundle, run: dict,
-                trial: int | None = None, final=None) -> dict | None:
+                trial: int | None = None, final=None, say=_stderr) -> dict | None:
     """Evaluate the best trial (or ``trial``, e.g. a point of a Pareto front) on the test
     split once; write best/model.keras, best/saved_model/ and the model card.
+
+    A model file that does not load is set aside (``load_or_set_aside``) and said through
+    ``say``: the next best trial is exported instead (a damaged final model: the best trial's
+    own, and the next run trains the final again); a trial chosen by hand raises ExportError.
 
     ``final`` (a ``final.FinalOutcome``) that completed replaces the trial's model with the
     final training's (same configuration, all training images); the card keeps the search
     trial's validation figures and says what the final training was in ``final``.
     """
-    import keras
-
-    from cnnbench.final import card_block
-
-    best = chosen_record(records, paths, trial) if trial is not None else best_record(records, paths)
-    use_final = trial is None and final is not None and final.complete and paths.final_model.exists()
-    if best is None and not use_final:
+    chosen = _loadable_choice(records, paths, trial, final)
+    for line in chosen.set_aside:
+        say(line)
+    if chosen.model is None:
         return None
-    source = paths.final_model if use_final else paths.trial_model(best.trial)
-    model = keras.models.load_model(source, compile=False)
-    test = evaluate(model, data.x_test, data.y_test, data.class_names)
+    test = evaluate(chosen.model, data.x_test, data.y_test, data.class_names)
+    card = model_card(chosen, final, trial, test, data, run)
+    source, model = chosen.source, chosen.model
+    assert source is not None  # set with the model
+    paths.best.mkdir(parents=True, exist_ok=True)
+    tmp = paths.best / f".model.{os.getpid()}.tmp.keras"  # two sweeps of one study may export at once
+    shutil.copyfile(source, tmp)
+    tmp.replace(paths.best / "model.keras")
+    save_saved_model(model, paths.best / "saved_model")
+    atomic_write(paths.best / "model_card.json", json_text(card))
+    atomic_write(paths.best / "model_card.md", card_markdown(card))
+    return card
+
+
+@dataclass
+class _Choice:
+    """What is exported: the best (or chosen) trial's record, whether the final training's
+    model stands in for its own, the file and the model loaded from it."""
+    best: TrialRecord | None
+    use_final: bool
+    source: Path | None = None
+    model: Any = None
+    set_aside: list[str] = field(default_factory=list)  # one line per damaged file set aside
+    final_set_aside: bool = False                        # the final training's own model was one
+
+
+def _loadable_choice(records, paths: StudyPaths, trial: int | None, final) -> _Choice:
+    set_aside: list[str] = []
+    final_aside = False
+    while True:  # a damaged model file is set aside and the next best one chosen
+        best = chosen_record(records, paths, trial) if trial is not None else best_record(records, paths)
+        use_final = trial is None and final is not None and final.complete and paths.final_model.exists()
+        if best is None and not use_final:
+            return _Choice(None, False, set_aside=set_aside, final_set_aside=final_aside)
+        if use_final:
+            source = paths.final_model
+        else:
+            assert best is not None  # one of the two, by the test above
+            source = paths.trial_model(best.trial)
+        model, problem = load_or_set_aside(source)
+        if model is not None:
+            return _Choice(best, use_final, source, model, set_aside, final_aside)
+        set_aside.append(problem)
+        final_aside = final_aside or use_final
+        if trial is not None:
+            raise ExportError(problem)
+
+
+def model_card(chosen: _Choice, final, trial: int | None, test: dict, data: DataBundle, run: dict) -> dict:
+    """model_card.json: what the model is, how it was chosen and trained, its test figures,
+    and the provenance of the study it came from."""
+    best, use_final, set_aside = chosen.best, chosen.use_final, chosen.set_aside
     trained = final.record if use_final else best
+    assert trained is not None  # the final training's record, or the best trial's
     validation = None if best is None else {
         "accuracy": best.val_accuracy, "loss": best.val_loss, "best_epoch": best.best_epoch,
         "images": int(len(data.y_val))}
-    card = {
+    return {
         "study": run.get("study"), "engine": trained.engine, "trial": None if best is None else best.trial,
         "classes": list(data.class_names),
         "input": "uint8 RGB images of any size, shape (batch, height, width, 3); "
@@ -94,20 +180,21 @@ def export_best(records: list[TrialRecord], paths: StudyPaths, data: DataBundle,
                      "images_per_s": trained.images_per_s,
                      "train_images": trained.train_images or int(len(data.y_train)),
                      "seed": trained.seed, "precision": trained.precision, "history": trained.history},
-        "final": card_block(final) if use_final else None,
-        "final_note": final.message if final is not None else None,
+        "final": final_block(final) if use_final else None,
+        "final_note": (f"{set_aside[0]}; exported the best trial's own model; the next run trains the final "
+                       "again" if chosen.final_set_aside else final.message if final is not None else None),
         "data": {"source": data.source, "fingerprint": data.fingerprint},
         **{k: run.get(k) for k in ("space_file", "space_hash", "space", "seed", "versions", "git_revision",
-                                   "command", "machine")},
+                                   "command", "trainer", "machine")},
     }
-    paths.best.mkdir(parents=True, exist_ok=True)
-    tmp = paths.best / f".model.{os.getpid()}.tmp.keras"  # two sweeps of one study may export at once
-    shutil.copyfile(source, tmp)
-    tmp.replace(paths.best / "model.keras")
-    save_saved_model(model, paths.best / "saved_model")
-    atomic_write(paths.best / "model_card.json", json_text(card))
-    atomic_write(paths.best / "model_card.md", card_markdown(card))
-    return card
+
+
+def final_block(outcome) -> dict:
+    """The model card's ``final`` entry, from a ``final.FinalOutcome``."""
+    r = outcome.record
+    return {"train_images": r.train_images, "from_trial": None if r.trial == NO_TRIAL else r.trial,
+            "seed": r.seed, "train_seconds": r.train_seconds, "epochs_run": r.epochs_run,
+            "images_per_s": r.images_per_s, "precision": r.precision, "history": r.history}
 
 
 def save_saved_model(model, folder: Path) -> None:

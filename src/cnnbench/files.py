@@ -7,6 +7,7 @@ read-only folder), the temporary file is removed and the error names the target.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -30,3 +31,17 @@ def atomic_write(target: Path, data: str | bytes) -> None:
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise OSError(e.errno, e.strerror, str(target)) from None
+
+
+def json_text(obj) -> str:
+    """Indented JSON for the files people read (run.json, model cards)."""
+    return json.dumps(obj, indent=2, default=str) + "\n"
+
+
+def read_json(path: Path) -> dict:
+    """A JSON file's content, or {} when it is missing or unreadable (callers that must tell
+    the two apart check the file themselves)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}

@@ -21,13 +21,13 @@ import time
 from dataclasses import dataclass
 
 from cnnbench import trials
-from cnnbench.engines.base import StudyJob, log_throughput, signal_name
+from cnnbench.engines.base import StudyJob
+from cnnbench.engines.trial import log_throughput, signal_name
 from cnnbench.isolation import ChildDied
-from cnnbench.train import PruneTrial
+from cnnbench.trials import NO_TRIAL, PruneTrial  # noqa: F401 (NO_TRIAL: re-exported)
 from cnnbench.trials import TrialRecord
 
 FINAL_SEED_OFFSET = 1_000_000  # trials train with seed + trial number; the final with seed + this
-NO_TRIAL = -1                  # ``trial`` of a single-configuration space's final training
 UNVALIDATED = ("history", "val_accuracy", "val_loss", "best_epoch")  # result fields a final record leaves out
 
 
@@ -69,21 +69,9 @@ def run_final(job: StudyJob, best: TrialRecord | None, train_images: int, recipe
     (a slow machine): it is trained on all images instead, with the most epochs that fit.
     """
     number = best.trial if best is not None else NO_TRIAL
-    ranked_at_rung = best is not None and best.rung is not None
-    # every training image, whatever fidelity the search compared it at; a rung's schedule
-    # was a cheap fidelity too, so a configuration ranked at a rung trains the space's own
-    if best is None:
-        base = job.space.complete(recipe or {})
-    else:
-        base = job.space.complete(best.values) if ranked_at_rung else best.config
-    config = {**base, "train_images": 0}
-    values = dict(best.values) if best is not None else dict(recipe or {})
-    shortened = ""
-    if recipe is not None or ranked_at_rung:  # sized to the time left (a search trial's was kept for it)
-        config, shortened = job.deadline.fit_final(config, job.space.epoch_options(),
-                                                   job.data_sizes[2] if job.data_sizes else 0)
+    config, values, shortened = _final_config(job, best, recipe)
     previous = read_final(job)
-    if _already_done(previous, number, config, job):
+    if previous is not None and _already_done(previous, number, config, job):
         return FinalOutcome(previous, f"final training of trial {number} already done ({previous.train_images} "
                                       "images); exporting it")
     forecast = job.deadline.final_seconds(config)
@@ -97,6 +85,39 @@ def run_final(job: StudyJob, best: TrialRecord | None, train_images: int, recipe
     record = trials.started(number, job.engine, values, config,
                             f"final training of {source} on all {train_images:,} training images", seed=seed)
     record.train_images = train_images
+    _train_final(job, record, config, seed, source, train_images)
+    state, reason = record.state, record.reason
+    log_throughput(job, record)
+    if state != "complete":
+        return FinalOutcome(record, f"final training {state}: {reason}; exported the best trial's own model",
+                            source)
+    return FinalOutcome(record, f"final training of {source} done: {record.train_seconds} s on "
+                                f"{train_images:,} images", source)
+
+
+def _final_config(job: StudyJob, best: TrialRecord | None, recipe: dict | None) -> tuple[dict, dict, str]:
+    """(config, values, how it was shortened) of the final training. Every training image,
+    whatever fidelity the search compared it at; a rung's schedule was a cheap fidelity too,
+    so a configuration ranked at a rung trains the space's own, sized to the time left (as
+    is a fallback recipe); a plain search trial's time was kept for it by the deadline."""
+    ranked_at_rung = best is not None and best.rung is not None
+    if best is None:
+        base = job.space.complete(recipe or {})
+    else:
+        base = job.space.complete(best.values) if ranked_at_rung else best.config
+    config = {**base, "train_images": 0}
+    values = dict(best.values) if best is not None else dict(recipe or {})
+    shortened = ""
+    if recipe is not None or ranked_at_rung:
+        config, shortened = job.deadline.fit_final(config, job.space.epoch_options(),
+                                                   job.data_sizes[2] if job.data_sizes else 0)
+    return config, values, shortened
+
+
+def _train_final(job: StudyJob, record: TrialRecord, config: dict, seed: int, source: str,
+                 train_images: int) -> None:
+    """Train it (validating nothing: nothing is held out), its end written into the final
+    record; a signal is recorded as interrupted and propagates."""
     last = [time.perf_counter()]
 
     def on_epoch(epoch: int, logs: dict) -> None:
@@ -127,17 +148,3 @@ def run_final(job: StudyJob, best: TrialRecord | None, train_images: int, recipe
         if key not in UNVALIDATED and hasattr(record, key) and value is not None:
             setattr(record, key, value)
     trials.write_record(job.paths, record, job.paths.final_record)
-    log_throughput(job, record)
-    if state != "complete":
-        return FinalOutcome(record, f"final training {state}: {reason}; exported the best trial's own model",
-                            source)
-    return FinalOutcome(record, f"final training of {source} done: {record.train_seconds} s on "
-                                f"{train_images:,} images", source)
-
-
-def card_block(outcome: FinalOutcome) -> dict:
-    """The model card's ``final`` entry."""
-    r = outcome.record
-    return {"train_images": r.train_images, "from_trial": None if r.trial == NO_TRIAL else r.trial,
-            "seed": r.seed, "train_seconds": r.train_seconds, "epochs_run": r.epochs_run,
-            "images_per_s": r.images_per_s, "precision": r.precision, "history": r.history}

@@ -19,6 +19,7 @@ import os
 import signal
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 DEFAULT_TRAINER = "cnnbench.train:train_and_evaluate"
 RECYCLE_MB = 150  # replace a child whose resident memory grew this much since it started
@@ -67,10 +68,13 @@ def worker_preexec():
     return lambda: _die_with_parent(signal.SIGTERM, parent, libc)
 
 
-def _load_trainer(dotted: str):
+def load_trainer(dotted: str):
+    """The function ``module:function`` names (a trainer of one's own, or a test's stand-in)."""
     import importlib
 
-    module, _, name = dotted.partition(":")
+    module, colon, name = dotted.partition(":")
+    if not colon or not module or not name:
+        raise ValueError("expected module:function")
     return getattr(importlib.import_module(module), name)
 
 
@@ -78,7 +82,7 @@ def train_one(trainer, config: dict, data, seed: int, model_path, on_epoch,
               log_dir: str | None = None) -> tuple[str, str, dict | None]:
     """Train one trial wherever we are: (state, reason, result fields without the model).
     A completed trial's model is saved at ``model_path``; ``log_dir`` gets TensorBoard logs."""
-    from cnnbench.train import PruneTrial, save_model
+    from cnnbench.trials import PruneTrial
 
     try:
         result = trainer(config, data, on_epoch, seed, **({"log_dir": str(log_dir)} if log_dir else {}))
@@ -87,8 +91,17 @@ def train_one(trainer, config: dict, data, seed: int, model_path, on_epoch,
     except Exception as e:  # a broken configuration fails its trial, not the search
         text = str(e).strip()
         return "failed", f"{type(e).__name__}: {text.splitlines()[0] if text else ''}", None
-    if result.model is not None and model_path:
-        save_model(result.model, Path(model_path))
+    try:
+        if isinstance(result.model, (str, Path)) and model_path:  # a trainer that saved its model itself
+            from cnnbench.files import atomic_write
+
+            atomic_write(Path(model_path), Path(result.model).read_bytes())
+        elif result.model is not None and model_path:
+            from cnnbench.train import save_model  # TensorFlow: only with a model to save
+
+            save_model(result.model, Path(model_path))
+    except OSError as e:  # a full disk: the trial fails in one line, the sweep's next write says why
+        return "failed", f"could not save its model: {e.filename or model_path}: {e.strerror}", _plain(result)
     return "complete", "", _plain(result)
 
 
@@ -102,11 +115,13 @@ def _child_main(conn, trainer_path: str, data_request: tuple | None) -> None:
     from cnnbench import runtime
 
     runtime.pin_from_environment()
-    runtime.import_tensorflow_quietly()
+    if trainer_path == DEFAULT_TRAINER:  # a stand-in trainer imports what it needs, perhaps no TensorFlow
+        runtime.import_tensorflow_quietly()
     from cnnbench.data import load_data
-    from cnnbench.train import PruneTrial
+    from cnnbench.trials import PruneTrial
 
-    trainer = _load_trainer(trainer_path)
+    with runtime.silenced_stderr():  # a trainer of the user's own may import TensorFlow at its top
+        trainer = load_trainer(trainer_path)
     data = load_data(*data_request) if data_request else None
     baseline = _resident_mb()
     while True:
@@ -147,7 +162,7 @@ class InProcessRunner:
 
     def run(self, config: dict, seed: int, model_path, on_epoch, log_dir=None,
             final: bool = False) -> tuple[str, str, dict | None]:
-        trainer = self.trainer or _load_trainer(DEFAULT_TRAINER)
+        trainer = self.trainer or load_trainer(DEFAULT_TRAINER)
         data = final_data(self.data) if final else self.data
         return train_one(trainer, config, data, seed, model_path, on_epoch, log_dir)
 
@@ -160,7 +175,8 @@ class TrialRunner:
 
     def __init__(self, data_request: tuple | None, trainer: str = DEFAULT_TRAINER, recycle_mb: float = RECYCLE_MB):
         self.data_request, self.trainer, self.recycle_mb = data_request, trainer, recycle_mb
-        self.process = self.conn = None
+        self.process: Any = None  # a spawned multiprocessing Process while a child lives
+        self.conn: Any = None     # the parent's end of its pipe
         self.children_started = 0
 
     def _start(self) -> None:
@@ -187,7 +203,7 @@ class TrialRunner:
         """Train one trial: returns (state, reason, result fields). ``on_epoch(epoch, logs)``
         runs here, in the sweep's process; if it raises PruneTrial the child is told to stop
         the trial. Raises ChildDied when the child ends mid-trial (its exit is described)."""
-        from cnnbench.train import PruneTrial
+        from cnnbench.trials import PruneTrial
 
         if self.process is None or not self.process.is_alive():
             self._start()
@@ -217,6 +233,8 @@ class TrialRunner:
 
     def _describe_death(self) -> str:
         process, self.process = self.process, None
+        if process is None:
+            return "the trial's process was gone"
         process.join(timeout=10)
         code = process.exitcode
         if code is not None and code < 0:

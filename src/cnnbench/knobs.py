@@ -36,11 +36,12 @@ class Knob:
             return f"{value!r} is not {self.kind.__name__}"
         if self.choices and value not in self.choices:
             return f"{value!r} is not one of {', '.join(map(str, self.choices))}"
-        if self.minimum is not None and value < self.minimum:
+        number: Any = value  # an int or a float by now, for the bounds below
+        if self.minimum is not None and number < self.minimum:
             return f"{value!r} is below the minimum {self.minimum}"
-        if self.below is not None and value >= self.below:
+        if self.below is not None and number >= self.below:
             return f"{value!r} must be below {self.below}"
-        if self.maximum is not None and value > self.maximum:
+        if self.maximum is not None and number > self.maximum:
             return f"{value!r} is above the maximum {self.maximum}"
         if isinstance(value, float) and not math.isfinite(value):
             return f"{value!r} is not a finite number"
@@ -60,7 +61,7 @@ def _positive(value: float) -> str | None:
 
 def _network(*args, **kwargs) -> Knob:
     """A knob that shapes the network: the space's feasibility check builds its corners."""
-    return Knob(*args, shapes_network=True, **kwargs)
+    return Knob(*args, **{**kwargs, "shapes_network": True})
 
 
 KNOBS: dict[str, Knob] = {

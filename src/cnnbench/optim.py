@@ -120,7 +120,7 @@ def make_optimizer(config: dict, steps_per_epoch: int, model, whiten_gate=None):
     biases = bias_variables(model)
     scaled, frozen = _ids(biases), _ids(gated)
 
-    class Tuned(cls):
+    class Tuned(cls):  # type: ignore[valid-type,misc]  # the optimizer class chosen at run time
         """``cls`` with the batch-norm shifts' learning rate multiplied by ``scale``, and the
         whitening bias's step (gradient and learning rate) multiplied by the gate."""
 

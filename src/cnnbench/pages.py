@@ -22,8 +22,9 @@ from cnnbench.trials import StudyPaths, read_records
 TOP_CURVES = 5  # learning curves drawn for this many best trials
 
 
-def write_plots(paths: StudyPaths) -> list[Path]:
-    """Every picture of the study into ``plots/``; returns the files written."""
+def write_plots(paths: StudyPaths, importances: dict[str, float] | None = None) -> list[Path]:
+    """Every picture of the study into ``plots/``; returns the files written. ``importances``
+    (each searched parameter's share, e.g. ``engines.importances``) is drawn when given."""
     run = read_json(paths.root / "run.json")
     card = read_json(paths.best / "model_card.json")
     space = parse_space(run["space"], str(paths.root / "run.json"))
@@ -34,16 +35,13 @@ def write_plots(paths: StudyPaths) -> list[Path]:
     out = []
     if len(progress):
         out.append(plots.best_so_far(progress, folder / "best_so_far.png", f"{name}: best validation accuracy so far"))
-    from cnnbench.engines.optuna_engine import importances  # fANOVA is Optuna's, whichever engine ran
-
-    scores = importances(space, records)
-    if scores:
-        out.append(plots.importances(scores, folder / "importances.png", f"{name}: what mattered",
+    if importances:
+        out.append(plots.importances(importances, folder / "importances.png", f"{name}: what mattered",
                                      "Optuna fANOVA"))
     searched = [p for p in space.searched() if p in board.columns]
     if searched and (board["state"] == "complete").sum() >= 2:
         out.append(plots.parallel_coordinates(board, searched, folder / "parallel_coordinates.png", name))
-    top = sorted((r for r in records if r.state == "complete" and r.history), key=lambda r: -r.val_accuracy)
+    top = sorted((r for r in records if r.state == "complete" and r.history), key=lambda r: -(r.val_accuracy or 0.0))
     if top:
         out.append(plots.learning_curves({r.trial: r.history for r in top[:TOP_CURVES]},
                                          folder / "learning_curves.png", f"{name}: the best trials, epoch by epoch"))
@@ -80,7 +78,9 @@ def _inline(text: str) -> str:
 def card_html(markdown: str) -> str:
     """The model card (export.card_markdown: headings, bullets, pipe tables, paragraphs) as
     HTML, so the page shows it as a person reads it, not as Markdown source."""
-    out, table, bullets = [], [], []
+    out: list[str] = []
+    table: list[str] = []
+    bullets: list[str] = []
 
     def flush() -> None:
         if bullets:
@@ -97,7 +97,7 @@ def card_html(markdown: str) -> str:
         if line.startswith("|"):
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
             if not all(set(c) <= set("-: ") for c in cells):  # the |---| rule under a table's head
-                table.append(cells)
+                table.append(cells)  # type: ignore[arg-type]  # rows of cells
             continue
         if line.startswith("- "):
             bullets.append(line[2:])
@@ -140,13 +140,13 @@ position:sticky;top:0}figure{display:inline-block;margin:1em}img{max-width:640px
 overflow:auto}.scroll{overflow:auto;max-height:32em}"""
 
 
-def write_report(paths: StudyPaths) -> Path:
+def write_report(paths: StudyPaths, importances: dict[str, float] | None = None) -> Path:
     """``report.html``: one self-contained file (images inlined, no network) with the
     study's summary and provenance, a sortable leaderboard, the plots and the model card."""
     run = read_json(paths.root / "run.json")
     space = parse_space(run["space"], str(paths.root / "run.json"))
     board, fixed = searched_first(leaderboard_frame(read_records(paths), space), space)
-    images = write_plots(paths)
+    images = write_plots(paths, importances)
     card_md = paths.best / "model_card.md"
     machine = run.get("machine", {}).get("cpu", {})
     summary = (f"<p>Space <code>{html.escape(str(run.get('space_file')))}</code> (hash {run.get('space_hash')}), "

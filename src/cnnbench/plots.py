@@ -85,7 +85,7 @@ def best_so_far(progress: pd.DataFrame, path: Path, title: str) -> Path:
 
 def importances(scores: dict[str, float], path: Path, title: str, evaluator: str) -> Path:
     plt = _pyplot()
-    names = sorted(scores, key=scores.get)
+    names = sorted(scores, key=lambda name: scores[name])
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1.5), dpi=110)
     ax.barh(names, [scores[n] for n in names], color="tab:blue")
     ax.set_xlabel(f"importance for validation accuracy ({evaluator})")

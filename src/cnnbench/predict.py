@@ -6,6 +6,8 @@ this does. Anything that is not a usable cnnbench model is one ``ModelError`` li
 """
 from __future__ import annotations
 
+from typing import Any
+
 import glob
 import json
 import zipfile
@@ -33,7 +35,7 @@ class Prediction:
 
 @dataclass
 class LoadedModel:
-    model: object
+    model: Any  # a keras.Model (Keras ships no types)
     class_names: list[str]
     image_size: int
 

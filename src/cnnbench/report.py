@@ -5,6 +5,10 @@ line per event, so ``make sweep > sweep.log`` stays readable.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from typing import Any
+
 import math
 import sys
 import time
@@ -72,7 +76,7 @@ def rich_table(frame: pd.DataFrame, title: str, columns: list[str] | None = None
     return table
 
 
-def print_leaderboard(frame: pd.DataFrame, title: str, space_params: list[str] = (), top: int | None = 10,
+def print_leaderboard(frame: pd.DataFrame, title: str, space_params: Sequence[str] = (), top: int | None = 10,
                       console: Console | None = None) -> None:
     # A terminal fits a handful of parameter columns; wider spaces are in leaderboard.md.
     shown = [p for p in space_params if p in frame.columns] if len(space_params) <= 6 else []
@@ -99,7 +103,7 @@ class SweepProgress:
         self.started = time.monotonic()
         self.console = Console()
         self.live = sys.stdout.isatty() if live is None else live
-        self.status = None
+        self.status: Any = None  # rich's Status while a live display runs
         self.current = ""
 
     # -- the Progress protocol of engines.base -------------------------------------------------
@@ -117,7 +121,8 @@ class SweepProgress:
             return
         self.done += 1
         self.done_here += 1
-        if record.state == "complete" and (self.best is None or record.val_accuracy > self.best):
+        if record.state == "complete" and record.val_accuracy is not None and (
+                self.best is None or record.val_accuracy > self.best):
             self.best = record.val_accuracy
         detail = record.reason if record.state in ("failed", "interrupted") else \
             f"val_accuracy {_fmt(record.val_accuracy)}"
@@ -274,7 +279,8 @@ class progress_bar:
     ``with progress_bar(total, label, show) as advance: ... advance(n)``."""
 
     def __init__(self, total: int, label: str, show: bool):
-        self.total, self.label, self.show, self.bar = total, label, show, None
+        self.total, self.label, self.show = total, label, show
+        self.bar: Any = None  # rich's Progress while shown
 
     def __enter__(self):
         if self.show:

@@ -5,24 +5,18 @@ renders them for people.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from cnnbench.files import atomic_write  # noqa: F401 (its callers import it from here too)
+from cnnbench.files import atomic_write, json_text, read_json  # noqa: F401 (callers import them from here too)
 from cnnbench.knobs import coerce
 from cnnbench.space import FixedParam, Space
 from cnnbench.trials import RESULT_COLUMNS, TrialRecord
 
 PROGRESS_COLUMNS = ["trial", "state", "minutes", "val_accuracy", "best_val_accuracy"]
 _STATE_RANK = {"complete": 0, "pruned": 1, "running": 2, "interrupted": 3, "failed": 4}
-
-
-def json_text(obj) -> str:
-    """Indented JSON for the files people read (run.json, model cards)."""
-    return json.dumps(obj, indent=2, default=str) + "\n"
 
 
 def leaderboard_frame(records: list[TrialRecord], space: Space) -> pd.DataFrame:
@@ -40,7 +34,7 @@ def leaderboard_frame(records: list[TrialRecord], space: Space) -> pd.DataFrame:
         for name, p in space.params.items():
             # Fixed values are not chosen by the engine but were trained with: show them.
             active_fixed = isinstance(p, FixedParam) and p.condition_holds(r.config)
-            row[name] = coerce(name, p.value) if active_fixed else r.values.get(name)
+            row[name] = coerce(name, p.value) if isinstance(p, FixedParam) and active_fixed else r.values.get(name)
         row.update({column: getattr(r, column) for column in RESULT_COLUMNS})
         rows.append(row)
     frame = pd.DataFrame(rows, columns=["trial", "state", "engine", *param_names, *RESULT_COLUMNS])
@@ -65,12 +59,12 @@ def progress_frame(records: list[TrialRecord], origin: float) -> pd.DataFrame:
     the study's first start) and the best validation accuracy of a completed trial so far
     (what an export at that moment would have picked)."""
     done = sorted((r for r in records if r.state in ("complete", "pruned", "failed") and r.finished_at),
-                  key=lambda r: r.finished_at)
+                  key=lambda r: r.finished_at or 0.0)
     rows, best = [], None
     for r in done:
         if r.state == "complete" and r.val_accuracy is not None:
             best = r.val_accuracy if best is None else max(best, r.val_accuracy)
-        rows.append({"trial": r.trial, "state": r.state, "minutes": round((r.finished_at - origin) / 60, 2),
+        rows.append({"trial": r.trial, "state": r.state, "minutes": round(((r.finished_at or origin) - origin) / 60, 2),
                      "val_accuracy": r.val_accuracy, "best_val_accuracy": best})
     return pd.DataFrame(rows, columns=PROGRESS_COLUMNS)
 
@@ -133,13 +127,6 @@ def studies_frame(results_root: Path) -> pd.DataFrame:
                                         "final_train_images", "parameter_count", "flops"])
     return frame.sort_values(["test_accuracy", "val_accuracy"], ascending=False,
                              na_position="last").reset_index(drop=True)
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def pareto_mask(accuracy, *costs) -> np.ndarray:

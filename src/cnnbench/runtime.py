@@ -6,8 +6,9 @@ CPUs differ from one machine to the next, so nothing here assumes a feature: it 
 - **oneDNN.** TensorFlow 2.21 enables its oneDNN kernels by default only on CPUs with
   AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX; elsewhere (e.g. AMD Zen 3, most laptops) it
   trains with slower Eigen kernels, 1.5x to 2.3x slower on our networks. The environment
-  variable is read once, when TensorFlow is imported, so ``prepare_environment`` runs at
-  ``import cnnbench`` (before any TensorFlow import) and a user's own setting wins.
+  variable is read once, when TensorFlow is imported, so ``prepare_environment`` (the CLI's
+  first step; ``cnnbench.prepare()``) must run before any TensorFlow import; a user's own
+  setting wins, and a call that comes too late is recorded as such, not as a setting.
 - **Threads.** Intra-op threads follow the cores this process may use
   (``os.sched_getaffinity``), divided among worker processes; a worker is pinned to its
   share of the cores so two workers never fight over one core.
@@ -17,6 +18,7 @@ CPUs differ from one machine to the next, so nothing here assumes a feature: it 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -35,9 +37,14 @@ _onednn_origin = "unset"
 
 def prepare_environment(environ=os.environ) -> None:
     """Before TensorFlow is imported: oneDNN on unless the user chose, and a quiet start."""
+    import sys
+
     global _onednn_origin
     if ONEDNN_ENV in environ:
         _onednn_origin = "user" if _onednn_origin == "unset" else _onednn_origin
+    elif "tensorflow" in sys.modules and environ is os.environ:  # this process read it already
+        environ[ONEDNN_ENV] = "1"  # the trial processes start fresh and still get it
+        _onednn_origin = "cnnbench, for trial processes only (TensorFlow was imported before cnnbench.prepare())"
     else:
         environ[ONEDNN_ENV] = "1"
         _onednn_origin = "cnnbench"
@@ -57,12 +64,22 @@ def import_tensorflow_quietly() -> None:
 
     if "tensorflow" in sys.modules:
         return
+    with silenced_stderr():
+        import keras  # noqa: F401  (imports TensorFlow, its backend)
+        import tensorflow  # noqa: F401
+
+
+@contextmanager
+def silenced_stderr():
+    """File descriptor 2 pointed at /dev/null meanwhile (C-level output included); for
+    imports that may bring TensorFlow in (a trainer of the user's own)."""
+    import sys
+
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     try:
         sys.stderr.flush()
         os.dup2(devnull, 2)
-        import keras  # noqa: F401  (imports TensorFlow, its backend)
-        import tensorflow  # noqa: F401
+        yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)
@@ -86,7 +103,7 @@ class CpuInfo:
 
 def parse_cpuinfo(text: str, cores: int) -> CpuInfo:
     """The model name and feature flags of the first processor in a /proc/cpuinfo text."""
-    model, flags = "unknown CPU", frozenset()
+    model, flags = "unknown CPU", frozenset[str]()
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip().lower()

@@ -11,15 +11,16 @@ import itertools
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from cnnbench import safe_yaml
+from cnnbench.space_params import (Budget, ChoiceParam, Data, FixedParam, FloatParam, IntParam, Param, Scalar,
+                                   Search, SpaceError, _Strict)
 from cnnbench.knobs import KNOBS, coerce, default_config
 from cnnbench.model import architecture_stats
 
-Scalar = Union[bool, int, float, str]
 # Knobs that change the network's shape: their extremes bound its size and feasibility.
 # The knobs that shape the network (each says so itself: Knob.shapes_network).
 ARCH_KNOBS = tuple(name for name, knob in KNOBS.items() if knob.shapes_network)
@@ -29,130 +30,6 @@ MAX_LISTED = 10_000        # values of one parameter cnnbench will list (grids, 
 MAX_GRID = 100_000         # configurations a grid search may list
 MAX_CORNERS = 20_000       # architecture corner configurations checked for feasibility and size
 _OTHER = object()           # "a value no condition names", when counting conditional branches
-
-
-class SpaceError(ValueError):
-    """A search-space file is invalid. The message names the file, the field and the problem."""
-
-
-class _Strict(BaseModel):
-    # allow_inf_nan=False: every number in a space file is finite
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class _Param(_Strict):
-    # Active only when every named parameter takes one of the listed values.
-    condition: dict[str, Union[Scalar, list[Scalar]]] | None = None
-
-    def condition_holds(self, config: dict) -> bool:
-        for parent, wanted in (self.condition or {}).items():
-            allowed = wanted if isinstance(wanted, list) else [wanted]
-            if config.get(parent) not in allowed:
-                return False
-        return True
-
-
-class IntParam(_Param):
-    type: Literal["int"]
-    low: int
-    high: int
-    step: int = Field(1, ge=1)
-    log: bool = False
-
-    def middle(self) -> int:
-        """The centre of the range (geometric on a log range), on the step grid."""
-        mid = math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2
-        return self.low + round((mid - self.low) / self.step) * self.step
-
-    def admits(self, value) -> str | None:
-        """Why ``value`` is not one this parameter can take, or None."""
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-            return f"{value!r} is not an integer"
-        if not self.low <= value <= self.high or (value - self.low) % self.step:
-            return f"{value!r} is not in {self.low}..{self.high}" + (f" step {self.step}" if self.step > 1 else "")
-        return None
-
-
-class FloatParam(_Param):
-    type: Literal["float"]
-    low: float
-    high: float
-    log: bool = False
-    step: float | None = Field(None, gt=0)
-
-    def middle(self) -> float:
-        """The centre of the range (geometric on a log range), on the step grid."""
-        mid = math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2
-        return self.low + round((mid - self.low) / self.step) * self.step if self.step else mid
-
-    def admits(self, value) -> str | None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return f"{value!r} is not a number"
-        if not self.low <= value <= self.high:
-            return f"{value!r} is not in {self.low:g}..{self.high:g}"
-        return None
-
-
-class ChoiceParam(_Param):
-    type: Literal["choice"]
-    choices: list[Scalar] = Field(max_length=1000)
-
-    def admits(self, value) -> str | None:
-        # 1 == True in Python: compare types too, so a boolean never stands in for a number
-        if any(value == c and type(value) is type(c) for c in self.choices):
-            return None
-        return f"{value!r} is not one of {', '.join(map(repr, self.choices))}"
-
-
-class FixedParam(_Param):
-    type: Literal["fixed"]
-    value: Scalar
-
-    def admits(self, value) -> str | None:
-        return None if value == self.value else f"{value!r} is fixed at {self.value!r} in this space"
-
-
-Param = Annotated[Union[IntParam, FloatParam, ChoiceParam, FixedParam], Field(discriminator="type")]
-
-
-class Budget(_Strict):
-    trials: int = Field(20, ge=1, le=100_000)   # finished trials (complete, pruned or failed)
-    timeout_minutes: float | None = Field(None, gt=0, le=60 * 24 * 365)
-
-
-class Search(_Strict):
-    sampler: Literal["tpe", "random", "grid", "cmaes"] = "tpe"
-    pruner: Literal["median", "hyperband", "successive_halving", "none"] = "median"
-    # The median pruner starts pruning once this many trials have finished (Optuna's
-    # n_startup_trials): 1 when the first trial is a known-good recipe to measure against.
-    prune_after_trials: int = Field(3, ge=0, le=100_000)
-    # Stop the search when this many trials in a row fail: the space is probably broken.
-    max_consecutive_failures: int = Field(5, ge=1, le=100_000)
-    # A trial lost with its process (kill -9, out of memory, a dead machine) is tried again
-    # this many times.
-    retries: int = Field(1, ge=0, le=100)
-    # Stop rules: end the search (then do the final training) once a trial reaches this
-    # validation accuracy, or after this many finished trials in a row brought no new best.
-    stop_at: dict[Literal["val_accuracy"], float] | None = None
-    stop_after_no_improvement: int | None = Field(None, ge=1, le=100_000)
-    # Successive halving over cheap fidelities (engines/promotion.py): every configuration
-    # first trains at rungs[0] (e.g. {train_images: 5000, epochs: 2}: a complete small
-    # training); the best 1/reduction_factor of each rung train again at the next one; the
-    # best of the last rung gets the final training on all images. Empty: every trial
-    # trains at the space's own fidelity.
-    rungs: list[dict[str, Scalar]] = Field([], max_length=6)
-    reduction_factor: int = Field(3, ge=2, le=10)
-
-
-class Data(_Strict):
-    dataset: Literal["cifar10"] = "cifar10"
-    # A local copy: image folder, cifar-10-batches-py folder or cifar-10-python.tar.gz.
-    # The CNNBENCH_CIFAR10 environment variable overrides it. Relative to the space file.
-    path: str | None = Field(None, max_length=4096)
-    validation_fraction: float = Field(0.1, gt=0, lt=1)
-    train_subset: int | None = Field(None, ge=20, le=100_000_000)  # images drawn (stratified) from train
-    test_subset: int | None = Field(None, ge=10, le=100_000_000)   # images drawn (stratified) from test
-    image_size: int = Field(32, ge=8, le=1024)                     # the model resizes every input to this
 
 
 class Space(_Strict):
@@ -238,7 +115,7 @@ class Space(_Strict):
             return list(p.choices)
         if isinstance(p, IntParam):
             return list(range(p.low, p.high + 1, p.step))
-        return [p.low + i * p.step for i in range(count)]
+        return [p.low + i * (p.step or 0.0) for i in range(count)]  # a float range with a step
 
     def centre(self) -> dict[str, Any]:
         """A value for every searched parameter that applies: the centre of each range, the
@@ -247,8 +124,23 @@ class Space(_Strict):
         values: dict[str, Any] = {}
         for name, p in self.searched().items():
             if p.condition_holds(self.complete(values)):
-                values[name] = p.choices[len(p.choices) // 2] if isinstance(p, ChoiceParam) else p.middle()
+                values[name] = (p.choices[len(p.choices) // 2] if isinstance(p, ChoiceParam)
+                                else p.value if isinstance(p, FixedParam) else p.middle())
         return values
+
+    def rung_config(self, rung: int | None) -> dict[str, Any]:
+        """The configuration values a run at successive-halving ``rung`` trains with (none
+        without rungs): its fidelity (train_images, epochs, batch_size, tta)."""
+        return dict(self.search.rungs[rung]) if rung is not None and self.search.rungs else {}
+
+    def rung_name(self, rung: int) -> str:
+        """``rung 1 (15,000 images, 4 epochs)``, for notes and the progress line."""
+        setting = self.search.rungs[rung]
+        images = setting.get("train_images")
+        parts = [f"{images:,} images" if images else "all images"]
+        if "epochs" in setting:
+            parts.append(f"{setting['epochs']} epochs")
+        return f"rung {rung} ({', '.join(parts)})"
 
     def epoch_options(self) -> list[int]:
         """Epoch counts a trial may be given when the space searches ``epochs`` (else [])."""
@@ -292,13 +184,13 @@ class Space(_Strict):
         parents = sorted({k for p in self.params.values() for k in (p.condition or {})})
         classes = []
         for parent in parents:
-            named = []
+            named: list[Any] = []
             for p in self.params.values():
                 wanted = (p.condition or {}).get(parent, [])
                 for w in wanted if isinstance(wanted, list) else [wanted]:
                     if not any(w == v and type(w) is type(v) for v in named):
                         named.append(w)
-            rest = self.value_count(parent) - len(named)
+            rest = (self.value_count(parent) or 0) - len(named)  # value_count is None only for a float range
             classes.append([(v, 1) for v in named] + ([(_OTHER, rest)] if rest > 0 else []))
         total = 0
         for combo in itertools.product(*classes):
@@ -306,7 +198,7 @@ class Space(_Strict):
             count = math.prod(weight for _, weight in combo)
             for name, p in self.params.items():
                 if name not in assignment and p.condition_holds(assignment):
-                    count *= self.value_count(name)
+                    count *= self.value_count(name) or 0
             total += count
         return total
 

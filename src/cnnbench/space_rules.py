@@ -6,6 +6,8 @@ could be large (ranges are counted, corners and grids are bounded).
 """
 from __future__ import annotations
 
+from typing import Any
+
 import math
 
 from pydantic import ValidationError
@@ -61,7 +63,7 @@ def check_semantics(space: Space) -> None:
                 # Optuna refuses a step on a log range and KerasTuner reads it as a factor: no
                 # one meaning to give it
                 raise SpaceError(f"{field}: a log range takes no step (got step {p.step}); drop one of them")
-            values = [p.low, p.high]
+            values: list[Any] = [p.low, p.high]
         elif isinstance(p, ChoiceParam):
             if not p.choices:
                 raise SpaceError(f"{field}.choices: empty; give at least one value")
@@ -136,7 +138,7 @@ RUNG_KNOBS = ("train_images", "epochs", "batch_size", "tta")  # a rung's fidelit
 def _check_rungs(space: Space) -> None:
     """Each rung sets fidelity knobs only, to values they take, and each costs more than the
     one before (more images or more epochs, never fewer)."""
-    previous: tuple[float, float] | None = None
+    previous: tuple[Any, Any] | None = None
     for i, rung in enumerate(space.search.rungs):
         where = f"{space.source}: search.rungs[{i}]"
         if not rung:
@@ -150,7 +152,7 @@ def _check_rungs(space: Space) -> None:
             if problem := KNOBS[name].problem(unspell(name, value)):
                 raise SpaceError(f"{where}.{name}: {problem} ({KNOBS[name].doc})")
         base = space.complete({})
-        size = (rung.get("train_images") or float("inf"), rung.get("epochs", base["epochs"]))
+        size: tuple[Any, Any] = (rung.get("train_images") or float("inf"), rung.get("epochs", base["epochs"]))
         if previous is not None and (size[0] < previous[0] or size[1] < previous[1] or size == previous):
             raise SpaceError(f"{where}: trains no more than rungs[{i - 1}] (images {previous[0]}, epochs "
                              f"{previous[1]}); each rung needs more images or more epochs, never fewer")

@@ -95,7 +95,7 @@ class TableTrainer:
         self.table = table
 
     def __call__(self, config: dict, data, on_epoch, seed: int = 0, log_dir=None):
-        from cnnbench.train import TrialResult
+        from cnnbench.trials import TrialResult
 
         values = {k: config[k] for k in self.table.space.searched() if k in config
                   and self.table.space.params[k].condition_holds(config)}
@@ -107,7 +107,7 @@ class TableTrainer:
             history.append({**logs, "epoch": epoch})
             on_epoch(epoch, logs)
         best = max(history, key=lambda h: h["val_accuracy"])
-        return TrialResult(val_accuracy=best["val_accuracy"], val_loss=best["val_loss"], best_epoch=best["epoch"],
+        return TrialResult(val_accuracy=best["val_accuracy"], val_loss=best["val_loss"], best_epoch=int(best["epoch"]),
                            epochs_run=len(history), train_seconds=float(curve["seconds"].iloc[:len(history)].sum()),
                            images_per_s=0.0, parameter_count=int(curve["parameter_count"].iloc[0]),
                            flops=int(curve["flops"].iloc[0]), history=history, model=None)
@@ -136,7 +136,7 @@ def tabulate(space_file: str, study: str | None, results: str, workers: int = 0,
         if failed:
             raise SpaceError(f"{space_file}: a table needs every configuration, but trial {failed[0].trial} "
                              f"({failed[0].values}) failed: {failed[0].reason}")
-        missing = space.size() - len({key(r.values) for r in records if r.state == "complete"})
+        missing = (space.size() or 0) - len({key(r.values) for r in records if r.state == "complete"})
         if not missing:
             break
         finished = sum(r.state in ("complete", "pruned") for r in records)

@@ -9,52 +9,22 @@ decide what to try; this module decides nothing about the search.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from cnnbench import runtime
 from cnnbench.data import DataBundle
 from cnnbench.knobs import unspell
+# re-exported: the trainer's contract lives with the records (no TensorFlow there)
+from cnnbench.trials import TRAIN_FLOPS_PER_FORWARD, PruneTrial, TrialFailed, TrialResult  # noqa: F401
 from cnnbench.model import architecture_stats, build_model, set_whitening, with_tta
 from cnnbench.optim import lookahead_callback, make_optimizer
 
 EVAL_BATCH = 500          # inference batch; independent of the searched training batch size
 WHITENING_IMAGES = 5000   # training images whose patches set the whitening stem
-TRAIN_FLOPS_PER_FORWARD = 3  # a training step costs about forward + 2x backward
-
-
-class PruneTrial(Exception):
-    """Raised by an ``on_epoch`` callback to stop a trial that is not promising."""
-
-
-class TrialFailed(RuntimeError):
-    """Training itself went wrong (e.g. the loss became NaN); the message says how."""
-
-
-@dataclass
-class TrialResult:
-    val_accuracy: float | None  # best over epochs (None: trained without a validation split)
-    val_loss: float | None      # at the best epoch
-    best_epoch: int          # 1-based
-    epochs_run: int
-    train_seconds: float     # time in training steps, validation excluded
-    images_per_s: float      # training throughput, first (tracing) epoch excluded when possible
-    parameter_count: int     # the network's weights, as Keras counts them
-    flops: int               # per image, forward pass
-    precision: str = "float32"  # the dtype policy it trained with (``auto`` resolved)
-    train_images: int | None = None  # images it trained on (train_images knob, or all)
-    latency_ms: float | None = None  # inference per image, exported model, batch LATENCY_BATCH, this CPU
-    history: list[dict] = field(default_factory=list)
-    model: Any = None        # the inference model (best epoch's weights), or None when pruned
-
-    @property
-    def train_flops_per_s(self) -> float:
-        """Training FLOPs per second: what the deadline forecast prices later trials with."""
-        return self.images_per_s * self.flops * TRAIN_FLOPS_PER_FORWARD
 
 
 def augment_batch(images, flip, pad: int, mirrored=None):
@@ -268,6 +238,10 @@ def save_model(model, path) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     inference = keras.Model(model.inputs, model.outputs, name=model.name)  # uncompiled: no optimizer
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    inference.save(tmp)
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")  # unique: two sweeps of a study may both save
+    try:
+        inference.save(tmp)
+        tmp.replace(path)
+    except BaseException:  # a full disk, a signal: no half-written temporary left behind
+        tmp.unlink(missing_ok=True)
+        raise

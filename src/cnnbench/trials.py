@@ -29,6 +29,47 @@ HEARTBEAT_SECONDS = 10.0     # how often a running trial's record is touched
 STALE_SECONDS = 90.0         # a running record not touched for this long has lost its process
 
 
+TRAIN_FLOPS_PER_FORWARD = 3  # a training step costs about forward + 2x backward
+NO_TRIAL = -1  # ``trial`` of a final training that no search trial chose (a single-configuration space)
+
+
+# What a trainer gives back (``train.train_and_evaluate`` or a stand-in): kept here, beside
+# the record it becomes, so that neither the engines nor a trial child importing them pulls
+# in TensorFlow.
+class PruneTrial(Exception):
+    """Raised by an ``on_epoch`` callback to stop a trial that is not promising. ``result``:
+    what the trainer had reached by then (the leaderboard shows how far it got)."""
+
+    result: "TrialResult | None" = None
+
+
+class TrialFailed(RuntimeError):
+    """Training itself went wrong (e.g. the loss became NaN); the message says how."""
+
+
+@dataclass
+class TrialResult:
+    val_accuracy: float | None  # best over epochs (None: trained without a validation split)
+    val_loss: float | None      # at the best epoch
+    best_epoch: int          # 1-based
+    epochs_run: int
+    train_seconds: float     # time in training steps, validation excluded
+    images_per_s: float      # training throughput, first (tracing) epoch excluded when possible
+    parameter_count: int     # the network's weights, as Keras counts them
+    flops: int               # per image, forward pass
+    precision: str = "float32"  # the dtype policy it trained with (``auto`` resolved)
+    train_images: int | None = None  # images it trained on (train_images knob, or all)
+    latency_ms: float | None = None  # inference per image, exported model, batch LATENCY_BATCH, this CPU
+    history: list[dict] = field(default_factory=list)
+    model: Any = None        # the inference model (best epoch's weights), or the path of a .keras file the
+                             # trainer saved itself, or None when pruned
+
+    @property
+    def train_flops_per_s(self) -> float:
+        """Training FLOPs per second: what the deadline forecast prices later trials with."""
+        return self.images_per_s * self.flops * TRAIN_FLOPS_PER_FORWARD
+
+
 def _column(default=None, **kwargs):
     """A record field that is also a leaderboard column (in declaration order)."""
     return field(default=default, metadata={"column": True}, **kwargs)

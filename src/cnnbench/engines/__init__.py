@@ -3,7 +3,7 @@
 An engine is a module with the members of ``Engine`` below. The sweep calls ``validate``
 before any data is loaded or anything is written (so a bad algorithm, storage or grid on a
 continuous range is one clear error), then ``run`` with a ``StudyJob``. Engines never
-record results: every trial goes through ``engines.base.run_trial``, which writes
+record results: every trial goes through ``engines.trial.run_trial``, which writes
 cnnbench's own trial records; an engine's storage is its resume state and nothing more.
 Adding an engine is one module and one line in ``ENGINES``.
 """
@@ -35,3 +35,11 @@ def get(name: str) -> Engine:
     if name not in ENGINES:
         raise SpaceError(f"--engine: {name!r} is not one of {', '.join(ENGINES)}")
     return importlib.import_module(ENGINES[name])
+
+
+def importances(space: Space, records: list) -> dict[str, float] | None:
+    """What mattered: Optuna's fANOVA importances of the searched parameters, whichever
+    engine ran the study (None with too few trials). Data for the report page."""
+    from cnnbench.engines.optuna_study import importances as fanova
+
+    return fanova(space, records)

@@ -25,19 +25,31 @@ from cnnbench import trials
 from cnnbench.trials import StudyPaths, TrialRecord
 
 # What a training computes depends on these modules (cnnbench/...) and these packages.
-TRAINING_MODULES = ("train.py", "model.py", "optim.py", "knobs.py", "fused.py", "data.py", "images.py")
+TRAINING_MODULES = ("train.py", "model.py", "optim.py", "knobs.py", "fused.py", "data.py", "data_sources.py", "images.py")
 TRAINING_PACKAGES = ("tensorflow", "keras")
 
 
+def trainer_version(trainer: str | None = None) -> str:
+    """A short hash of the code and library versions that train a configuration; with
+    ``trainer`` (a ``module:function`` of the user's own), its name and its module's source
+    too, so no other trainer's result is ever served for it. Computed once per process."""
+    return _trainer_version(trainer or None)
+
+
 @functools.cache
-def trainer_version() -> str:
-    """A short hash of the code and library versions that train a configuration."""
+def _trainer_version(trainer: str | None) -> str:
+    import importlib.util
     from importlib import metadata
 
     root = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
     for name in TRAINING_MODULES:
         digest.update(name.encode() + b"\0" + (root / name).read_bytes())
+    if trainer:
+        digest.update(b"trainer\0" + trainer.encode())
+        spec = importlib.util.find_spec(trainer.partition(":")[0])
+        if spec is not None and spec.origin and Path(spec.origin).is_file():
+            digest.update(Path(spec.origin).read_bytes())
     for package in TRAINING_PACKAGES:
         try:
             digest.update(f"{package}=={metadata.version(package)}".encode())

@@ -70,3 +70,20 @@ def _is_json(line: bytes) -> bool:
         return True
     except ValueError:
         return False
+
+
+def named_backend(path: Path):
+    """Optuna's journal file backend, whose write failures name the file: Optuna's own raise
+    a bare ``[Errno 28] No space left on device``, and the user is told which file."""
+    from optuna.storages.journal import JournalFileBackend
+
+    class NamedJournalFileBackend(JournalFileBackend):
+        def append_logs(self, logs):
+            try:
+                super().append_logs(logs)
+            except OSError as error:
+                if error.filename is None:
+                    raise OSError(error.errno, error.strerror, str(path)) from error
+                raise
+
+    return NamedJournalFileBackend(str(path))

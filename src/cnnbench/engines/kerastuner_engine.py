@@ -1,7 +1,7 @@
 """The KerasTuner engine: the same ``Space`` as KerasTuner hyperparameters, the same trainer.
 
 KerasTuner decides what to try (random, Bayesian, Hyperband, grid); each trial goes through
-``engines.base.run_trial`` exactly like an Optuna trial, and leaves the same record. The
+``engines.trial.run_trial`` exactly like an Optuna trial, and leaves the same record. The
 project folder is KerasTuner's own (``results/<study>/kerastuner/``), so reloading a tuner
 there and calling ``results_summary()`` works, and re-running the same study continues it.
 
@@ -22,8 +22,10 @@ import keras_tuner as kt
 from cnnbench import runtime, trials
 from cnnbench.deadline import NotStarted
 from cnnbench.engines import kerastuner_recovery as lost
+from cnnbench.engines.kerastuner_oracle import AtomicTunerSave, adopt, check_state_files
 from cnnbench.engines import recovery
-from cnnbench.engines.base import StudyJob, TrialTaken, run_trial, stop_rule_reason, wait_all
+from cnnbench.engines.base import StudyJob, TrialTaken, stop_rule_reason, wait_all
+from cnnbench.engines.trial import run_trial
 from cnnbench.isolation import worker_preexec
 from cnnbench.knobs import coerce
 from cnnbench.space import ChoiceParam, FloatParam, IntParam, Space, SpaceError
@@ -85,10 +87,10 @@ def trial_values(values: dict, space: Space) -> tuple[dict, dict]:
     return params, overrides
 
 
-class _Runner:
+class _Runner(AtomicTunerSave):
     """Mixed into each KerasTuner tuner: trials run through cnnbench's trainer, not model.fit."""
 
-    def __init__(self, *args, job: StudyJob | None = None, **kwargs):
+    def __init__(self, *args, job: StudyJob, **kwargs):
         self.job = job
         super().__init__(*args, **kwargs)
 
@@ -145,9 +147,11 @@ def run(job: StudyJob) -> None:
 
 
 def _search(job: StudyJob) -> None:
+    check_state_files(job.paths.root / PROJECT)
     tuner = make_tuner(job)
     oracle = tuner.oracle
     if hasattr(oracle, "_random_values"):  # the oracle's own process (single, or the chief)
+        adopt(oracle, job.space.start_with)
         if exists(job) and not oracle.trials:
             # KerasTuner reloads only when this tuner id saved its own file, which a run
             # killed before its first trial ended, or another tuner id, never did: without
@@ -155,43 +159,11 @@ def _search(job: StudyJob) -> None:
             oracle.reload()
         # Lost trials (kill -9, out of memory) are found before every trial the oracle
         # hands out, and by the chief also while its workers train.
-        lost.install(job, oracle, lambda values: _active_values(oracle, values),
-                     watch=os.environ.get("KERASTUNER_TUNER_ID") == "chief")
-        _hand_out_first(oracle, job.space.start_with)
+        lost.install(job, oracle, watch=os.environ.get("KERASTUNER_TUNER_ID") == "chief")
     try:
         tuner.search(verbose=0)  # cnnbench's own progress display replaces KerasTuner's
     except _StopSearch:
         pass
-
-
-def _active_values(oracle, entry: dict) -> dict:
-    """The oracle's values for a configuration: the active hyperparameters only."""
-    hps = kt.HyperParameters()
-    for hp in oracle.hyperparameters.space:
-        hps.merge([hp])
-        if hps.is_active(hp):
-            value = entry[hp.name]
-            hps.values[hp.name] = int(value) if isinstance(value, bool) else value  # KerasTuner's booleans are 0/1
-    return hps.values
-
-
-def _hand_out_first(oracle, configurations: list[dict]) -> None:
-    """The oracle hands out these configurations (start_with) before sampling.
-
-    Random search, Bayesian optimisation's initial points and Hyperband's first rounds all
-    draw from ``_random_values``; an entry already tried (a resumed study) is skipped by the
-    oracle's own duplicate check. Grid search enumerates its grid and takes no start list.
-    """
-    sample = oracle._random_values
-
-    def known_first():
-        for entry in configurations:
-            values = _active_values(oracle, entry)
-            if not oracle._duplicate(values):
-                return values
-        return sample()
-
-    oracle._random_values = known_first
 
 
 def _free_port() -> int:

@@ -19,7 +19,6 @@ import threading
 import time
 
 import keras_tuner as kt
-from keras_tuner.src.engine.trial import TrialStatus
 
 from cnnbench import trials
 from cnnbench.engines import recovery
@@ -58,7 +57,7 @@ class LostTrials:
         recovery.fail_lost(job, records)  # marks the records in place
         for record in records:
             if record.reason.startswith(LOST):
-                self._end_in_oracle(record.trial, record.reason)
+                oracle.end_as_failed(record.trial, record.reason)
         taken = {(config_key(r.values), r.attempt) for r in records} | self.handed_out
         self.pending = [(config_key(r.values), r.attempt + 1, r.values) for r in records
                         if r.reason.startswith(LOST) and r.attempt <= job.retries
@@ -66,21 +65,6 @@ class LostTrials:
         oracle.max_trials = job.trials + uncounted(records)
         if (oracle.max_trials, len(oracle.end_order)) != before:
             oracle.save()
-
-    def _end_in_oracle(self, number: int, reason: str) -> None:
-        oracle = self.oracle
-        trial = next((t for t in oracle.trials.values() if int(t.trial_id) == number), None)
-        if trial is None or trial.status == TrialStatus.FAILED:
-            return
-        for tuner_id, ongoing in list(oracle.ongoing_trials.items()):
-            if ongoing.trial_id == trial.trial_id:
-                del oracle.ongoing_trials[tuner_id]
-                oracle.tuner_ids.discard(tuner_id)  # its worker is gone: the chief must not wait for it
-        if trial.trial_id in oracle._retry_queue:  # a reloaded oracle would run it again under its old id
-            oracle._retry_queue.remove(trial.trial_id)
-        trial.status, trial.message = TrialStatus.FAILED, reason
-        oracle.end_order.append(trial.trial_id)
-        oracle._save_trial(trial)
 
     def next_retry(self) -> dict | None:
         if not self.pending:
@@ -95,23 +79,13 @@ def _release(oracle, lost: LostTrials) -> None:  # the oracle first: kt.synchron
     lost.release()
 
 
-def install(job, oracle, hps_for, watch: bool) -> LostTrials:
-    """Make ``oracle`` release lost trials before each trial it hands out and hand their
-    configurations out first (``hps_for(values)`` makes the oracle's values of a
-    configuration); with ``watch``, also every WATCH_SECONDS in a background thread."""
+def install(job, oracle, watch: bool) -> LostTrials:
+    """Make ``oracle`` (a ``kerastuner_oracle.CnnbenchOracle``) release lost trials before
+    each trial it hands out and hand their configurations out first; with ``watch``, also
+    every WATCH_SECONDS in a background thread."""
     lost = LostTrials(job, oracle)
     _release(oracle, lost)
-    create_trial, populate_space = oracle.create_trial, oracle.populate_space
-
-    def create_trial_after_release(tuner_id):
-        _release(oracle, lost)  # before the budget check inside create_trial: it may grow
-        return create_trial(tuner_id)
-
-    def retry_first(trial_id):
-        values = lost.next_retry()
-        return {"status": TrialStatus.RUNNING, "values": hps_for(values)} if values else populate_space(trial_id)
-
-    oracle.create_trial, oracle.populate_space = create_trial_after_release, retry_first
+    oracle.cnnbench_lost = lost
     if watch:
         def watch_loop():
             while True:

@@ -13,7 +13,6 @@ worker got there first) and is not trained.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import subprocess
@@ -24,18 +23,18 @@ from optuna.trial import TrialState
 
 from cnnbench import runtime, trials
 from cnnbench.deadline import EXPORT_SECONDS, NotStarted
-from cnnbench.engines import promotion, recovery
-from cnnbench.engines.journal import repair_journal
-from cnnbench.engines.base import StudyJob, TrialTaken, run_trial, stop_rule_reason, wait_all
+from cnnbench.engines import optuna_recovery, promotion, recovery
+from cnnbench.engines.base import StudyJob, TrialTaken, stop_rule_reason, wait_all
+from cnnbench.engines.trial import run_trial
+from cnnbench.engines.optuna_study import _Grid, check_study, counted_trials, open_rdb, open_study, suggest
 from cnnbench.isolation import worker_preexec
-from cnnbench.engines.pruning import make_pruner, median_rule, progress_steps
-from cnnbench.space import ChoiceParam, FloatParam, IntParam, Space, SpaceError
-from cnnbench.engines.storage_url import open_rdb
+from cnnbench.engines.pruning import median_rule, progress_steps
+from cnnbench.space import Space, SpaceError
 
 NAME = "optuna"
 ALGORITHMS = ("tpe", "random", "grid", "cmaes")
-UNCOUNTED = ("interrupted", "surplus", "not_started", "warm_start_from")  # user attributes of trials that are not results
 NOT_STARTED_TRIES = 5  # configurations asked for near the deadline before the sweep stops
+__all__ = ["NAME", "ALGORITHMS", "validate", "run", "check_study"]  # the engine protocol (engines/__init__.py)
 
 
 
@@ -53,131 +52,12 @@ def validate(space: Space, algo: str | None, storage: str | None) -> str:
     return algo
 
 
-def distributions(space: Space) -> dict[str, optuna.distributions.BaseDistribution]:
-    """Each searched parameter as an Optuna distribution."""
-    out = {}
-    for name, p in space.searched().items():
-        if isinstance(p, IntParam):
-            out[name] = optuna.distributions.IntDistribution(p.low, p.high, log=p.log, step=p.step)
-        elif isinstance(p, FloatParam):
-            out[name] = optuna.distributions.FloatDistribution(p.low, p.high, log=p.log, step=p.step)
-        elif isinstance(p, ChoiceParam):
-            out[name] = optuna.distributions.CategoricalDistribution(p.choices)
-    return out
-
-
-def suggest(trial: optuna.Trial, space: Space) -> dict:
-    """The searched values for one trial; conditional parameters only when their condition holds."""
-    values: dict = {}
-    for name, d in distributions(space).items():  # parents before the parameters they condition
-        if not space.params[name].condition_holds(space.complete(values)):
-            continue
-        if isinstance(d, optuna.distributions.IntDistribution):
-            values[name] = trial.suggest_int(name, d.low, d.high, step=d.step, log=d.log)
-        elif isinstance(d, optuna.distributions.FloatDistribution):
-            values[name] = trial.suggest_float(name, d.low, d.high, step=d.step, log=d.log)
-        else:
-            values[name] = trial.suggest_categorical(name, d.choices)
-    return values
-
-
-def process_seed(space_seed: int, worker: int, trials_in_study: int) -> int:
-    """A sampler seed for this process: the space's seed on a fresh single-process study (so
-    a sweep is repeatable), something else for every worker and every resumed run (so none
-    of them replays a sequence another already sampled)."""
-    if worker == 0 and trials_in_study == 0:
-        return space_seed
-    digest = hashlib.sha256(f"{space_seed}/{worker}/{trials_in_study}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
-
-
-def make_sampler(space: Space, algo: str, seed: int, trials: int | None = None) -> optuna.samplers.BaseSampler:
-    """The sampler for ``algo``; TPE and CMA-ES sample at random for their first trials, a
-    quarter of the trials asked for (``trials``: --trials, else the space's budget), 3 to 10."""
-    if algo == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if algo == "grid":
-        return _Grid({n: space.candidate_values(n) for n in space.searched()}, seed=seed)
-    startup = max(3, min(10, (trials or space.budget.trials) // 4))  # random trials before TPE/CMA-ES model it
-    with warnings.catch_warnings():  # `group` and `constant_liar` are marked experimental
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        # constant_liar: running trials count as bad guesses, so parallel workers spread out
-        tpe = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True,
-                                         constant_liar=True)
-    if algo == "cmaes":  # CMA-ES takes the numeric parameters; TPE the categorical ones
-        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup, independent_sampler=tpe,
-                                            warn_independent_sampling=False)
-    return tpe
-
-
-class _Grid(optuna.samplers.GridSampler):
-    """Optuna's grid sampler, which in an ask/tell loop must not call ``study.stop`` (only
-    ``optimize`` allows it): the loop asks ``is_exhausted`` before every trial instead."""
-
-    def after_trial(self, study, trial, state, values) -> None:
-        pass
-
-
-def storage_for(job: StudyJob):
-    if job.storage:
-        return open_rdb(job.storage, heartbeat=True)
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    job.paths.root.mkdir(parents=True, exist_ok=True)
-    journal = job.paths.root / "optuna.journal"
-    if cut := repair_journal(journal, torn_tail_only=True):
-        job.progress.say(f"{journal}: {cut}")
-    try:
-        return JournalStorage(JournalFileBackend(str(journal)))
-    except ValueError:  # an unreadable entry inside the file (Optuna reads no further)
-        raise SpaceError(f"{journal}: an unreadable entry inside the journal; `cnnbench repair {job.study}"
-                         f"{'' if job.paths.root.parent.name == 'results' else ' --results ' + str(job.paths.root.parent)}"
-                         "` repairs it, keeping every complete entry it can") from None
-
-
-def counted_trials(study: optuna.Study) -> list:
-    """Trials that count toward the budget: finished or running real results. Interrupted,
-    surplus and not-started trials do not; nor does a lost trial whose retry is queued."""
-    every = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("retry_of") for t in every}
-    return [t for t in every if t.state != TrialState.WAITING and t.number not in retried
-            and not any(t.user_attrs.get(k) for k in UNCOUNTED)]
-
-
-def directions(space: Space) -> list[str]:
-    """Validation accuracy up, then each cost in ``minimize`` down."""
-    return ["maximize"] + ["minimize"] * len(space.minimize)
-
-
-def open_study(job: StudyJob) -> optuna.Study:
-    storage = storage_for(job)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    probe = optuna.create_study(study_name=job.study, storage=storage, directions=directions(job.space),
-                                load_if_exists=True)
-    seed = process_seed(job.space.seed, job.worker_index, len(probe.get_trials(deepcopy=False)))
-    study = optuna.load_study(study_name=job.study, storage=storage,
-                              sampler=make_sampler(job.space, job.algo, seed, job.trials), pruner=make_pruner(job.space))
-    if "space_hash" not in study.user_attrs:  # so another machine's edited space is refused (check_study)
-        study.set_user_attr("space_hash", job.space.fingerprint())
-    if job.storage:  # Optuna's own heartbeat, so every machine sees a lost trial
-        job.heartbeat_hook = lambda number: _rdb_heartbeat(study, number)
-    return study
-
-
-def _rdb_heartbeat(study: optuna.Study, number: int) -> None:
-    trial = next((t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number == number),
-                 None)
-    if trial is not None:
-        study._storage.record_heartbeat(trial._trial_id)
-
-
 def run(job: StudyJob) -> None:
     """Run trials until ``job.trials`` counted trials exist in the study, time is up, the
     space keeps failing, or a signal stops it. With ``job.workers``, start that many worker
     processes on the shared storage instead, and wait for them."""
     study = open_study(job)
-    recovery.recover_lost(job, study)
+    optuna_recovery.recover_lost(job, study)
     new_study = not study.get_trials(deepcopy=False)
     if not job.worker_index:
         for known_good in job.space.start_with:  # tried before anything is sampled; once per study
@@ -196,7 +76,7 @@ def run(job: StudyJob) -> None:
         with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": we beat ourselves
             warnings.simplefilter("ignore", UserWarning)
             trial = study.ask()
-        trial.set_user_attr(recovery.OWNER, f"{socket.gethostname()}:{os.getpid()}")  # for recover_unrecorded
+        trial.set_user_attr(optuna_recovery.OWNER, f"{socket.gethostname()}:{os.getpid()}")  # for recover_unrecorded
         if sum(t.number < trial.number for t in counted_trials(study)) >= job.trials:
             trial.set_user_attr("surplus", True)  # another worker took the last place in the budget
             study.tell(trial, state=TrialState.FAIL)
@@ -213,7 +93,7 @@ def run(job: StudyJob) -> None:
                                  "configurations asked for could not finish in time)")
                 break
             job.progress.say(f"trial {trial.number} {late}; asking for another configuration")
-        recovery.recover_lost(job, study)
+        optuna_recovery.recover_lost(job, study)
 
 
 def _enqueue_promotion(job: StudyJob, study: optuna.Study) -> None:
@@ -309,46 +189,7 @@ def run_workers(job: StudyJob, study: optuna.Study) -> None:
                                                             **runtime.worker_environment(i, job.workers)},
                                   preexec_fn=worker_preexec())
                  for i in range(job.workers)]
-    codes = wait_all(processes, on_exit=lambda _process, code: code and recovery.recover_lost(job, study))
+    codes = wait_all(processes, on_exit=lambda _process, code: code and optuna_recovery.recover_lost(job, study))
     for i, code in enumerate(codes):
         if code:
             job.progress.say(f"worker {i + 1} {recovery.describe_exit(code)}; the others finished the study")
-
-
-def check_study(study: str, storage: str, space: Space) -> None:
-    """A study in a shared storage was made with this space, whichever results folder the
-    first machine used; raises SpaceError before anything is written when it was not."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        found = optuna.load_study(study_name=study, storage=open_rdb(storage)).user_attrs.get("space_hash")
-    except KeyError:
-        return  # a new study
-    if found not in (None, space.fingerprint()):
-        raise SpaceError(f"{space.source}: study {study!r} in the storage was made with a different space "
-                         f"(hash {found}, now {space.fingerprint()}); use a new STUDY name, or the space it was "
-                         "made with")
-
-
-
-
-def importances(space: Space, records: list) -> dict[str, float] | None:
-    """Optuna's fANOVA importances of the searched parameters for validation accuracy, from
-    the completed trials (at the first rung with successive halving: one fidelity), or None
-    with fewer than 3 or nothing varied. For the report page (pages.py)."""
-    done = [r for r in records if r.state == "complete" and r.val_accuracy is not None]
-    if any(r.rung is not None for r in done):
-        done = [r for r in done if r.rung == 0]
-    dists = distributions(space)
-    if len(done) < 3 or not dists:
-        return None
-    study = optuna.create_study(direction="maximize")
-    for r in done:
-        params = {k: v for k, v in r.values.items() if k in dists}
-        study.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params},
-                                                  value=r.val_accuracy))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return optuna.importance.get_param_importances(study)
-    except (RuntimeError, ValueError, ZeroDivisionError):
-        return None

@@ -42,21 +42,6 @@ class Promotion:
         return dict(self.source.values)
 
 
-def overrides(space: Space, rung: int | None) -> dict:
-    """The configuration values a run at ``rung`` trains with (none without rungs)."""
-    return dict(space.search.rungs[rung]) if rung is not None and space.search.rungs else {}
-
-
-def describe(space: Space, rung: int) -> str:
-    """``rung 1 (15,000 images, 4 epochs)``, for notes and the progress line."""
-    setting = space.search.rungs[rung]
-    images = setting.get("train_images")
-    parts = [f"{images:,} images" if images else "all images"]
-    if "epochs" in setting:
-        parts.append(f"{setting['epochs']} epochs")
-    return f"rung {rung} ({', '.join(parts)})"
-
-
 def _taken(records: list[TrialRecord], claimed: set[tuple[int, int]]) -> set[tuple[str, int]]:
     """(configuration, rung) pairs already run, running or handed out: an interrupted run
     does not count (it is run again)."""
@@ -70,7 +55,7 @@ def _taken(records: list[TrialRecord], claimed: set[tuple[int, int]]) -> set[tup
 
 
 def next_promotion(space: Space, records: list[TrialRecord],
-                   claimed: set[tuple[int, int]] = frozenset()) -> Promotion | None:
+                   claimed: frozenset[tuple[int, int]] | set[tuple[int, int]] = frozenset()) -> Promotion | None:
     """The run to do before sampling anything new, or None (sample a new configuration).
 
     ``claimed``: (source trial, rung) pairs already handed out (enqueued in the engine's
@@ -80,7 +65,7 @@ def next_promotion(space: Space, records: list[TrialRecord],
     taken = _taken(records, set(claimed))
     for rung in range(len(rungs) - 2, -1, -1):  # the highest rung first: finish what is furthest on
         at_rung = [r for r in records if r.rung == rung and r.state == "complete" and r.val_accuracy is not None]
-        best = sorted(at_rung, key=lambda r: (-r.val_accuracy, r.trial))[:len(at_rung) // eta]
+        best = sorted(at_rung, key=lambda r: (-(r.val_accuracy or 0.0), r.trial))[:len(at_rung) // eta]
         for record in best:
             if (trials.config_key(record.values), rung + 1) not in taken:
                 return Promotion(record, rung + 1)

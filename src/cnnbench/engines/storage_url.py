@@ -1,4 +1,5 @@
-"""Optuna database URLs: where they come from, how they are shown, whether they open.
+"""Optuna database URLs: where they come from and how they are shown (``optuna_study.open_rdb``
+opens one).
 
 A URL may carry a password. It is never written or printed as given: run.json, model
 cards, leaderboards, logs and error messages show it masked. Because ``ps`` shows every
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from pathlib import Path
 
 from cnnbench.space import SpaceError
@@ -40,27 +40,9 @@ def resolve(given: str | None) -> str | None:
     return url
 
 
-def open_rdb(url: str, heartbeat: bool = False):
-    """An Optuna RDBStorage for ``url``; SpaceError (one line, password masked) when it
-    cannot be opened. With ``heartbeat``, running trials record heartbeats so a lost
-    machine's trial is failed (and retried) by whoever looks next."""
-    import optuna
-
-    from cnnbench.trials import HEARTBEAT_SECONDS, STALE_SECONDS
-
-    kwargs = {"heartbeat_interval": int(HEARTBEAT_SECONDS), "grace_period": int(STALE_SECONDS)} if heartbeat else {}
-    try:
-        with warnings.catch_warnings():  # the heartbeat arguments are marked experimental
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **kwargs)
-    except Exception as e:  # driver missing, host unreachable, bad credentials, bad URL
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise SpaceError(f"--storage {masked(url)}: cannot open the database: {scrub(reason, url)}") from None
-
-
 def scrub(text: str, url: str | None) -> str:
     """``text`` with ``url``'s password masked wherever it appears."""
     match = _PASSWORD.match(url or "")
     if match and match["password"]:
         text = text.replace(match["password"], "***")
-    return masked(text) if "://" in text else text
+    return (masked(text) or text) if "://" in text else text

@@ -24,7 +24,7 @@ ATTRIBUTE = "warm_start_from"  # "<study>/<trial>" on each added Optuna trial
 def gather(results: Path, studies: list[str], space: Space) -> tuple[list[tuple[str, TrialRecord]], str]:
     """The (study, record) pairs to add and a note of what was left out; SpaceError when a
     study cannot warm this space."""
-    from cnnbench.results import read_json
+    from cnnbench.files import read_json
 
     if space.minimize:
         raise SpaceError("--warm-start: a multi-objective study (minimize) takes no warm start yet: earlier "
@@ -58,7 +58,7 @@ def add(study, space: Space, chosen: list[tuple[str, TrialRecord]]) -> int:
     """Add ``chosen`` to the (empty) Optuna ``study``; returns how many were added."""
     import optuna
 
-    from cnnbench.engines.optuna_engine import distributions
+    from cnnbench.engines.optuna_study import distributions
 
     every = distributions(space)
     added = []

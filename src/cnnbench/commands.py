@@ -1,0 +1,268 @@
+"""What each ``cnnbench`` command does, one function per command (``cli`` parses the
+arguments and picks one). Each returns its exit code; bad input raises one of the errors
+``cli.main`` turns into a line and exit 2.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import sys
+from pathlib import Path
+
+from cnnbench.space import SpaceError
+
+BAD_INPUT, INTERRUPTED = 2, 130
+# the shell's convention: 128 + signal. SIGHUP (a closed terminal, a dropped ssh session)
+# stops a sweep like SIGTERM.
+EXIT_FOR_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
+
+
+def install_stop_handlers() -> None:
+    """SIGINT, SIGTERM and SIGHUP stop a sweep gracefully (the running trial is recorded as
+    interrupted, what finished is ranked and exported). Installed explicitly, so a sweep
+    started from a script or in the background, where SIGINT arrives ignored, still stops
+    on ``kill -INT``. The first signal counts; later ones are ignored while cleaning up."""
+    from cnnbench.engines.base import Interrupted
+
+    def stop(signum, _frame):
+        for each in EXIT_FOR_SIGNAL:
+            signal.signal(each, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    for each in EXIT_FOR_SIGNAL:
+        signal.signal(each, stop)
+
+
+def cmd_check(args) -> int:
+    from cnnbench.report import check_summary
+    from cnnbench.space import load_space
+
+    space = load_space(args.space)
+    if args.measure:
+        from cnnbench.deadline import measure
+
+        print(f"measuring training speed here ({space.source}, two short epochs on random images)...")
+        print(f"  {measure(space) / 1e9:.0f} GFLOP/s")
+    print(check_summary(space))
+    if args.timeout:
+        from cnnbench.deadline import plan
+
+        n = space.data.train_subset or 50_000
+        n_val = round(n * space.data.validation_fraction)
+        found = plan(space, args.timeout, n_train=n - n_val, n_val=n_val, n_test=space.data.test_subset or 10_000)
+        print(found.text() if found else "  plan: this machine's speed for networks of this size is unknown "
+              "(cnnbench check --measure measures it in about half a minute)")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from cnnbench.report import print_leaderboard, wide_console
+    from cnnbench.results import leaderboard_frame
+    from cnnbench.sweep import SweepRequest, prepare, run_sweep
+
+    request = SweepRequest(space_file=args.space, study=args.study, trials=args.trials,
+                           timeout_minutes=args.timeout, engine=args.engine, algo=args.algo,
+                           storage=args.storage, results=args.results, workers=args.workers,
+                           tensorboard=args.tensorboard, final=False if args.no_final else None,
+                           seed=args.seed, start_with=not args.no_start_with, cache=not args.no_cache, deterministic=args.deterministic,
+                           warm_start=tuple(args.warm_start or ()), trainer=args.trainer,
+                           command="cnnbench " + shlex.join(args.argv))
+    sweep = prepare(request)  # TensorFlow loads later, once the data has (a bad input is a sub-second error)
+    install_stop_handlers()
+    summary = run_sweep(sweep)
+    stopped = EXIT_FOR_SIGNAL.get(summary["stopped_by"], INTERRUPTED) if summary["stopped_by"] else 0
+    if summary.get("worker"):
+        return stopped
+    console = wide_console()
+    frame = leaderboard_frame(summary["records"], sweep.space)
+    print_leaderboard(frame, f"{sweep.study}: top trials", list(sweep.space.searched()), top=5, console=console)
+    print(f"leaderboard: {sweep.paths.root / 'leaderboard.md'}")
+    card = summary["card"]
+    if summary.get("final") is not None:
+        print(summary["final"].message)
+    if card:
+        trained = (f"final training on {card['final']['train_images']:,} images" if card.get("final")
+                   else "the trial's own model")
+        validation = (f"validation accuracy {card['validation']['accuracy']:.4f}, " if card.get("validation")
+                      else "")
+        chosen = f"best trial {card['trial']}" if card["trial"] is not None else card["chosen"]
+        print(f"{chosen}: {validation}test accuracy {card['test']['accuracy']:.4f} on "
+              f"{card['test']['images']} test images ({trained})")
+        print(f"exported model: {summary['best_model']}")
+    else:
+        print("no trial completed, so no model was exported")
+    print(f"report: {summary['report']}")
+    if stopped:
+        print(f"stopped by {signal.Signals(summary['stopped_by']).name}: finished trials are kept; "
+              "run the same command again to continue")
+        return stopped
+    return 0 if card else 1
+
+
+def cmd_leaderboard(args) -> int:
+    from cnnbench.report import rich_table, wide_console
+    from cnnbench.results import read_json, read_study_leaderboard, studies_frame
+
+    root = Path(args.results)
+    console = wide_console()
+    if args.study:
+        study_dir = root / args.study
+        if not (study_dir / "leaderboard.csv").exists():
+            print(f"cnnbench: no leaderboard for study {args.study!r} in {root}", file=sys.stderr)
+            return BAD_INPUT
+        frame = read_study_leaderboard(study_dir)
+        searched = list(read_json(study_dir / "run.json").get("space", {}).get("params", {}))
+        cols = ["trial", "state", "engine", *searched, "val_accuracy", "val_loss", "epochs_run",
+                "train_seconds", "images_per_s", "parameter_count", "flops", "reason", "note"]
+        console.print(rich_table(frame, f"{args.study}: {len(frame)} trials, best first", cols, args.top))
+    else:
+        frame = studies_frame(root)
+        if frame.empty:
+            print(f"cnnbench: no studies in {root}", file=sys.stderr)
+            return BAD_INPUT
+        console.print(rich_table(frame, "All studies, best first", top=args.top))
+    return 0
+
+
+def _study_paths(args):
+    from cnnbench.trials import StudyPaths
+
+    paths = StudyPaths(Path(args.results) / args.study)
+    if not (paths.root / "run.json").exists():
+        raise SpaceError(f"{paths.root}: no study here (no run.json)")
+    return paths
+
+
+def _importances(paths) -> dict | None:
+    from cnnbench import engines
+    from cnnbench.results import read_json
+    from cnnbench.space import parse_space
+    from cnnbench.trials import read_records
+
+    space = parse_space(read_json(paths.root / "run.json")["space"], str(paths.root / "run.json"))
+    return engines.importances(space, read_records(paths))
+
+
+def cmd_plots(args) -> int:
+    from cnnbench.pages import write_plots
+
+    paths = _study_paths(args)
+    for path in write_plots(paths, _importances(paths)):
+        print(path)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from cnnbench.pages import write_report
+
+    paths = _study_paths(args)
+    print(write_report(paths, _importances(paths)))
+    return 0
+
+
+def cmd_export(args) -> int:
+    """Export a chosen trial (e.g. a point of a Pareto front) with its model card."""
+    from cnnbench.data import load_data
+    from cnnbench.export import export_best
+    from cnnbench.results import read_json
+    from cnnbench.space import parse_space
+    from cnnbench.final import NO_TRIAL, FinalOutcome, best_trial
+    from cnnbench.trials import read_record, read_records
+
+    paths = _study_paths(args)
+    run = read_json(paths.root / "run.json")
+    space = parse_space(run["space"], str(paths.root / "run.json"))
+    data = load_data(space.data, space.seed, Path(run["space_file"]).resolve().parent)
+    from cnnbench.request import check_same_data
+
+    check_same_data(paths, data)  # the test split must be the study's own
+    records = read_records(paths)
+    final = None
+    done = read_record(paths.final_record)
+    best = best_trial(records)
+    if args.trial is None and done is not None and done.trial == (best.trial if best else NO_TRIAL):
+        final = FinalOutcome(done, "the final training of the best trial")  # export it, as the sweep did
+    card = export_best(records, paths, data, run, trial=args.trial, final=final)
+    if card is None:
+        print(f"cnnbench: {paths.root}: no completed trial to export", file=sys.stderr)
+        return 1
+    print(f"trial {card['trial']}: test accuracy {card['test']['accuracy']:.4f}; exported to {paths.best}")
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from cnnbench.schema import schema_text
+
+    sys.stdout.write(schema_text())
+    return 0
+
+
+def cmd_repair(args) -> int:
+    """Make a study's Optuna journal readable again, keeping every complete entry."""
+    from cnnbench.engines.journal import repair_journal
+
+    journal = Path(args.results) / args.study / "optuna.journal"
+    if not journal.is_file():
+        raise SpaceError(f"{journal}: no Optuna journal here (a study run with --storage keeps its state in the "
+                         "database)")
+    print(f"{journal}: {repair_journal(journal) or 'nothing to repair'}")
+    return 0
+
+
+def cmd_tabulate(args) -> int:
+    from cnnbench.tabular import tabulate
+
+    print(f"table: {tabulate(args.space, args.study, args.results, args.workers, args.out and Path(args.out))}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from cnnbench.compare import compare_live, compare_table
+
+    names = args.strategies.split(",") if args.strategies else None
+    if args.live:
+        written = compare_live(args.source, args.seeds, args.minutes, Path(args.out or "results/compare-live"), names)
+    else:
+        written = compare_table(Path(args.source), args.seeds, args.trials, args.out and Path(args.out), names)
+    print(Path(written["markdown"]).read_text())
+    for name, path in written.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from cnnbench.predict import classify, expand, load
+    from cnnbench.report import predictions_csv, predictions_json, predictions_text, progress_bar
+
+    loaded = load(args.model)
+    paths = expand(args.images)
+    if not paths:
+        print(f"cnnbench: no images found in {' '.join(args.images)}", file=sys.stderr)
+        return BAD_INPUT
+    with progress_bar(len(paths), "classifying", show=sys.stderr.isatty() and len(paths) > 256) as advance:
+        results = classify(loaded, paths, top=args.top, on_batch=advance)
+    if args.json:
+        print(predictions_json(results))
+    elif args.csv:
+        print(predictions_csv(results), end="")
+    else:
+        text, errors = predictions_text(results)
+        print(text, end="")
+        print(errors, end="", file=sys.stderr)
+    return 1 if any(r.error for r in results) else 0
+
+
+def cmd_evaluate(args) -> int:
+    from cnnbench.predict import evaluate_folder, load
+    from cnnbench.report import evaluation_table, wide_console
+
+    loaded = load(args.model)
+    result = evaluate_folder(loaded, Path(args.folder))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        wide_console().print(evaluation_table(result, loaded.class_names))
+        for line in result["skipped_unreadable"]:
+            print(f"skipped: {line}", file=sys.stderr)
+    return 0
