@@ -209,3 +209,19 @@ def test_the_centre_of_a_space_names_every_searched_parameter_that_applies():
     other = parse_space({"params": {**{k: v.model_dump() for k, v in space.params.items()},
                                     "optimizer": {"type": "choice", "choices": ["adam", "adamw", "sgd"]}}})
     assert other.centre()["optimizer"] == "adamw" and "momentum" not in other.centre()  # its condition fails
+
+
+def test_a_final_training_that_misses_its_margin_by_a_little_keeps_its_epochs(tmp_path):
+    """An epoch less is a certain loss: a final whose 15%-margin forecast misses the time left
+    by less than 10% keeps its epochs (a 5% margin); one that misses by more is shortened."""
+    from cnnbench.deadline import FINAL_SAFETY, SAFETY
+
+    config = {**default_config(), "epochs": 8, "precision": "float32", "tta": "off"}
+    deadline = Deadline(None, _log(tmp_path, 1e11, config), final_images=50_000)
+    full = deadline.final_seconds(config)
+    export = max(2 * EXPORT_SECONDS, deadline.export_seconds(config, 0, "float32"))
+    deadline.end = time.time() + export + full * (1 + FINAL_SAFETY / SAFETY) / 2  # between the two margins
+    assert deadline.fit_final(config, [], 0) == (config, "")
+    deadline.end = time.time() + export + full * FINAL_SAFETY / SAFETY * 0.95  # short of even the small one
+    shortened, note = deadline.fit_final(config, [], 0)
+    assert shortened["epochs"] == 7 and note == "; shortened from 8 to 7 epochs"

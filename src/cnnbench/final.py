@@ -74,7 +74,7 @@ def run_final(job: StudyJob, best: TrialRecord | None, train_images: int, recipe
     if previous is not None and _already_done(previous, number, config, job):
         return FinalOutcome(previous, f"final training of trial {number} already done ({previous.train_images} "
                                       "images); exporting it")
-    forecast = job.deadline.final_seconds(config)
+    forecast = job.deadline.final_at_start(config)
     left = job.deadline.left()
     if forecast and forecast > left:
         return FinalOutcome(None, f"no final training: forecast {forecast / 60:.1f} min, {max(left, 0) / 60:.1f} "
