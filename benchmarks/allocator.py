@@ -27,9 +27,9 @@ import json, sys, resource
 sys.path.insert(0, {src!r})
 import cnnbench
 cnnbench.prepare()
-from cnnbench.data import synthetic_bundle
+from cnnbench.training.data import synthetic_bundle
 from cnnbench.space import load_space
-from cnnbench.train import train_and_evaluate
+from cnnbench.training.train import train_and_evaluate
 space = load_space({space!r})
 config = {{**space.complete({{}}), "epochs": 3, "tta": "off"}}
 result = train_and_evaluate(config, synthetic_bundle({images}, n_val=256))

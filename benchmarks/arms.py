@@ -12,8 +12,8 @@ sys.path.insert(0, str(ROOT / "src"))
 import cnnbench  # noqa: E402
 
 cnnbench.prepare()  # oneDNN and a quiet start, before TensorFlow loads
-from cnnbench import runtime  # noqa: E402
-from cnnbench.data import synthetic_bundle  # noqa: E402
+from cnnbench.training import runtime  # noqa: E402
+from cnnbench.training.data import synthetic_bundle  # noqa: E402
 
 runtime.pin_from_environment()  # a thread-setting run given its core as a sweep's worker is (threads.py)
 
@@ -26,7 +26,7 @@ def ref_net(policy: str, batch: int) -> dict:
 
 def cnnbench_trial(policy: str, images: int, batch: int) -> dict:
     """cnnbench's trial path: one warm-up epoch, one timed epoch (validation not timed)."""
-    from cnnbench.train import train_and_evaluate
+    from cnnbench.training.train import train_and_evaluate
 
     result = train_and_evaluate({**ref_net(policy, batch), "epochs": 2}, synthetic_bundle(images))
     return {"images_per_s": result.images_per_s, "precision": result.precision}
@@ -62,7 +62,7 @@ def default_trial_costs(images: int = 4096) -> dict:
     known-good configuration, through cnnbench's trainer."""
     from cnnbench.model import build_model
     from cnnbench.space import load_space
-    from cnnbench.train import train_and_evaluate
+    from cnnbench.training.train import train_and_evaluate
 
     import keras  # noqa: F401  (imports are counted apart, once per trial process)
 
@@ -86,8 +86,8 @@ def default_trial_costs(images: int = 4096) -> dict:
 def process_boundary(trials: int = 10) -> dict:
     """Seconds per smoke trial trained in this process vs in cnnbench's child process (the
     same configurations, same data): what isolating each trial costs."""
-    from cnnbench.data import load_data
-    from cnnbench.isolation import InProcessRunner, TrialRunner
+    from cnnbench.training.data import load_data
+    from cnnbench.training.isolation import InProcessRunner, TrialRunner
     from cnnbench.space import load_space
 
     space = load_space(ROOT / "search_spaces" / "smoke.yaml")

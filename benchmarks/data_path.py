@@ -28,10 +28,10 @@ def main() -> None:
 
     cnnbench.prepare()  # oneDNN and a quiet start, as in every cnnbench process
 
-    from cnnbench.data import load_data
+    from cnnbench.training.data import load_data
     from cnnbench.knobs import default_config
     from cnnbench.space import Data
-    from cnnbench.train import _train_dataset
+    from cnnbench.training.train import _train_dataset
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "cifar10-jpeg"))

@@ -24,7 +24,7 @@ def autotuned_dataset(x, y, config, num_classes, seed):
     """The earlier pipeline, for comparison only."""
     import tensorflow as tf
 
-    from cnnbench.train import augment_batch
+    from cnnbench.training.train import augment_batch
 
     def prepare(images, labels):
         if config["flip"] != "off" or config["translate"]:
@@ -40,8 +40,8 @@ def arm(pipeline: str) -> dict:
     import cnnbench
 
     cnnbench.prepare()  # oneDNN on, as in every cnnbench process
-    from cnnbench import train
-    from cnnbench.data import synthetic_bundle
+    from cnnbench.training import train
+    from cnnbench.training.data import synthetic_bundle
     from cnnbench.knobs import default_config
 
     if pipeline == "autotuned":

@@ -44,7 +44,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import cnnbench  # noqa: E402
 
 cnnbench.prepare()  # oneDNN and a quiet start, before TensorFlow loads
-from cnnbench import provenance, runtime  # noqa: E402
+from cnnbench import provenance  # noqa: E402
+from cnnbench.training import runtime  # noqa: E402
 
 PEER = ROOT.parent / "shared" / "bench" / "torch_peer.py"
 PEER_PYTHON = ROOT / ".venv-peer" / "bin" / "python"
@@ -107,7 +108,7 @@ def fixed_cost() -> dict:
     A trial builds its model and traces its first epoch; the trial process's start and
     imports are paid once per trial child, which trains about RECYCLE_EVERY trials."""
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import cnnbench.train, keras, tensorflow"], check=True,
+    subprocess.run([sys.executable, "-c", "import cnnbench.training.train, keras, tensorflow"], check=True,
                    capture_output=True)
     imports = time.perf_counter() - started
     measured = _in_fresh_process("default_trial_costs")

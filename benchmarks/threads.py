@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from cnnbench import runtime  # noqa: E402
+from cnnbench.training import runtime  # noqa: E402
 
 
 def _settings(n: int) -> dict[str, list[dict]]:

@@ -23,9 +23,9 @@ def main() -> None:
     import keras
     import numpy as np
 
-    from cnnbench.data import load_data
+    from cnnbench.training.data import load_data
     from cnnbench.model import with_tta
-    from cnnbench.results import read_json
+    from cnnbench.reports.results import read_json
     from cnnbench.space import parse_space
 
     study = Path(sys.argv[1])

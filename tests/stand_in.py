@@ -12,7 +12,7 @@ import numpy as np
 from cnnbench import engines
 from cnnbench.deadline import Deadline
 from cnnbench.engines.base import SilentProgress, StudyJob
-from cnnbench.isolation import InProcessRunner
+from cnnbench.training.isolation import InProcessRunner
 from cnnbench.trials import TrialResult
 from cnnbench.trials import StudyPaths, read_records
 

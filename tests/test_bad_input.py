@@ -9,7 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from cnnbench.data import DataError, load_data
+from cnnbench.training.data import DataError, load_data
 from cnnbench.space import Data
 from conftest import SPACES, run_cli
 
@@ -132,7 +132,7 @@ def test_anything_that_is_not_a_cnnbench_model_is_one_line(tmp_path, capsys):
     flat = tmp_path / "flat" / "model.keras"
     flat.parent.mkdir()
     _flat_model(flat)
-    from cnnbench.predict import ModelError, load
+    from cnnbench.reports.predict import ModelError, load
 
     cases = [(text, "not a usable Keras model"), (empty, "not a usable Keras model"),
              (other_zip, "not a usable Keras model"), (folder, "a folder, not a model file"),
@@ -157,7 +157,7 @@ def test_anything_that_is_not_a_cnnbench_model_is_one_line(tmp_path, capsys):
 def test_a_model_card_that_does_not_fit_the_model_is_refused(tmp_path, classes, message):
     from cnnbench.knobs import default_config
     from cnnbench.model import build_model
-    from cnnbench.predict import ModelError, load
+    from cnnbench.reports.predict import ModelError, load
 
     path = tmp_path / "model.keras"
     build_model({**default_config(), "stages": 1, "base_filters": 4}).save(path)

@@ -33,7 +33,7 @@ def _study(tmp_path, name, trainer, **kw):
 @pytest.fixture
 def with_models(monkeypatch):
     """The stand-in returns no model; a cached trial needs the earlier one's model file."""
-    from cnnbench.isolation import InProcessRunner
+    from cnnbench.training.isolation import InProcessRunner
 
     real = InProcessRunner.run
 

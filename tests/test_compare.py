@@ -4,9 +4,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from cnnbench.compare import STRATEGIES, compare_table, replay
+from cnnbench.benchmarking.compare import STRATEGIES, compare_table, replay
 from cnnbench.space import SpaceError
-from cnnbench.tabular import Table, require_finite
+from cnnbench.benchmarking.tabular import Table, require_finite
 from conftest import ROOT
 
 SHIPPED = ROOT / "benchmarks" / "tables" / "small-108" / "table.csv"
@@ -63,7 +63,7 @@ def test_tabulate_trains_every_configuration_once_and_resumes(tmp_path, jpeg_roo
     processes: one table row per configuration and epoch, and a second run trains nothing."""
     import yaml
 
-    from cnnbench.tabular import tabulate
+    from cnnbench.benchmarking.tabular import tabulate
     from cnnbench.trials import StudyPaths, read_records
     from conftest import SPACES
 
@@ -108,7 +108,7 @@ def stand_in_env(tmp_path, jpeg_root, monkeypatch):
 
 @pytest.mark.slow
 def test_compare_live_runs_each_strategy_and_seed_as_a_real_sweep(tmp_path, jpeg_root, monkeypatch):
-    from cnnbench.compare import compare_live
+    from cnnbench.benchmarking.compare import compare_live
     from conftest import SPACES
 
     stand_in_env(tmp_path, jpeg_root, monkeypatch)

@@ -11,9 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from cnnbench import data as data_mod
-from cnnbench import data_sources
-from cnnbench.data import DataError, load_data, stratified_pick
+from cnnbench.training import data as data_mod
+from cnnbench.training import sources as data_sources
+from cnnbench.training.data import DataError, load_data, stratified_pick
 from cnnbench.space import Data
 
 

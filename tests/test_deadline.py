@@ -10,7 +10,7 @@ from cnnbench.deadline import (EXPORT_SECONDS, SAFETY, SETUP_SECONDS, Deadline, 
                                trial_seconds)
 from cnnbench.knobs import default_config
 from cnnbench.model import architecture_stats
-from cnnbench.report import forecast_line
+from cnnbench.reports.report import forecast_line
 from cnnbench.space import parse_space
 
 CONFIG = {**default_config(), "epochs": 10, "precision": "float32"}

@@ -9,7 +9,7 @@ import time
 import pytest
 
 import stand_in
-from cnnbench.data import synthetic_bundle
+from cnnbench.training.data import synthetic_bundle
 from cnnbench.deadline import EXPORT_SECONDS, Deadline, NotStarted, ThroughputLog, trial_seconds
 from cnnbench.engines.base import Interrupted
 from cnnbench.final import FINAL_SEED_OFFSET, best_trial, run_final

@@ -5,8 +5,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from cnnbench.engines.optuna_study import make_sampler
-from cnnbench.engines.pruning import make_pruner
+from cnnbench.engines.optuna.study import make_sampler
+from cnnbench.engines.optuna.pruning import make_pruner
 from cnnbench.space import parse_space
 
 SPACE = parse_space({"budget": {"trials": 100}, "search": {"pruner": "median", "prune_after_trials": 2},
@@ -37,8 +37,8 @@ def test_tpe_start_up_follows_the_trials_asked_for_not_the_spaces_budget():
 def test_image_decoding_uses_the_cores_this_process_may_use(tmp_path, monkeypatch):
     from PIL import Image
 
-    import cnnbench.data_sources as data
-    import cnnbench.runtime as runtime
+    import cnnbench.training.sources as data
+    import cnnbench.training.runtime as runtime
 
     seen = []
 
@@ -58,7 +58,7 @@ def test_image_decoding_uses_the_cores_this_process_may_use(tmp_path, monkeypatc
 def test_predict_keeps_the_input_order_when_a_file_is_given_twice(tmp_path):
     from PIL import Image
 
-    from cnnbench.predict import expand
+    from cnnbench.reports.predict import expand
 
     (tmp_path / "photos").mkdir()
     for name in ("b.png", "a.png"):
@@ -123,7 +123,8 @@ def test_a_bad_space_file_is_refused_before_tensorflow_loads(tmp_path):
 
 
 def test_a_log_int_range_works_in_both_engines_and_a_log_step_is_refused():
-    from cnnbench.engines import kerastuner_engine, optuna_study
+    from cnnbench.engines import kerastuner as kerastuner_engine
+    from cnnbench.engines.optuna import study as optuna_study
     from cnnbench.space import SpaceError
 
     space = parse_space({"params": {"dense_units": {"type": "int", "low": 8, "high": 512, "log": True}}})

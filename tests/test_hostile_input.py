@@ -23,7 +23,7 @@ def test_a_device_or_fifo_as_space_file_is_refused_without_reading_it(tmp_path, 
 
 
 def test_an_oversized_space_file_is_refused_after_reading_no_more_than_its_limit(tmp_path):
-    from cnnbench.safe_yaml import MAX_BYTES
+    from cnnbench.space.safe_yaml import MAX_BYTES
 
     big = tmp_path / "big.yaml"
     big.write_bytes(b"#" * (MAX_BYTES * 3))
@@ -85,7 +85,7 @@ def test_a_shared_storage_refuses_an_edited_space_from_another_results_folder(tm
 def test_an_export_folder_swapped_in_while_another_sweep_puts_its_own_there(tmp_path, monkeypatch):
     import shutil
 
-    from cnnbench import export
+    from cnnbench.reports import export
 
     folder, mine = tmp_path / "saved_model", tmp_path / ".saved_model.1.tmp"
     mine.mkdir()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnbench.images import MAX_PIXELS, ImageError, read_image
+from cnnbench.training.images import MAX_PIXELS, ImageError, read_image
 
 
 def picture(h=40, w=56) -> np.ndarray:

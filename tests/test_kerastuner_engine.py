@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cnnbench.engines import kerastuner_engine
+from cnnbench.engines import kerastuner as kerastuner_engine
 from cnnbench.space import SpaceError, load_space, parse_space
 from conftest import SPACES, run_cli
 from stand_in import run
@@ -162,7 +162,7 @@ def test_start_with_runs_known_good_configurations_first_and_once(monkeypatch, t
 
 def test_the_kerastuner_internals_cnnbench_relies_on_are_pinned_and_present(tmp_path):
     """An upgrade of KerasTuner that renames one of them fails here, not silently in a sweep."""
-    from cnnbench.engines.kerastuner_oracle import PINNED, CnnbenchOracle, adopt
+    from cnnbench.engines.kerastuner.oracle import PINNED, CnnbenchOracle, adopt
 
     assert kt.__version__ == PINNED
     from stand_in import make_job
@@ -178,7 +178,7 @@ def test_the_kerastuner_internals_cnnbench_relies_on_are_pinned_and_present(tmp_
 
 
 def test_kerastuners_state_files_are_written_whole_and_a_torn_one_is_one_line(tmp_path, monkeypatch):
-    from cnnbench.engines import kerastuner_oracle
+    from cnnbench.engines.kerastuner import oracle as kerastuner_oracle
 
     written = []
     real = kerastuner_oracle.atomic_write

@@ -8,8 +8,8 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "cnnbench"
 ENGINE_LIBRARIES = ("optuna", "keras_tuner")
-GLUE = ("cnnbench.cli", "cnnbench.commands", "cnnbench.sweep", "cnnbench.request", "cnnbench.api", "cnnbench.compare",
-        "cnnbench.tabular")  # the top: commands
+GLUE = ("cnnbench.cli", "cnnbench.commands", "cnnbench.sweep", "cnnbench.request", "cnnbench.api", "cnnbench.benchmarking.compare",
+        "cnnbench.benchmarking.tabular")  # the top: commands
 
 
 def imports(path: Path) -> set[str]:
@@ -41,7 +41,7 @@ def test_nothing_below_the_glue_imports_the_glue():
 
 
 def test_the_engines_import_no_reports():
-    reports = ("cnnbench.pages", "cnnbench.plots", "cnnbench.report")
+    reports = ("cnnbench.reports.pages", "cnnbench.reports.plots", "cnnbench.reports.report")
     upward = {name: sorted(i for i in imports(path) if i in reports)
               for name, path in modules() if name.startswith("cnnbench.engines")}
     assert {name: found for name, found in upward.items() if found} == {}

@@ -5,7 +5,7 @@ import numpy as np
 import optuna
 import pytest
 
-from cnnbench.engines.optuna_study import suggest
+from cnnbench.engines.optuna.study import suggest
 from cnnbench.knobs import default_config
 from cnnbench.model import ArchitectureError, architecture_stats, build_model
 from cnnbench.space import load_space
@@ -125,7 +125,7 @@ def test_dirac_init_passes_channels_through():
 def test_fused_batch_norm_computes_what_the_builtin_layer_does():
     import keras
 
-    from cnnbench.fused import FusedBatchNormalization
+    from cnnbench.model.fused import FusedBatchNormalization
 
     x = np.random.default_rng(0).normal(2.0, 3.0, (16, 6, 6, 4)).astype(np.float32)
     for scale in (True, False):

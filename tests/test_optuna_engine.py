@@ -9,7 +9,9 @@ import time
 
 import pytest
 
-from cnnbench.engines import optuna_engine, optuna_study, pruning
+from cnnbench.engines import optuna as optuna_engine
+from cnnbench.engines.optuna import study as optuna_study
+from cnnbench.engines.optuna import pruning
 from cnnbench.space import SpaceError, parse_space
 from stand_in import make_job, run
 
@@ -102,7 +104,7 @@ def test_start_with_runs_known_good_configurations_first_and_once(tmp_path):
 
 
 def test_deadline_stops_a_trial_that_cannot_finish(tmp_path):
-    from cnnbench import runtime
+    from cnnbench.training import runtime
     from cnnbench.deadline import Deadline, ThroughputLog
 
     log = ThroughputLog(tmp_path / "throughput.json")

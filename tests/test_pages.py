@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from cnnbench.pages import write_plots, write_report
-from cnnbench.results import atomic_write, json_text
+from cnnbench.reports.pages import write_plots, write_report
+from cnnbench.reports.results import atomic_write, json_text
 from cnnbench.space import parse_space
 from stand_in import run
 
@@ -73,7 +73,7 @@ def test_report_is_one_self_contained_page(tmp_path):
 
 
 def test_multi_objective_leaderboard_marks_the_pareto_front(tmp_path):
-    from cnnbench.results import leaderboard_frame, pareto_mask
+    from cnnbench.reports.results import leaderboard_frame, pareto_mask
 
     assert list(pareto_mask([0.9, 0.8, 0.7, 0.85], [10, 5, 6, 10])) == [True, True, False, False]
     root, records = study(tmp_path, minimize=["latency_ms"])
@@ -127,7 +127,7 @@ def test_the_report_renders_in_headless_chromium(tmp_path):
 
 
 def test_epoch_curves_place_each_epoch_at_its_wall_clock_minute():
-    from cnnbench.results import epoch_curves
+    from cnnbench.reports.results import epoch_curves
     from cnnbench.trials import TrialRecord
 
     timed = TrialRecord(trial=0, state="complete", engine="optuna", values={}, config={}, started_at=60.0,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnnbench.data import synthetic_bundle
+from cnnbench.training.data import synthetic_bundle
 from cnnbench.knobs import coerce, default_config
 from cnnbench.model import architecture_stats, build_model, with_tta
-from cnnbench.optim import keras_rates, lookahead_decay
+from cnnbench.training.optim import keras_rates, lookahead_decay
 from cnnbench.space import SpaceError, parse_space
 
 TINY = {**default_config(), "base_filters": 4, "stages": 2, "batch_size": 16}
@@ -25,7 +25,7 @@ def test_per_1024_units_convert_to_kerass_airbench94s_numbers():
 
 
 def test_one_cycle_starts_and_ends_where_the_knobs_say():
-    from cnnbench.optim import lr_multiplier
+    from cnnbench.training.optim import lr_multiplier
 
     at = lambda step: float(lr_multiplier(step, 100, "linear", 0.23, start=0.2, end=0.07))  # noqa: E731
     assert at(0) == pytest.approx(0.2) and at(23) == pytest.approx(1.0)
@@ -42,7 +42,7 @@ def test_lookahead_decay_rises_as_the_cube_of_progress():
 def test_lookahead_callback_moves_the_average_and_sets_the_weights_to_it():
     import keras
 
-    from cnnbench.optim import lookahead_callback
+    from cnnbench.training.optim import lookahead_callback
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, use_bias=False)])
     callback = lookahead_callback(total_steps=10)
@@ -79,7 +79,7 @@ def test_six_view_tta_weights_the_views_as_airbench_and_loads_in_safe_mode(tmp_p
 def test_alternating_flip_mirrors_every_image_in_every_other_epoch():
     import tensorflow as tf
 
-    from cnnbench.train import _train_dataset
+    from cnnbench.training.train import _train_dataset
 
     n = 64
     x = np.random.default_rng(1).integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
@@ -104,7 +104,7 @@ def test_alternating_flip_mirrors_every_image_in_every_other_epoch():
 def test_whitening_bias_stops_moving_when_its_gate_closes():
     import tensorflow as tf
 
-    from cnnbench.optim import make_optimizer, whiten_bias
+    from cnnbench.training.optim import make_optimizer, whiten_bias
 
     config = {**TINY, "stem": "whiten", "optimizer": "sgd", "momentum": 0.9, "learning_rate": 0.1,
               "whiten_bias_epochs": 1, "weight_decay": 0.01}
@@ -163,7 +163,7 @@ def test_the_airbench_recipe_trains_end_to_end_and_exports_six_views_in_float32(
     exported model keeps the paper count of parameters and loads in safe mode."""
     import keras
 
-    from cnnbench.train import save_model, train_and_evaluate
+    from cnnbench.training.train import save_model, train_and_evaluate
 
     config = {**default_config(), "stem": "whiten", "whiten_bias_epochs": 1, "stages": 2, "widths": "8-16",
               "pool_after": "first_conv", "bn_scale": False, "dirac_init": True, "activation": "gelu",
@@ -185,7 +185,7 @@ def test_the_airbench_recipe_trains_end_to_end_and_exports_six_views_in_float32(
 
 
 def test_the_final_training_has_no_validation_and_keeps_its_last_epoch():
-    from cnnbench.train import train_and_evaluate
+    from cnnbench.training.train import train_and_evaluate
 
     data = synthetic_bundle(64, n_val=16, image_size=16).all_training()
     assert len(data.y_train) == 80 and len(data.y_val) == 0

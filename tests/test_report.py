@@ -5,7 +5,7 @@ import pandas as pd
 from rich.console import Console
 
 from cnnbench.trials import TrialRecord
-from cnnbench.report import SweepProgress, markdown_table
+from cnnbench.reports.report import SweepProgress, markdown_table
 
 
 def test_plain_progress_lines_name_trial_of_total_best_and_epoch(capsys):
@@ -36,8 +36,8 @@ def test_markdown_table_escapes_pipes_and_blanks_missing():
 
 
 def test_progress_frame_orders_by_finish_and_tracks_the_best_completed_trial(tmp_path):
-    from cnnbench.plots import time_to_accuracy
-    from cnnbench.results import progress_frame
+    from cnnbench.reports.plots import time_to_accuracy
+    from cnnbench.reports.results import progress_frame
 
     t0 = 1000.0
     recs = [TrialRecord(trial=0, state="complete", engine="optuna", values={}, val_accuracy=0.80, finished_at=t0 + 600),
@@ -53,7 +53,7 @@ def test_progress_frame_orders_by_finish_and_tracks_the_best_completed_trial(tmp
 
 
 def test_a_resumed_sweeps_eta_is_paced_by_this_runs_trials_and_the_final_phase_is_named(capsys, monkeypatch):
-    import cnnbench.report as report
+    import cnnbench.reports.report as report
 
     clock = [100.0]
     monkeypatch.setattr(report.time, "monotonic", lambda: clock[0])

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import stand_in
-from cnnbench.data import synthetic_bundle
+from cnnbench.training.data import synthetic_bundle
 from cnnbench.deadline import Deadline, ThroughputLog, plan, trial_seconds
 from cnnbench.engines import promotion
 from cnnbench.final import best_trial, run_final
-from cnnbench.results import leaderboard_frame
+from cnnbench.reports.results import leaderboard_frame
 from cnnbench.space import SpaceError, parse_space
 from cnnbench.trials import TrialResult
 from cnnbench.trials import TrialRecord, config_key, top_fidelity
@@ -58,7 +58,7 @@ def test_a_rung_may_not_fix_a_searched_parameter_and_kerastuner_refuses_rungs():
     with pytest.raises(SpaceError, match="epochs is searched in params"):
         parse_space({"search": {"rungs": [{"epochs": 2}]},
                      "params": {"epochs": {"type": "int", "low": 2, "high": 8}}})
-    from cnnbench.engines import kerastuner_engine
+    from cnnbench.engines import kerastuner as kerastuner_engine
 
     with pytest.raises(SpaceError, match="Optuna engine; KerasTuner's Hyperband"):
         kerastuner_engine.validate(_space(), None, None)
@@ -174,7 +174,7 @@ def test_a_training_subset_is_stratified_and_the_same_for_every_trial_of_its_siz
 
 def test_a_compressed_schedule_reaches_its_end_at_the_rungs_last_step():
     from cnnbench.knobs import default_config
-    from cnnbench.optim import _schedule
+    from cnnbench.training.optim import _schedule
 
     config = {**default_config(), "lr_schedule": "linear", "warmup": 0.2, "lr_end": 0.0, "batch_size": 32,
               "epochs": 2, "learning_rate": 0.01}

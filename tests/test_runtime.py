@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from cnnbench import runtime
+from cnnbench.training import runtime
 
 ZEN3 = "processor: 0\nmodel name: AMD EPYC 7B13\nflags: fpu sse2 avx avx2 fma bmi2\n"
 ZEN4 = "processor: 0\nmodel name: AMD EPYC 9B14\nflags: avx2 fma avx512f avx512_vnni avx512_bf16\n"
@@ -70,13 +70,13 @@ def _fresh(code: str, **env) -> str:
 
 
 def test_prepare_turns_onednn_on_before_tensorflow_loads_and_says_when_it_came_too_late():
-    code = ("import cnnbench, os; cnnbench.prepare(); from cnnbench import runtime; m = runtime.configure_tensorflow(); "
+    code = ("import cnnbench, os; cnnbench.prepare(); from cnnbench.training import runtime; m = runtime.configure_tensorflow(); "
             "print(os.environ['TF_ENABLE_ONEDNN_OPTS'], m['onednn'], m['onednn_set_by'], m['intra_op_threads'])")
     setting, enabled, origin, threads = _fresh(code).split()
     assert (setting, enabled, origin) == ("1", "True", "cnnbench")
     assert int(threads) == len(os.sched_getaffinity(0))
     # a user's own setting wins: test_onednn_is_enabled_unless_the_user_chose (no TensorFlow needed)
-    late = ("import os, tensorflow, cnnbench; cnnbench.prepare(); from cnnbench import runtime; "
+    late = ("import os, tensorflow, cnnbench; cnnbench.prepare(); from cnnbench.training import runtime; "
             "print('TF_ENABLE_ONEDNN_OPTS' in os.environ, runtime.configure_tensorflow()['onednn_set_by'])")
     assert _fresh(late) == ("True cnnbench, for trial processes only (TensorFlow was imported before "
                             "cnnbench.prepare())")  # the trial processes still get oneDNN
@@ -85,14 +85,14 @@ def test_prepare_turns_onednn_on_before_tensorflow_loads_and_says_when_it_came_t
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this platform")
 def test_a_worker_keeps_to_the_cores_its_parent_gave_it():
-    code = ("import os; from cnnbench import runtime; runtime.pin_from_environment(); "
+    code = ("import os; from cnnbench.training import runtime; runtime.pin_from_environment(); "
             "print(sorted(os.sched_getaffinity(0)), runtime.cpu().cores, runtime.thread_plan(runtime.cpu().cores).intra_op)")
     first = sorted(os.sched_getaffinity(0))[0]
     assert _fresh(code, CNNBENCH_CPUS=str(first)) == f"[{first}] 1 1"
 
 
 def test_trial_processes_preload_tcmalloc_where_installed_unless_told_not_to(monkeypatch):
-    from cnnbench import runtime
+    from cnnbench.training import runtime
 
     monkeypatch.setattr(runtime.os.path, "exists", lambda p: p == runtime.TCMALLOC_PATHS[0])
     assert runtime.trial_allocator({}) == runtime.TCMALLOC_PATHS[0]

@@ -6,8 +6,8 @@ import json
 import jsonschema
 import pytest
 
-from cnnbench.schema import MODELINE, schema_text, space_schema
-from cnnbench.safe_yaml import load
+from cnnbench.space.schema import MODELINE, schema_text, space_schema
+from cnnbench.space.safe_yaml import load
 from conftest import SPACES
 
 

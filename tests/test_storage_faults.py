@@ -144,7 +144,7 @@ def test_a_trial_declared_lost_while_paused_does_not_write_again_when_its_proces
 
 
 def test_a_resume_with_other_data_or_other_knob_defaults_is_refused_before_anything_is_written(tmp_path):
-    from cnnbench.data import DataError, synthetic_bundle
+    from cnnbench.training.data import DataError, synthetic_bundle
     from cnnbench.request import SweepRequest, check_same_data, knob_defaults_hash, prepare
     from conftest import SPACES
 
@@ -191,8 +191,8 @@ def _saved_tiny_models(tmp_path):
 
 
 def test_a_torn_model_file_is_set_aside_and_the_next_best_trial_exported(tmp_path):
-    from cnnbench.data import synthetic_bundle
-    from cnnbench.export import ExportError, export_best
+    from cnnbench.training.data import synthetic_bundle
+    from cnnbench.reports.export import ExportError, export_best
     from cnnbench.final import FinalOutcome
 
     paths, ranked = _saved_tiny_models(tmp_path)

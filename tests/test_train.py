@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnnbench.data import DataBundle
+from cnnbench.training.data import DataBundle
 from cnnbench.knobs import default_config
-from cnnbench.train import PruneTrial, _train_dataset, augment_batch, train_and_evaluate
+from cnnbench.training.train import PruneTrial, _train_dataset, augment_batch, train_and_evaluate
 
 
 def images(n=64, size=16):
@@ -77,7 +77,7 @@ def test_prune_stops_training_and_reports_how_far_it_got():
 
 
 def test_warmup_then_linear_schedule_is_one_cycle_ending_at_zero():
-    from cnnbench.optim import WARMUP_START, lr_multiplier
+    from cnnbench.training.optim import WARMUP_START, lr_multiplier
 
     share = [float(lr_multiplier(step, 100, "linear", 0.2)) for step in (0, 10, 20, 60, 100)]
     assert share[0] == pytest.approx(WARMUP_START) and share[1] == pytest.approx((WARMUP_START + 1) / 2)
@@ -91,7 +91,7 @@ def test_bias_lr_scale_moves_batch_norm_shifts_that_much_faster():
     import keras
 
     from cnnbench.model import build_model
-    from cnnbench.optim import make_optimizer
+    from cnnbench.training.optim import make_optimizer
 
     data = _tiny_data()
     y = np.eye(3, dtype=np.float32)[data.y_train[:20]]
@@ -114,7 +114,7 @@ def test_tta_and_ema_model_is_exported_float32_mirror_averaged_and_loads_in_safe
     import subprocess
     import sys
 
-    from cnnbench.train import save_model
+    from cnnbench.training.train import save_model
 
     config = {**default_config(), "stages": 2, "base_filters": 8, "epochs": 2, "batch_size": 20,
               "learning_rate": 1e-2, "tta": True, "ema": 0.9, "stem": "whiten", "precision": "mixed_bfloat16"}
@@ -140,7 +140,7 @@ def test_tta_and_ema_model_is_exported_float32_mirror_averaged_and_loads_in_safe
 
 def test_deterministic_training_gives_the_same_figures_bit_for_bit():
     from cnnbench.knobs import default_config
-    from cnnbench.train import train_and_evaluate
+    from cnnbench.training.train import train_and_evaluate
 
     config = {**default_config(), "stages": 1, "base_filters": 4, "epochs": 2, "batch_size": 16,
               "precision": "float32", "flip": "random", "translate": 2, "deterministic": True}

@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 import stand_in
-from cnnbench.engines import warm_start
+from cnnbench.engines.optuna import warm_start
 from cnnbench.space import SpaceError, parse_space
 from cnnbench.trials import read_records
 

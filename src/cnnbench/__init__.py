@@ -14,7 +14,7 @@ TensorFlow itself (after that it is too late, and run.json says so): see ``runti
 
 The Python API (``cnnbench.api``): ``load_space``, ``sweep``, ``load_study``, ``studies``.
 """
-from cnnbench import runtime as _runtime
+from cnnbench.training import runtime as _runtime
 
 _API = ("Study", "load_space", "load_study", "studies", "sweep")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from cnnbench import trials
-from cnnbench.results import leaderboard_frame, progress_frame, read_json, studies_frame
+from cnnbench.reports.results import leaderboard_frame, progress_frame, read_json, studies_frame
 from cnnbench.space import Space, load_space, parse_space
 from cnnbench.trials import StudyPaths, TrialRecord
 
@@ -81,7 +81,7 @@ class Study:
 
     def write_report(self) -> Path:
         """(Re)write plots/ and report.html; returns the page's path."""
-        from cnnbench.pages import write_report
+        from cnnbench.reports.pages import write_report
 
         from cnnbench import engines
 
@@ -113,7 +113,7 @@ def sweep(space: str | Path, study: str | None = None, trials: int | None = None
     the command line: what finished is ranked and exported, then KeyboardInterrupt.
     ``trainer="module:function"`` trains with a function of your own; ``in_process=True``
     trains in this process (a debugger reaches the trainer; a crash ends the sweep)."""
-    from cnnbench import runtime
+    from cnnbench.training import runtime
     from cnnbench.sweep import SweepRequest, prepare, run_sweep
 
     runtime.prepare_environment()  # oneDNN and a quiet start, unless TensorFlow is loaded already

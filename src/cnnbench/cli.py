@@ -13,13 +13,13 @@ import os
 import signal
 import sys
 
-from cnnbench import runtime
+from cnnbench.training import runtime
 from cnnbench.commands import (BAD_INPUT, EXIT_FOR_SIGNAL, INTERRUPTED, cmd_check, cmd_compare, cmd_evaluate,
                                cmd_export, cmd_leaderboard, cmd_plots, cmd_predict, cmd_repair, cmd_report,
                                cmd_schema, cmd_sweep, cmd_tabulate)
-from cnnbench.data import DataError
-from cnnbench.export import ExportError
-from cnnbench.predict import ModelError
+from cnnbench.training.data import DataError
+from cnnbench.reports.export import ExportError
+from cnnbench.reports.predict import ModelError
 from cnnbench.space import SpaceError
 
 
@@ -60,7 +60,7 @@ def _sweep_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--tensorboard", action="store_true",
                    help="TensorBoard logs per trial in results/STUDY/tensorboard/trial-NNNN/")
     s.add_argument("--trainer", metavar="MODULE:FUNCTION",
-                   help="a trainer of your own, called as cnnbench.train.train_and_evaluate(config, data, "
+                   help="a trainer of your own, called as cnnbench.training.train.train_and_evaluate(config, data, "
                    "on_epoch, seed) and returning a cnnbench.trials.TrialResult (default: cnnbench's)")
     s.set_defaults(func=cmd_sweep)
 

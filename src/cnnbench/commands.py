@@ -35,7 +35,7 @@ def install_stop_handlers() -> None:
 
 
 def cmd_check(args) -> int:
-    from cnnbench.report import check_summary
+    from cnnbench.reports.report import check_summary
     from cnnbench.space import load_space
 
     space = load_space(args.space)
@@ -57,8 +57,8 @@ def cmd_check(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from cnnbench.report import print_leaderboard, wide_console
-    from cnnbench.results import leaderboard_frame
+    from cnnbench.reports.report import print_leaderboard, wide_console
+    from cnnbench.reports.results import leaderboard_frame
     from cnnbench.sweep import SweepRequest, prepare, run_sweep
 
     request = SweepRequest(space_file=args.space, study=args.study, trials=args.trials,
@@ -101,8 +101,8 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
-    from cnnbench.report import rich_table, wide_console
-    from cnnbench.results import read_json, read_study_leaderboard, studies_frame
+    from cnnbench.reports.report import rich_table, wide_console
+    from cnnbench.reports.results import read_json, read_study_leaderboard, studies_frame
 
     root = Path(args.results)
     console = wide_console()
@@ -136,7 +136,7 @@ def _study_paths(args):
 
 def _importances(paths) -> dict | None:
     from cnnbench import engines
-    from cnnbench.results import read_json
+    from cnnbench.reports.results import read_json
     from cnnbench.space import parse_space
     from cnnbench.trials import read_records
 
@@ -145,7 +145,7 @@ def _importances(paths) -> dict | None:
 
 
 def cmd_plots(args) -> int:
-    from cnnbench.pages import write_plots
+    from cnnbench.reports.pages import write_plots
 
     paths = _study_paths(args)
     for path in write_plots(paths, _importances(paths)):
@@ -154,7 +154,7 @@ def cmd_plots(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from cnnbench.pages import write_report
+    from cnnbench.reports.pages import write_report
 
     paths = _study_paths(args)
     print(write_report(paths, _importances(paths)))
@@ -163,9 +163,9 @@ def cmd_report(args) -> int:
 
 def cmd_export(args) -> int:
     """Export a chosen trial (e.g. a point of a Pareto front) with its model card."""
-    from cnnbench.data import load_data
-    from cnnbench.export import export_best
-    from cnnbench.results import read_json
+    from cnnbench.training.data import load_data
+    from cnnbench.reports.export import export_best
+    from cnnbench.reports.results import read_json
     from cnnbench.space import parse_space
     from cnnbench.final import NO_TRIAL, FinalOutcome, best_trial
     from cnnbench.trials import read_record, read_records
@@ -192,7 +192,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_schema(args) -> int:
-    from cnnbench.schema import schema_text
+    from cnnbench.space.schema import schema_text
 
     sys.stdout.write(schema_text())
     return 0
@@ -200,7 +200,7 @@ def cmd_schema(args) -> int:
 
 def cmd_repair(args) -> int:
     """Make a study's Optuna journal readable again, keeping every complete entry."""
-    from cnnbench.engines.journal import repair_journal
+    from cnnbench.engines.optuna.journal import repair_journal
 
     journal = Path(args.results) / args.study / "optuna.journal"
     if not journal.is_file():
@@ -211,14 +211,14 @@ def cmd_repair(args) -> int:
 
 
 def cmd_tabulate(args) -> int:
-    from cnnbench.tabular import tabulate
+    from cnnbench.benchmarking.tabular import tabulate
 
     print(f"table: {tabulate(args.space, args.study, args.results, args.workers, args.out and Path(args.out))}")
     return 0
 
 
 def cmd_compare(args) -> int:
-    from cnnbench.compare import compare_live, compare_table
+    from cnnbench.benchmarking.compare import compare_live, compare_table
 
     names = args.strategies.split(",") if args.strategies else None
     if args.live:
@@ -232,8 +232,8 @@ def cmd_compare(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from cnnbench.predict import classify, expand, load
-    from cnnbench.report import predictions_csv, predictions_json, predictions_text, progress_bar
+    from cnnbench.reports.predict import classify, expand, load
+    from cnnbench.reports.report import predictions_csv, predictions_json, predictions_text, progress_bar
 
     loaded = load(args.model)
     paths = expand(args.images)
@@ -254,8 +254,8 @@ def cmd_predict(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from cnnbench.predict import evaluate_folder, load
-    from cnnbench.report import evaluation_table, wide_console
+    from cnnbench.reports.predict import evaluate_folder, load
+    from cnnbench.reports.report import evaluation_table, wide_console
 
     loaded = load(args.model)
     result = evaluate_folder(loaded, Path(args.folder))

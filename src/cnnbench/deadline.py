@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cnnbench import runtime
+from cnnbench.training import runtime
 from cnnbench.files import atomic_write
 from cnnbench.knobs import TTA_VIEWS, unspell
 from cnnbench.model import architecture_stats
@@ -65,7 +65,7 @@ class ThroughputLog:
     SIMILAR = 2.0  # networks within this factor of FLOPs per image count as similar
 
     def __init__(self, path: Path | None = None):
-        from cnnbench.data import cache_dir
+        from cnnbench.training.data import cache_dir
 
         self.path = path or cache_dir() / "throughput.json"
 
@@ -113,7 +113,7 @@ class Deadline:
         """Forecast wall seconds of ``config``'s final training (0 when off or unknown here)."""
         if not self.final_images or self.log is None:
             return 0.0
-        from cnnbench.runtime import resolve_precision
+        from cnnbench.training.runtime import resolve_precision
 
         rate = self.log.rate(resolve_precision(config["precision"]), self._flops(config))
         return self._seconds(config, self.final_images, 0, rate) if rate else 0.0
@@ -133,7 +133,7 @@ class Deadline:
         """``config`` with the most epochs (of ``epoch_options``, at most its own) whose final
         training fits in the time left less the export (its test pass over ``n_test``
         images), and a note when they were cut."""
-        from cnnbench.runtime import resolve_precision
+        from cnnbench.training.runtime import resolve_precision
 
         budget = self.left() - max(2 * EXPORT_SECONDS,
                                    self.export_seconds(config, n_test, resolve_precision(config["precision"])))
@@ -216,8 +216,8 @@ class Deadline:
 def measure(space, images: int = 2048) -> float:
     """Train the space's first configuration for two short epochs on random images and log
     the training FLOPs/s this machine reaches (``cnnbench check --measure``)."""
-    from cnnbench.data import synthetic_bundle
-    from cnnbench.train import train_and_evaluate
+    from cnnbench.training.data import synthetic_bundle
+    from cnnbench.training.train import train_and_evaluate
 
     config = {**space.complete(space.start_with[0] if space.start_with else {}), "epochs": 2}
     result = train_and_evaluate(config, synthetic_bundle(images, image_size=space.data.image_size))
@@ -274,7 +274,7 @@ def plan(space, minutes: float, log: ThroughputLog | None = None, n_train: int =
     ``n // f`` of them at the second, ``n // f**2`` at the third (``f`` the reduction
     factor), with the largest ``n`` whose runs fit beside the final training and export.
     """
-    from cnnbench.runtime import resolve_precision
+    from cnnbench.training.runtime import resolve_precision
 
     config = space.complete(space.start_with[0] if space.start_with else {})
     deadline = Deadline(None, log or ThroughputLog(), final_images=(n_train + n_val) if space.final else 0,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from cnnbench import trials
 from cnnbench.engines.base import StudyJob
 from cnnbench.engines.trial import log_throughput, signal_name
-from cnnbench.isolation import ChildDied
+from cnnbench.training.isolation import ChildDied
 from cnnbench.trials import NO_TRIAL, PruneTrial  # noqa: F401 (NO_TRIAL: re-exported)
 from cnnbench.trials import TrialRecord
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cnnbench import engines, provenance
-from cnnbench.data import DataError
+from cnnbench.training.data import DataError
 from cnnbench.engines.storage_url import masked, resolve, scrub
-from cnnbench.isolation import DEFAULT_TRAINER, load_trainer
+from cnnbench.training.isolation import DEFAULT_TRAINER, load_trainer
 from cnnbench.files import read_json
 from cnnbench.space import Space, SpaceError, load_space
 from cnnbench.trials import StudyPaths
@@ -173,7 +173,7 @@ def prepare(request: SweepRequest) -> Sweep:
     if request.workers < 0:
         raise SpaceError(f"--workers: must be 0 or more, got {request.workers}")
     if request.trainer:
-        from cnnbench.runtime import silenced_stderr
+        from cnnbench.training.runtime import silenced_stderr
 
         try:
             with silenced_stderr():  # its module may import TensorFlow
@@ -220,7 +220,7 @@ def prepare(request: SweepRequest) -> Sweep:
         if request.engine != "optuna":
             raise SpaceError("--warm-start: KerasTuner's oracles take no earlier trials through their public API; "
                              "use the Optuna engine")
-        from cnnbench.engines.warm_start import gather
+        from cnnbench.engines.optuna.warm_start import gather
 
         warm, warm_note = gather(Path(request.results), list(request.warm_start), space)
     # Only the CLI knows a command line; an in-process sweep (compare --live, tabulate, a

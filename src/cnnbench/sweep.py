@@ -15,17 +15,18 @@ from pathlib import Path
 
 import yaml
 
-from cnnbench import engines, runtime, trials
+from cnnbench import engines, trials
+from cnnbench.training import runtime
 from cnnbench import final as final_training
-from cnnbench.data import load_data
+from cnnbench.training.data import load_data
 from cnnbench.deadline import DEADLINE_ENV, Deadline
 from cnnbench.engines.base import StudyJob
-from cnnbench.export import export_best
-from cnnbench.isolation import DEFAULT_TRAINER, InProcessRunner, TrialRunner, load_trainer
-from cnnbench.pages import write_report
-from cnnbench.report import SweepProgress, markdown_table, study_markdown
+from cnnbench.reports.export import export_best
+from cnnbench.training.isolation import DEFAULT_TRAINER, InProcessRunner, TrialRunner, load_trainer
+from cnnbench.reports.pages import write_report
+from cnnbench.reports.report import SweepProgress, markdown_table, study_markdown
 from cnnbench.request import GLOBAL_BOARD_TITLE, Sweep, SweepRequest, check_same_data, prepare, split_fingerprint
-from cnnbench.results import (atomic_write, epoch_curves, json_text, leaderboard_frame, progress_frame,
+from cnnbench.reports.results import (atomic_write, epoch_curves, json_text, leaderboard_frame, progress_frame,
                               read_json, studies_frame, write_study_leaderboard)
 
 __all__ = ["Sweep", "SweepRequest", "prepare", "run_sweep"]  # the flow's door: request.py validates
@@ -201,7 +202,7 @@ def _interrupted_final(sweep: Sweep):
 
 def write_progress_plot(sweep: Sweep, records: list, run: dict, card: dict | None) -> None:
     """progress.png: time to accuracy at a glance, with the exported model's test accuracy."""
-    from cnnbench.plots import time_to_accuracy
+    from cnnbench.reports.plots import time_to_accuracy
 
     origin = run["first_started_unix"]
     cpu = run["machine"]["cpu"]

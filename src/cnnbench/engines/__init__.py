@@ -27,7 +27,7 @@ class Engine(Protocol):
         or a signal ends them; with ``job.workers``, start worker processes and wait."""
 
 
-ENGINES = {"optuna": "cnnbench.engines.optuna_engine", "kerastuner": "cnnbench.engines.kerastuner_engine"}
+ENGINES = {"optuna": "cnnbench.engines.optuna", "kerastuner": "cnnbench.engines.kerastuner"}
 
 
 def get(name: str) -> Engine:
@@ -40,6 +40,6 @@ def get(name: str) -> Engine:
 def importances(space: Space, records: list) -> dict[str, float] | None:
     """What mattered: Optuna's fANOVA importances of the searched parameters, whichever
     engine ran the study (None with too few trials). Data for the report page."""
-    from cnnbench.engines.optuna_study import importances as fanova
+    from cnnbench.engines.optuna.study import importances as fanova
 
     return fanova(space, records)

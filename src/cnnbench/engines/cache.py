@@ -25,7 +25,8 @@ from cnnbench import trials
 from cnnbench.trials import StudyPaths, TrialRecord
 
 # What a training computes depends on these modules (cnnbench/...) and these packages.
-TRAINING_MODULES = ("train.py", "model.py", "optim.py", "knobs.py", "fused.py", "data.py", "data_sources.py", "images.py")
+TRAINING_MODULES = ("training/train.py", "model/__init__.py", "training/optim.py", "knobs.py", "model/fused.py",
+                    "training/data.py", "training/sources.py", "training/images.py")
 TRAINING_PACKAGES = ("tensorflow", "keras")
 
 

@@ -8,10 +8,11 @@ import threading
 import time
 from collections.abc import Callable
 
-from cnnbench import runtime, trials
+from cnnbench import trials
+from cnnbench.training import runtime
 from cnnbench.deadline import TRAIN_COST
 from cnnbench.engines.base import StudyJob, TrialTaken
-from cnnbench.isolation import ChildDied
+from cnnbench.training.isolation import ChildDied
 from cnnbench.trials import PruneTrial, TrialRecord
 
 

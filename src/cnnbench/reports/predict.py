@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnbench.data import CIFAR10_CLASSES
-from cnnbench.images import SUFFIXES, ImageError, read_image
+from cnnbench.training.data import CIFAR10_CLASSES
+from cnnbench.training.images import SUFFIXES, ImageError, read_image
 
 BATCH = 256  # images decoded and classified together
 
@@ -131,7 +131,7 @@ def classify(loaded: LoadedModel, paths: list[str], top: int = 1, on_batch=None)
 def evaluate_folder(loaded: LoadedModel, folder: Path) -> dict:
     """Accuracy, per-class accuracy and confusion matrix on a labelled folder
     (``<class>/<images>``), whose class names must be the model's."""
-    from cnnbench.export import evaluate
+    from cnnbench.reports.export import evaluate
 
     folder = Path(folder)
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cnnbench.images import SUFFIXES as IMAGE_SUFFIXES
-from cnnbench.images import ImageError, read_image
+from cnnbench.training.images import SUFFIXES as IMAGE_SUFFIXES
+from cnnbench.training.images import ImageError, read_image
 
 if TYPE_CHECKING:
-    from cnnbench.space_params import Data
+    from cnnbench.space.params import Data
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
@@ -125,7 +125,7 @@ def _decode_cached(files: list[str], size: int) -> tuple[np.ndarray, np.ndarray,
         except ImageError as e:
             return None, str(e)
 
-    from cnnbench.runtime import usable_cores
+    from cnnbench.training.runtime import usable_cores
 
     # Pillow releases the GIL while decoding; a worker pinned to one core decodes on that one
     with ThreadPoolExecutor(usable_cores()) as pool:
@@ -208,7 +208,7 @@ def _from_batches(read, where: str):
 
 def _load_arrays(source: str | None):
     if source is None:
-        from cnnbench import runtime
+        from cnnbench.training import runtime
 
         runtime.import_tensorflow_quietly()  # the download path: Keras brings TensorFlow in
         import keras

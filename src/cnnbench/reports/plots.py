@@ -160,7 +160,7 @@ def confusion(card: dict, path: Path) -> Path:
 def fronts(board: pd.DataFrame, path: Path, title: str) -> Path:
     """Accuracy against parameters and against CPU latency per image; each cost's Pareto
     front (no other trial both more accurate and cheaper) marked and labelled."""
-    from cnnbench.results import pareto_mask
+    from cnnbench.reports.results import pareto_mask
 
     plt = _pyplot()
     done = board[board["state"] == "complete"].dropna(subset=["val_accuracy"])

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnbench.data import DataBundle
-from cnnbench.results import atomic_write, json_text
+from cnnbench.training.data import DataBundle
+from cnnbench.reports.results import atomic_write, json_text
 from cnnbench.trials import NO_TRIAL, StudyPaths, TrialRecord
 
 

@@ -125,7 +125,7 @@ def build_model(config: dict, num_classes: int = 10, image_size: int = 32,
     ``mean`` and ``variance`` are per-channel statistics of the training images in [0, 1].
     ``dtype_policy`` is the resolved precision (``config['precision']`` may say ``auto``).
     ``fused_batch_norm`` swaps in TensorFlow's fused kernel, for the network being trained
-    only (``cnnbench.fused``); saved models are built without it. The whitening stem's
+    only (``cnnbench.model.fused``); saved models are built without it. The whitening stem's
     filters need training images: ``set_whitening`` fills them.
     """
     import keras
@@ -140,7 +140,7 @@ def build_model(config: dict, num_classes: int = 10, image_size: int = 32,
     pool_layer = layers.MaxPooling2D if config["pooling"] == "max" else layers.AveragePooling2D
     norm_layer = layers.BatchNormalization
     if fused_batch_norm and keras.backend.backend() == "tensorflow":
-        from cnnbench.fused import FusedBatchNormalization as norm_layer
+        from cnnbench.model.fused import FusedBatchNormalization as norm_layer
 
     def conv_unit(x, filters, kernel, padding, name, pool=False):
         """conv, [pool], [batch norm], activation: pooling before the norm (airbench) halves its cost."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnbench.data_sources import (CIFAR10_CLASSES, DataError, _load_arrays, _load_image_folder,  # noqa: F401 (re-exported)
+from cnnbench.training.sources import (CIFAR10_CLASSES, DataError, _load_arrays, _load_image_folder,  # noqa: F401 (re-exported)
                                    cache_dir, stratified_pick)
 from cnnbench.space import Data
 

@@ -21,7 +21,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-DEFAULT_TRAINER = "cnnbench.train:train_and_evaluate"
+DEFAULT_TRAINER = "cnnbench.training.train:train_and_evaluate"
 RECYCLE_MB = 150  # replace a child whose resident memory grew this much since it started
 
 
@@ -97,7 +97,7 @@ def train_one(trainer, config: dict, data, seed: int, model_path, on_epoch,
 
             atomic_write(Path(model_path), Path(result.model).read_bytes())
         elif result.model is not None and model_path:
-            from cnnbench.train import save_model  # TensorFlow: only with a model to save
+            from cnnbench.training.train import save_model  # TensorFlow: only with a model to save
 
             save_model(result.model, Path(model_path))
     except OSError as e:  # a full disk: the trial fails in one line, the sweep's next write says why
@@ -112,12 +112,12 @@ def _child_main(conn, trainer_path: str, data_request: tuple | None) -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal too: the parent stops it
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent()
-    from cnnbench import runtime
+    from cnnbench.training import runtime
 
     runtime.pin_from_environment()
     if trainer_path == DEFAULT_TRAINER:  # a stand-in trainer imports what it needs, perhaps no TensorFlow
         runtime.import_tensorflow_quietly()
-    from cnnbench.data import load_data
+    from cnnbench.training.data import load_data
     from cnnbench.trials import PruneTrial
 
     with runtime.silenced_stderr():  # a trainer of the user's own may import TensorFlow at its top
@@ -184,7 +184,7 @@ class TrialRunner:
         parent, child = context.Pipe()
         self.process = context.Process(target=_child_main, args=(child, self.trainer, self.data_request),
                                        daemon=True, name="cnnbench-trial")
-        from cnnbench.runtime import trial_allocator
+        from cnnbench.training.runtime import trial_allocator
 
         preload = trial_allocator()  # for the child only: it inherits the environment at its start
         if preload:

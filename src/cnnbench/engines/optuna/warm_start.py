@@ -58,7 +58,7 @@ def add(study, space: Space, chosen: list[tuple[str, TrialRecord]]) -> int:
     """Add ``chosen`` to the (empty) Optuna ``study``; returns how many were added."""
     import optuna
 
-    from cnnbench.engines.optuna_study import distributions
+    from cnnbench.engines.optuna.study import distributions
 
     every = distributions(space)
     added = []

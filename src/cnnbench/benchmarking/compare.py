@@ -19,8 +19,8 @@ import pandas as pd
 
 from cnnbench import engines
 from cnnbench.engines.base import SilentProgress, StudyJob
-from cnnbench.isolation import InProcessRunner
-from cnnbench.tabular import Table, TableTrainer
+from cnnbench.training.isolation import InProcessRunner
+from cnnbench.benchmarking.tabular import Table, TableTrainer
 from cnnbench.trials import StudyPaths, read_records
 
 
@@ -116,7 +116,7 @@ def summary(traces: pd.DataFrame, table: Table, targets=(0.01, 0.005)) -> pd.Dat
 def plot(traces: pd.DataFrame, path: Path, title: str) -> Path:
     """Regret against simulated minutes and against trials: mean over seeds, with a band from
     the 25th to the 75th percentile (regret is skewed and never below 0: no std band)."""
-    from cnnbench.plots import _pyplot, _save
+    from cnnbench.reports.plots import _pyplot, _save
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), dpi=110, sharey=True)
@@ -157,8 +157,8 @@ def choose(names: list[str] | None) -> list[Strategy]:
 def compare_table(table_path: Path, seeds: int, trials: int, out: Path | None = None,
                   names: list[str] | None = None) -> dict[str, Path]:
     """Replay strategies against a table; write traces.csv, summary.csv/.md and regret.png."""
-    from cnnbench.report import markdown_table
-    from cnnbench.results import atomic_write
+    from cnnbench.reports.report import markdown_table
+    from cnnbench.reports.results import atomic_write
 
     table = Table.load(table_path)
     chosen = choose(names)
@@ -182,8 +182,8 @@ def compare_live(space_file: str, seeds: int, minutes: float, out: Path, names: 
     and summary give the best validation accuracy reached rather than regret."""
     import yaml
 
-    from cnnbench.report import markdown_table
-    from cnnbench.results import atomic_write
+    from cnnbench.reports.report import markdown_table
+    from cnnbench.reports.results import atomic_write
     from cnnbench.space import load_space
     from cnnbench.sweep import SweepRequest, prepare, run_sweep
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from cnnbench import plots
-from cnnbench.results import atomic_write, leaderboard_frame, progress_frame, read_json
+from cnnbench.reports import plots
+from cnnbench.reports.results import atomic_write, leaderboard_frame, progress_frame, read_json
 from cnnbench.space import parse_space
 from cnnbench.trials import StudyPaths, read_records
 

@@ -19,14 +19,15 @@ import subprocess
 
 import keras_tuner as kt
 
-from cnnbench import runtime, trials
+from cnnbench import trials
+from cnnbench.training import runtime
 from cnnbench.deadline import NotStarted
-from cnnbench.engines import kerastuner_recovery as lost
-from cnnbench.engines.kerastuner_oracle import AtomicTunerSave, adopt, check_state_files
-from cnnbench.engines import recovery
+from cnnbench.engines.kerastuner import recovery as lost
+from cnnbench.engines.kerastuner.oracle import AtomicTunerSave, adopt, check_state_files
+from cnnbench.engines.recovery import describe_exit
 from cnnbench.engines.base import StudyJob, TrialTaken, stop_rule_reason, wait_all
 from cnnbench.engines.trial import run_trial
-from cnnbench.isolation import worker_preexec
+from cnnbench.training.isolation import worker_preexec
 from cnnbench.knobs import coerce
 from cnnbench.space import ChoiceParam, FloatParam, IntParam, Space, SpaceError
 
@@ -195,7 +196,7 @@ def _run_distributed(job: StudyJob) -> bool:
             chief.wait()
     for i, code in enumerate(codes):
         if code:
-            job.progress.say(f"worker tuner{i} {recovery.describe_exit(code)}; the others went on without it")
+            job.progress.say(f"worker tuner{i} {describe_exit(code)}; the others went on without it")
     return any(codes)
 
 

@@ -21,14 +21,17 @@ import warnings
 import optuna
 from optuna.trial import TrialState
 
-from cnnbench import runtime, trials
+from cnnbench import trials
+from cnnbench.training import runtime
 from cnnbench.deadline import EXPORT_SECONDS, NotStarted
-from cnnbench.engines import optuna_recovery, promotion, recovery
+from cnnbench.engines import promotion
+from cnnbench.engines.recovery import describe_exit
+from cnnbench.engines.optuna.recovery import OWNER, recover_lost
 from cnnbench.engines.base import StudyJob, TrialTaken, stop_rule_reason, wait_all
 from cnnbench.engines.trial import run_trial
-from cnnbench.engines.optuna_study import _Grid, check_study, counted_trials, open_rdb, open_study, suggest
-from cnnbench.isolation import worker_preexec
-from cnnbench.engines.pruning import median_rule, progress_steps
+from cnnbench.engines.optuna.study import _Grid, check_study, counted_trials, open_rdb, open_study, suggest
+from cnnbench.training.isolation import worker_preexec
+from cnnbench.engines.optuna.pruning import median_rule, progress_steps
 from cnnbench.space import Space, SpaceError
 
 NAME = "optuna"
@@ -57,13 +60,13 @@ def run(job: StudyJob) -> None:
     space keeps failing, or a signal stops it. With ``job.workers``, start that many worker
     processes on the shared storage instead, and wait for them."""
     study = open_study(job)
-    optuna_recovery.recover_lost(job, study)
+    recover_lost(job, study)
     new_study = not study.get_trials(deepcopy=False)
     if not job.worker_index:
         for known_good in job.space.start_with:  # tried before anything is sampled; once per study
             study.enqueue_trial(known_good, skip_if_exists=True)
     if job.warm_start and not job.worker_index and new_study:  # after start_with: its skip check sees them
-        from cnnbench.engines import warm_start
+        from cnnbench.engines.optuna import warm_start
 
         added = warm_start.add(study, job.space, job.warm_start)
         job.progress.say(f"warm start: {added} finished trial(s) of earlier studies added before sampling")
@@ -76,7 +79,7 @@ def run(job: StudyJob) -> None:
         with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": we beat ourselves
             warnings.simplefilter("ignore", UserWarning)
             trial = study.ask()
-        trial.set_user_attr(optuna_recovery.OWNER, f"{socket.gethostname()}:{os.getpid()}")  # for recover_unrecorded
+        trial.set_user_attr(OWNER, f"{socket.gethostname()}:{os.getpid()}")  # for recover_unrecorded
         if sum(t.number < trial.number for t in counted_trials(study)) >= job.trials:
             trial.set_user_attr("surplus", True)  # another worker took the last place in the budget
             study.tell(trial, state=TrialState.FAIL)
@@ -93,7 +96,7 @@ def run(job: StudyJob) -> None:
                                  "configurations asked for could not finish in time)")
                 break
             job.progress.say(f"trial {trial.number} {late}; asking for another configuration")
-        optuna_recovery.recover_lost(job, study)
+        recover_lost(job, study)
 
 
 def _enqueue_promotion(job: StudyJob, study: optuna.Study) -> None:
@@ -189,7 +192,7 @@ def run_workers(job: StudyJob, study: optuna.Study) -> None:
                                                             **runtime.worker_environment(i, job.workers)},
                                   preexec_fn=worker_preexec())
                  for i in range(job.workers)]
-    codes = wait_all(processes, on_exit=lambda _process, code: code and optuna_recovery.recover_lost(job, study))
+    codes = wait_all(processes, on_exit=lambda _process, code: code and recover_lost(job, study))
     for i, code in enumerate(codes):
         if code:
-            job.progress.say(f"worker {i + 1} {recovery.describe_exit(code)}; the others finished the study")
+            job.progress.say(f"worker {i + 1} {describe_exit(code)}; the others finished the study")

@@ -207,7 +207,7 @@ def check_summary(space) -> str:
 def forecast_line(space, log=None) -> str:
     """How long one trial takes on this machine, from the training speed recent trials here
     reached (``cnnbench check --measure`` measures it when none is known)."""
-    from cnnbench import runtime
+    from cnnbench.training import runtime
     from cnnbench.deadline import ThroughputLog, trial_seconds
     from cnnbench.knobs import coerce
     from cnnbench.model import architecture_stats

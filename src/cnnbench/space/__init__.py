@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 
-from cnnbench import safe_yaml
-from cnnbench.space_params import (Budget, ChoiceParam, Data, FixedParam, FloatParam, IntParam, Param, Scalar,
+from cnnbench.space import safe_yaml
+from cnnbench.space.params import (Budget, ChoiceParam, Data, FixedParam, FloatParam, IntParam, Param, Scalar,
                                    Search, SpaceError, _Strict)
 from cnnbench.knobs import KNOBS, coerce, default_config
 from cnnbench.model import architecture_stats
@@ -259,7 +259,7 @@ def load_space(path: str | Path) -> Space:
 def parse_space(raw: Any, source: str = "<space>") -> Space:
     if not isinstance(raw, dict):
         raise SpaceError(f"{source}: the file must be a mapping with a 'params' key")
-    from cnnbench.space_rules import check_semantics, first_error
+    from cnnbench.space.rules import check_semantics, first_error
 
     try:
         space = Space.model_validate({**raw, "source": source})

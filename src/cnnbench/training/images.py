@@ -59,7 +59,7 @@ def resize(pixels: np.ndarray, size: int) -> np.ndarray:
     own Resizing layer does it, rounded back to uint8."""
     if pixels.shape[:2] == (size, size):
         return pixels
-    from cnnbench import runtime
+    from cnnbench.training import runtime
 
     runtime.import_tensorflow_quietly()
     import tensorflow as tf

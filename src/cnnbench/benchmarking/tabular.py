@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cnnbench.results import atomic_write, json_text, read_json
+from cnnbench.reports.results import atomic_write, json_text, read_json
 from cnnbench.space import Space, SpaceError, parse_space
 from cnnbench.trials import StudyPaths, read_records
 from cnnbench.trials import config_key as key  # a configuration's identity in the table

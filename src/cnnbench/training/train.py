@@ -15,13 +15,13 @@ from collections.abc import Callable
 
 import numpy as np
 
-from cnnbench import runtime
-from cnnbench.data import DataBundle
+from cnnbench.training import runtime
+from cnnbench.training.data import DataBundle
 from cnnbench.knobs import unspell
 # re-exported: the trainer's contract lives with the records (no TensorFlow there)
 from cnnbench.trials import TRAIN_FLOPS_PER_FORWARD, PruneTrial, TrialFailed, TrialResult  # noqa: F401
 from cnnbench.model import architecture_stats, build_model, set_whitening, with_tta
-from cnnbench.optim import lookahead_callback, make_optimizer
+from cnnbench.training.optim import lookahead_callback, make_optimizer
 
 EVAL_BATCH = 500          # inference batch; independent of the searched training batch size
 WHITENING_IMAGES = 5000   # training images whose patches set the whitening stem

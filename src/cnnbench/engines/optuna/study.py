@@ -12,8 +12,8 @@ import optuna
 from optuna.trial import TrialState
 
 from cnnbench.engines.base import StudyJob
-from cnnbench.engines.journal import named_backend, repair_journal
-from cnnbench.engines.pruning import make_pruner
+from cnnbench.engines.optuna.journal import named_backend, repair_journal
+from cnnbench.engines.optuna.pruning import make_pruner
 from cnnbench.engines.storage_url import masked, scrub
 from cnnbench.space import ChoiceParam, FloatParam, IntParam, Space, SpaceError
 

@@ -1,0 +1,2 @@
+"""Benchmarks of search strategies: tabular studies (``tabulate``) and their replay
+(``compare``)."""
