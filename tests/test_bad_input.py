@@ -84,7 +84,7 @@ def test_data_and_cache_problems_exit_2_and_write_no_study(tmp_path):
         proc = run_cli(*base, env=env)
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and message in lines[0], proc.stderr
+        assert len(lines) == 1 and message in lines[0], (env, proc.stderr)
         assert not results.exists()
 
 

@@ -54,16 +54,28 @@ def test_export_names_the_engine_and_the_best_trial(study):
 
 
 def test_both_engines_exports_load_in_one_fresh_process(tmp_path_factory, jpeg_root):
+    """model.keras with plain Keras (safe mode, any image size, probabilities), and
+    best/saved_model/ with plain TensorFlow giving the same probabilities, for each engine's
+    export, in one process that has imported nothing of cnnbench."""
     folders = [stand_in_study(engine, tmp_path_factory, jpeg_root).folder for engine in ENGINES]
-    code = ("import sys, numpy as np, keras\n"
-            "for path in sys.argv[1:]:\n"
-            "    m = keras.models.load_model(path, safe_mode=True)\n"
-            "    print(m.predict(np.zeros((3, 32, 32, 3), np.uint8), verbose=0).shape, m.count_params())")
-    proc = subprocess.run([sys.executable, "-c", code, *[str(f / "best" / "model.keras") for f in folders]],
+    image = next((jpeg_root / "test" / "cat").iterdir())
+    code = ("import sys, numpy as np, keras, tensorflow as tf; from PIL import Image\n"
+            "x = np.asarray(Image.open(sys.argv[1]).convert('RGB'))[None]\n"
+            "batch = np.random.default_rng(0).integers(0, 256, (4, 40, 40, 3), dtype=np.uint8)\n"
+            "for best in sys.argv[2:]:\n"
+            "    m = keras.models.load_model(best + '/model.keras', safe_mode=True)\n"
+            "    p, q = m.predict(x, verbose=0), m.predict(np.zeros((3, 64, 48, 3), np.uint8), verbose=0)\n"
+            "    loaded = tf.saved_model.load(best + '/saved_model')  # kept: its variables live as long as it does\n"
+            "    served = loaded.serve(tf.constant(batch)).numpy()\n"
+            "    print(p.shape, q.shape, round(float(p.sum()), 3), m.count_params(),\n"
+            "          float(np.abs(served - m.predict(batch, verbose=0)).max()) < 1e-5)\n"
+            "print('cnnbench' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code, str(image), *[str(f / "best") for f in folders]],
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, proc.stderr[-3000:]
     cards = [json.loads((f / "best" / "model_card.json").read_text()) for f in folders]
-    assert proc.stdout.strip().splitlines()[-2:] == [f"(3, 10) {c['parameter_count']}" for c in cards]
+    assert proc.stdout.strip().splitlines()[-3:] == [
+        *[f"(1, 10) (3, 10) 1.0 {c['parameter_count']} True" for c in cards], "False"]
 
 
 def test_global_leaderboard_names_the_engine(study):

@@ -1,11 +1,15 @@
 """cnnbench: hyperparameter search and benchmarking for CNNs on CIFAR-10.
 
-The flow: a space file (``space``) -> an engine (``engines``: Optuna or KerasTuner) picks
-configurations -> each trains in a child process (``isolation`` -> ``train`` -> ``model``) and
-leaves a record (``trials``) -> the best configuration is trained once more on all training
-images (``final``) -> the model is tested once and exported (``export``) -> leaderboards,
-pictures and a report page (``results``, ``report``, ``plots``, ``pages``); ``sweep`` runs
-that flow, ``cli`` and ``api`` (below) are its doors.
+The flow, and the layout that follows it (each layer imports only from the ones before it;
+tests/test_layout.py keeps it so): the records (``files``, ``provenance``, ``knobs``,
+``trials``) -> ``model/`` (config -> keras.Model, counted on paper) -> ``space/`` (a space file
+-> a validated Space) -> ``training/`` (the data, the trainer, the trial child process) ->
+``deadline`` (an hour is an hour) -> ``engines/`` (Optuna or KerasTuner choose the
+configurations; ``engines.trial.run_trial`` runs each one) beside ``reports/`` (leaderboards,
+pictures, the report page, the export and its model card, predict) -> ``final`` (the best
+configuration once more on all training images) -> the glue: ``request`` (validation),
+``sweep`` (one sweep end to end), ``commands``/``cli`` and ``api`` (its doors),
+``benchmarking/``.
 
 Importing the package changes nothing in the process. ``cnnbench.prepare()`` readies it for
 TensorFlow (oneDNN kernels on unless the user chose otherwise, a quiet start); the

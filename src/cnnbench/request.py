@@ -157,32 +157,8 @@ def prepare(request: SweepRequest) -> Sweep:
     """Validate the request. Raises SpaceError for a bad space, argument, algorithm or
     storage, or a study it does not match; nothing has been written when it does."""
     started = time.time()
-    space = load_space(request.space_file)
-    if request.seed is not None:
-        if not 0 <= request.seed < 2**31:
-            raise SpaceError(f"--seed: must be from 0 to {2**31 - 1}, got {request.seed}")
-        space = space.model_copy(update={"seed": request.seed})
-    if not request.start_with:
-        space = space.model_copy(update={"start_with": []})
-    if request.deterministic:
-        space = space.model_copy(update={"deterministic": True})
-    if request.trials is not None and request.trials < 1:
-        raise SpaceError(f"--trials: must be at least 1, got {request.trials}")
-    if request.timeout_minutes is not None and request.timeout_minutes <= 0:
-        raise SpaceError(f"--timeout: must be above 0 minutes, got {request.timeout_minutes}")
-    if request.workers < 0:
-        raise SpaceError(f"--workers: must be 0 or more, got {request.workers}")
-    if request.trainer:
-        from cnnbench.training.runtime import silenced_stderr
-
-        try:
-            with silenced_stderr():  # its module may import TensorFlow
-                load_trainer(request.trainer)
-        except (ImportError, AttributeError, ValueError) as error:
-            raise SpaceError(f"--trainer: {request.trainer!r} is not an importable module:function ({error})") from None
-    if request.in_process and request.workers:
-        raise SpaceError("--workers: worker processes train in processes of their own; in_process trains in this "
-                         "one: choose one of them")
+    space = _space_as_asked(request)
+    _check_arguments(request)
     engine = engines.get(request.engine)
     study = request.study or Path(request.space_file).stem
     if not study.replace("-", "").replace("_", "").replace(".", "").isalnum() or study.strip(".") == "":
@@ -195,21 +171,7 @@ def prepare(request: SweepRequest) -> Sweep:
     if board.exists() and not board.read_text(errors="replace").startswith(GLOBAL_BOARD_TITLE):
         raise SpaceError(f"--results: {board} exists and was not written by cnnbench; "
                          "choose a results folder of its own")
-    earlier = read_json(paths.root / "run.json")
-    if not earlier and (paths.root / "run.json").exists():  # unreadable: the resume check would be off
-        raise SpaceError(f"{paths.root / 'run.json'}: unreadable (not JSON); it says which space this study "
-                         "was made with: restore it, or use a new STUDY name")
-    if earlier and earlier.get("space_hash") != space.fingerprint():
-        raise SpaceError(f"{request.space_file}: study {study!r} in {paths.root} was run with a different "
-                         f"space (hash {earlier.get('space_hash')}, now {space.fingerprint()}); "
-                         "use a new STUDY name, or the space it was made with")
-    if earlier and earlier.get("knob_defaults_hash") not in (None, knob_defaults_hash()):
-        raise SpaceError(f"{request.space_file}: study {study!r} in {paths.root} was made when the knobs' "
-                         f"defaults were different (code {earlier.get('git_revision') or 'unknown'}): its trials "
-                         "trained other configurations than this code would; use a new STUDY name")
-    if earlier and earlier.get("engine") not in (None, request.engine):
-        raise SpaceError(f"--engine: study {study!r} was run with {earlier.get('engine')}; "
-                         "use a new STUDY name to compare engines")
+    _check_resume(request, study, paths, space)
     storage = resolve(request.storage)
     algo = engine.validate(space, request.algo, storage)
     if storage and hasattr(engine, "check_study"):  # the storage may hold it from another machine
@@ -238,3 +200,57 @@ def prepare(request: SweepRequest) -> Sweep:
         if request.warm_start else None,
     }
     return Sweep(request, space, study, paths, run, started, algo, storage, warm)
+
+
+def _space_as_asked(request: SweepRequest) -> Space:
+    """The space file, with what the command line replaces in it (seed, start_with, determinism)."""
+    space = load_space(request.space_file)
+    if request.seed is not None:
+        if not 0 <= request.seed < 2**31:
+            raise SpaceError(f"--seed: must be from 0 to {2**31 - 1}, got {request.seed}")
+        space = space.model_copy(update={"seed": request.seed})
+    if not request.start_with:
+        space = space.model_copy(update={"start_with": []})
+    if request.deterministic:
+        space = space.model_copy(update={"deterministic": True})
+    return space
+
+
+def _check_arguments(request: SweepRequest) -> None:
+    if request.trials is not None and request.trials < 1:
+        raise SpaceError(f"--trials: must be at least 1, got {request.trials}")
+    if request.timeout_minutes is not None and request.timeout_minutes <= 0:
+        raise SpaceError(f"--timeout: must be above 0 minutes, got {request.timeout_minutes}")
+    if request.workers < 0:
+        raise SpaceError(f"--workers: must be 0 or more, got {request.workers}")
+    if request.trainer:
+        from cnnbench.training.runtime import silenced_stderr
+
+        try:
+            with silenced_stderr():  # its module may import TensorFlow
+                load_trainer(request.trainer)
+        except (ImportError, AttributeError, ValueError) as error:
+            raise SpaceError(f"--trainer: {request.trainer!r} is not an importable module:function ({error})") from None
+    if request.in_process and request.workers:
+        raise SpaceError("--workers: worker processes train in processes of their own; in_process trains in this "
+                         "one: choose one of them")
+
+
+def _check_resume(request: SweepRequest, study: str, paths: StudyPaths, space: Space) -> None:
+    """A study that exists continues only with the space, knob defaults and engine it was
+    made with (run.json says which)."""
+    earlier = read_json(paths.root / "run.json")
+    if not earlier and (paths.root / "run.json").exists():  # unreadable: the resume check would be off
+        raise SpaceError(f"{paths.root / 'run.json'}: unreadable (not JSON); it says which space this study "
+                         "was made with: restore it, or use a new STUDY name")
+    if earlier and earlier.get("space_hash") != space.fingerprint():
+        raise SpaceError(f"{request.space_file}: study {study!r} in {paths.root} was run with a different "
+                         f"space (hash {earlier.get('space_hash')}, now {space.fingerprint()}); "
+                         "use a new STUDY name, or the space it was made with")
+    if earlier and earlier.get("knob_defaults_hash") not in (None, knob_defaults_hash()):
+        raise SpaceError(f"{request.space_file}: study {study!r} in {paths.root} was made when the knobs' "
+                         f"defaults were different (code {earlier.get('git_revision') or 'unknown'}): its trials "
+                         "trained other configurations than this code would; use a new STUDY name")
+    if earlier and earlier.get("engine") not in (None, request.engine):
+        raise SpaceError(f"--engine: study {study!r} was run with {earlier.get('engine')}; "
+                         "use a new STUDY name to compare engines")

@@ -127,6 +127,9 @@ def build_model(config: dict, num_classes: int = 10, image_size: int = 32,
     ``fused_batch_norm`` swaps in TensorFlow's fused kernel, for the network being trained
     only (``cnnbench.model.fused``); saved models are built without it. The whitening stem's
     filters need training images: ``set_whitening`` fills them.
+
+    Longer than most functions here on purpose: the network reads top to bottom in one
+    place (input, stem, stages, head), as airbench's does, rather than across helpers.
     """
     import keras
     from keras import layers

@@ -59,10 +59,7 @@ def resize(pixels: np.ndarray, size: int) -> np.ndarray:
     own Resizing layer does it, rounded back to uint8."""
     if pixels.shape[:2] == (size, size):
         return pixels
-    from cnnbench.training import runtime
-
-    runtime.import_tensorflow_quietly()
-    import tensorflow as tf
+    import tensorflow as tf  # callers that decode in threads import it quietly first (sources._decode_cached)
 
     out = tf.image.resize(pixels, (size, size), method="bilinear", antialias=True)
     return np.clip(np.rint(out.numpy()), 0, 255).astype(np.uint8)
