@@ -75,7 +75,7 @@ def test_data_and_cache_problems_exit_2_and_write_no_study(tmp_path):
     results = tmp_path / "results"
     base = ["sweep", "--space", str(SPACES / "smoke.yaml"), "--results", str(results)]
     cases = [({"CNNBENCH_CIFAR10": str(tmp_path / "nowhere")}, "nowhere: not found"),
-             ({"CNNBENCH_CIFAR10": str(image_folder(tmp_path / "d")), "CNNBENCH_CACHE": "/dev/null/cache"},
+             ({"CNNBENCH_CIFAR10": str(image_folder(tmp_path / "d", size=32)), "CNNBENCH_CACHE": "/dev/null/cache"},
               "decode cache is not writable")]
     archive = tmp_path / "cifar-10-python.tar.gz"
     archive.write_bytes(b"\x1f\x8b partial download")

@@ -116,7 +116,7 @@ def test_tta_and_ema_model_is_exported_float32_mirror_averaged_and_loads_in_safe
 
     from cnnbench.training.train import save_model
 
-    config = {**default_config(), "stages": 2, "base_filters": 8, "epochs": 2, "batch_size": 20,
+    config = {**default_config(), "stages": 2, "base_filters": 8, "epochs": 1, "batch_size": 20,
               "learning_rate": 1e-2, "tta": True, "ema": 0.9, "stem": "whiten", "precision": "mixed_bfloat16"}
     result = train_and_evaluate(config, _tiny_data(), seed=0)
     assert result.precision == "mixed_bfloat16" and result.model.name == "cnnbench_tta"

@@ -21,6 +21,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from cnnbench.trials import PruneTrial
+
 DEFAULT_TRAINER = "cnnbench.training.train:train_and_evaluate"
 RECYCLE_MB = 150  # replace a child whose resident memory grew this much since it started
 
@@ -82,8 +84,6 @@ def train_one(trainer, config: dict, data, seed: int, model_path, on_epoch,
               log_dir: str | None = None) -> tuple[str, str, dict | None]:
     """Train one trial wherever we are: (state, reason, result fields without the model).
     A completed trial's model is saved at ``model_path``; ``log_dir`` gets TensorBoard logs."""
-    from cnnbench.trials import PruneTrial
-
     try:
         result = trainer(config, data, on_epoch, seed, **({"log_dir": str(log_dir)} if log_dir else {}))
     except PruneTrial as pruned:
@@ -118,11 +118,18 @@ def _child_main(conn, trainer_path: str, data_request: tuple | None) -> None:
     if trainer_path == DEFAULT_TRAINER:  # a stand-in trainer imports what it needs, perhaps no TensorFlow
         runtime.import_tensorflow_quietly()
     from cnnbench.training.data import load_data
-    from cnnbench.trials import PruneTrial
 
     with runtime.silenced_stderr():  # a trainer of the user's own may import TensorFlow at its top
         trainer = load_trainer(trainer_path)
     data = load_data(*data_request) if data_request else None
+    try:
+        _serve(conn, trainer, data)
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        return  # the parent went away mid-conversation (its own error, a kill): nobody to tell
+
+
+def _serve(conn, trainer, data) -> None:
+    """Train whatever the parent sends, one trial at a time, until told to stop."""
     baseline = _resident_mb()
     while True:
         message = conn.recv()
@@ -203,8 +210,6 @@ class TrialRunner:
         """Train one trial: returns (state, reason, result fields). ``on_epoch(epoch, logs)``
         runs here, in the sweep's process; if it raises PruneTrial the child is told to stop
         the trial. Raises ChildDied when the child ends mid-trial (its exit is described)."""
-        from cnnbench.trials import PruneTrial
-
         if self.process is None or not self.process.is_alive():
             self._start()
         self.conn.send(("train", config, seed, str(model_path) if model_path else None,
