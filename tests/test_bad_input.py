@@ -71,7 +71,12 @@ def test_a_refused_pickle_in_batches_meta_is_an_error_not_ignored(tmp_path):
         load_data(Data(path=str(folder)), seed=0)
 
 
-def test_data_and_cache_problems_exit_2_and_write_no_study(tmp_path):
+def test_data_and_cache_problems_exit_2_and_write_no_study(tmp_path, monkeypatch, capsys):
+    """`cnnbench sweep` in this process (its stop handlers saved and put back around it)."""
+    import signal
+
+    from cnnbench.cli import main
+
     results = tmp_path / "results"
     base = ["sweep", "--space", str(SPACES / "smoke.yaml"), "--results", str(results)]
     cases = [({"CNNBENCH_CIFAR10": str(tmp_path / "nowhere")}, "nowhere: not found"),
@@ -80,11 +85,19 @@ def test_data_and_cache_problems_exit_2_and_write_no_study(tmp_path):
     archive = tmp_path / "cifar-10-python.tar.gz"
     archive.write_bytes(b"\x1f\x8b partial download")
     cases.append(({"CNNBENCH_CIFAR10": str(archive)}, "is not the published"))
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     for env, message in cases:
-        proc = run_cli(*base, env=env)
-        assert proc.returncode == 2, proc.stderr
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and message in lines[0], (env, proc.stderr)
+        capsys.readouterr()
+        with monkeypatch.context() as patched:
+            for name, value in env.items():
+                patched.setenv(name, value)
+            try:
+                code = main(base)
+            finally:
+                for s, handler in handlers.items():
+                    signal.signal(s, handler)
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and message in lines[0], (env, lines)
         assert not results.exists()
 
 

@@ -76,11 +76,21 @@ def test_prepare_turns_onednn_on_before_tensorflow_loads_and_says_when_it_came_t
     assert (setting, enabled, origin) == ("1", "True", "cnnbench")
     assert int(threads) == len(os.sched_getaffinity(0))
     # a user's own setting wins: test_onednn_is_enabled_unless_the_user_chose (no TensorFlow needed)
-    late = ("import os, tensorflow, cnnbench; cnnbench.prepare(); from cnnbench.training import runtime; "
-            "print('TF_ENABLE_ONEDNN_OPTS' in os.environ, runtime.configure_tensorflow()['onednn_set_by'])")
-    assert _fresh(late) == ("True cnnbench, for trial processes only (TensorFlow was imported before "
-                            "cnnbench.prepare())")  # the trial processes still get oneDNN
     assert _fresh("import cnnbench, os; print('TF_ENABLE_ONEDNN_OPTS' in os.environ)") == "False"  # import: nothing
+
+
+def test_prepare_after_tensorflow_says_it_came_too_late_and_still_readies_the_trial_processes(monkeypatch):
+    import sys
+
+    import tensorflow  # noqa: F401  (this process, as a notebook that imported it first)
+
+    assert "tensorflow" in sys.modules
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    monkeypatch.setattr(runtime, "_onednn_origin", "unset")  # restored afterwards
+    runtime.prepare_environment()
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1"  # for the trial processes, which start fresh
+    assert runtime._onednn_origin == ("cnnbench, for trial processes only (TensorFlow was imported before "
+                                      "cnnbench.prepare())")
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this platform")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import shutil
 import time
 from pathlib import Path
@@ -89,7 +90,7 @@ def serve(paths: StudyPaths, number: int, engine: str, values: dict, found: tupl
                             "cached_from": source, "started_at": now, "heartbeat_at": now, "finished_at": now,
                             "note": "; ".join(filter(None, (earlier.note, f"served from {source}")))})
     paths.trials.mkdir(parents=True, exist_ok=True)
-    tmp = paths.trials / f".{paths.trial_model(number).name}.cache.tmp"
+    tmp = paths.trials / f".{paths.trial_model(number).name}.{os.getpid()}.cache.tmp"  # unique per process
     shutil.copyfile(model, tmp)
     tmp.replace(paths.trial_model(number))
     trials.write_record(paths, record)

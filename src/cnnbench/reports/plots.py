@@ -6,6 +6,7 @@ remakes them from the trial records, run.json and the model card.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +27,13 @@ def _save(fig, path: Path) -> Path:
     plt = _pyplot()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")  # unique: two sweeps of a study may draw at once
+    try:
+        fig.savefig(tmp)
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return path
 
 
