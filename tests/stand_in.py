@@ -53,11 +53,14 @@ def gated_train(config, data, on_epoch, seed):
         os.kill(os.getpid(), 9)
     # With a file "hold-final" in the folder, the final training (seed + FINAL_SEED_OFFSET)
     # waits at a gate of its own, "go-final", so a test can let the search finish and hold it.
+    # A file "go-<seed>" lets that one training through alone: a test can let exactly the
+    # first trials finish and hold the next, without racing the sweep.
     held = seed >= FINAL_SEED_OFFSET and (folder / "hold-final").exists()
     gate = folder / ("go-final" if held else "go")
+    own = folder / f"go-{seed}"
     history = []
     for epoch in range(1, config["epochs"] + 1):
-        while not gate.exists():
+        while not (gate.exists() or own.exists()):
             time.sleep(0.05)
         acc = 0.1 + 0.01 * epoch + 0.001 * (seed % 7)
         logs = {"val_accuracy": acc, "loss": 1.0} if len(data.y_val) else {"loss": 1.0}

@@ -62,9 +62,9 @@ def running_trial_started(gate: Path, n: int = 1):
 def test_a_signal_stops_the_sweep_gracefully(tmp_path, signum, code):
     proc, gate = sweep(tmp_path, "stopped", "--trials", "4", ignore_sigint=signum == signal.SIGINT)
     wait_for(running_trial_started(gate), "the first trial to start")
-    (gate / "go").touch()  # let trials finish ...
+    (gate / "go-7").touch()  # let trial 0 (smoke.yaml's seed + 0) finish ...
     wait_for(lambda: sum(r["state"] == "complete" for r in records(tmp_path, "stopped")) >= 1, "a finished trial")
-    (gate / "go").unlink()  # ... and hold the next one mid-training
+    wait_for(lambda: (gate / "training-8").exists(), "the next trial to start")  # ... and hold the next one
     wait_for(lambda: any(r["state"] == "running" for r in records(tmp_path, "stopped")), "a running trial")
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=WAIT)
@@ -272,10 +272,12 @@ def _fill(folder: Path) -> Path:
 
 @pytest.mark.slow
 def test_a_full_disk_ends_the_sweep_in_one_line_and_the_same_command_continues(tmp_path, small_disk):
+    (tmp_path / "gate").mkdir()
+    for seed in (7, 8):  # smoke.yaml's seed + trial 0 and 1: those two train through ...
+        (tmp_path / "gate" / f"go-{seed}").touch()
     proc, gate = sweep(tmp_path, "full", "--trials", "5")
-    (gate / "go").touch()
     wait_for(lambda: sum(r["state"] == "complete" for r in records(tmp_path, "full")) >= 2, "two finished trials")
-    (gate / "go").unlink()  # hold the next trial mid-training ...
+    wait_for(lambda: (gate / "training-9").exists(), "the third trial to start")  # ... and it waits
     wait_for(lambda: any(r["state"] == "running" for r in records(tmp_path, "full")), "a running trial")
     filler = _fill(small_disk)  # ... fill the disk under it, and let it end
     (gate / "go").touch()
