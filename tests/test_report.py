@@ -67,3 +67,22 @@ def test_a_resumed_sweeps_eta_is_paced_by_this_runs_trials_and_the_final_phase_i
     progress.say("final training epoch 1/2")
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert "[s] final training | best val_accuracy" in line and "ETA" not in line
+
+
+def test_progress_png_shades_the_search_and_the_final_training(tmp_path):
+    from cnnbench.reports.plots import time_to_accuracy
+    from cnnbench.reports.results import phase_spans, progress_frame
+
+    t0 = 1000.0
+    recs = [TrialRecord(trial=0, state="complete", engine="optuna", values={}, val_accuracy=0.5, started_at=t0 + 60,
+                        finished_at=t0 + 120),
+            TrialRecord(trial=1, state="complete", engine="optuna", values={}, val_accuracy=0.6, started_at=t0 + 120,
+                        finished_at=t0 + 240),
+            TrialRecord(trial=2, state="running", engine="optuna", values={})]  # no end yet: not counted
+    final = TrialRecord(trial=1, state="interrupted", engine="optuna", values={}, started_at=t0 + 240,
+                        heartbeat_at=t0 + 2640)  # stopped: it ends at its last sign of life
+    spans = phase_spans(recs, final, t0)
+    assert spans == {"search": (1.0, 4.0), "final training": (4.0, 44.0)}
+    assert phase_spans([], None, t0) == {}
+    png = time_to_accuracy(progress_frame(recs, t0), tmp_path / "progress.png", "t", 0.9, 45.0, phases=spans)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

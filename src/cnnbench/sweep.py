@@ -26,8 +26,8 @@ from cnnbench.training.isolation import DEFAULT_TRAINER, InProcessRunner, TrialR
 from cnnbench.reports.pages import write_report
 from cnnbench.reports.report import SweepProgress, markdown_table, study_markdown
 from cnnbench.request import GLOBAL_BOARD_TITLE, Sweep, SweepRequest, check_same_data, prepare, split_fingerprint
-from cnnbench.reports.results import (atomic_write, epoch_curves, json_text, leaderboard_frame, progress_frame,
-                              read_json, studies_frame, write_study_leaderboard)
+from cnnbench.reports.results import (atomic_write, epoch_curves, json_text, leaderboard_frame, phase_spans,
+                                      progress_frame, read_json, studies_frame, write_study_leaderboard)
 
 __all__ = ["Sweep", "SweepRequest", "prepare", "run_sweep"]  # the flow's door: request.py validates
 
@@ -209,7 +209,8 @@ def write_progress_plot(sweep: Sweep, records: list, run: dict, card: dict | Non
     time_to_accuracy(progress_frame(records, origin), sweep.paths.root / "progress.png",
                      f"{sweep.study}: {run['space_file']}, {cpu['model']} ({cpu['cores']} cores)",
                      test_accuracy=card["test"]["accuracy"] if card else None,
-                     export_minutes=(time.time() - origin) / 60, curves=epoch_curves(records, origin))
+                     export_minutes=(time.time() - origin) / 60, curves=epoch_curves(records, origin),
+                     phases=phase_spans(records, trials.read_record(sweep.paths.final_record), origin))
 
 
 def write_global_leaderboard(results_root: Path) -> None:

@@ -37,14 +37,21 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+PHASE_COLOURS = {"search": "tab:blue", "final training": "tab:green"}
+
+
 def time_to_accuracy(progress: pd.DataFrame, path: Path, title: str, test_accuracy: float | None = None,
                      export_minutes: float | None = None,
-                     curves: dict[int, tuple[list[float], list[float]]] | None = None) -> Path:
+                     curves: dict[int, tuple[list[float], list[float]]] | None = None,
+                     phases: dict[str, tuple[float, float]] | None = None) -> Path:
     """Validation accuracy against elapsed minutes: each trial's epochs as a thin line
     (``curves``: trial -> minutes, accuracies), the best completed trial so far as a step,
-    every finished trial as a point, and the exported model's test accuracy when exported."""
+    every finished trial as a point, and the exported model's test accuracy when exported;
+    ``phases`` (``results.phase_spans``) shade the search and the final training."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    for name, (start, end) in (phases or {}).items():
+        ax.axvspan(start, end, color=PHASE_COLOURS.get(name, "tab:gray"), alpha=0.08, label=name)
     for i, (trial, (minutes, accuracy)) in enumerate(sorted((curves or {}).items())):
         ax.plot(minutes, accuracy, color="tab:blue", alpha=0.35, linewidth=1,
                 label="each trial, epoch by epoch" if i == 0 else None)

@@ -150,3 +150,18 @@ def pareto_frame(frame: pd.DataFrame, costs: list[str]) -> pd.Series:
     if len(done):
         out.loc[done.index] = pareto_mask(done["val_accuracy"], *(done[c] for c in costs))
     return out
+
+
+def phase_spans(records: list[TrialRecord], final: TrialRecord | None, origin: float) -> dict[str, tuple[float, float]]:
+    """Minutes (since ``origin``) the search and the final training took, for progress.png:
+    the search from its first trial's start to its last trial's end, the final training from
+    its start to its end (or its last epoch). Phases without times are left out."""
+    spans = {}
+    timed = [r for r in records if r.started_at and r.finished_at]
+    if timed:
+        spans["search"] = (round((min(r.started_at or 0 for r in timed) - origin) / 60, 2),
+                           round((max(r.finished_at or 0 for r in timed) - origin) / 60, 2))
+    if final is not None and final.started_at:
+        end = final.finished_at or final.heartbeat_at or final.started_at
+        spans["final training"] = (round((final.started_at - origin) / 60, 2), round((end - origin) / 60, 2))
+    return spans
