@@ -12,8 +12,12 @@ import os
 from pathlib import Path
 
 
-def temporary_name(target: Path) -> Path:
-    """A hidden name beside ``target``, unique to this process."""
+def temporary_name(target: Path, keep_suffix: bool = False) -> Path:
+    """A hidden name beside ``target``, unique to this process (two sweeps of one study may
+    write the same file at once). ``keep_suffix``: ending in ``target``'s own suffix, for
+    writers that choose the format by it (Keras' .keras, matplotlib's .png, numpy's .npz)."""
+    if keep_suffix:
+        return target.with_name(f".{target.stem}.{os.getpid()}.tmp{target.suffix}")
     return target.with_name(f".{target.name}.{os.getpid()}.tmp")
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import errno
-import os
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ import numpy as np
 from cnnbench.training.data import DataBundle
 from cnnbench.reports.results import atomic_write, json_text
 from cnnbench.trials import NO_TRIAL, StudyPaths, TrialRecord
+from cnnbench.files import temporary_name
 
 
 def evaluate(model, x: np.ndarray, y: np.ndarray, class_names) -> dict:
@@ -109,7 +109,7 @@ def export_best(records: list[TrialRecord], paths: StudyPaths, data: DataBundle,
     source, model = chosen.source, chosen.model
     assert source is not None  # set with the model
     paths.best.mkdir(parents=True, exist_ok=True)
-    tmp = paths.best / f".model.{os.getpid()}.tmp.keras"  # two sweeps of one study may export at once
+    tmp = temporary_name(paths.best / "model.keras", keep_suffix=True)
     shutil.copyfile(source, tmp)
     tmp.replace(paths.best / "model.keras")
     save_saved_model(model, paths.best / "saved_model")
@@ -203,7 +203,7 @@ def save_saved_model(model, folder: Path) -> None:
     import keras
     import tensorflow as tf
 
-    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")  # unique: a second sweep may export at once
+    tmp = temporary_name(folder)
     shutil.rmtree(tmp, ignore_errors=True)
     # An explicit endpoint: ``model.export`` would keep the functional model's list of one
     # input, so serving would need ``serve([images])`` instead of ``serve(images)``.

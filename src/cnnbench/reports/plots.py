@@ -6,11 +6,11 @@ remakes them from the trial records, run.json and the model card.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from cnnbench.files import temporary_name
 
 
 
@@ -27,7 +27,7 @@ def _save(fig, path: Path) -> Path:
     plt = _pyplot()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")  # unique: two sweeps of a study may draw at once
+    tmp = temporary_name(path, keep_suffix=True)
     try:
         fig.savefig(tmp)
         tmp.replace(path)

@@ -18,6 +18,7 @@ import numpy as np
 
 from cnnbench.training.images import SUFFIXES as IMAGE_SUFFIXES
 from cnnbench.training.images import ImageError, read_image
+from cnnbench.files import temporary_name
 
 if TYPE_CHECKING:
     from cnnbench.space.params import Data
@@ -141,7 +142,7 @@ def _decode_cached(files: list[str], size: int) -> tuple[np.ndarray, np.ndarray,
               else np.zeros((0, size, size, 3), np.uint8))
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.stem}.{os.getpid()}.tmp.npz")
+        tmp = temporary_name(cache, keep_suffix=True)
         np.savez(tmp, images=images, readable=readable, broken=np.array(broken, dtype=str))
         os.replace(tmp, cache)  # atomic: a concurrent reader never sees half a file
     except OSError as e:

@@ -9,7 +9,6 @@ decide what to try; this module decides nothing about the search.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 
@@ -22,6 +21,7 @@ from cnnbench.knobs import unspell
 from cnnbench.trials import TRAIN_FLOPS_PER_FORWARD, PruneTrial, TrialFailed, TrialResult  # noqa: F401
 from cnnbench.model import architecture_stats, build_model, set_whitening, with_tta
 from cnnbench.training.optim import lookahead_callback, make_optimizer
+from cnnbench.files import temporary_name
 
 EVAL_BATCH = 500          # inference batch; independent of the searched training batch size
 WHITENING_IMAGES = 5000   # training images whose patches set the whitening stem
@@ -238,7 +238,7 @@ def save_model(model, path) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     inference = keras.Model(model.inputs, model.outputs, name=model.name)  # uncompiled: no optimizer
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")  # unique: two sweeps of a study may both save
+    tmp = temporary_name(path, keep_suffix=True)
     try:
         inference.save(tmp)
         tmp.replace(path)
