@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 EPOCHS, IMAGES = 5, 8192
 
 
-def autotuned_dataset(x, y, config, num_classes, seed):
-    """The earlier pipeline, for comparison only."""
+def autotuned_dataset(x, y, config, num_classes, seed, first_epoch=0):
+    """The earlier pipeline, for comparison only (its epochs one after the other, as the
+    trainer now takes them)."""
     import tensorflow as tf
 
     from cnnbench.training.train import augment_batch
@@ -32,7 +33,8 @@ def autotuned_dataset(x, y, config, num_classes, seed):
         return images, tf.one_hot(labels, num_classes)
 
     ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(config["batch_size"]).map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(config["batch_size"]).repeat(config["epochs"] - first_epoch)
+    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def arm(pipeline: str) -> dict:

@@ -18,8 +18,9 @@ pass. fp32 always; bf16 only where the CPU computes it natively (else a line say
 Also the per-trial fixed cost (process start + imports, model build, first-epoch tracing)
 and its share of a one-epoch trial of the default space's first configuration; the cost of
 training each trial in a child process (``isolation.py``) against training it in-process;
-a real 30-trial smoke sweep's resident memory after its 1st and 30th trial; and what each
-thread setting gives (``threads.py``: intra/inter-op threads, workers pinned to cores).
+a real 30-trial smoke sweep's resident memory after its 1st and 30th trial; what each
+thread setting gives (``threads.py``: intra/inter-op threads, workers pinned to cores); and
+what a per-epoch checkpoint and op determinism cost (``resume_costs.py``).
 
 Results: ``results/bench/<cpu>-<date>.json`` and a table in ``results/bench/README.md``.
 
@@ -189,8 +190,11 @@ def main() -> None:
     from memory import sweep_memory
     from threads import thread_settings
 
+    from resume_costs import resume_costs
+
     report["threads"] = thread_settings(a.thread_rounds, 4096, a.batch)
     report["memory"] = sweep_memory()
+    report["resume_costs"] = resume_costs(a.thread_rounds)
     path = write_results(report)
     print(f"CPU: {report['cpu']['model']} ({report['cpu']['cores']} cores; {' '.join(report['cpu']['flags'])})")
     for r in rows:
@@ -206,6 +210,9 @@ def main() -> None:
           f"memory after 1 / {mem['trials']} smoke trials: {mem['rss_after_first_mb']} / {mem['rss_after_last_mb']} MB")
     for r in report["threads"]["rows"]:
         print(f"  threads {r['setting']:<36} {r['images_per_s']:>8.1f} images/s  x{r['vs_cnnbench_plan']}")
+    ck, det = report["resume_costs"]["checkpoint"], report["resume_costs"]["determinism"]
+    print(f"  checkpoint {ck['checkpoint_seconds']} s ({ck['checkpoint_mb']} MB) = {ck['share_of_an_epoch']:.2%} of a "
+          f"50,000-image epoch; deterministic x{det['deterministic_vs_default']} images/s")
     print(f"written: {path} and {OUT / 'README.md'}")
 
 

@@ -124,3 +124,25 @@ def test_compare_live_runs_each_strategy_and_seed_as_a_real_sweep(tmp_path, jpeg
     from cnnbench.deadline import DEADLINE_ENV
 
     assert DEADLINE_ENV not in __import__("os").environ  # no sweep's deadline outlives it in this process
+
+
+def test_a_warm_start_from_a_related_study_changes_the_search_and_counts_no_trial(table):
+    from cnnbench.benchmarking.compare import related_study, summary
+
+    warm = next(s for s in STRATEGIES if s.name == "tpe+warm20")
+    cold = next(s for s in STRATEGIES if s.name == "tpe")
+    pairs = related_study(table, 20, seed=0)
+    assert len(pairs) == 20 and len({json_key(r.values) for _, r in pairs}) == 20
+    assert all(r.val_accuracy <= table.curves[json_key(r.values)]["val_accuracy"].max() for _, r in pairs)
+    warmed = [replay(table, warm, seed, trials=10) for seed in range(3)]
+    colds = [replay(table, cold, seed, trials=10) for seed in range(3)]
+    assert all(len(t) == 10 for t in warmed)  # the added trials are not counted as trials run here
+    assert any(list(w["best"]) != list(c["best"]) for w, c in zip(warmed, colds))  # TPE starts informed
+    stats = summary(pd.concat(warmed + colds, ignore_index=True), table)
+    assert {"regret_after_10_mean", "regret_after_30_mean"} <= set(stats.columns)
+
+
+def json_key(values):
+    from cnnbench.trials import config_key
+
+    return config_key(values)

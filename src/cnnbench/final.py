@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 
 from cnnbench import trials
+from cnnbench.engines import cache
 from cnnbench.engines.base import StudyJob
 from cnnbench.engines.trial import log_throughput, signal_name
 from cnnbench.training.isolation import ChildDied
@@ -28,7 +29,7 @@ from cnnbench.trials import NO_TRIAL, PruneTrial  # noqa: F401 (NO_TRIAL: re-exp
 from cnnbench.trials import TrialRecord
 
 FINAL_SEED_OFFSET = 1_000_000  # trials train with seed + trial number; the final with seed + this
-UNVALIDATED = ("history", "val_accuracy", "val_loss", "best_epoch")  # result fields a final record leaves out
+UNVALIDATED = ("history", "val_accuracy", "val_loss", "best_epoch", "resumed_checkpoint_at")  # result fields a final record leaves out
 
 
 @dataclass
@@ -135,14 +136,23 @@ def _train_final(job: StudyJob, record: TrialRecord, config: dict, seed: int, so
     job.paths.final_model.parent.mkdir(parents=True, exist_ok=True)
     trials.write_record(job.paths, record, job.paths.final_record)
     job.progress.say(f"final training: {source} on {train_images:,} images, {config['epochs']} epochs, seed {seed}")
+    # A stopped final training goes on from its last epoch at the next run of the command
+    # (the key is what it trains: a changed best configuration is a new training).
+    version = cache.trainer_version(job.trainer_name) if job.data_fingerprint else None
+    checkpoint = job.paths.checkpoint("final-" + trials.checkpoint_key(config, seed, job.data_fingerprint, version))
     try:
-        state, reason, result = job.runner.run(config, seed, job.paths.final_model, on_epoch, final=True)
-    except ChildDied as died:
+        state, reason, result = job.runner.run(config, seed, job.paths.final_model, on_epoch, final=True,
+                                               checkpoint=checkpoint)
+    except ChildDied as died:  # kept: the next run goes on from the checkpoint
         state, reason, result = "failed", str(died), None
     except KeyboardInterrupt as stop:
         record.state, record.reason, record.finished_at = "interrupted", f"interrupted by {signal_name(stop)}", time.time()
         trials.write_record(job.paths, record, job.paths.final_record)
         raise
+    else:
+        checkpoint.unlink(missing_ok=True)
+    if result and result.get("resumed_from_epoch"):
+        job.progress.say(f"final training went on from epoch {result['resumed_from_epoch'][-1]} of an earlier run")
     record.state, record.reason, record.finished_at = state, reason, time.time()
     for key, value in (result or {}).items():  # no validation figures: nothing was held out
         if key not in UNVALIDATED and hasattr(record, key) and value is not None:

@@ -61,6 +61,8 @@ class TrialResult:
     train_images: int | None = None  # images it trained on (train_images knob, or all)
     latency_ms: float | None = None  # inference per image, exported model, batch LATENCY_BATCH, this CPU
     history: list[dict] = field(default_factory=list)
+    resumed_from_epoch: list[int] = field(default_factory=list)  # epochs a checkpoint let it go on from
+    resumed_checkpoint_at: float | None = None  # when that checkpoint was written (Unix seconds)
     model: Any = None        # the inference model (best epoch's weights), or the path of a .keras file the
                              # trainer saved itself, or None when pruned
 
@@ -103,6 +105,8 @@ class TrialRecord:
     data_fingerprint: str | None = None      # the data it trained on (engines/cache.py)
     trainer_version: str | None = None       # the training code's hash (engines/cache.py)
     cached_from: str | None = None           # "<study>/<trial>" when served from an earlier training
+    resumed_from_epoch: list[int] = field(default_factory=list)  # went on from a lost attempt's checkpoint
+    lost_seconds: float | None = None        # wall time the lost attempts trained past their last checkpoint
     history: list[dict] = field(default_factory=list)  # per epoch: loss, val_accuracy, val_loss, seconds
     host: str = ""
     pid: int = 0
@@ -141,6 +145,18 @@ class StudyPaths:
         """Exists once a trial was declared lost (engines.recovery): its process, if it comes
         back (a paused machine), must not write its record again."""
         return self.trials / f".lost-{number:04d}"
+
+    def checkpoint(self, key: str) -> Path:
+        """A running training's per-epoch checkpoint (training/checkpoint.py), named by what it
+        trains (``checkpoint_key``), so the retry of a lost trial, a new trial number, finds it.
+        Its folder is made here: a trainer of one's own just writes the file."""
+        folder = self.root / "checkpoints"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"{key}.npz"
+
+    def retry_marker(self, number: int) -> Path:
+        """Exists once a trial's configuration was handed out again (engines.recovery)."""
+        return self.trials / f".retried-{number:04d}"
 
     @property
     def best(self) -> Path:
@@ -195,6 +211,15 @@ def started(number: int, engine: str, values: dict, config: dict, note: str = ""
 def config_key(values: dict) -> str:
     """A configuration's identity (its searched values), for comparing records."""
     return json.dumps(values, sort_keys=True, default=str)
+
+
+def checkpoint_key(config: dict, seed: int | None, data_fingerprint: str | None, version: str | None) -> str:
+    """What a training is, as a short name: its whole configuration (fidelity included), seed,
+    data and trainer version. Two trainings with one key compute the same thing."""
+    import hashlib
+
+    text = json.dumps([config, seed, data_fingerprint, version], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
 def fidelity(record: TrialRecord) -> tuple[float, float]:

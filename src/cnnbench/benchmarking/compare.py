@@ -5,6 +5,10 @@ Each strategy runs through the real engines (Optuna, KerasTuner) and the real tr
 in place of training, in a throwaway folder. Simulated wall time is the table's measured
 seconds of every epoch a strategy made a trial train. Regret is the true optimum minus the
 best validation accuracy of a completed trial so far (what an export would pick).
+
+``tpe+warm20`` is TPE started with ``--warm-start`` from a related earlier study: 20 random
+configurations of the same space, scored as a study that trained them half as long saw
+them (``related_study``); their cost is that earlier study's, not counted here.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ class Strategy:
     engine: str
     algo: str
     pruner: str = "none"
+    warm: int = 0  # trials of a related study added before sampling (``--warm-start``; Optuna)
 
 
 STRATEGIES = (
@@ -38,11 +43,34 @@ STRATEGIES = (
     Strategy("cmaes", "optuna", "cmaes"),
     Strategy("tpe+median", "optuna", "tpe", "median"),
     Strategy("tpe+hyperband", "optuna", "tpe", "hyperband"),
+    Strategy("tpe+warm20", "optuna", "tpe", warm=20),
     Strategy("kt-random", "kerastuner", "random"),
     Strategy("kt-bayesian", "kerastuner", "bayesian"),
     Strategy("kt-hyperband", "kerastuner", "hyperband"),
 )
 BASELINE = "random"
+WARM_EPOCH_SHARE = 0.5  # the related study trained its configurations half as long
+REGRET_AFTER = (10, 30)  # trials after which the summary gives each strategy's regret
+
+
+def related_study(table: Table, count: int, seed: int) -> list:
+    """What ``--warm-start`` would add from a related earlier study: ``count`` configurations
+    of the same space drawn at random (seeded) and scored as that study saw them, trained
+    for half the table's epochs. (study, record) pairs, as ``warm_start.gather`` gives."""
+    import json
+
+    from cnnbench.trials import TrialRecord
+
+    keys = sorted(table.curves)
+    picked = np.random.default_rng(10_000 + seed).choice(len(keys), size=min(count, len(keys)), replace=False)
+    pairs = []
+    for i in sorted(picked):
+        curve = table.curves[keys[i]]
+        epoch = max(1, int(len(curve) * WARM_EPOCH_SHARE))
+        pairs.append(("related", TrialRecord(trial=int(i), engine="optuna", values=json.loads(keys[i]),
+                                             state="complete",
+                                             val_accuracy=float(curve["val_accuracy"].iloc[:epoch].max()))))
+    return pairs
 
 
 def replay(table: Table, strategy: Strategy, seed: int, trials: int) -> pd.DataFrame:
@@ -57,7 +85,8 @@ def replay(table: Table, strategy: Strategy, seed: int, trials: int) -> pd.DataF
         paths.root.mkdir()
         job = StudyJob(study="replay", engine=strategy.engine, space=space, paths=paths, trials=trials,
                        progress=SilentProgress(), runner=InProcessRunner(None, TableTrainer(table)),
-                       algo=engine.validate(space, strategy.algo, None))
+                       algo=engine.validate(space, strategy.algo, None),
+                       warm_start=related_study(table, strategy.warm, seed) if strategy.warm else [])
         with warnings.catch_warnings():  # e.g. scikit-learn's GP fit under KerasTuner's Bayesian oracle
             warnings.simplefilter("ignore")
             engine.run(job)
@@ -104,6 +133,9 @@ def summary(traces: pd.DataFrame, table: Table, targets=(0.01, 0.005)) -> pd.Dat
                 hit = trace[trace["regret"] <= target]
                 reached.append(float(hit["minutes"].iloc[0]) if len(hit) else math.inf)
             row[f"minutes_to_within_{target:g}"] = float(np.median(reached))
+        for n in REGRET_AFTER:
+            at = traces[(traces["strategy"] == name) & (traces["trial"] <= n)].groupby("seed")["regret"].last()
+            row[f"regret_after_{n}_mean"] = float(at.mean()) if len(at) else math.nan
         if name != BASELINE and BASELINE in finals.index:
             diff = (final - finals.loc[BASELINE]).dropna()
             row["p_vs_random"] = float(wilcoxon(diff).pvalue) if (diff != 0).any() else 1.0

@@ -40,9 +40,11 @@ class SilentProgress:
 
 class Runner(Protocol):
     """Trains one configuration: ``isolation.TrialRunner`` (a child process) or in-process.
-    ``final`` trains on train + validation (the final training), validating nothing."""
+    ``final`` trains on train + validation (the final training), validating nothing;
+    ``checkpoint`` is where the training keeps its per-epoch state (training/checkpoint.py)."""
     def run(self, config: dict, seed: int, model_path: Path | None, on_epoch,
-            log_dir: Path | None = None, final: bool = False) -> tuple[str, str, dict | None]: ...
+            log_dir: Path | None = None, final: bool = False,
+            checkpoint: Path | None = None) -> tuple[str, str, dict | None]: ...
     def close(self, kill: bool = False) -> None: ...
 
 

@@ -27,7 +27,7 @@ from cnnbench.files import temporary_name
 
 # What a training computes depends on these modules (cnnbench/...) and these packages.
 TRAINING_MODULES = ("training/train.py", "model/__init__.py", "training/optim.py", "knobs.py", "model/fused.py",
-                    "training/data.py", "training/sources.py", "training/images.py")
+                    "training/data.py", "training/sources.py", "training/images.py", "training/checkpoint.py")
 TRAINING_PACKAGES = ("tensorflow", "keras")
 
 

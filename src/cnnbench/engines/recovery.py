@@ -51,16 +51,6 @@ def lost_because(record: TrialRecord, now: float | None = None) -> str | None:
     return None
 
 
-def claim(paths: trials.StudyPaths, record: TrialRecord) -> bool:
-    """One process recovers a lost trial: the first to create its marker file."""
-    marker = paths.lost_marker(record.trial)
-    try:
-        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        return True
-    except FileExistsError:
-        return False
-
-
 def fail_lost(job, records: list[TrialRecord]) -> list[TrialRecord]:
     """Mark the study's lost trials failed (each by one process only) and say so; the
     records it marked. Retrying them is the engine's part."""
@@ -76,6 +66,65 @@ def fail_lost(job, records: list[TrialRecord]) -> list[TrialRecord]:
             else f"not retried: {record.attempt} attempts made (search.retries {job.retries})"))
         marked.append(record)
     return marked
+
+
+def wants_retry(record: TrialRecord, retries: int) -> bool:
+    """Whether ``record``'s configuration is to run again (and go on from its checkpoint):
+    an interrupted trial always (a stop is not the configuration's fault), a lost one (its
+    process or trial child died) up to ``retries`` attempts."""
+    if record.state == "interrupted":
+        return True
+    return record.state == "failed" and record.reason.startswith(LOST) and record.attempt <= retries
+
+
+def to_retry(job, records: list[TrialRecord]) -> list[TrialRecord]:
+    """The records whose configuration is to run again and that nobody has handed out yet,
+    each claimed by this process (a marker file: with workers, one of them hands it out)."""
+    wanted = [r for r in records if wants_retry(r, job.retries) and not r.cached_from]
+    return [r for r in wanted if claim(job.paths, r, job.paths.retry_marker(r.trial))]
+
+
+def retried_attempt(paths: trials.StudyPaths, values: dict, rung: int | None, attempt: int) -> TrialRecord | None:
+    """The attempt before ``attempt`` of this configuration (at this rung), if it was lost or
+    interrupted: the one a retry goes on from."""
+    if attempt <= 1:
+        return None
+    key = trials.config_key(values)
+    earlier = [r for r in trials.read_records(paths) if r.attempt == attempt - 1 and r.rung == rung
+               and trials.config_key(r.values) == key
+               and (r.state == "interrupted" or r.reason.startswith(LOST))]
+    return max(earlier, key=lambda r: r.started_at or 0.0, default=None)
+
+
+def note_resume(record: TrialRecord, previous: TrialRecord | None, resumed_at: float | None) -> None:
+    """Say in a retry's record what its earlier attempts cost: the epochs it went on from
+    (``resumed_from_epoch``, from the trainer), the wall time they trained past their last
+    checkpoint (``lost_seconds``; all of it when there was no checkpoint), and the earlier
+    epochs' seconds in its history, so its learning curve is whole."""
+    lost = (previous.lost_seconds or 0.0) if previous is not None else 0.0
+    if previous is not None:
+        # the last sign of life: a graceful stop's end, or a lost process's last heartbeat
+        end = previous.finished_at if previous.state == "interrupted" else previous.heartbeat_at
+        start = resumed_at if resumed_at is not None else previous.started_at
+        lost += max(0.0, (end or 0.0) - (start or end or 0.0))
+        seconds = {h["epoch"]: h.get("seconds") for h in previous.history if "epoch" in h}
+        for h in record.history:
+            if "seconds" not in h and seconds.get(h.get("epoch")) is not None:
+                h["seconds"] = seconds[h["epoch"]]
+    record.lost_seconds = round(lost, 1)
+    if record.resumed_from_epoch:
+        record.note = "; ".join(filter(None, (record.note, f"resumed from epoch {record.resumed_from_epoch[-1]}")))
+
+
+def claim(paths: trials.StudyPaths, record: TrialRecord, marker: Path | None = None) -> bool:
+    """One process acts on a trial: the first to create its marker file (by default the
+    lost marker)."""
+    marker = marker or paths.lost_marker(record.trial)
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
 
 
 def describe_exit(code: int) -> str:

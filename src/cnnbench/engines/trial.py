@@ -7,11 +7,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from cnnbench import trials
 from cnnbench.training import runtime
 from cnnbench.deadline import TRAIN_COST
 from cnnbench.engines.base import StudyJob, TrialTaken
+from cnnbench.engines.recovery import LOST, note_resume, retried_attempt, wants_retry
 from cnnbench.training.isolation import ChildDied
 from cnnbench.trials import PruneTrial, TrialRecord
 
@@ -73,8 +75,12 @@ def run_trial(job: StudyJob, number: int, values: dict, should_stop: Callable[[i
     config = {**space.complete(values), **(overrides or {}), **space.rung_config(rung)}
     final_config = {**space.complete(values), **(overrides or {})}  # what its final training would train
     version = cache.trainer_version(job.trainer_name) if job.data_fingerprint else None
+    # A retry trains with its first attempt's seed: the same training, so it can go on from
+    # that attempt's checkpoint (and a deterministic one ends with the same figures).
+    previous = retried_attempt(paths, values, rung, attempt)
+    seed = previous.seed if previous is not None and previous.seed is not None else space.seed + number
     if served := _served_from_cache(job, number, values, config, final_config, version, rung, promoted_from,
-                                    attempt):
+                                    attempt, seed):
         return served  # before admission: a training already done costs nothing
     note = space.rung_name(rung) + (f", promoted from trial {promoted_from}" if promoted_from is not None
                                               else "") if rung is not None else ""
@@ -83,16 +89,21 @@ def run_trial(job: StudyJob, number: int, values: dict, should_stop: Callable[[i
         config, late = job.deadline.admit(config, *job.data_sizes, precision,
                                           [] if rung is not None else space.epoch_options(), final_config)
         note = "; ".join(filter(None, (note, late)))
-    record = trials.started(number, job.engine, values, config, note, attempt, seed=space.seed + number)
+    record = trials.started(number, job.engine, values, config, note, attempt, seed=seed)
     record.rung, record.promoted_from = rung, promoted_from
     record.data_fingerprint, record.trainer_version = job.data_fingerprint, version
-    stop = _train(job, record, config, should_stop)
+    checkpoint = paths.checkpoint(trials.checkpoint_key(config, seed, job.data_fingerprint, version))
+    stop, resumed_at = _train(job, record, config, should_stop, checkpoint)
+    if resumed_at is not None or previous is not None:
+        note_resume(record, previous, resumed_at)
     if paths.lost_marker(number).exists():  # paused past the heartbeat limit: another took it over
         job.progress.say(f"trial {number} was declared lost while this process was paused and is tried "
                          "again elsewhere; this run's result is dropped")
         if stop is not None:
             raise stop
         raise TrialTaken(number)
+    if not wants_retry(record, job.retries):
+        checkpoint.unlink(missing_ok=True)  # the training is over: nothing will go on from it
     trials.write_record(paths, record)
     log_throughput(job, record)
     if record.state == "complete":  # the deadline keeps time for the best one's final training
@@ -103,9 +114,11 @@ def run_trial(job: StudyJob, number: int, values: dict, should_stop: Callable[[i
     return record
 
 
-def _train(job: StudyJob, record: TrialRecord, config: dict, should_stop) -> KeyboardInterrupt | None:
-    """Train ``record``'s trial and put how it ended into the record (not yet written); the
-    signal that stopped it, if one did, for the caller to raise once the record is safe."""
+def _train(job: StudyJob, record: TrialRecord, config: dict, should_stop,
+           checkpoint: Path | None = None) -> tuple[KeyboardInterrupt | None, float | None]:
+    """Train ``record``'s trial and put how it ended into the record (not yet written): the
+    signal that stopped it, if one did, for the caller to raise once the record is safe, and
+    when the checkpoint it went on from was written (None: it started at epoch 0)."""
     number, paths = record.trial, job.paths
     lock = threading.Lock()
     last_epoch_end = [time.perf_counter()]
@@ -131,17 +144,19 @@ def _train(job: StudyJob, record: TrialRecord, config: dict, should_stop) -> Key
         job.progress.trial_started(number, record.values)
         heartbeat.start()
         log_dir = paths.root / "tensorboard" / f"trial-{number:04d}" if job.tensorboard else None
-        state, reason, result = job.runner.run(config, job.space.seed + number, paths.trial_model(number), on_epoch,
-                                               log_dir)
-    except ChildDied as died:
-        state, reason, result = "failed", str(died), None
+        seed = record.seed if record.seed is not None else job.space.seed + number
+        state, reason, result = job.runner.run(config, seed, paths.trial_model(number), on_epoch,
+                                               log_dir, checkpoint=checkpoint)
+    except ChildDied as died:  # out of memory, a segfault, kill -9 of the child: tried again, from its checkpoint
+        state, reason, result = "failed", f"{LOST}: {died}", None
     except KeyboardInterrupt as signalled:  # Interrupted (SIGINT, SIGTERM) or a plain Ctrl-C
         stop = signalled
         state, reason, result = "interrupted", f"interrupted by {signal_name(signalled)}", None
     finally:
         heartbeat.stop()
+    resumed_at = (result or {}).pop("resumed_checkpoint_at", None)
     _end(record, state, reason, result)
-    return stop
+    return stop, resumed_at
 
 
 def _end(record: TrialRecord, state: str, reason: str, result: dict | None) -> None:
@@ -158,14 +173,14 @@ def _end(record: TrialRecord, state: str, reason: str, result: dict | None) -> N
 
 def _served_from_cache(job: StudyJob, number: int, values: dict, config: dict, final_config: dict,
                        version: str | None, rung: int | None, promoted_from: int | None,
-                       attempt: int) -> TrialRecord | None:
+                       attempt: int, seed: int) -> TrialRecord | None:
     """Trial ``number`` copied from a finished training of the same thing (engines/cache.py),
     or None when there is none (or the cache is off)."""
     from cnnbench.engines import cache
 
     if not (job.cache and job.data_fingerprint and version):
         return None
-    found = cache.find(job.paths.root.parent, config, job.space.seed + number, job.data_fingerprint, version)
+    found = cache.find(job.paths.root.parent, config, seed, job.data_fingerprint, version)
     if found is None:
         return None
     record = cache.serve(job.paths, number, job.engine, values, found)

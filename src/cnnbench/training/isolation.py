@@ -80,12 +80,28 @@ def load_trainer(dotted: str):
     return getattr(importlib.import_module(module), name)
 
 
-def train_one(trainer, config: dict, data, seed: int, model_path, on_epoch,
-              log_dir: str | None = None) -> tuple[str, str, dict | None]:
-    """Train one trial wherever we are: (state, reason, result fields without the model).
-    A completed trial's model is saved at ``model_path``; ``log_dir`` gets TensorBoard logs."""
+def takes_checkpoint(trainer) -> bool:
+    """Whether ``trainer`` accepts ``checkpoint=`` (cnnbench's own does; a trainer of one's
+    own may, to resume its trainings, and otherwise starts them over)."""
+    import inspect
+
     try:
-        result = trainer(config, data, on_epoch, seed, **({"log_dir": str(log_dir)} if log_dir else {}))
+        parameters = inspect.signature(trainer).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "checkpoint" or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+def train_one(trainer, config: dict, data, seed: int, model_path, on_epoch,
+              log_dir: str | None = None, checkpoint: str | Path | None = None) -> tuple[str, str, dict | None]:
+    """Train one trial wherever we are: (state, reason, result fields without the model).
+    A completed trial's model is saved at ``model_path``; ``log_dir`` gets TensorBoard logs;
+    ``checkpoint`` is the per-epoch checkpoint's path, for a trainer that takes one."""
+    extra = {"log_dir": str(log_dir)} if log_dir else {}
+    if checkpoint and takes_checkpoint(trainer):
+        extra["checkpoint"] = str(checkpoint)
+    try:
+        result = trainer(config, data, on_epoch, seed, **extra)
     except PruneTrial as pruned:
         return "pruned", str(pruned), _plain(getattr(pruned, "result", None))
     except Exception as e:  # a broken configuration fails its trial, not the search
@@ -135,7 +151,7 @@ def _serve(conn, trainer, data) -> None:
         message = conn.recv()
         if message[0] == "stop":
             return
-        _, config, seed, model_path, log_dir, final = message
+        _, config, seed, model_path, log_dir, final, checkpoint = message
 
         def on_epoch(epoch: int, logs: dict) -> None:
             conn.send(("epoch", epoch, logs))
@@ -144,7 +160,7 @@ def _serve(conn, trainer, data) -> None:
                 raise PruneTrial(reason)
 
         conn.send(train_one(trainer, config, final_data(data) if final else data, seed, model_path, on_epoch,
-                            log_dir))
+                            log_dir, checkpoint))
         conn.send(("memory", _resident_mb() - baseline))
 
 
@@ -168,10 +184,10 @@ class InProcessRunner:
         self.data, self.trainer = data, trainer
 
     def run(self, config: dict, seed: int, model_path, on_epoch, log_dir=None,
-            final: bool = False) -> tuple[str, str, dict | None]:
+            final: bool = False, checkpoint: Path | None = None) -> tuple[str, str, dict | None]:
         trainer = self.trainer or load_trainer(DEFAULT_TRAINER)
         data = final_data(self.data) if final else self.data
-        return train_one(trainer, config, data, seed, model_path, on_epoch, log_dir)
+        return train_one(trainer, config, data, seed, model_path, on_epoch, log_dir, checkpoint)
 
     def close(self, kill: bool = False) -> None:
         pass
@@ -206,14 +222,15 @@ class TrialRunner:
         self.children_started += 1
 
     def run(self, config: dict, seed: int, model_path: Path | None, on_epoch,
-            log_dir: Path | None = None, final: bool = False) -> tuple[str, str, dict | None]:
+            log_dir: Path | None = None, final: bool = False,
+            checkpoint: Path | None = None) -> tuple[str, str, dict | None]:
         """Train one trial: returns (state, reason, result fields). ``on_epoch(epoch, logs)``
         runs here, in the sweep's process; if it raises PruneTrial the child is told to stop
         the trial. Raises ChildDied when the child ends mid-trial (its exit is described)."""
         if self.process is None or not self.process.is_alive():
             self._start()
         self.conn.send(("train", config, seed, str(model_path) if model_path else None,
-                        str(log_dir) if log_dir else None, final))
+                        str(log_dir) if log_dir else None, final, str(checkpoint) if checkpoint else None))
         try:
             while True:
                 message = self.conn.recv()

@@ -153,13 +153,16 @@ def lookahead_callback(total_steps: int):
     moves toward the weights by 1 - decay and the weights are set to it; after the last
     step the weights are the average."""
     import keras
+    import numpy as np
     import tensorflow as tf
 
     class Lookahead(keras.callbacks.Callback):
+        restore = None  # (step, average arrays) from a checkpoint, set before training resumes
+
         def on_train_begin(self, logs=None):
-            self.step = 0
             self.weights = [w for w in self.model.weights if w.dtype in ("float32", "float16", "bfloat16")]
-            self.average = [tf.Variable(w.numpy(), trainable=False) for w in self.weights]
+            self.step, start = self.restore if self.restore else (0, [w.numpy() for w in self.weights])
+            self.average = [tf.Variable(np.asarray(a), trainable=False) for a in start]
 
             @tf.function
             def update(decay):
@@ -175,5 +178,9 @@ def lookahead_callback(total_steps: int):
                 self.update(tf.constant(lookahead_decay(self.step, total_steps), tf.float32))
             if self.step == total_steps:
                 self.update(tf.constant(1.0, tf.float32))
+
+        def state(self) -> tuple[int, list]:
+            """(step, average arrays): what a checkpoint keeps to go on from here."""
+            return self.step, [a.numpy() for a in self.average]
 
     return Lookahead()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from cnnbench.knobs import unspell
 # re-exported: the trainer's contract lives with the records (no TensorFlow there)
 from cnnbench.trials import TRAIN_FLOPS_PER_FORWARD, PruneTrial, TrialFailed, TrialResult  # noqa: F401
 from cnnbench.model import architecture_stats, build_model, set_whitening, with_tta
+from cnnbench.training.checkpoint import Checkpointer
 from cnnbench.training.optim import lookahead_callback, make_optimizer
 from cnnbench.files import temporary_name
 
@@ -27,20 +29,27 @@ EVAL_BATCH = 500          # inference batch; independent of the searched trainin
 WHITENING_IMAGES = 5000   # training images whose patches set the whitening stem
 
 
-def augment_batch(images, flip, pad: int, mirrored=None):
+def augment_batch(images, flip, pad: int, mirrored=None, seed=None):
     """Horizontal flip and random translation by up to ``pad`` pixels in each direction
     (edges reflected), for a whole uint8 batch at once: ops per batch, not per image.
     ``mirrored`` (a boolean per image) says which to flip; without it a truthy ``flip``
-    flips each image at random."""
+    flips each image at random. ``seed`` (a pair of integers) makes the draws a function of
+    it alone (stateless), so a resumed training draws what an uninterrupted one did."""
     import tensorflow as tf
 
     n, size = tf.shape(images)[0], tf.shape(images)[1]
+
+    def uniform(shape, part: int, **kwargs):
+        if seed is None:
+            return tf.random.uniform(shape, **kwargs)
+        return tf.random.stateless_uniform(shape, seed=tf.random.experimental.stateless_fold_in(seed, part), **kwargs)
+
     if mirrored is None and flip and flip != "off":
-        mirrored = tf.random.uniform([n]) < 0.5
+        mirrored = uniform([n], 0) < 0.5
     if mirrored is not None:
         images = tf.where(tf.reshape(mirrored, [-1, 1, 1, 1]), tf.reverse(images, axis=[2]), images)
     if pad:  # integer shifts, edges reflected: one projective-transform kernel for the batch
-        shift = tf.cast(tf.random.uniform([n, 2], -pad, pad + 1, dtype=tf.int32), tf.float32)
+        shift = tf.cast(uniform([n, 2], 1, minval=-pad, maxval=pad + 1, dtype=tf.int32), tf.float32)
         ones, zeros = tf.ones([n, 1]), tf.zeros([n, 1])
         transforms = tf.concat([ones, zeros, shift[:, :1], zeros, ones, shift[:, 1:], zeros, zeros], axis=1)
         images = tf.raw_ops.ImageProjectiveTransformV3(
@@ -49,22 +58,38 @@ def augment_batch(images, flip, pad: int, mirrored=None):
     return images
 
 
-def _train_dataset(x: np.ndarray, y: np.ndarray, config: dict, num_classes: int, seed: int, epoch=None):
-    """Shuffled, augmented, one-hot batches. With ``flip: alternating`` each image has a
-    fixed coin (seeded) and ``epoch`` (a scalar variable the trainer sets at each epoch's
-    start) mirrors every image in odd epochs, as airbench does."""
+EPOCH_SEED_STRIDE = 1_000_003  # the data order of epoch e is seeded with seed x this + e
+
+
+def _train_dataset(x: np.ndarray, y: np.ndarray, config: dict, num_classes: int, seed: int,
+                   first_epoch: int = 0, epochs: int | None = None):
+    """Shuffled, augmented, one-hot batches of epochs ``first_epoch`` .. ``epochs`` - 1
+    (the config's epochs by default), one after the other. Each epoch's order and every
+    batch's augmentation are functions of (seed, epoch, batch) alone, so a training resumed
+    at epoch k sees exactly the batches an uninterrupted one saw from epoch k on. With
+    ``flip: alternating`` each image has a fixed coin (seeded) and every image is mirrored
+    the other way in odd epochs, as airbench does."""
     import tensorflow as tf
 
-    flip, pad = unspell("flip", config["flip"]), config["translate"]
+    epochs = config["epochs"] if epochs is None else epochs
+    flip, pad, batch = unspell("flip", config["flip"]), config["translate"], config["batch_size"]
     alternating = flip == "alternating"
+    steps = math.ceil(len(x) / batch)
     coins = np.random.default_rng(seed).random(len(x)) < 0.5
+    images = tf.data.Dataset.from_tensor_slices((x, y, coins))
 
-    def prepare(images, labels, coin):
+    def one_epoch(epoch: int):  # seeded by a plain integer: tf.data takes no tensor seed
+        shuffled = images.shuffle(len(x), seed=seed * EPOCH_SEED_STRIDE + epoch, reshuffle_each_iteration=False)
+        return shuffled.batch(batch).enumerate().map(
+            lambda i, b: (tf.constant(epoch * steps, tf.int64) + i, tf.constant(epoch, tf.int64), *b))
+
+    def prepare(step, epoch, images, labels, coin):
+        draws = tf.stack([tf.constant(seed, tf.int64), step])
         if alternating:
             mirrored = tf.not_equal(coin, tf.equal(tf.math.floormod(epoch, 2), 1))
-            images = augment_batch(images, False, pad, mirrored)
+            images = augment_batch(images, False, pad, mirrored, seed=draws)
         elif flip != "off" or pad:
-            images = augment_batch(images, flip, pad)
+            images = augment_batch(images, flip, pad, seed=draws)
         return images, tf.one_hot(labels, num_classes)
 
     # A fixed pipeline, not tf.data's autotuner: with it, about half the epochs began with a
@@ -74,9 +99,10 @@ def _train_dataset(x: np.ndarray, y: np.ndarray, config: dict, num_classes: int,
     # batches in hand keep the step fed (benchmarks/data_path.py).
     options = tf.data.Options()
     options.autotune.enabled = False
-    ds = tf.data.Dataset.from_tensor_slices((x, y, coins)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    return (ds.batch(config["batch_size"]).map(prepare, num_parallel_calls=runtime.usable_cores())
-            .prefetch(2).with_options(options))
+    every = one_epoch(first_epoch)
+    for epoch in range(first_epoch + 1, epochs):
+        every = every.concatenate(one_epoch(epoch))
+    return every.map(prepare, num_parallel_calls=runtime.usable_cores()).prefetch(2).with_options(options)
 
 
 def evaluate_probabilities(probabilities: np.ndarray, labels: np.ndarray) -> dict:
@@ -86,10 +112,12 @@ def evaluate_probabilities(probabilities: np.ndarray, labels: np.ndarray) -> dic
             "loss": float(-np.log(np.clip(picked, 1e-7, 1.0)).mean())}
 
 
-def _epoch_callback(on_epoch, n_train: int, evaluator, x_val, y_val, epoch_var=None, whiten_gate=None,
-                    whiten_epochs: int = 0):
+def _epoch_callback(on_epoch, n_train: int, evaluator, x_val, y_val, whiten_gate=None, whiten_epochs: int = 0,
+                    after_epoch: Callable[[int], None] | None = None):
     """The trainer's per-epoch work. Without validation images (the final training on every
-    training image) nothing is validated and the last epoch's weights are the result."""
+    training image) nothing is validated and the last epoch's weights are the result.
+    ``after_epoch(epochs_done)`` (the checkpoint) runs once the epoch is validated and kept,
+    before the engine hears of it: an epoch the engine saw is one a resume can go on from."""
     import keras
 
     class EpochWatcher(keras.callbacks.Callback):
@@ -98,11 +126,13 @@ def _epoch_callback(on_epoch, n_train: int, evaluator, x_val, y_val, epoch_var=N
         def __init__(self):
             super().__init__()
             self.history, self.train_times = [], []
+            self.traced: list[int] = []  # epochs (0-based) whose time includes tracing the graph
             self.best, self.best_weights = -1.0, None
 
+        def on_train_begin(self, logs=None):
+            self.traced.append(len(self.train_times))  # the first epoch of this run (a resume too)
+
         def on_epoch_begin(self, epoch, logs=None):
-            if epoch_var is not None:  # the alternating flip's parity, read by the input pipeline
-                epoch_var.assign(epoch)
             if whiten_gate is not None:
                 whiten_gate.assign(1.0 if epoch < whiten_epochs else 0.0)
             self.started = time.perf_counter()
@@ -121,11 +151,13 @@ def _epoch_callback(on_epoch, n_train: int, evaluator, x_val, y_val, epoch_var=N
             self.history.append(logs)
             if not len(y_val) or logs["val_accuracy"] > self.best:
                 self.best, self.best_weights = logs.get("val_accuracy", -1.0), self.model.get_weights()
+            if after_epoch is not None:
+                after_epoch(epoch + 1)
             if on_epoch is not None:
                 on_epoch(epoch + 1, logs)
 
         def throughput(self) -> float:
-            times = self.train_times[1:] or self.train_times  # epoch 1 includes graph tracing
+            times = [t for i, t in enumerate(self.train_times) if i not in self.traced] or self.train_times
             return n_train * len(times) / max(sum(times), 1e-9)
 
     return EpochWatcher()
@@ -155,12 +187,15 @@ def _callbacks(config: dict, watcher, total_steps: int, log_dir: str | None) -> 
 
 
 def train_and_evaluate(config: dict, data: DataBundle, on_epoch: Callable[[int, dict], None] | None = None,
-                       seed: int = 0, log_dir: str | None = None) -> TrialResult:
+                       seed: int = 0, log_dir: str | None = None, checkpoint: str | None = None) -> TrialResult:
     """Train ``config`` on ``data.x_train``, validating on ``data.x_val`` after every epoch
     (when it holds images: the final training has none).
 
     ``on_epoch(epoch, logs)`` may raise PruneTrial to stop early. Raises TrialFailed when
-    training diverges. With ``log_dir``, TensorBoard logs of every epoch go there.
+    training diverges. With ``log_dir``, TensorBoard logs of every epoch go there. With
+    ``checkpoint`` (a file path), the training's state is written there at every epoch's end
+    and, when a checkpoint of this training is already there, it goes on from that epoch
+    (training/checkpoint.py); the caller deletes the file once the trial has ended.
     """
     import keras
     import tensorflow as tf
@@ -183,14 +218,15 @@ def train_and_evaluate(config: dict, data: DataBundle, on_epoch: Callable[[int, 
         set_whitening(model, data.train_sample(WHITENING_IMAGES))
     steps = math.ceil(len(data.x_train) / config["batch_size"])
     whiten_gate = tf.Variable(1.0, trainable=False) if whitened and config["whiten_bias_epochs"] else None
-    epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
     model.compile(optimizer=make_optimizer(config, steps, model, whiten_gate),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=config["label_smoothing"]))
     # Validation sees what export will see: the test-time augmentation's views.
     evaluator = with_tta(model, config["tta"])
-    watcher = _epoch_callback(on_epoch, len(data.x_train), evaluator, data.x_val, data.y_val, epoch_var,
-                              whiten_gate, config["whiten_bias_epochs"])
+    saver = Checkpointer(Path(checkpoint)) if checkpoint else None
+    watcher = _epoch_callback(on_epoch, len(data.x_train), evaluator, data.x_val, data.y_val, whiten_gate,
+                              config["whiten_bias_epochs"], saver.after_epoch if saver else None)
     callbacks = _callbacks(config, watcher, steps * config["epochs"], log_dir)
+    first_epoch = saver.resume(model, watcher, callbacks) if saver else 0
     stats = architecture_stats(config, image_size, num_classes)
 
     def result(with_model) -> TrialResult:
@@ -200,12 +236,15 @@ def train_and_evaluate(config: dict, data: DataBundle, on_epoch: Callable[[int, 
             val_accuracy=best.get("val_accuracy"), val_loss=best.get("val_loss"), best_epoch=best["epoch"],
             epochs_run=len(watcher.history), train_seconds=round(sum(watcher.train_times), 2),
             images_per_s=round(watcher.throughput(), 1), parameter_count=stats.params, flops=stats.flops,
-            precision=precision, train_images=len(data.y_train), history=watcher.history, model=with_model)
+            precision=precision, train_images=len(data.y_train), history=watcher.history, model=with_model,
+            resumed_from_epoch=saver.resumed_from if saver else [],
+            resumed_checkpoint_at=saver.resumed_at if saver else None)
 
     try:
-        model.fit(_train_dataset(data.x_train, data.y_train, config, num_classes, seed, epoch_var),
-                  epochs=config["epochs"], verbose=0, shuffle=False,  # the dataset shuffles itself
-                  callbacks=callbacks)
+        if first_epoch < config["epochs"]:
+            model.fit(_train_dataset(data.x_train, data.y_train, config, num_classes, seed, first_epoch),
+                      epochs=config["epochs"], initial_epoch=first_epoch, steps_per_epoch=steps, verbose=0,
+                      shuffle=False, callbacks=callbacks)  # the dataset shuffles itself
     except PruneTrial as pruned:
         pruned.result = result(None)  # the leaderboard still shows how far it got
         raise

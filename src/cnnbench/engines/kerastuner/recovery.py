@@ -29,9 +29,12 @@ WATCH_SECONDS = 2.0  # how often the chief looks for lost trials between request
 
 
 def attempt_of(records: list, values: dict) -> int:
-    """The attempt a trial of ``values`` is: one more than its lost attempts so far."""
+    """The attempt a trial of ``values`` is: one more than its lost and interrupted attempts
+    so far. (KerasTuner runs an interrupted trial again under its own id when the study is
+    reloaded; as attempt 2 it finds the interrupted record and goes on from its checkpoint.)"""
     key = config_key(values)
-    return 1 + sum(r.reason.startswith(LOST) and config_key(r.values) == key for r in records)
+    return 1 + sum((r.state == "interrupted" or r.reason.startswith(LOST)) and config_key(r.values) == key
+                   for r in records)
 
 
 def uncounted(records: list) -> int:

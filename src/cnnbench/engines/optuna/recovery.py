@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import TrialState
 
 from cnnbench import trials
-from cnnbench.engines.recovery import fail_lost, process_gone
+from cnnbench.engines.recovery import fail_lost, process_gone, to_retry
 from cnnbench.trials import TrialRecord
 
 
@@ -29,13 +29,19 @@ def recover_lost(job, study: optuna.Study) -> list[int]:
             optuna.storages.fail_stale_trials(study)  # Optuna's RDB heartbeat: trials lost on any machine
     running = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     found = []
-    for record in fail_lost(job, trials.read_records(job.paths)):
+    records = trials.read_records(job.paths)
+    for record in fail_lost(job, records):  # marks them in ``records`` too
         if record.trial in running:
             study.tell(record.trial, state=TrialState.FAIL)
-        if record.attempt <= job.retries:
-            requeue(study, record.values, record.trial, record.attempt,
-                    {"rung": record.rung, "promoted_from": record.promoted_from} if record.rung is not None else {})
         found.append(record.trial)
+    # lost ones, interrupted ones (an earlier run's Ctrl-C) and those whose trial process
+    # died: queued again, each once; the new trial goes on from the old one's checkpoint
+    for record in to_retry(job, records):
+        requeue(study, record.values, record.trial, record.attempt,
+                {"rung": record.rung, "promoted_from": record.promoted_from} if record.rung is not None else {})
+        if record.state == "interrupted":
+            job.progress.say(f"trial {record.trial} was interrupted; its configuration runs again"
+                             " (from its last epoch when it has a checkpoint)")
     rebuild_damaged(job, study)
     return found + recover_unrecorded(job, study)
 

@@ -1,0 +1,137 @@
+"""Resume instead of restart: a trial stopped mid-way (a signal, its trial process killed)
+runs again with its first attempt's seed and goes on from its last epoch's checkpoint,
+under both engines; its record says so and its learning curve is whole."""
+from __future__ import annotations
+
+import signal
+
+import pytest
+import stand_in
+from stand_in import make_job, resumable_train
+
+from cnnbench import engines
+from cnnbench.engines.base import Interrupted
+from cnnbench.space import parse_space
+from cnnbench.trials import StudyPaths, read_records
+
+SPACE = {"seed": 11, "budget": {"trials": 2}, "search": {"sampler": "random", "pruner": "none"},
+         "params": {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+                    "epochs": {"type": "fixed", "value": 4}}}
+
+
+def stopped_after(epoch_to_stop: int):
+    """resumable_train, but SIGTERM arrives right after epoch ``epoch_to_stop`` of its first call."""
+    calls = []
+
+    def trainer(config, data, on_epoch, seed, checkpoint=None):
+        calls.append(seed)
+
+        def hear(epoch, logs):
+            on_epoch(epoch, logs)
+            if len(calls) == 1 and epoch == epoch_to_stop:
+                raise Interrupted(signal.SIGTERM)
+        return resumable_train(config, data, hear, seed, checkpoint)
+    return trainer
+
+
+@pytest.mark.parametrize("engine", ["optuna", "kerastuner"])
+def test_an_interrupted_trial_goes_on_from_its_last_epoch_when_the_study_runs_again(tmp_path, engine):
+    space = parse_space(SPACE)
+    stand_in.TRAINED_EPOCHS.clear()
+    first = make_job(space, tmp_path, "s", engine=engine, trainer=stopped_after(2))
+    with pytest.raises(KeyboardInterrupt):
+        engines.get(engine).run(first)
+    [cut] = read_records(first.paths)
+    assert cut.state == "interrupted" and cut.epochs_run == 2
+    assert len(list(first.paths.root.glob("checkpoints/*"))) == 1  # kept for the next run
+
+    again = make_job(space, tmp_path, "s", engine=engine, trainer=resumable_train)
+    engines.get(engine).run(again)
+    records = read_records(again.paths)
+    resumed = next(r for r in records if r.values == cut.values and r.state == "complete")
+    assert resumed.seed == cut.seed and resumed.attempt == 2
+    assert resumed.resumed_from_epoch == [2] and "resumed from epoch 2" in resumed.note
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]  # the curve is whole
+    assert resumed.lost_seconds is not None and resumed.lost_seconds >= 0
+    # no epoch of that training was trained twice
+    assert [e for s, e in stand_in.TRAINED_EPOCHS if s == cut.seed] == [1, 2, 3, 4]
+    # the same figures as an uninterrupted training of that configuration and seed
+    fresh = make_job(space, tmp_path, "fresh", engine=engine, trainer=resumable_train)
+    engines.get(engine).run(fresh)
+    twin = next(r for r in read_records(fresh.paths) if r.seed == cut.seed)
+    assert [h["val_accuracy"] for h in twin.history] == [h["val_accuracy"] for h in resumed.history]
+    assert not list(again.paths.root.glob("checkpoints/*"))  # deleted once the trial ended
+    counted = [r for r in records if r.state == "complete"]
+    assert len(counted) == 2  # the budget counts the resumed training once
+
+
+def test_a_trial_whose_process_is_killed_is_tried_again_from_its_checkpoint(tmp_path, monkeypatch):
+    """The trial's child process dies (SIGKILL: the out-of-memory killer) after epoch 2: the
+    sweep goes on, and the retry, in a new child, starts at epoch 3."""
+    from cnnbench.training.isolation import TrialRunner
+
+    monkeypatch.setenv("CNNBENCH_STAND_IN_DIR", str(tmp_path))
+    monkeypatch.setenv("CNNBENCH_STAND_IN_DIE_AT", "2")
+    (tmp_path / "die").touch()
+    space = parse_space({**SPACE, "budget": {"trials": 1}})
+    job = make_job(space, tmp_path, "s", trainer=resumable_train)
+    job.runner = TrialRunner(None, "stand_in:resumable_train")
+    try:
+        engines.get("optuna").run(job)
+    finally:
+        job.runner.close()
+    died, retried = sorted(read_records(job.paths), key=lambda r: r.trial)
+    assert died.state == "failed" and "SIGKILL" in died.reason and died.reason.startswith("worker lost")
+    assert retried.state == "complete" and retried.attempt == 2 and retried.seed == died.seed
+    assert retried.resumed_from_epoch == [2] and [h["epoch"] for h in retried.history] == [1, 2, 3, 4]
+    assert not list(job.paths.root.glob("checkpoints/*"))
+
+
+@pytest.mark.slow
+def test_a_real_training_killed_mid_way_resumes_and_ends_like_an_uninterrupted_one(tmp_path, jpeg_root):
+    """kill -9 of a sweep (its trial child dies with it) while the real trainer trains, in
+    deterministic mode: the next run of the same command goes on from the checkpoint and
+    its figures are those of a study that was never interrupted."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT, SPACES, run_cli
+    from cnnbench.space import load_space
+
+    smoke = load_space(SPACES / "smoke.yaml")
+    space = tmp_path / "tiny.yaml"  # the smoke data, one searched value, four epochs, bit for bit
+    space.write_text(json.dumps({
+        "seed": 3, "deterministic": True, "budget": {"trials": 1, "timeout_minutes": 30},
+        "search": {"sampler": "random", "pruner": "none"},
+        "data": {"dataset": "cifar10", "validation_fraction": 0.2, "train_subset": smoke.data.train_subset,
+                 "test_subset": 200},
+        "params": {"stages": {"type": "fixed", "value": 1}, "base_filters": {"type": "fixed", "value": 8},
+                   "optimizer": {"type": "fixed", "value": "adam"}, "batch_size": {"type": "fixed", "value": 64},
+                   "learning_rate": {"type": "float", "low": 2e-3, "high": 4e-3},
+                   "precision": {"type": "fixed", "value": "float32"}, "epochs": {"type": "fixed", "value": 4}}}))
+    env = {"CNNBENCH_CIFAR10": str(jpeg_root)}
+    args = ["sweep", "--space", str(space), "--results", str(tmp_path / "results"), "--no-final"]
+    proc = subprocess.Popen([sys.executable, "-m", "cnnbench.cli", *args, "--study", "cut"], cwd=ROOT,
+                            env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = tmp_path / "results" / "cut" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not list(checkpoints.glob("*.npz")):  # an epoch is done and kept: now the kill
+        assert proc.poll() is None and time.monotonic() < deadline, "the trial never wrote a checkpoint"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    again = run_cli(*args, "--study", "cut", env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    whole = run_cli(*args, "--study", "whole", "--no-cache", env=env)
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    cut = sorted(read_records(StudyPaths(tmp_path / "results" / "cut")), key=lambda r: r.trial)
+    [reference] = read_records(StudyPaths(tmp_path / "results" / "whole"))
+    lost, resumed = cut
+    assert lost.state == "failed" and lost.reason.startswith("worker lost")
+    assert resumed.state == "complete" and resumed.seed == lost.seed == reference.seed
+    assert len(resumed.resumed_from_epoch) == 1 and 1 <= resumed.resumed_from_epoch[0] <= 4
+    figures = [[(h["epoch"], h["loss"], h["val_accuracy"]) for h in r.history] for r in (resumed, reference)]
+    assert figures[0] == figures[1] and len(figures[0]) == 4
