@@ -135,3 +135,17 @@ def test_a_real_training_killed_mid_way_resumes_and_ends_like_an_uninterrupted_o
     assert len(resumed.resumed_from_epoch) == 1 and 1 <= resumed.resumed_from_epoch[0] <= 4
     figures = [[(h["epoch"], h["loss"], h["val_accuracy"]) for h in r.history] for r in (resumed, reference)]
     assert figures[0] == figures[1] and len(figures[0]) == 4
+
+
+def test_a_state_is_written_as_its_plain_string_and_read_back_equal_to_its_member(tmp_path):
+    import json as json_module
+
+    from cnnbench.trials import State, TrialRecord, read_record, write_record
+
+    paths = StudyPaths(tmp_path / "s")
+    paths.trials.mkdir(parents=True)
+    write_record(paths, TrialRecord(trial=0, engine="optuna", values={}, state=State.INTERRUPTED))
+    raw = json_module.loads(paths.trial_record(0).read_text())
+    assert raw["state"] == "interrupted" and type(raw["state"]) is str  # records stay plain JSON
+    back = read_record(paths.trial_record(0))
+    assert back.state == State.INTERRUPTED and State(back.state) is State.INTERRUPTED

@@ -26,7 +26,7 @@ from cnnbench.engines.base import StudyJob
 from cnnbench.engines.trial import log_throughput, signal_name
 from cnnbench.training.isolation import ChildDied
 from cnnbench.trials import NO_TRIAL, PruneTrial  # noqa: F401 (NO_TRIAL: re-exported)
-from cnnbench.trials import TrialRecord
+from cnnbench.trials import TrialRecord, State
 
 FINAL_SEED_OFFSET = 1_000_000  # trials train with seed + trial number; the final with seed + this
 UNVALIDATED = ("history", "val_accuracy", "val_loss", "best_epoch", "resumed_checkpoint_at")  # result fields a final record leaves out
@@ -40,7 +40,7 @@ class FinalOutcome:
 
     @property
     def complete(self) -> bool:
-        return self.record is not None and self.record.state == "complete"
+        return self.record is not None and self.record.state == State.COMPLETE
 
 
 def best_trial(records: list[TrialRecord]) -> TrialRecord | None:
@@ -55,7 +55,7 @@ def read_final(job: StudyJob) -> TrialRecord | None:
 
 
 def _already_done(previous: TrialRecord | None, number: int, config: dict, job: StudyJob) -> bool:
-    return (previous is not None and previous.state == "complete" and previous.trial == number
+    return (previous is not None and previous.state == State.COMPLETE and previous.trial == number
             and previous.config == config and job.paths.final_model.exists())
 
 
@@ -89,7 +89,7 @@ def run_final(job: StudyJob, best: TrialRecord | None, train_images: int, recipe
     _train_final(job, record, config, seed, source, train_images)
     state, reason = record.state, record.reason
     log_throughput(job, record)
-    if state != "complete":
+    if state != State.COMPLETE:
         return FinalOutcome(record, f"final training {state}: {reason}; exported the best trial's own model",
                             source)
     return FinalOutcome(record, f"final training of {source} done: {record.train_seconds} s on "
@@ -144,9 +144,9 @@ def _train_final(job: StudyJob, record: TrialRecord, config: dict, seed: int, so
         state, reason, result = job.runner.run(config, seed, job.paths.final_model, on_epoch, final=True,
                                                checkpoint=checkpoint)
     except ChildDied as died:  # kept: the next run goes on from the checkpoint
-        state, reason, result = "failed", str(died), None
+        state, reason, result = State.FAILED, str(died), None
     except KeyboardInterrupt as stop:
-        record.state, record.reason, record.finished_at = "interrupted", f"interrupted by {signal_name(stop)}", time.time()
+        record.state, record.reason, record.finished_at = State.INTERRUPTED, f"interrupted by {signal_name(stop)}", time.time()
         trials.write_record(job.paths, record, job.paths.final_record)
         raise
     else:

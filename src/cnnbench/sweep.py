@@ -28,6 +28,7 @@ from cnnbench.reports.report import SweepProgress, markdown_table, study_markdow
 from cnnbench.request import GLOBAL_BOARD_TITLE, Sweep, SweepRequest, check_same_data, prepare, split_fingerprint
 from cnnbench.reports.results import (atomic_write, epoch_curves, json_text, leaderboard_frame, phase_spans,
                                       progress_frame, read_json, studies_frame, write_study_leaderboard)
+from cnnbench.trials import State
 
 __all__ = ["Sweep", "SweepRequest", "prepare", "run_sweep"]  # the flow's door: request.py validates
 
@@ -66,7 +67,7 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
     run = describe(sweep, data)
     before = trials.read_records(paths)
     deadline = _deadline(sweep, data, before)
-    best = max((r.val_accuracy for r in before if r.state == "complete" and r.val_accuracy is not None),
+    best = max((r.val_accuracy for r in before if r.state == State.COMPLETE and r.val_accuracy is not None),
                default=None)
     label = f"{sweep.study} worker {worker_id()}" if is_worker() else sweep.study
     progress = SweepProgress(label, sweep.trials, trials.finished_count(before), best, sweep.timeout, live)
@@ -193,7 +194,7 @@ def _search_then_final(sweep: Sweep, job: StudyJob, run: dict):
 def _interrupted_final(sweep: Sweep):
     """This run's final training, when the stop came during it (not an earlier run's)."""
     interrupted = trials.read_record(sweep.paths.final_record)
-    if interrupted is not None and interrupted.state == "interrupted" and \
+    if interrupted is not None and interrupted.state == State.INTERRUPTED and \
             (interrupted.started_at or 0) >= sweep.started:
         return final_training.FinalOutcome(interrupted, "the final training was interrupted; exported the "
                                            "best trial's own model; run the same command again to do it")

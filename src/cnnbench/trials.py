@@ -17,14 +17,25 @@ import os
 import socket
 import time
 from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from cnnbench.files import atomic_write
 
-STATES = ("running", "complete", "pruned", "failed", "interrupted")
+class State(StrEnum):
+    """How a trial (or the final training) stands. A StrEnum: a record's JSON holds the
+    plain string, and a state read back compares equal to its member."""
+    RUNNING = "running"
+    COMPLETE = "complete"
+    PRUNED = "pruned"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+STATES = tuple(State)
 # Interrupted trials (Ctrl-C, SIGTERM) are not results: they do not count toward the budget.
-FINISHED = ("complete", "pruned", "failed")
+FINISHED = (State.COMPLETE, State.PRUNED, State.FAILED)
 HEARTBEAT_SECONDS = 10.0     # how often a running trial's record is touched
 STALE_SECONDS = 90.0         # a running record not touched for this long has lost its process
 
@@ -84,7 +95,7 @@ class TrialRecord:
     engine: str
     values: dict[str, Any]           # the searched values the engine chose
     config: dict[str, Any] = field(default_factory=dict)  # the full configuration trained
-    state: str = "running"           # one of STATES
+    state: str = State.RUNNING           # one of STATES
     val_accuracy: float | None = _column()   # best over the epochs run (the objective)
     val_loss: float | None = _column()       # at that epoch
     best_epoch: int | None = _column()

@@ -25,7 +25,7 @@ from cnnbench import engines
 from cnnbench.engines.base import SilentProgress, StudyJob
 from cnnbench.training.isolation import InProcessRunner
 from cnnbench.benchmarking.tabular import Table, TableTrainer
-from cnnbench.trials import StudyPaths, read_records
+from cnnbench.trials import StudyPaths, read_records, State
 
 
 @dataclass(frozen=True)
@@ -94,10 +94,10 @@ def replay(table: Table, strategy: Strategy, seed: int, trials: int) -> pd.DataF
     minutes, best = 0.0, -math.inf
     rows: list[dict] = []
     for r in sorted(records, key=lambda r: r.trial):
-        if r.state not in ("complete", "pruned"):
+        if r.state not in (State.COMPLETE, State.PRUNED):
             continue
         minutes += table.seconds(r.values, r.epochs_run or 0) / 60
-        if r.state == "complete" and r.val_accuracy is not None:
+        if r.state == State.COMPLETE and r.val_accuracy is not None:
             best = max(best, r.val_accuracy)
         rows.append({"strategy": strategy.name, "seed": seed, "trial": len(rows) + 1, "minutes": minutes,
                      "best": best if best > -math.inf else np.nan, "regret": table.best - best if best > -math.inf
@@ -241,7 +241,7 @@ def compare_live(space_file: str, seeds: int, minutes: float, out: Path, names: 
                 start = sweep.started
                 best = -math.inf
                 for r in sorted(summary_["records"], key=lambda r: r.finished_at or 0):
-                    if r.state == "complete":
+                    if r.state == State.COMPLETE:
                         best = max(best, r.val_accuracy)
                     rows.append({"strategy": strategy.name, "seed": seed, "trial": r.trial,
                                  "minutes": ((r.finished_at or start) - start) / 60, "state": r.state,

@@ -20,7 +20,7 @@ import pandas as pd
 
 from cnnbench.reports.results import atomic_write, json_text, read_json
 from cnnbench.space import Space, SpaceError, parse_space
-from cnnbench.trials import StudyPaths, read_records
+from cnnbench.trials import StudyPaths, read_records, State
 from cnnbench.trials import config_key as key  # a configuration's identity in the table
 
 TABLE = "table.csv"
@@ -41,7 +41,7 @@ def write_table(paths: StudyPaths, folder: Path | None = None) -> Path:
     run = read_json(paths.root / "run.json")
     rows, seen = [], set()
     for r in sorted(read_records(paths), key=lambda r: r.trial):
-        if r.state != "complete" or key(r.values) in seen:  # workers may have drawn one twice
+        if r.state != State.COMPLETE or key(r.values) in seen:  # workers may have drawn one twice
             continue
         seen.add(key(r.values))
         for h in r.history:
@@ -132,13 +132,13 @@ def tabulate(space_file: str, study: str | None, results: str, workers: int = 0,
         if summary["stopped_by"]:
             raise KeyboardInterrupt(summary["stopped_by"])
         records = read_records(sweep.paths)
-        failed = [r for r in records if r.state == "failed"]
+        failed = [r for r in records if r.state == State.FAILED]
         if failed:
             raise SpaceError(f"{space_file}: a table needs every configuration, but trial {failed[0].trial} "
                              f"({failed[0].values}) failed: {failed[0].reason}")
-        missing = (space.size() or 0) - len({key(r.values) for r in records if r.state == "complete"})
+        missing = (space.size() or 0) - len({key(r.values) for r in records if r.state == State.COMPLETE})
         if not missing:
             break
-        finished = sum(r.state in ("complete", "pruned") for r in records)
+        finished = sum(r.state in (State.COMPLETE, State.PRUNED) for r in records)
         request = replace(request, trials=finished + missing)
     return write_table(sweep.paths, out)

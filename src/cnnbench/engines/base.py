@@ -16,7 +16,7 @@ from typing import Protocol
 from cnnbench import trials
 from cnnbench.deadline import Deadline
 from cnnbench.space import Space
-from cnnbench.trials import StudyPaths, TrialRecord
+from cnnbench.trials import StudyPaths, TrialRecord, State
 
 
 class Progress(Protocol):
@@ -108,7 +108,7 @@ def stop_rule_reason(job: StudyJob) -> str | None:
     same_fidelity = [r for r in finished if r.rung in (None, 0)] if search.rungs else finished
     reason = None
     target = (search.stop_at or {}).get("val_accuracy")
-    reached = [r for r in finished if r.state == "complete" and r.val_accuracy is not None
+    reached = [r for r in finished if r.state == State.COMPLETE and r.val_accuracy is not None
                and target is not None and r.val_accuracy >= target]
     if reached:
         reason = (f"stop_at: trial {reached[0].trial} reached val_accuracy {reached[0].val_accuracy:.4f} "
@@ -116,7 +116,7 @@ def stop_rule_reason(job: StudyJob) -> str | None:
     elif search.stop_after_no_improvement:
         best, since = None, 0
         for r in same_fidelity:
-            if r.state == "complete" and r.val_accuracy is not None and (best is None or r.val_accuracy > best):
+            if r.state == State.COMPLETE and r.val_accuracy is not None and (best is None or r.val_accuracy > best):
                 best, since = r.val_accuracy, 0
             else:
                 since += 1

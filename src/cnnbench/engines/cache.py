@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from cnnbench import trials
-from cnnbench.trials import StudyPaths, TrialRecord
+from cnnbench.trials import StudyPaths, TrialRecord, State
 from cnnbench.files import temporary_name
 
 # What a training computes depends on these modules (cnnbench/...) and these packages.
@@ -71,7 +71,7 @@ def find(results: Path, config: dict, seed: int, data_fingerprint: str | None, v
         if exclude is not None and study_root == exclude:
             continue
         record = trials.read_record(path)
-        if (record is None or record.state != "complete" or record.cached_from or record.seed != seed
+        if (record is None or record.state != State.COMPLETE or record.cached_from or record.seed != seed
                 or record.config != config or record.data_fingerprint != data_fingerprint
                 or record.trainer_version != version):
             continue

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from cnnbench import trials
 from cnnbench.space import Space
-from cnnbench.trials import TrialRecord
+from cnnbench.trials import TrialRecord, State
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def _taken(records: list[TrialRecord], claimed: set[tuple[int, int]]) -> set[tup
     """(configuration, rung) pairs already run, running or handed out: an interrupted run
     does not count (it is run again)."""
     done = {(trials.config_key(r.values), r.rung) for r in records
-            if r.rung is not None and r.state != "interrupted"}
+            if r.rung is not None and r.state != State.INTERRUPTED}
     by_trial = {r.trial: r for r in records}
     for source, rung in claimed:  # promotions handed to the engine whose run has no record yet
         if source in by_trial:
@@ -64,7 +64,7 @@ def next_promotion(space: Space, records: list[TrialRecord],
     rungs, eta = space.search.rungs, space.search.reduction_factor
     taken = _taken(records, set(claimed))
     for rung in range(len(rungs) - 2, -1, -1):  # the highest rung first: finish what is furthest on
-        at_rung = [r for r in records if r.rung == rung and r.state == "complete" and r.val_accuracy is not None]
+        at_rung = [r for r in records if r.rung == rung and r.state == State.COMPLETE and r.val_accuracy is not None]
         best = sorted(at_rung, key=lambda r: (-(r.val_accuracy or 0.0), r.trial))[:len(at_rung) // eta]
         for record in best:
             if (trials.config_key(record.values), rung + 1) not in taken:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from cnnbench import trials
-from cnnbench.trials import TrialRecord
+from cnnbench.trials import TrialRecord, State
 
 LOST = "worker lost"  # how a lost trial's record ends: "worker lost: <why>"
 
@@ -40,7 +40,7 @@ def process_gone(pid: int) -> bool:
 
 def lost_because(record: TrialRecord, now: float | None = None) -> str | None:
     """Why a running record's trial is lost, or None while it may still be training."""
-    if record.state != "running":
+    if record.state != State.RUNNING:
         return None
     now = time.time() if now is None else now
     if record.host == socket.gethostname() and record.pid and record.pid != os.getpid() and process_gone(record.pid):
@@ -59,7 +59,7 @@ def fail_lost(job, records: list[TrialRecord]) -> list[TrialRecord]:
         why = lost_because(record)
         if why is None or not claim(job.paths, record):
             continue
-        record.state, record.reason, record.finished_at = "failed", f"{LOST}: {why}", time.time()
+        record.state, record.reason, record.finished_at = State.FAILED, f"{LOST}: {why}", time.time()
         trials.write_record(job.paths, record)
         job.progress.say(f"trial {record.trial} was lost ({why}); " + (
             f"its configuration is tried again (attempt {record.attempt + 1})" if record.attempt <= job.retries
@@ -72,9 +72,9 @@ def wants_retry(record: TrialRecord, retries: int) -> bool:
     """Whether ``record``'s configuration is to run again (and go on from its checkpoint):
     an interrupted trial always (a stop is not the configuration's fault), a lost one (its
     process or trial child died) up to ``retries`` attempts."""
-    if record.state == "interrupted":
+    if record.state == State.INTERRUPTED:
         return True
-    return record.state == "failed" and record.reason.startswith(LOST) and record.attempt <= retries
+    return record.state == State.FAILED and record.reason.startswith(LOST) and record.attempt <= retries
 
 
 def to_retry(job, records: list[TrialRecord]) -> list[TrialRecord]:
@@ -92,7 +92,7 @@ def retried_attempt(paths: trials.StudyPaths, values: dict, rung: int | None, at
     key = trials.config_key(values)
     earlier = [r for r in trials.read_records(paths) if r.attempt == attempt - 1 and r.rung == rung
                and trials.config_key(r.values) == key
-               and (r.state == "interrupted" or r.reason.startswith(LOST))]
+               and (r.state == State.INTERRUPTED or r.reason.startswith(LOST))]
     return max(earlier, key=lambda r: r.started_at or 0.0, default=None)
 
 
@@ -104,7 +104,7 @@ def note_resume(record: TrialRecord, previous: TrialRecord | None, resumed_at: f
     lost = (previous.lost_seconds or 0.0) if previous is not None else 0.0
     if previous is not None:
         # the last sign of life: a graceful stop's end, or a lost process's last heartbeat
-        end = previous.finished_at if previous.state == "interrupted" else previous.heartbeat_at
+        end = previous.finished_at if previous.state == State.INTERRUPTED else previous.heartbeat_at
         start = resumed_at if resumed_at is not None else previous.started_at
         lost += max(0.0, (end or 0.0) - (start or end or 0.0))
         seconds = {h["epoch"]: h.get("seconds") for h in previous.history if "epoch" in h}

@@ -15,7 +15,7 @@ from cnnbench.deadline import TRAIN_COST
 from cnnbench.engines.base import StudyJob, TrialTaken
 from cnnbench.engines.recovery import LOST, note_resume, retried_attempt, wants_retry
 from cnnbench.training.isolation import ChildDied
-from cnnbench.trials import PruneTrial, TrialRecord
+from cnnbench.trials import PruneTrial, TrialRecord, State
 
 
 class _Heartbeat(threading.Thread):
@@ -106,7 +106,7 @@ def run_trial(job: StudyJob, number: int, values: dict, should_stop: Callable[[i
         checkpoint.unlink(missing_ok=True)  # the training is over: nothing will go on from it
     trials.write_record(paths, record)
     log_throughput(job, record)
-    if record.state == "complete":  # the deadline keeps time for the best one's final training
+    if record.state == State.COMPLETE:  # the deadline keeps time for the best one's final training
         job.deadline.note_complete(final_config, record.val_accuracy, rung)
     job.progress.trial_done(record)
     if stop is not None:
@@ -148,10 +148,10 @@ def _train(job: StudyJob, record: TrialRecord, config: dict, should_stop,
         state, reason, result = job.runner.run(config, seed, paths.trial_model(number), on_epoch,
                                                log_dir, checkpoint=checkpoint)
     except ChildDied as died:  # out of memory, a segfault, kill -9 of the child: tried again, from its checkpoint
-        state, reason, result = "failed", f"{LOST}: {died}", None
+        state, reason, result = State.FAILED, f"{LOST}: {died}", None
     except KeyboardInterrupt as signalled:  # Interrupted (SIGINT, SIGTERM) or a plain Ctrl-C
         stop = signalled
-        state, reason, result = "interrupted", f"interrupted by {signal_name(signalled)}", None
+        state, reason, result = State.INTERRUPTED, f"interrupted by {signal_name(signalled)}", None
     finally:
         heartbeat.stop()
     resumed_at = (result or {}).pop("resumed_checkpoint_at", None)

@@ -12,7 +12,7 @@ import numpy as np
 
 from cnnbench.training.data import DataBundle
 from cnnbench.reports.results import atomic_write, json_text
-from cnnbench.trials import NO_TRIAL, StudyPaths, TrialRecord
+from cnnbench.trials import NO_TRIAL, StudyPaths, TrialRecord, State
 from cnnbench.files import temporary_name
 
 
@@ -49,7 +49,7 @@ def chosen_record(records: list[TrialRecord], paths: StudyPaths, trial: int) -> 
     found = next((r for r in records if r.trial == trial), None)
     if found is None:
         raise ExportError(f"{paths.root}: no trial {trial} (trials: {', '.join(str(r.trial) for r in records)})")
-    if found.state != "complete" or not paths.trial_model(trial).exists():
+    if found.state != State.COMPLETE or not paths.trial_model(trial).exists():
         raise ExportError(f"{paths.root}: trial {trial} is {found.state}; only a completed trial has a model")
     return found
 

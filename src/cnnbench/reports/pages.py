@@ -17,7 +17,7 @@ import pandas as pd
 from cnnbench.reports import plots
 from cnnbench.reports.results import atomic_write, leaderboard_frame, progress_frame, read_json
 from cnnbench.space import parse_space
-from cnnbench.trials import StudyPaths, read_records
+from cnnbench.trials import StudyPaths, read_records, State
 
 TOP_CURVES = 5  # learning curves drawn for this many best trials
 
@@ -39,15 +39,15 @@ def write_plots(paths: StudyPaths, importances: dict[str, float] | None = None) 
         out.append(plots.importances(importances, folder / "importances.png", f"{name}: what mattered",
                                      "Optuna fANOVA"))
     searched = [p for p in space.searched() if p in board.columns]
-    if searched and (board["state"] == "complete").sum() >= 2:
+    if searched and (board["state"] == State.COMPLETE).sum() >= 2:
         out.append(plots.parallel_coordinates(board, searched, folder / "parallel_coordinates.png", name))
-    top = sorted((r for r in records if r.state == "complete" and r.history), key=lambda r: -(r.val_accuracy or 0.0))
+    top = sorted((r for r in records if r.state == State.COMPLETE and r.history), key=lambda r: -(r.val_accuracy or 0.0))
     if top:
         out.append(plots.learning_curves({r.trial: r.history for r in top[:TOP_CURVES]},
                                          folder / "learning_curves.png", f"{name}: the best trials, epoch by epoch"))
     if card:
         out.append(plots.confusion(card, folder / "confusion_matrix.png"))
-    if (board["state"] == "complete").sum() >= 1:
+    if (board["state"] == State.COMPLETE).sum() >= 1:
         out.append(plots.fronts(board, folder / "accuracy_vs_cost.png", f"{name}: accuracy against cost"))
     return out
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from cnnbench.files import temporary_name
+from cnnbench.trials import State
 
 
 
@@ -107,7 +108,7 @@ def importances(scores: dict[str, float], path: Path, title: str, evaluator: str
 def parallel_coordinates(board: pd.DataFrame, params: list[str], path: Path, title: str) -> Path:
     """Each completed trial a line across the searched parameters, coloured by accuracy."""
     plt = _pyplot()
-    done = board[board["state"] == "complete"].dropna(subset=["val_accuracy"])
+    done = board[board["state"] == State.COMPLETE].dropna(subset=["val_accuracy"])
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(params)), 4.5), dpi=110)
     axes_values = []
     for p in params:
@@ -174,7 +175,7 @@ def fronts(board: pd.DataFrame, path: Path, title: str) -> Path:
     from cnnbench.reports.results import pareto_mask
 
     plt = _pyplot()
-    done = board[board["state"] == "complete"].dropna(subset=["val_accuracy"])
+    done = board[board["state"] == State.COMPLETE].dropna(subset=["val_accuracy"])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110, sharey=True)
     for ax, cost, label in zip(axes, ("parameter_count", "latency_ms"), ("parameters", "CPU latency, ms per image")):
         rows = done.dropna(subset=[cost])

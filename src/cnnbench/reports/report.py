@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from cnnbench.trials import TrialRecord
+from cnnbench.trials import TrialRecord, State
 
 TERMINAL_COLUMNS = ["trial", "state", "val_accuracy", "val_loss", "epochs_run", "train_seconds",
                     "images_per_s", "parameter_count"]
@@ -116,15 +116,15 @@ class SweepProgress:
                   f"loss {logs['loss']:.4f}", quiet_when_live=True)
 
     def trial_done(self, record: TrialRecord) -> None:
-        if record.state == "interrupted":  # not a result: it does not count
+        if record.state == State.INTERRUPTED:  # not a result: it does not count
             self._say(f"trial {record.trial} interrupted")
             return
         self.done += 1
         self.done_here += 1
-        if record.state == "complete" and record.val_accuracy is not None and (
+        if record.state == State.COMPLETE and record.val_accuracy is not None and (
                 self.best is None or record.val_accuracy > self.best):
             self.best = record.val_accuracy
-        detail = record.reason if record.state in ("failed", "interrupted") else \
+        detail = record.reason if record.state in (State.FAILED, State.INTERRUPTED) else \
             f"val_accuracy {_fmt(record.val_accuracy)}"
         self._say(f"trial {record.trial} {record.state}: {detail}")
 

@@ -13,7 +13,7 @@ import pandas as pd
 from cnnbench.files import atomic_write, json_text, read_json  # noqa: F401 (callers import them from here too)
 from cnnbench.knobs import coerce
 from cnnbench.space import FixedParam, Space
-from cnnbench.trials import RESULT_COLUMNS, TrialRecord
+from cnnbench.trials import RESULT_COLUMNS, TrialRecord, State
 
 PROGRESS_COLUMNS = ["trial", "state", "minutes", "val_accuracy", "best_val_accuracy"]
 _STATE_RANK = {"complete": 0, "pruned": 1, "running": 2, "interrupted": 3, "failed": 4}
@@ -58,11 +58,11 @@ def progress_frame(records: list[TrialRecord], origin: float) -> pd.DataFrame:
     """Finished trials in the order they finished: minutes since ``origin`` (Unix seconds,
     the study's first start) and the best validation accuracy of a completed trial so far
     (what an export at that moment would have picked)."""
-    done = sorted((r for r in records if r.state in ("complete", "pruned", "failed") and r.finished_at),
+    done = sorted((r for r in records if r.state in (State.COMPLETE, State.PRUNED, State.FAILED) and r.finished_at),
                   key=lambda r: r.finished_at or 0.0)
     rows, best = [], None
     for r in done:
-        if r.state == "complete" and r.val_accuracy is not None:
+        if r.state == State.COMPLETE and r.val_accuracy is not None:
             best = r.val_accuracy if best is None else max(best, r.val_accuracy)
         rows.append({"trial": r.trial, "state": r.state, "minutes": round(((r.finished_at or origin) - origin) / 60, 2),
                      "val_accuracy": r.val_accuracy, "best_val_accuracy": best})
@@ -104,17 +104,17 @@ def studies_frame(results_root: Path) -> pd.DataFrame:
         board = read_study_leaderboard(study_dir)
         run = read_json(study_dir / "run.json")
         card = read_json(study_dir / "best" / "model_card.json")
-        done = board[board["state"] == "complete"]
+        done = board[board["state"] == State.COMPLETE]
         best = done.iloc[0] if len(done) else None
         rows.append({
             "study": study_dir.name,
             "engine": run.get("engine", board["engine"].iloc[0] if len(board) else ""),
             "space": run.get("space_file", ""),
             "trials": len(board),
-            "complete": int((board["state"] == "complete").sum()),
-            "pruned": int((board["state"] == "pruned").sum()),
-            "failed": int((board["state"] == "failed").sum()),
-            "interrupted": int((board["state"] == "interrupted").sum()),
+            "complete": int((board["state"] == State.COMPLETE).sum()),
+            "pruned": int((board["state"] == State.PRUNED).sum()),
+            "failed": int((board["state"] == State.FAILED).sum()),
+            "interrupted": int((board["state"] == State.INTERRUPTED).sum()),
             "best_trial": None if best is None else int(best["trial"]),
             "val_accuracy": None if best is None else float(best["val_accuracy"]),
             "test_accuracy": card.get("test", {}).get("accuracy"),
@@ -146,7 +146,7 @@ def pareto_frame(frame: pd.DataFrame, costs: list[str]) -> pd.Series:
     """For each leaderboard row: whether the trial is Pareto-optimal for validation accuracy
     against all of ``costs`` together (completed trials only)."""
     out = pd.Series(False, index=frame.index)
-    done = frame[frame["state"] == "complete"].dropna(subset=["val_accuracy", *costs])
+    done = frame[frame["state"] == State.COMPLETE].dropna(subset=["val_accuracy", *costs])
     if len(done):
         out.loc[done.index] = pareto_mask(done["val_accuracy"], *(done[c] for c in costs))
     return out

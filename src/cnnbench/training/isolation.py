@@ -21,7 +21,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from cnnbench.trials import PruneTrial
+from cnnbench.trials import PruneTrial, State
 
 DEFAULT_TRAINER = "cnnbench.training.train:train_and_evaluate"
 RECYCLE_MB = 150  # replace a child whose resident memory grew this much since it started
@@ -103,10 +103,10 @@ def train_one(trainer, config: dict, data, seed: int, model_path, on_epoch,
     try:
         result = trainer(config, data, on_epoch, seed, **extra)
     except PruneTrial as pruned:
-        return "pruned", str(pruned), _plain(getattr(pruned, "result", None))
+        return State.PRUNED, str(pruned), _plain(getattr(pruned, "result", None))
     except Exception as e:  # a broken configuration fails its trial, not the search
         text = str(e).strip()
-        return "failed", f"{type(e).__name__}: {text.splitlines()[0] if text else ''}", None
+        return State.FAILED, f"{type(e).__name__}: {text.splitlines()[0] if text else ''}", None
     try:
         if isinstance(result.model, (str, Path)) and model_path:  # a trainer that saved its model itself
             from cnnbench.files import atomic_write
@@ -117,8 +117,8 @@ def train_one(trainer, config: dict, data, seed: int, model_path, on_epoch,
 
             save_model(result.model, Path(model_path))
     except OSError as e:  # a full disk: the trial fails in one line, the sweep's next write says why
-        return "failed", f"could not save its model: {e.filename or model_path}: {e.strerror}", _plain(result)
-    return "complete", "", _plain(result)
+        return State.FAILED, f"could not save its model: {e.filename or model_path}: {e.strerror}", _plain(result)
+    return State.COMPLETE, "", _plain(result)
 
 
 def _child_main(conn, trainer_path: str, data_request: tuple | None) -> None:

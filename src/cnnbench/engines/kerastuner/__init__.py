@@ -30,6 +30,7 @@ from cnnbench.engines.trial import run_trial
 from cnnbench.training.isolation import worker_preexec
 from cnnbench.knobs import coerce
 from cnnbench.space import ChoiceParam, FloatParam, IntParam, Space, SpaceError
+from cnnbench.trials import State
 
 NAME = "kerastuner"
 PROJECT = "kerastuner"  # project_name inside the study folder
@@ -113,9 +114,9 @@ class _Runner(AtomicTunerSave):
             raise kt.errors.FailedTrialError(f"trial {taken} was taken over while this worker was paused") from None
         if job.on_record:
             job.on_record(record)
-        if record.state == "failed":
+        if record.state == State.FAILED:
             raise kt.errors.FailedTrialError(record.reason)  # fails the trial, not the search
-        if record.state == "pruned":  # stopped by the deadline: a partial score the oracle must not learn from
+        if record.state == State.PRUNED:  # stopped by the deadline: a partial score the oracle must not learn from
             raise kt.errors.FailedTrialError(f"{record.reason} (its partial score is not reported)")
         return {"val_accuracy": float(record.val_accuracy)} if record.val_accuracy is not None else {}
 

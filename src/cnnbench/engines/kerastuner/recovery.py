@@ -23,7 +23,7 @@ import keras_tuner as kt
 from cnnbench import trials
 from cnnbench.engines import recovery
 from cnnbench.engines.recovery import LOST
-from cnnbench.trials import config_key
+from cnnbench.trials import config_key, State
 
 WATCH_SECONDS = 2.0  # how often the chief looks for lost trials between requests
 
@@ -33,14 +33,14 @@ def attempt_of(records: list, values: dict) -> int:
     so far. (KerasTuner runs an interrupted trial again under its own id when the study is
     reloaded; as attempt 2 it finds the interrupted record and goes on from its checkpoint.)"""
     key = config_key(values)
-    return 1 + sum((r.state == "interrupted" or r.reason.startswith(LOST)) and config_key(r.values) == key
+    return 1 + sum((r.state == State.INTERRUPTED or r.reason.startswith(LOST)) and config_key(r.values) == key
                    for r in records)
 
 
 def uncounted(records: list) -> int:
     """Trials that are not results: KerasTuner counts every trial it handed out, so the
     budget grows by these."""
-    return sum(r.state == "interrupted" or r.reason.startswith(LOST) for r in records)
+    return sum(r.state == State.INTERRUPTED or r.reason.startswith(LOST) for r in records)
 
 
 class LostTrials:

@@ -33,6 +33,7 @@ from cnnbench.engines.optuna.study import _Grid, check_study, counted_trials, op
 from cnnbench.training.isolation import worker_preexec
 from cnnbench.engines.optuna.pruning import median_rule, progress_steps
 from cnnbench.space import Space, SpaceError
+from cnnbench.trials import State
 
 NAME = "optuna"
 ALGORITHMS = ("tpe", "random", "grid", "cmaes")
@@ -176,10 +177,10 @@ def _run_one(job: StudyJob, study: optuna.Study, trial: optuna.Trial) -> None:
     except TrialTaken:
         return  # recovery failed it in the study and queued its retry
     objectives = [record.val_accuracy, *(getattr(record, cost) for cost in job.space.minimize)]
-    if record.state == "complete" and None not in objectives:
+    if record.state == State.COMPLETE and None not in objectives:
         study.tell(trial, objectives if job.space.minimize else record.val_accuracy)
     else:
-        study.tell(trial, state=TrialState.PRUNED if record.state == "pruned" else TrialState.FAIL)
+        study.tell(trial, state=TrialState.PRUNED if record.state == State.PRUNED else TrialState.FAIL)
     if job.on_record:
         job.on_record(record)
 

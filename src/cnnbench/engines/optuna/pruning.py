@@ -10,6 +10,7 @@ import optuna
 from cnnbench import trials
 from cnnbench.engines.base import StudyJob
 from cnnbench.space import Space
+from cnnbench.trials import State
 
 # Trials report validation accuracy at tenths of their own schedule, not at epochs: a
 # 20-epoch trial at epoch 5 is a quarter through its learning-rate decay, a 10-epoch one
@@ -43,7 +44,7 @@ def median_rule(job: StudyJob, step: int, val_accuracy: float) -> bool:
         return False
     at_step = []
     for record in trials.read_records(job.paths):
-        if record.state not in ("complete", "pruned") or not record.history:
+        if record.state not in (State.COMPLETE, State.PRUNED) or not record.history:
             continue
         epochs = record.config.get("epochs", len(record.history))
         # its accuracy at the first epoch that reached this tenth of its schedule

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from cnnbench import trials
 from cnnbench.engines.recovery import fail_lost, process_gone, to_retry
-from cnnbench.trials import TrialRecord
+from cnnbench.trials import TrialRecord, State
 
 
 def recover_lost(job, study: optuna.Study) -> list[int]:
@@ -39,7 +39,7 @@ def recover_lost(job, study: optuna.Study) -> list[int]:
     for record in to_retry(job, records):
         requeue(study, record.values, record.trial, record.attempt,
                 {"rung": record.rung, "promoted_from": record.promoted_from} if record.rung is not None else {})
-        if record.state == "interrupted":
+        if record.state == State.INTERRUPTED:
             job.progress.say(f"trial {record.trial} was interrupted; its configuration runs again"
                              " (from its last epoch when it has a checkpoint)")
     rebuild_damaged(job, study)

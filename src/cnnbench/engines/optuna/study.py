@@ -16,6 +16,7 @@ from cnnbench.engines.optuna.journal import named_backend, repair_journal
 from cnnbench.engines.optuna.pruning import make_pruner
 from cnnbench.engines.storage_url import masked, scrub
 from cnnbench.space import ChoiceParam, FloatParam, IntParam, Space, SpaceError
+from cnnbench.trials import State
 
 UNCOUNTED = ("interrupted", "surplus", "not_started", "warm_start_from")  # user attributes of trials that are not results
 
@@ -175,7 +176,7 @@ def importances(space: Space, records: list) -> dict[str, float] | None:
     """Optuna's fANOVA importances of the searched parameters for validation accuracy, from
     the completed trials (at the first rung with successive halving: one fidelity), or None
     with fewer than 3 or nothing varied. For the report page (pages.py)."""
-    done = [r for r in records if r.state == "complete" and r.val_accuracy is not None]
+    done = [r for r in records if r.state == State.COMPLETE and r.val_accuracy is not None]
     if any(r.rung is not None for r in done):
         done = [r for r in done if r.rung == 0]
     dists = distributions(space)
