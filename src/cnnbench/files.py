@@ -21,13 +21,21 @@ def temporary_name(target: Path, keep_suffix: bool = False) -> Path:
     return target.with_name(f".{target.name}.{os.getpid()}.tmp")
 
 
-def atomic_write(target: Path, data: str | bytes) -> None:
-    """Replace ``target`` with ``data`` in one step; OSError naming ``target`` on failure."""
+def atomic_write(target: Path, data: str | bytes, durable: bool = False) -> None:
+    """Replace ``target`` with ``data`` in one step; OSError naming ``target`` on failure.
+    ``durable``: flushed to the disk before the rename, so a machine that goes down keeps a
+    whole file rather than a renamed empty one (checkpoints; a record is rewritten often
+    enough that the page cache serves it)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_name(target)
     try:
-        if isinstance(data, bytes):
+        if durable:
+            with open(tmp, "wb") as f:
+                f.write(data if isinstance(data, bytes) else data.encode())
+                f.flush()
+                os.fsync(f.fileno())
+        elif isinstance(data, bytes):
             tmp.write_bytes(data)
         else:
             tmp.write_text(data)
@@ -35,6 +43,9 @@ def atomic_write(target: Path, data: str | bytes) -> None:
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise OSError(e.errno, e.strerror, str(target)) from None
+    except BaseException:  # a signal mid-write: no temporary left behind either
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def json_text(obj) -> str:

@@ -93,7 +93,7 @@ def run_trial(job: StudyJob, number: int, values: dict, should_stop: Callable[[i
     record.rung, record.promoted_from = rung, promoted_from
     record.data_fingerprint, record.trainer_version = job.data_fingerprint, version
     checkpoint = paths.checkpoint(trials.checkpoint_key(config, seed, job.data_fingerprint, version))
-    stop, resumed_at = _train(job, record, config, should_stop, checkpoint)
+    stop, resumed_at = _train(job, record, config, should_stop, seed, checkpoint)
     if resumed_at is not None or previous is not None:
         note_resume(record, previous, resumed_at)
     if paths.lost_marker(number).exists():  # paused past the heartbeat limit: another took it over
@@ -114,7 +114,7 @@ def run_trial(job: StudyJob, number: int, values: dict, should_stop: Callable[[i
     return record
 
 
-def _train(job: StudyJob, record: TrialRecord, config: dict, should_stop,
+def _train(job: StudyJob, record: TrialRecord, config: dict, should_stop, seed: int,
            checkpoint: Path | None = None) -> tuple[KeyboardInterrupt | None, float | None]:
     """Train ``record``'s trial and put how it ended into the record (not yet written): the
     signal that stopped it, if one did, for the caller to raise once the record is safe, and
@@ -144,7 +144,6 @@ def _train(job: StudyJob, record: TrialRecord, config: dict, should_stop,
         job.progress.trial_started(number, record.values)
         heartbeat.start()
         log_dir = paths.root / "tensorboard" / f"trial-{number:04d}" if job.tensorboard else None
-        seed = record.seed if record.seed is not None else job.space.seed + number
         state, reason, result = job.runner.run(config, seed, paths.trial_model(number), on_epoch,
                                                log_dir, checkpoint=checkpoint)
     except ChildDied as died:  # out of memory, a segfault, kill -9 of the child: tried again, from its checkpoint

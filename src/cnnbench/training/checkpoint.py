@@ -19,8 +19,8 @@ The engine deletes it when the trial ends (``engines/trial.py``).
 """
 from __future__ import annotations
 
+import io
 import json
-import os
 import time
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnbench.files import temporary_name
+from cnnbench.files import atomic_write
 
 FORMAT = 1
 
@@ -70,17 +70,9 @@ def save(path: Path, saved: Saved) -> None:
     meta = {k: v for k, v in asdict(saved).items() if k not in _LISTS}
     meta.update(format=FORMAT, counts={name: len(getattr(saved, name) or []) for name in _LISTS},
                 present={name: getattr(saved, name) is not None for name in _LISTS})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_name(path, keep_suffix=True)
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
-            f.flush()
-            os.fsync(f.fileno())  # a machine that goes down keeps a whole file, not a renamed empty one
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    np.savez(buffer, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+    atomic_write(path, buffer.getvalue(), durable=True)
 
 
 def load(path: Path) -> Saved | None:
