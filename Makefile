@@ -1,6 +1,7 @@
 # cnnbench: the commands the README documents. Each sets up .venv on first use.
 #   make sweep [SPACE=search_spaces/NAME.yaml] [STUDY=name] [TRIALS=n] [TIMEOUT=minutes]
 #              [ENGINE=optuna|kerastuner] [ALGO=...] [STORAGE=url] [SEED=n] [NO_START_WITH=1]
+#              [SET="knob=value knob=value"]   (parameters fixed: an ablation of a recipe)
 #   make test | make bench | make check SPACE=... | make leaderboard [STUDY=...]
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -21,7 +22,8 @@ SWEEP_ARGS := --space $(SPACE) --engine $(ENGINE) \
 	$(if $(STUDY),--study $(STUDY)) $(if $(TRIALS),--trials $(TRIALS)) \
 	$(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(ALGO),--algo $(ALGO)) \
 	$(if $(STORAGE),--storage $(STORAGE)) $(if $(WORKERS),--workers $(WORKERS)) \
-	$(if $(SEED),--seed $(SEED)) $(if $(NO_START_WITH),--no-start-with)
+	$(if $(SEED),--seed $(SEED)) $(if $(NO_START_WITH),--no-start-with) \
+	$(foreach setting,$(SET),--set $(setting))
 
 .PHONY: sweep test test-slow lint bench bench-recipe check leaderboard clean-venv
 $(VENV)/.installed: pyproject.toml
@@ -62,7 +64,8 @@ bench: $(VENV)/.installed
 # when Debian's libtcmalloc-minimal4 is installed. SEEDS="0" runs one.
 SEEDS ?= 0 1 2
 TCMALLOC := $(firstword $(wildcard /usr/lib/*/libtcmalloc_minimal.so.4))
-CPU_NAME := $(shell sed -n 's/^model name[^:]*: *//p' /proc/cpuinfo | head -1 | tr 'A-Z ' 'a-z-')
+# "Intel(R) Xeon(R) Processor" -> intel-xeon-processor: a file name the shell need not quote
+CPU_NAME := $(shell sed -n 's/^model name[^:]*: *//p' /proc/cpuinfo | head -1 | sed -e 's/(R)//g' -e 's/(TM)//g' | tr 'A-Z' 'a-z' | tr -cs 'a-z0-9' '-' | sed 's/^-*//;s/-*$$//')
 bench-recipe: $(VENV)/.installed
 	@$(MAKE) --no-print-directory $(PEER_VENV)/.installed
 	mkdir -p results/bench

@@ -139,3 +139,39 @@ def test_fused_batch_norm_computes_what_the_builtin_layer_does():
         np.testing.assert_allclose(fused.moving_variance, plain.moving_variance, rtol=0.02)
         np.testing.assert_allclose(fused(x, training=False), plain(x, training=False), atol=0.02)
         assert len(fused.get_weights()) == len(plain.get_weights())
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-6), ("mixed_bfloat16", 1e-2)])
+def test_fused_gelu_computes_and_differentiates_what_the_builtin_layer_does(dtype, tolerance):
+    import keras
+    import tensorflow as tf
+
+    from cnnbench.model.fused import FusedGELU
+
+    x = tf.constant(np.random.default_rng(0).normal(0.0, 2.0, (4, 5, 5, 3)).astype(np.float32))
+    plain, fused = keras.layers.Activation("gelu", dtype=dtype), FusedGELU(dtype=dtype)
+    outputs, slopes = [], []
+    for layer in (plain, fused):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+        outputs.append(tf.cast(y, tf.float32).numpy())
+        slopes.append(tf.cast(tape.gradient(y, x), tf.float32).numpy())
+        assert y.dtype == ("float32" if dtype == "float32" else "bfloat16")
+    scale = np.abs(outputs[0]).max()
+    np.testing.assert_allclose(outputs[1], outputs[0], atol=tolerance * scale)
+    np.testing.assert_allclose(slopes[1], slopes[0], atol=tolerance * 2)
+    assert not fused.weights  # so the exported model's built-in Activation("gelu") is the same function
+
+
+def test_the_trained_network_uses_the_fused_kernels_and_the_saved_one_builtin_layers():
+    from cnnbench.knobs import default_config
+    from cnnbench.model.fused import FusedBatchNormalization, FusedGELU
+
+    config = {**default_config(), "activation": "gelu", "stem": "whiten", "stages": 2, "base_filters": 4}
+    trained = build_model(config, fused=True)
+    saved = build_model(config)
+    kinds = {type(layer) for layer in trained.layers}
+    assert FusedGELU in kinds and FusedBatchNormalization in kinds
+    assert not {FusedGELU, FusedBatchNormalization} & {type(layer) for layer in saved.layers}
+    assert [w.shape for w in trained.weights] == [w.shape for w in saved.weights]

@@ -97,6 +97,25 @@ def test_alternating_flip_mirrors_every_image_in_every_other_epoch():
     np.testing.assert_array_equal(seen(2), first)
 
 
+@pytest.mark.parametrize("drop_last, batches", [(False, [16, 16, 16, 2]), (True, [16, 16, 16])])
+def test_drop_last_trains_full_batches_only_and_leaves_out_another_remainder_each_epoch(drop_last, batches):
+    from cnnbench.training.train import _train_dataset, images_per_epoch, steps_per_epoch
+
+    n = 50
+    x = np.zeros((n, 4, 4, 3), dtype=np.uint8)
+    config = {**default_config(), "translate": 0, "batch_size": 16, "epochs": 2, "drop_last": drop_last}
+    seen = [onehot.numpy().argmax(1) for _, onehot in _train_dataset(x, np.arange(n), config, n, seed=0)]
+    assert [len(b) for b in seen] == batches * 2
+    assert steps_per_epoch(n, config) == len(batches) and images_per_epoch(n, config) == sum(batches)
+    first, second = (np.concatenate(seen[i * len(batches):(i + 1) * len(batches)]) for i in range(2))
+    if drop_last:  # 48 distinct images each epoch, and a reshuffle leaves out two others
+        assert len(set(first)) == len(first) == 48 and set(first) != set(second)
+    else:
+        assert sorted(first) == list(range(n))
+    # a split smaller than one batch still trains (its one partial batch)
+    assert steps_per_epoch(10, config) == 1 and images_per_epoch(10, config) == 10
+
+
 def test_whitening_bias_stops_moving_when_its_gate_closes():
     import tensorflow as tf
 
@@ -147,8 +166,8 @@ def test_the_airbench94_space_is_one_configuration_with_every_ingredient():
     space = load_space(SPACES / "airbench94.yaml")
     config = space.complete({})
     assert space.size() == 1 and space.final
-    assert (config["flip"], config["tta"], config["lookahead"], config["whiten_bias_epochs"]) == \
-        ("alternating", "mirror_translate", True, 3)
+    assert (config["flip"], config["tta"], config["lookahead"], config["whiten_bias_epochs"], config["drop_last"]) == \
+        ("alternating", "mirror_translate", True, 3, True)
     assert keras_rates(config)[0] == pytest.approx(1.5, rel=1e-3)
     assert architecture_stats(config).flops == pytest.approx(236e6, rel=0.02)
 

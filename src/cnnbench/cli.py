@@ -47,6 +47,9 @@ def _sweep_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--no-final", action="store_true",
                    help="export the best trial's own model instead of training it once more on all training images")
     s.add_argument("--seed", type=int, help="replaces the space's seed (sampler and training): another run of a recipe")
+    s.add_argument("--set", action="append", metavar="KNOB=VALUE", dest="sets",
+                   help="fix a parameter at a value (repeatable), e.g. --set lookahead=false: a recipe with one "
+                        "ingredient taken out")
     s.add_argument("--no-start-with", action="store_true",
                    help="ignore the space's start_with recipes: the search on its own, as for a user without one")
     s.add_argument("--warm-start", action="append", metavar="STUDY",

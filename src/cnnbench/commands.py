@@ -66,7 +66,7 @@ def cmd_sweep(args) -> int:
                            storage=args.storage, results=args.results, workers=args.workers,
                            tensorboard=args.tensorboard, final=False if args.no_final else None,
                            seed=args.seed, start_with=not args.no_start_with, cache=not args.no_cache, deterministic=args.deterministic,
-                           warm_start=tuple(args.warm_start or ()), trainer=args.trainer,
+                           warm_start=tuple(args.warm_start or ()), sets=tuple(args.sets or ()), trainer=args.trainer,
                            command="cnnbench " + shlex.join(args.argv))
     sweep = prepare(request)  # TensorFlow loads later, once the data has (a bad input is a sub-second error)
     install_stop_handlers()

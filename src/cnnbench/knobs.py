@@ -123,6 +123,9 @@ KNOBS: dict[str, Knob] = {
     "warmup": Knob(float, 0.0, "share of the trial's steps over which the learning rate rises linearly from a "
                    "tenth of its peak to the peak; with lr_schedule linear this is one-cycle", minimum=0.0, below=1.0),
     "batch_size": Knob(int, 128, "images per step", minimum=1, maximum=65536),
+    "drop_last": Knob(bool, False, "each epoch drops its last partial batch, as airbench's loader does: every "
+                      "step is a full batch and an epoch is images // batch_size steps (a different batch "
+                      "left out each epoch, since the order is reshuffled)"),
     "epochs": Knob(int, 10, "passes over the training split; the schedule is the trial's own, so fewer epochs "
                    "are a complete shorter training, not the start of a longer one", minimum=1, maximum=10_000),
     "train_images": Knob(int, 0, "train on this many training images, a stratified subset that is the same for "

@@ -16,7 +16,7 @@ from cnnbench.training.data import DataError
 from cnnbench.engines.storage_url import masked, resolve, scrub
 from cnnbench.training.isolation import DEFAULT_TRAINER, load_trainer
 from cnnbench.files import read_json
-from cnnbench.space import Space, SpaceError, load_space
+from cnnbench.space import Space, SpaceError, load_space, parse_space
 from cnnbench.trials import StudyPaths
 
 GLOBAL_BOARD_TITLE = "# All studies, best first"  # results/leaderboard.md starts so: a folder of cnnbench's
@@ -40,6 +40,9 @@ class SweepRequest:
     cache: bool = True             # False (--no-cache): train every trial, even one already trained
     deterministic: bool = False    # --deterministic: TensorFlow's op determinism in every trial
     warm_start: tuple[str, ...] = ()  # earlier studies (same results folder) whose trials TPE starts from
+    # "knob=value" (--set): that parameter fixed at that value, e.g. one ingredient of a
+    # recipe taken out for an ablation; the value is read as YAML reads it (false, 0.2, 64-256-256).
+    sets: tuple[str, ...] = ()
     command: str | None = None     # the command line that asked for it (the CLI sets it), for run.json
     # Who trains: "module:function" called as train.train_and_evaluate is (None: that one);
     # --trainer. in_process trains in this process instead of a child (a debugger, a notebook
@@ -58,6 +61,8 @@ class SweepRequest:
                 args += [flag, str(value)]
         if self.seed is not None:
             args += ["--seed", str(self.seed)]
+        for setting in self.sets:
+            args += ["--set", setting]
         if not self.start_with:
             args.append("--no-start-with")
         if not self.cache:
@@ -193,6 +198,7 @@ def prepare(request: SweepRequest) -> Sweep:
         "study": study, "engine": request.engine, "algo": algo, "storage": masked(storage),
         "space_file": request.space_file, "space_hash": space.fingerprint(), "knob_defaults_hash": knob_defaults_hash(),
         "space": space.model_dump(mode="json"), "seed": space.seed,
+        "set": list(request.sets),  # parameters the command line fixed (--set), already in "space"
         "versions": provenance.versions(), "git_revision": provenance.git_revision(),
         "command": scrub(command, storage),
         "trainer": request.trainer or DEFAULT_TRAINER,
@@ -203,8 +209,11 @@ def prepare(request: SweepRequest) -> Sweep:
 
 
 def _space_as_asked(request: SweepRequest) -> Space:
-    """The space file, with what the command line replaces in it (seed, start_with, determinism)."""
+    """The space file, with what the command line replaces in it (seed, fixed parameters,
+    start_with, determinism)."""
     space = load_space(request.space_file)
+    if request.sets:
+        space = with_settings(space, request.sets)
     if request.seed is not None:
         if not 0 <= request.seed < 2**31:
             raise SpaceError(f"--seed: must be from 0 to {2**31 - 1}, got {request.seed}")
@@ -214,6 +223,26 @@ def _space_as_asked(request: SweepRequest) -> Space:
     if request.deterministic:
         space = space.model_copy(update={"deterministic": True})
     return space
+
+
+def with_settings(space: Space, settings: tuple[str, ...] | list[str]) -> Space:
+    """``space`` with each "knob=value" of ``settings`` as a fixed parameter (dropped from
+    start_with, which then no longer chooses it), validated as the file itself is."""
+    import yaml
+
+    raw = space.model_dump(mode="json")
+    for setting in settings:
+        name, equals, text = setting.partition("=")
+        name = name.strip()
+        if not equals or not name:
+            raise SpaceError(f"--set {setting!r}: write it as KNOB=VALUE, e.g. --set lookahead=false")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        raw["params"][name] = {"type": "fixed", "value": value}
+        raw["start_with"] = [{k: v for k, v in recipe.items() if k != name} for recipe in raw["start_with"]]
+    return parse_space(raw, f"{space.source} (with --set {' '.join(settings)})")
 
 
 def _check_arguments(request: SweepRequest) -> None:

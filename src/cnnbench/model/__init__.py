@@ -118,13 +118,13 @@ def architecture_stats(config: dict, image_size: int = 32, num_classes: int = 10
 
 def build_model(config: dict, num_classes: int = 10, image_size: int = 32,
                 mean: Sequence[float] = (0.5, 0.5, 0.5), variance: Sequence[float] = (0.25, 0.25, 0.25),
-                dtype_policy: str | None = None, fused_batch_norm: bool = False):
+                dtype_policy: str | None = None, fused: bool = False):
     """An untrained, uncompiled ``keras.Model`` for ``config``.
 
     Input: uint8 RGB, any height and width. Output: class probabilities (softmax, float32).
     ``mean`` and ``variance`` are per-channel statistics of the training images in [0, 1].
     ``dtype_policy`` is the resolved precision (``config['precision']`` may say ``auto``).
-    ``fused_batch_norm`` swaps in TensorFlow's fused kernel, for the network being trained
+    ``fused`` swaps in faster training kernels (batch norm, GELU), for the network being trained
     only (``cnnbench.model.fused``); saved models are built without it. The whitening stem's
     filters need training images: ``set_whitening`` fills them.
 
@@ -142,8 +142,17 @@ def build_model(config: dict, num_classes: int = 10, image_size: int = 32,
     bn, act, k = config["batch_norm"], config["activation"], config["kernel_size"]
     pool_layer = layers.MaxPooling2D if config["pooling"] == "max" else layers.AveragePooling2D
     norm_layer = layers.BatchNormalization
-    if fused_batch_norm and keras.backend.backend() == "tensorflow":
+
+    def activation_layer(name):
+        return layers.Activation(act, dtype=dtype, name=name)
+
+    if fused and keras.backend.backend() == "tensorflow":  # the network being trained
         from cnnbench.model.fused import FusedBatchNormalization as norm_layer
+        from cnnbench.model.fused import FusedGELU
+
+        if act == "gelu":
+            def activation_layer(name):
+                return FusedGELU(dtype=dtype, name=name)
 
     def conv_unit(x, filters, kernel, padding, name, pool=False):
         """conv, [pool], [batch norm], activation: pooling before the norm (airbench) halves its cost."""
@@ -152,7 +161,7 @@ def build_model(config: dict, num_classes: int = 10, image_size: int = 32,
             x = pool_layer(2, dtype=dtype, name=name.split("_")[0] + "_pool")(x)
         if bn:
             x = norm_layer(momentum=config["bn_momentum"], scale=config["bn_scale"], dtype=dtype, name=f"{name}_bn")(x)
-        return layers.Activation(act, dtype=dtype, name=f"{name}_act")(x)
+        return activation_layer(f"{name}_act")(x)
 
     inputs = keras.Input(shape=(None, None, CHANNELS), dtype="uint8", name="image")
     # antialias: the same resize the data loader applies (images.resize), for raw inputs of any size
@@ -161,7 +170,7 @@ def build_model(config: dict, num_classes: int = 10, image_size: int = 32,
     x = layers.Normalization(mean=list(mean), variance=list(variance), name="standardize")(x)
     if config["stem"] == "whiten":
         x = layers.Conv2D(WHITEN_FILTERS, WHITEN_KERNEL, padding="valid", dtype=dtype, name="whiten")(x)
-        x = layers.Activation(act, dtype=dtype, name="whiten_act")(x)
+        x = activation_layer("whiten_act")(x)
     for stage, filters in enumerate(stage_widths(config)):
         s = f"stage{stage + 1}"
         pool_first = config["pool_after"] == "first_conv" and _pools(config, stage)

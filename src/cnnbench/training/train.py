@@ -61,6 +61,18 @@ def augment_batch(images, flip, pad: int, mirrored=None, seed=None):
 EPOCH_SEED_STRIDE = 1_000_003  # the data order of epoch e is seeded with seed x this + e
 
 
+def steps_per_epoch(images: int, config: dict) -> int:
+    """Steps in one epoch of ``images``: the last partial batch is one more step unless
+    ``drop_last`` drops it (never the only batch: a split smaller than a batch still trains)."""
+    batch = config["batch_size"]
+    return images // batch if config.get("drop_last") and images >= batch else math.ceil(images / batch)
+
+
+def images_per_epoch(images: int, config: dict) -> int:
+    """Images one epoch trains on (its steps' batches), for throughput figures."""
+    return min(images, steps_per_epoch(images, config) * config["batch_size"])
+
+
 def _train_dataset(x: np.ndarray, y: np.ndarray, config: dict, num_classes: int, seed: int,
                    first_epoch: int = 0, epochs: int | None = None):
     """Shuffled, augmented, one-hot batches of epochs ``first_epoch`` .. ``epochs`` - 1
@@ -74,13 +86,14 @@ def _train_dataset(x: np.ndarray, y: np.ndarray, config: dict, num_classes: int,
     epochs = config["epochs"] if epochs is None else epochs
     flip, pad, batch = unspell("flip", config["flip"]), config["translate"], config["batch_size"]
     alternating = flip == "alternating"
-    steps = math.ceil(len(x) / batch)
+    steps = steps_per_epoch(len(x), config)
+    drop = steps * batch < len(x)
     coins = np.random.default_rng(seed).random(len(x)) < 0.5
     images = tf.data.Dataset.from_tensor_slices((x, y, coins))
 
     def one_epoch(epoch: int):  # seeded by a plain integer: tf.data takes no tensor seed
         shuffled = images.shuffle(len(x), seed=seed * EPOCH_SEED_STRIDE + epoch, reshuffle_each_iteration=False)
-        return shuffled.batch(batch).enumerate().map(
+        return shuffled.batch(batch, drop_remainder=drop).enumerate().map(
             lambda i, b: (tf.constant(epoch * steps, tf.int64) + i, tf.constant(epoch, tf.int64), *b))
 
     def prepare(step, epoch, images, labels, coin):
@@ -212,18 +225,18 @@ def train_and_evaluate(config: dict, data: DataBundle, on_epoch: Callable[[int, 
     num_classes = len(data.class_names)
     image_size = data.x_train.shape[1]
     mean, var = data.channel_stats()
-    model = build_model(config, num_classes, image_size, mean, var, dtype_policy=precision, fused_batch_norm=True)
+    model = build_model(config, num_classes, image_size, mean, var, dtype_policy=precision, fused=True)
     whitened = config["stem"] == "whiten"
     if whitened:
         set_whitening(model, data.train_sample(WHITENING_IMAGES))
-    steps = math.ceil(len(data.x_train) / config["batch_size"])
+    steps = steps_per_epoch(len(data.x_train), config)
     whiten_gate = tf.Variable(1.0, trainable=False) if whitened and config["whiten_bias_epochs"] else None
     model.compile(optimizer=make_optimizer(config, steps, model, whiten_gate),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=config["label_smoothing"]))
     # Validation sees what export will see: the test-time augmentation's views.
     evaluator = with_tta(model, config["tta"])
     saver = Checkpointer(Path(checkpoint)) if checkpoint else None
-    watcher = _epoch_callback(on_epoch, len(data.x_train), evaluator, data.x_val, data.y_val, whiten_gate,
+    watcher = _epoch_callback(on_epoch, images_per_epoch(len(data.x_train), config), evaluator, data.x_val, data.y_val, whiten_gate,
                               config["whiten_bias_epochs"], saver.after_epoch if saver else None)
     callbacks = _callbacks(config, watcher, steps * config["epochs"], log_dir)
     first_epoch = saver.resume(model, watcher, callbacks) if saver else 0
