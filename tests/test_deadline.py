@@ -56,6 +56,17 @@ def test_admit_passes_what_fits_shortens_what_may_and_refuses_the_rest(tmp_path)
         tight.admit(CONFIG, 45_000, 5_000, 10_000, "float32", [])  # epochs fixed: not started
 
 
+def test_a_resumed_trial_is_priced_at_the_epochs_left_and_never_shortened(tmp_path):
+    rate = 1e11
+    need = trial_seconds(CONFIG, 45_000, 5_000, rate)
+    tight = Deadline(time.time() + need * 0.6 + EXPORT_SECONDS + 60, log_at(tmp_path, rate))
+    # half of it done: the other half fits, at its own 10 epochs (its checkpoint's schedule)
+    assert tight.admit(CONFIG, 45_000, 5_000, 10_000, "float32", [2, 4, 6, 8, 10], epochs_done=5) == (CONFIG, "")
+    # 2 of 10 done: 8 left do not fit, and a shorter schedule could not go on from the checkpoint
+    with pytest.raises(NotStarted, match=f"forecast {need * 0.8 / 60:.1f} min"):
+        tight.admit(CONFIG, 45_000, 5_000, 10_000, "float32", [2, 4, 6, 8, 10], epochs_done=2)
+
+
 def test_no_deadline_or_no_speed_known_admits_everything(tmp_path):
     assert Deadline(None, log_at(tmp_path, 1.0)).admit(CONFIG, 45_000, 5_000, 10_000, "float32", []) == (CONFIG, "")
     unknown = Deadline(time.time() + 1, ThroughputLog(tmp_path / "none.json"))

@@ -149,3 +149,46 @@ def test_a_state_is_written_as_its_plain_string_and_read_back_equal_to_its_membe
     assert raw["state"] == "interrupted" and type(raw["state"]) is str  # records stay plain JSON
     back = read_record(paths.trial_record(0))
     assert back.state == State.INTERRUPTED and State(back.state) is State.INTERRUPTED
+
+
+@pytest.mark.parametrize("attempt, kept", [(1, True), (2, False)])
+def test_a_lost_trial_keeps_its_checkpoint_only_while_it_will_be_retried(tmp_path, attempt, kept):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from cnnbench import trials
+    from cnnbench.engines.recovery import fail_lost
+
+    space = parse_space({**SPACE, "search": {**SPACE["search"], "retries": 1}})
+    job = make_job(space, tmp_path, "s")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a process that has ended: its trial is lost
+    record = trials.TrialRecord(trial=0, engine="optuna", values={"learning_rate": 0.002}, config={"epochs": 4},
+                                attempt=attempt, seed=11, data_fingerprint="d", trainer_version="v",
+                                host=socket.gethostname(), pid=gone.pid, started_at=time.time())
+    trials.write_record(job.paths, record)
+    saved = job.paths.checkpoint(trials.checkpoint_key(record.config, 11, "d", "v"))
+    saved.write_bytes(b"a checkpoint")
+    [marked] = fail_lost(job, [record])
+    assert marked.state == "failed" and saved.exists() == kept
+
+
+def test_an_interruption_does_not_use_up_a_retry_but_each_loss_does():
+    from cnnbench.engines.recovery import LOST, losses_before, wants_retry
+    from cnnbench.trials import TrialRecord
+
+    def attempt(n: int, state: str, reason: str, losses: int | None) -> TrialRecord:
+        return TrialRecord(trial=n, engine="optuna", values={}, state=state, reason=reason, attempt=n, losses=losses)
+
+    stopped = attempt(1, "interrupted", "interrupted by SIGINT", 0)
+    then_lost = attempt(2, "failed", f"{LOST}: no heartbeat for 200 s", losses_before(stopped))
+    assert then_lost.losses == 0 and wants_retry(then_lost, retries=1)  # one loss of one allowed
+    lost_again = attempt(3, "failed", f"{LOST}: its process 7 is gone", losses_before(then_lost))
+    assert lost_again.losses == 1 and not wants_retry(lost_again, retries=1)
+    assert wants_retry(attempt(1, "interrupted", "interrupted by SIGTERM", 5), retries=0)  # a stop, always
+    assert not wants_retry(attempt(1, "failed", "diverged", 0), retries=3)  # the configuration's own fault
+    # a record from before the field: its attempts before it count as losses, as they used to
+    assert wants_retry(attempt(1, "failed", f"{LOST}: x", None), 1)
+    assert not wants_retry(attempt(2, "failed", f"{LOST}: x", None), 1)

@@ -175,23 +175,30 @@ class Deadline:
         return EXPORT_SECONDS + n_test * TTA_VIEWS[unspell("tta", config["tta"])] * flops / rate
 
     def admit(self, config: dict, n_train: int, n_val: int, n_test: int, precision: str,
-              epoch_options: list[int], final_config: dict | None = None) -> tuple[dict, str]:
+              epoch_options: list[int], final_config: dict | None = None, epochs_done: int = 0) -> tuple[dict, str]:
         """The configuration to train and a note, or NotStarted when it cannot finish in time.
 
         ``epoch_options`` are the epoch counts the space allows (empty: epochs is fixed);
         a trial too long for the time left is shortened to the largest one that fits.
         ``final_config``: what its final training would train when that differs from
         ``config`` (a successive-halving rung trains a cheaper fidelity than its final).
+        ``epochs_done``: epochs a checkpoint of this training already holds (a retried
+        trial): only the rest is forecast, and it is never shortened, since a shorter
+        schedule is another training that the checkpoint cannot go on from.
         """
+        if epochs_done:
+            epoch_options = []
         rate = self.log.rate(precision, self._flops(config)) if self.log else None
         if self.end is None or not rate:
             return config, ""
         # the export tests the final model (its views), not this run's cheaper fidelity
         budget = self.left() - self.export_seconds(final_config or config, n_test, precision)
 
+        left_share = max(config["epochs"] - epochs_done, 0) / config["epochs"]
+
         def fits(candidate: dict) -> bool:
             reserve = max(self.best_final_seconds, self.final_seconds(final_config or candidate))
-            return self._seconds(candidate, n_train, n_val, rate) + reserve <= budget
+            return self._seconds(candidate, n_train, n_val, rate) * left_share + reserve <= budget
 
         if fits(config):
             return config, ""
@@ -200,7 +207,7 @@ class Deadline:
             if fits(shorter):
                 return shorter, (f"shortened from {config['epochs']} to {epochs} epochs to finish before the "
                                  f"deadline ({budget / 60:.1f} min left)")
-        need = self._seconds(config, n_train, n_val, rate)
+        need = self._seconds(config, n_train, n_val, rate) * left_share
         final = max(self.best_final_seconds, self.final_seconds(final_config or config))
         kept = f", {final / 60:.1f} min of it kept for the final training" if final else ""
         raise NotStarted(f"not started: forecast {need / 60:.1f} min at {rate / 1e9:.0f} GFLOP/s, "

@@ -112,6 +112,8 @@ class TrialRecord:
     reason: str = _column("")                # why it was pruned, failed or interrupted
     note: str = _column("")                  # what cnnbench decided (e.g. epochs shortened)
     attempt: int = 1                         # 2, 3, ... when a lost trial's configuration is retried
+    losses: int | None = None                # earlier attempts that were lost (an interruption is not one;
+                                             # None in records older than the field: attempt - 1)
     seed: int | None = None                  # the seed it trained with
     data_fingerprint: str | None = None      # the data it trained on (engines/cache.py)
     trainer_version: str | None = None       # the training code's hash (engines/cache.py)

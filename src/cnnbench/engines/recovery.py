@@ -61,20 +61,34 @@ def fail_lost(job, records: list[TrialRecord]) -> list[TrialRecord]:
             continue
         record.state, record.reason, record.finished_at = State.FAILED, f"{LOST}: {why}", time.time()
         trials.write_record(job.paths, record)
+        if not wants_retry(record, job.retries):  # nothing will go on from its checkpoint
+            key = trials.checkpoint_key(record.config, record.seed, record.data_fingerprint, record.trainer_version)
+            job.paths.checkpoint(key).unlink(missing_ok=True)
         job.progress.say(f"trial {record.trial} was lost ({why}); " + (
-            f"its configuration is tried again (attempt {record.attempt + 1})" if record.attempt <= job.retries
-            else f"not retried: {record.attempt} attempts made (search.retries {job.retries})"))
+            f"its configuration is tried again (attempt {record.attempt + 1})" if wants_retry(record, job.retries)
+            else f"not retried: {losses_before(record)} of its attempts were lost (search.retries {job.retries})"))
         marked.append(record)
     return marked
+
+
+def _lost(record: TrialRecord) -> bool:
+    return record.state == State.FAILED and record.reason.startswith(LOST)
+
+
+def losses_before(record: TrialRecord) -> int:
+    """Lost attempts of a configuration up to and including ``record``'s, its retry's ``losses``."""
+    earlier = record.losses if record.losses is not None else record.attempt - 1
+    return earlier + _lost(record)
 
 
 def wants_retry(record: TrialRecord, retries: int) -> bool:
     """Whether ``record``'s configuration is to run again (and go on from its checkpoint):
     an interrupted trial always (a stop is not the configuration's fault), a lost one (its
-    process or trial child died) up to ``retries`` attempts."""
+    process or trial child died) until ``retries`` of its attempts were lost: a Ctrl-C
+    before a loss does not use up a retry."""
     if record.state == State.INTERRUPTED:
         return True
-    return record.state == State.FAILED and record.reason.startswith(LOST) and record.attempt <= retries
+    return _lost(record) and losses_before(record) <= retries
 
 
 def to_retry(job, records: list[TrialRecord]) -> list[TrialRecord]:

@@ -13,7 +13,7 @@ from cnnbench import trials
 from cnnbench.training import runtime
 from cnnbench.deadline import TRAIN_COST
 from cnnbench.engines.base import StudyJob, TrialTaken
-from cnnbench.engines.recovery import LOST, note_resume, retried_attempt, wants_retry
+from cnnbench.engines.recovery import LOST, losses_before, note_resume, retried_attempt, wants_retry
 from cnnbench.training.isolation import ChildDied
 from cnnbench.trials import PruneTrial, TrialRecord, State
 
@@ -84,15 +84,20 @@ def run_trial(job: StudyJob, number: int, values: dict, should_stop: Callable[[i
         return served  # before admission: a training already done costs nothing
     note = space.rung_name(rung) + (f", promoted from trial {promoted_from}" if promoted_from is not None
                                               else "") if rung is not None else ""
+    checkpoint = paths.checkpoint(trials.checkpoint_key(config, seed, job.data_fingerprint, version))
     if job.deadline.end is not None and job.data_sizes:
+        from cnnbench.training.checkpoint import epochs_done
+
         precision = runtime.resolve_precision(config["precision"])
+        done = epochs_done(checkpoint) if checkpoint.exists() else 0  # a retry pays only for what is left
         config, late = job.deadline.admit(config, *job.data_sizes, precision,
-                                          [] if rung is not None else space.epoch_options(), final_config)
+                                          [] if rung is not None else space.epoch_options(), final_config, done)
         note = "; ".join(filter(None, (note, late)))
+        checkpoint = paths.checkpoint(trials.checkpoint_key(config, seed, job.data_fingerprint, version))
     record = trials.started(number, job.engine, values, config, note, attempt, seed=seed)
     record.rung, record.promoted_from = rung, promoted_from
+    record.losses = losses_before(previous) if previous is not None else 0  # known before a loss of its own
     record.data_fingerprint, record.trainer_version = job.data_fingerprint, version
-    checkpoint = paths.checkpoint(trials.checkpoint_key(config, seed, job.data_fingerprint, version))
     stop, resumed_at = _train(job, record, config, should_stop, seed, checkpoint)
     if resumed_at is not None or previous is not None:
         note_resume(record, previous, resumed_at)

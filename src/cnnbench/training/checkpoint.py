@@ -75,6 +75,17 @@ def save(path: Path, saved: Saved) -> None:
     atomic_write(path, buffer.getvalue(), durable=True)
 
 
+def epochs_done(path: Path) -> int:
+    """How many epochs the checkpoint at ``path`` holds (0: none, or unreadable), reading
+    only its bookkeeping, not its arrays: what the deadline needs to price a resumed trial."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            meta = json.loads(bytes(f["__meta__"]).decode())
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return 0
+    return int(meta.get("epochs_done", 0)) if meta.get("format") == FORMAT else 0
+
+
 def load(path: Path) -> Saved | None:
     """The checkpoint at ``path``, or None when there is none or it cannot be read (then the
     training starts from epoch 0: a checkpoint saves time, it is never needed)."""

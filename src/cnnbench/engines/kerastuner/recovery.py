@@ -63,7 +63,7 @@ class LostTrials:
                 oracle.end_as_failed(record.trial, record.reason)
         taken = {(config_key(r.values), r.attempt) for r in records} | self.handed_out
         self.pending = [(config_key(r.values), r.attempt + 1, r.values) for r in records
-                        if r.reason.startswith(LOST) and r.attempt <= job.retries
+                        if r.reason.startswith(LOST) and recovery.wants_retry(r, job.retries)
                         and (config_key(r.values), r.attempt + 1) not in taken]
         oracle.max_trials = job.trials + uncounted(records)
         if (oracle.max_trials, len(oracle.end_order)) != before:
