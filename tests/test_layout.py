@@ -89,3 +89,22 @@ def test_the_trial_child_imports_no_engine_and_no_report():
             assert not [i for i in imports(path) if i.startswith("cnnbench.") and _group(i) in SIDE_BY_SIDE], name
     top = [n for n in ast.parse((SRC / "trials.py").read_text()).body if isinstance(n, (ast.Import, ast.ImportFrom))]
     assert not [n for n in top if "tensorflow" in ast.dump(n) or "keras" in ast.dump(n)]
+
+
+def test_what_a_trainer_reports_is_what_a_record_keeps():
+    """TrialResult (the trainer's side) and TrialRecord (the study's side) share their
+    metrics: each recorded one is a record field of the same type, so adding a figure to
+    one and not the other fails here, not silently in a study."""
+    import typing
+    from dataclasses import fields
+
+    from cnnbench import trials
+
+    result = typing.get_type_hints(trials.TrialResult)
+    record = typing.get_type_hints(trials.TrialRecord)
+    assert set(trials.RECORDED_METRICS) | set(trials.NOT_RECORDED) == {f.name for f in fields(trials.TrialResult)}
+    for name in trials.RECORDED_METRICS:
+        assert name in record, f"TrialRecord has no field {name!r}"
+        # a record may not know a figure yet (None) where a finished result always does
+        assert result[name] == record[name] or record[name] == result[name] | None, name
+    assert trials.Outcome("complete", "", {"val_accuracy": 0.5}).metrics == {"val_accuracy": 0.5}

@@ -26,7 +26,7 @@ from cnnbench.engines.base import StudyJob
 from cnnbench.engines.trial import log_throughput, signal_name
 from cnnbench.training.isolation import ChildDied
 from cnnbench.trials import NO_TRIAL, PruneTrial  # noqa: F401 (NO_TRIAL: re-exported)
-from cnnbench.trials import TrialRecord, State
+from cnnbench.trials import Outcome, TrialRecord, State
 
 FINAL_SEED_OFFSET = 1_000_000  # trials train with seed + trial number; the final with seed + this
 UNVALIDATED = ("history", "val_accuracy", "val_loss", "best_epoch", "resumed_checkpoint_at")  # result fields a final record leaves out
@@ -141,20 +141,20 @@ def _train_final(job: StudyJob, record: TrialRecord, config: dict, seed: int, so
     version = cache.trainer_version(job.trainer_name) if job.data_fingerprint else None
     checkpoint = job.paths.checkpoint("final-" + trials.checkpoint_key(config, seed, job.data_fingerprint, version))
     try:
-        state, reason, result = job.runner.run(config, seed, job.paths.final_model, on_epoch, final=True,
-                                               checkpoint=checkpoint)
+        outcome = job.runner.run(config, seed, job.paths.final_model, on_epoch, final=True, checkpoint=checkpoint)
     except ChildDied as died:  # kept: the next run goes on from the checkpoint
-        state, reason, result = State.FAILED, str(died), None
+        outcome = Outcome(State.FAILED, str(died), None)
     except KeyboardInterrupt as stop:
         record.state, record.reason, record.finished_at = State.INTERRUPTED, f"interrupted by {signal_name(stop)}", time.time()
         trials.write_record(job.paths, record, job.paths.final_record)
         raise
     else:
         checkpoint.unlink(missing_ok=True)
-    if result and result.get("resumed_from_epoch"):
-        job.progress.say(f"final training went on from epoch {result['resumed_from_epoch'][-1]} of an earlier run")
-    record.state, record.reason, record.finished_at = state, reason, time.time()
-    for key, value in (result or {}).items():  # no validation figures: nothing was held out
-        if key not in UNVALIDATED and hasattr(record, key) and value is not None:
-            setattr(record, key, value)
+    metrics = outcome.metrics or {}
+    if metrics.get("resumed_from_epoch"):
+        job.progress.say(f"final training went on from epoch {metrics['resumed_from_epoch'][-1]} of an earlier run")
+    record.state, record.reason, record.finished_at = outcome.state, outcome.reason, time.time()
+    for key in trials.RECORDED_METRICS:  # no validation figures: nothing was held out
+        if key not in UNVALIDATED and metrics.get(key) is not None:
+            setattr(record, key, metrics[key])
     trials.write_record(job.paths, record, job.paths.final_record)

@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cnnbench.files import atomic_write
 
@@ -34,6 +34,16 @@ class State(StrEnum):
 
 
 STATES = tuple(State)
+
+
+class Outcome(NamedTuple):
+    """How one training ended, as a runner reports it (``engines.base.Runner``): its state,
+    why (pruned, failed), and the trainer's figures (``TrialResult``'s fields without the
+    model; None when it failed before any). A tuple, so it crosses the trial process's pipe
+    as it is and unpacks as ``state, reason, metrics``."""
+    state: str
+    reason: str
+    metrics: dict | None
 # Interrupted trials (Ctrl-C, SIGTERM) are not results: they do not count toward the budget.
 FINISHED = (State.COMPLETE, State.PRUNED, State.FAILED)
 HEARTBEAT_SECONDS = 10.0     # how often a running trial's record is touched
@@ -137,6 +147,11 @@ class TrialRecord:
 
 
 RESULT_COLUMNS = [f.name for f in fields(TrialRecord) if f.metadata.get("column")]
+# What a trainer reports (TrialResult) that its record keeps: every field but the model and
+# the resume's bookkeeping, which the engine turns into note and lost_seconds. A test holds
+# each of them a TrialRecord field of the same type, so the two cannot drift apart.
+NOT_RECORDED = ("model", "resumed_checkpoint_at")
+RECORDED_METRICS = tuple(f.name for f in fields(TrialResult) if f.name not in NOT_RECORDED)
 
 
 @dataclass

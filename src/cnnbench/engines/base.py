@@ -16,7 +16,7 @@ from typing import Protocol
 from cnnbench import trials
 from cnnbench.deadline import Deadline
 from cnnbench.space import Space
-from cnnbench.trials import StudyPaths, TrialRecord, State
+from cnnbench.trials import Outcome, StudyPaths, TrialRecord, State
 
 
 class Progress(Protocol):
@@ -44,7 +44,7 @@ class Runner(Protocol):
     ``checkpoint`` is where the training keeps its per-epoch state (training/checkpoint.py)."""
     def run(self, config: dict, seed: int, model_path: Path | None, on_epoch,
             log_dir: Path | None = None, final: bool = False,
-            checkpoint: Path | None = None) -> tuple[str, str, dict | None]: ...
+            checkpoint: Path | None = None) -> Outcome: ...
     def close(self, kill: bool = False) -> None: ...
 
 

@@ -15,7 +15,7 @@ from cnnbench.deadline import TRAIN_COST
 from cnnbench.engines.base import StudyJob, TrialTaken
 from cnnbench.engines.recovery import LOST, losses_before, note_resume, retried_attempt, wants_retry
 from cnnbench.training.isolation import ChildDied
-from cnnbench.trials import PruneTrial, TrialRecord, State
+from cnnbench.trials import Outcome, PruneTrial, TrialRecord, State
 
 
 class _Heartbeat(threading.Thread):
@@ -149,28 +149,27 @@ def _train(job: StudyJob, record: TrialRecord, config: dict, should_stop, seed: 
         job.progress.trial_started(number, record.values)
         heartbeat.start()
         log_dir = paths.root / "tensorboard" / f"trial-{number:04d}" if job.tensorboard else None
-        state, reason, result = job.runner.run(config, seed, paths.trial_model(number), on_epoch,
-                                               log_dir, checkpoint=checkpoint)
+        outcome = job.runner.run(config, seed, paths.trial_model(number), on_epoch, log_dir, checkpoint=checkpoint)
     except ChildDied as died:  # out of memory, a segfault, kill -9 of the child: tried again, from its checkpoint
-        state, reason, result = State.FAILED, f"{LOST}: {died}", None
+        outcome = Outcome(State.FAILED, f"{LOST}: {died}", None)
     except KeyboardInterrupt as signalled:  # Interrupted (SIGINT, SIGTERM) or a plain Ctrl-C
         stop = signalled
-        state, reason, result = State.INTERRUPTED, f"interrupted by {signal_name(signalled)}", None
+        outcome = Outcome(State.INTERRUPTED, f"interrupted by {signal_name(signalled)}", None)
     finally:
         heartbeat.stop()
-    resumed_at = (result or {}).pop("resumed_checkpoint_at", None)
-    _end(record, state, reason, result)
+    resumed_at = (outcome.metrics or {}).get("resumed_checkpoint_at")
+    _end(record, outcome)
     return stop, resumed_at
 
 
-def _end(record: TrialRecord, state: str, reason: str, result: dict | None) -> None:
+def _end(record: TrialRecord, outcome: Outcome) -> None:
     """How the training ended, into its record: the trainer's figures and history."""
-    record.state, record.reason = state, reason
-    if result:
-        history = result.pop("history", None)
-        for key, value in result.items():
-            if hasattr(record, key) and value is not None:
-                setattr(record, key, value)
+    record.state, record.reason = outcome.state, outcome.reason
+    if outcome.metrics:
+        for key in trials.RECORDED_METRICS:
+            if key != "history" and outcome.metrics.get(key) is not None:
+                setattr(record, key, outcome.metrics[key])
+        history = outcome.metrics.get("history")
         record.history = merged_history(history, record.history) if history else record.history
     record.finished_at = time.time()
 

@@ -21,7 +21,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from cnnbench.trials import PruneTrial, State
+from cnnbench.trials import Outcome, PruneTrial, State
 
 DEFAULT_TRAINER = "cnnbench.training.train:train_and_evaluate"
 RECYCLE_MB = 150  # replace a child whose resident memory grew this much since it started
@@ -93,8 +93,8 @@ def takes_checkpoint(trainer) -> bool:
 
 
 def train_one(trainer, config: dict, data, seed: int, model_path, on_epoch,
-              log_dir: str | None = None, checkpoint: str | Path | None = None) -> tuple[str, str, dict | None]:
-    """Train one trial wherever we are: (state, reason, result fields without the model).
+              log_dir: str | None = None, checkpoint: str | Path | None = None) -> Outcome:
+    """Train one trial wherever we are: its Outcome (the result's fields without the model).
     A completed trial's model is saved at ``model_path``; ``log_dir`` gets TensorBoard logs;
     ``checkpoint`` is the per-epoch checkpoint's path, for a trainer that takes one."""
     extra = {"log_dir": str(log_dir)} if log_dir else {}
@@ -103,10 +103,10 @@ def train_one(trainer, config: dict, data, seed: int, model_path, on_epoch,
     try:
         result = trainer(config, data, on_epoch, seed, **extra)
     except PruneTrial as pruned:
-        return State.PRUNED, str(pruned), _plain(getattr(pruned, "result", None))
+        return Outcome(State.PRUNED, str(pruned), _plain(getattr(pruned, "result", None)))
     except Exception as e:  # a broken configuration fails its trial, not the search
         text = str(e).strip()
-        return State.FAILED, f"{type(e).__name__}: {text.splitlines()[0] if text else ''}", None
+        return Outcome(State.FAILED, f"{type(e).__name__}: {text.splitlines()[0] if text else ''}", None)
     try:
         if isinstance(result.model, (str, Path)) and model_path:  # a trainer that saved its model itself
             from cnnbench.files import atomic_write
@@ -117,8 +117,9 @@ def train_one(trainer, config: dict, data, seed: int, model_path, on_epoch,
 
             save_model(result.model, Path(model_path))
     except OSError as e:  # a full disk: the trial fails in one line, the sweep's next write says why
-        return State.FAILED, f"could not save its model: {e.filename or model_path}: {e.strerror}", _plain(result)
-    return State.COMPLETE, "", _plain(result)
+        why = f"could not save its model: {e.filename or model_path}: {e.strerror}"
+        return Outcome(State.FAILED, why, _plain(result))
+    return Outcome(State.COMPLETE, "", _plain(result))
 
 
 def _child_main(conn, trainer_path: str, data_request: tuple | None) -> None:
@@ -184,7 +185,7 @@ class InProcessRunner:
         self.data, self.trainer = data, trainer
 
     def run(self, config: dict, seed: int, model_path, on_epoch, log_dir=None,
-            final: bool = False, checkpoint: Path | None = None) -> tuple[str, str, dict | None]:
+            final: bool = False, checkpoint: Path | None = None) -> Outcome:
         trainer = self.trainer or load_trainer(DEFAULT_TRAINER)
         data = final_data(self.data) if final else self.data
         return train_one(trainer, config, data, seed, model_path, on_epoch, log_dir, checkpoint)
@@ -223,8 +224,8 @@ class TrialRunner:
 
     def run(self, config: dict, seed: int, model_path: Path | None, on_epoch,
             log_dir: Path | None = None, final: bool = False,
-            checkpoint: Path | None = None) -> tuple[str, str, dict | None]:
-        """Train one trial: returns (state, reason, result fields). ``on_epoch(epoch, logs)``
+            checkpoint: Path | None = None) -> Outcome:
+        """Train one trial: returns its Outcome. ``on_epoch(epoch, logs)``
         runs here, in the sweep's process; if it raises PruneTrial the child is told to stop
         the trial. Raises ChildDied when the child ends mid-trial (its exit is described)."""
         if self.process is None or not self.process.is_alive():
@@ -242,7 +243,7 @@ class TrialRunner:
                     self.conn.send(("prune", str(pruned)))
                 else:
                     self.conn.send(("go", ""))
-            state, reason, result = message
+            outcome = Outcome(*message)
             _, grown = self.conn.recv()
         except (EOFError, OSError, BrokenPipeError):
             raise ChildDied(self._describe_death()) from None
@@ -251,7 +252,7 @@ class TrialRunner:
             raise
         if grown > self.recycle_mb:
             self.close()
-        return state, reason, result
+        return outcome
 
     def _describe_death(self) -> str:
         process, self.process = self.process, None
