@@ -37,7 +37,7 @@ def test_the_readme_example_runs_as_written(tmp_path, monkeypatch, jpeg_root):
     assert study.best_model().count_params() == study.card["parameter_count"]
     assert study.write_report().exists() and len(study.progress()) == 2
     assert cnnbench.studies(tmp_path / "results")["study"].tolist() == ["nb"]
-    assert "in-process sweep" in study.run["command"]
+    assert "in-process sweep" in study.run.command and study.run.to_dict()["command"] == study.run.command
 
 
 def test_reading_a_study_does_not_import_tensorflow(tmp_path):

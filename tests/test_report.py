@@ -86,3 +86,21 @@ def test_progress_png_shades_the_search_and_the_final_training(tmp_path):
     assert phase_spans([], None, t0) == {}
     png = time_to_accuracy(progress_frame(recs, t0), tmp_path / "progress.png", "t", 0.9, 45.0, phases=spans)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_run_json_reads_as_a_type_and_writes_back_unchanged(tmp_path):
+    import json
+
+    from conftest import ROOT
+    from cnnbench.provenance import RunInfo
+
+    raw = json.loads((ROOT / "docs/measured/airbench94-amx/cnnbench-seed0/run.json").read_text())
+    info = RunInfo.from_dict({**raw, "a_key_from_a_later_version": 1})
+    assert info.to_dict() == {**raw, "a_key_from_a_later_version": 1}
+    assert info.cpu["model"] == raw["machine"]["cpu"]["model"] and info.searched() == []  # one configuration
+    old = tmp_path / "run.json"
+    old.write_text(json.dumps({"study": "s", "space": {"params": {"epochs": {"type": "int", "low": 1, "high": 3},
+                                                                  "dropout": {"type": "fixed", "value": 0.1}}}}))
+    read = RunInfo.read(old)  # an older, smaller file: defaults, never a KeyError
+    assert read.searched() == ["epochs"] and read.first_started_unix == 0.0 and read.cpu == {}
+    assert RunInfo.read(tmp_path / "none.json").study == ""

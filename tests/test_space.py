@@ -206,3 +206,21 @@ def test_every_knob_that_changes_the_networks_size_says_it_shapes_the_network():
         changed = size({**base, name: other}) != size(base)
         assert changed and KNOBS[name].shapes_network and name in ARCH_KNOBS, name
     assert not KNOBS["learning_rate"].shapes_network and "learning_rate" not in ARCH_KNOBS
+
+
+@pytest.mark.parametrize("knob, raw, count, listed, extremes, middle", [
+    ("dense_units", {"type": "int", "low": 2, "high": 10, "step": 4}, 3, [2, 6, 10], [2, 10], 6),
+    ("dropout", {"type": "float", "low": 0.1, "high": 0.3, "step": 0.1}, 3, [0.1, 0.2, 0.3], [0.1, 0.3], 0.2),
+    ("learning_rate", {"type": "float", "low": 0.001, "high": 0.1, "log": True}, None, None, [0.001, 0.1], 0.01),
+    ("flip", {"type": "choice", "choices": ["off", "random", "alternating"]}, 3, ["off", "random", "alternating"],
+     ["off", "random", "alternating"], "random"),
+    ("dense_units", {"type": "fixed", "value": 7}, 1, [7], [7], 7),
+])
+def test_each_parameter_type_knows_its_values_extremes_and_centre(knob, raw, count, listed, extremes, middle):
+    p = parse_space({"params": {knob: raw}}).params[knob]
+    assert p.count() == count
+    if isinstance(middle, str):
+        assert p.extremes() == extremes and p.middle() == middle and p.listed() == listed
+    else:
+        assert p.extremes() == pytest.approx(extremes) and p.middle() == pytest.approx(middle)
+        assert (p.listed() == pytest.approx(listed)) if listed is not None else count is None

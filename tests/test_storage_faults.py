@@ -122,9 +122,12 @@ def test_a_write_failure_is_one_line_and_its_own_exit_code(tmp_path, monkeypatch
     assert "\n" not in err
 
 
-def test_a_trial_declared_lost_while_paused_does_not_write_again_when_its_process_returns(tmp_path):
+@pytest.mark.parametrize("engine", ["optuna", "kerastuner"])
+def test_a_trial_declared_lost_while_paused_does_not_write_again_when_its_process_returns(tmp_path, engine):
+    """KerasTuner's path: TrialTaken becomes FailedTrialError for its oracle, so the paused
+    worker's result is dropped there too and the search goes on."""
     space = parse_space(SPACE)
-    job = stand_in.make_job(space, tmp_path, trials=1)
+    job = stand_in.make_job(space, tmp_path, trials=1, engine=engine)
 
     def paused_then_back(config, data, on_epoch, seed):
         # while this process was stopped, another declared the trial lost and took it over
@@ -138,7 +141,7 @@ def test_a_trial_declared_lost_while_paused_does_not_write_again_when_its_proces
         before.append(record)
 
     job.on_record = keep
-    stand_in.engines.get("optuna").run(job)
+    stand_in.engines.get(engine).run(job)
     record = trials.read_record(job.paths.trial_record(0))
     assert record.state == "running" and not before  # left as the recovery found it: this run wrote nothing more
 

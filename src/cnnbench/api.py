@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from cnnbench import trials
+from cnnbench.provenance import RunInfo
 from cnnbench.reports.results import leaderboard_frame, progress_frame, read_json, studies_frame
 from cnnbench.space import Space, load_space, parse_space
 from cnnbench.trials import StudyPaths, TrialRecord
@@ -37,13 +38,14 @@ class Study:
         return StudyPaths(self.path)
 
     @property
-    def run(self) -> dict:
-        """run.json: provenance (space, seed, versions, machine, command)."""
-        return read_json(self.path / "run.json")
+    def run(self) -> RunInfo:
+        """run.json as a ``provenance.RunInfo``: the space, seed, versions, machine, command
+        (``.to_dict()`` gives the file's JSON)."""
+        return RunInfo.read(self.path / "run.json")
 
     @property
     def space(self) -> Space:
-        return parse_space(self.run["space"], str(self.path / "run.json"))
+        return parse_space(self.run.space, str(self.path / "run.json"))
 
     @property
     def records(self) -> list[TrialRecord]:
@@ -60,7 +62,7 @@ class Study:
 
     def progress(self) -> pd.DataFrame:
         """Finished trials in the order they finished, with the best so far (progress.csv)."""
-        return progress_frame(self.records, self.run.get("first_started_unix", 0.0))
+        return progress_frame(self.records, self.run.first_started_unix)
 
     @property
     def best_trial(self) -> TrialRecord | None:

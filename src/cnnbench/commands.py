@@ -10,6 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
+from cnnbench.provenance import RunInfo
 from cnnbench.space import SpaceError
 
 BAD_INPUT, INTERRUPTED = 2, 130
@@ -102,7 +103,7 @@ def cmd_sweep(args) -> int:
 
 def cmd_leaderboard(args) -> int:
     from cnnbench.reports.report import rich_table, wide_console
-    from cnnbench.reports.results import read_json, read_study_leaderboard, studies_frame
+    from cnnbench.reports.results import read_study_leaderboard, studies_frame
 
     root = Path(args.results)
     console = wide_console()
@@ -112,7 +113,7 @@ def cmd_leaderboard(args) -> int:
             print(f"cnnbench: no leaderboard for study {args.study!r} in {root}", file=sys.stderr)
             return BAD_INPUT
         frame = read_study_leaderboard(study_dir)
-        searched = list(read_json(study_dir / "run.json").get("space", {}).get("params", {}))
+        searched = RunInfo.read(study_dir / "run.json").searched()  # fixed values are the same in every row
         cols = ["trial", "state", "engine", *searched, "val_accuracy", "val_loss", "epochs_run",
                 "train_seconds", "images_per_s", "parameter_count", "flops", "reason", "note"]
         console.print(rich_table(frame, f"{args.study}: {len(frame)} trials, best first", cols, args.top))
@@ -136,11 +137,10 @@ def _study_paths(args):
 
 def _importances(paths) -> dict | None:
     from cnnbench import engines
-    from cnnbench.reports.results import read_json
     from cnnbench.space import parse_space
     from cnnbench.trials import read_records
 
-    space = parse_space(read_json(paths.root / "run.json")["space"], str(paths.root / "run.json"))
+    space = parse_space(RunInfo.read(paths.root / "run.json").space, str(paths.root / "run.json"))
     return engines.importances(space, read_records(paths))
 
 
@@ -165,15 +165,14 @@ def cmd_export(args) -> int:
     """Export a chosen trial (e.g. a point of a Pareto front) with its model card."""
     from cnnbench.training.data import load_data
     from cnnbench.reports.export import export_best
-    from cnnbench.reports.results import read_json
     from cnnbench.space import parse_space
     from cnnbench.final import NO_TRIAL, FinalOutcome, best_trial
     from cnnbench.trials import read_record, read_records
 
     paths = _study_paths(args)
-    run = read_json(paths.root / "run.json")
-    space = parse_space(run["space"], str(paths.root / "run.json"))
-    data = load_data(space.data, space.seed, Path(run["space_file"]).resolve().parent)
+    run = RunInfo.read(paths.root / "run.json")
+    space = parse_space(run.space, str(paths.root / "run.json"))
+    data = load_data(space.data, space.seed, Path(run.space_file).resolve().parent)
     from cnnbench.request import check_same_data
 
     check_same_data(paths, data)  # the test split must be the study's own

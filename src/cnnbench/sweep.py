@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from cnnbench import engines, trials
+from cnnbench.provenance import RunInfo
 from cnnbench.training import runtime
 from cnnbench import final as final_training
 from cnnbench.training.data import load_data
@@ -158,7 +159,7 @@ def _refresher(sweep: Sweep, run: dict, progress):
             reported.add(problem)
         frame = leaderboard_frame(records, sweep.space)
         final = trials.read_record(paths.final_record)
-        write_study_leaderboard(frame, paths.root, study_markdown(sweep.study, frame, run, final))
+        write_study_leaderboard(frame, paths.root, study_markdown(sweep.study, frame, RunInfo.from_dict(run), final))
         atomic_write(paths.root / "progress.csv",
                      progress_frame(records, run["first_started_unix"]).to_csv(index=False))
         return records
@@ -205,10 +206,10 @@ def write_progress_plot(sweep: Sweep, records: list, run: dict, card: dict | Non
     """progress.png: time to accuracy at a glance, with the exported model's test accuracy."""
     from cnnbench.reports.plots import time_to_accuracy
 
-    origin = run["first_started_unix"]
-    cpu = run["machine"]["cpu"]
+    info = RunInfo.from_dict(run)
+    origin, cpu = info.first_started_unix, info.cpu
     time_to_accuracy(progress_frame(records, origin), sweep.paths.root / "progress.png",
-                     f"{sweep.study}: {run['space_file']}, {cpu['model']} ({cpu['cores']} cores)",
+                     f"{sweep.study}: {info.space_file}, {cpu.get('model')} ({cpu.get('cores')} cores)",
                      test_accuracy=card["test"]["accuracy"] if card else None,
                      export_minutes=(time.time() - origin) / 60, curves=epoch_curves(records, origin),
                      phases=phase_spans(records, trials.read_record(sweep.paths.final_record), origin))

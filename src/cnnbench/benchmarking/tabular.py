@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cnnbench.provenance import RunInfo
 from cnnbench.reports.results import atomic_write, json_text, read_json
 from cnnbench.space import Space, SpaceError, parse_space
 from cnnbench.trials import StudyPaths, read_records, State
@@ -38,7 +39,7 @@ def require_finite(space: Space) -> None:
 
 def write_table(paths: StudyPaths, folder: Path | None = None) -> Path:
     """table.csv (and table.json, its provenance) from a tabulate study's trial records."""
-    run = read_json(paths.root / "run.json")
+    run = RunInfo.read(paths.root / "run.json").to_dict()
     rows, seen = [], set()
     for r in sorted(read_records(paths), key=lambda r: r.trial):
         if r.state != State.COMPLETE or key(r.values) in seen:  # workers may have drawn one twice

@@ -14,6 +14,7 @@ from cnnbench.training.data import DataBundle
 from cnnbench.reports.results import atomic_write, json_text
 from cnnbench.trials import NO_TRIAL, StudyPaths, TrialRecord, State
 from cnnbench.files import temporary_name
+from cnnbench.provenance import RunInfo
 
 
 def evaluate(model, x: np.ndarray, y: np.ndarray, class_names) -> dict:
@@ -86,7 +87,7 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-def export_best(records: list[TrialRecord], paths: StudyPaths, data: DataBundle, run: dict,
+def export_best(records: list[TrialRecord], paths: StudyPaths, data: DataBundle, run: RunInfo | dict,
                 trial: int | None = None, final=None, say=_stderr) -> dict | None:
     """Evaluate the best trial (or ``trial``, e.g. a point of a Pareto front) on the test
     split once; write best/model.keras, best/saved_model/ and the model card.
@@ -105,7 +106,7 @@ def export_best(records: list[TrialRecord], paths: StudyPaths, data: DataBundle,
     if chosen.model is None:
         return None
     test = evaluate(chosen.model, data.x_test, data.y_test, data.class_names)
-    card = model_card(chosen, final, trial, test, data, run)
+    card = model_card(chosen, final, trial, test, data, run if isinstance(run, RunInfo) else RunInfo.from_dict(run))
     source, model = chosen.source, chosen.model
     assert source is not None  # set with the model
     paths.best.mkdir(parents=True, exist_ok=True)
@@ -152,7 +153,7 @@ def _loadable_choice(records, paths: StudyPaths, trial: int | None, final) -> _C
             raise ExportError(problem)
 
 
-def model_card(chosen: _Choice, final, trial: int | None, test: dict, data: DataBundle, run: dict) -> dict:
+def model_card(chosen: _Choice, final, trial: int | None, test: dict, data: DataBundle, run: RunInfo) -> dict:
     """model_card.json: what the model is, how it was chosen and trained, its test figures,
     and the provenance of the study it came from."""
     best, use_final, set_aside = chosen.best, chosen.use_final, chosen.set_aside
@@ -162,7 +163,7 @@ def model_card(chosen: _Choice, final, trial: int | None, test: dict, data: Data
         "accuracy": best.val_accuracy, "loss": best.val_loss, "best_epoch": best.best_epoch,
         "images": int(len(data.y_val))}
     return {
-        "study": run.get("study"), "engine": trained.engine, "trial": None if best is None else best.trial,
+        "study": run.study or None, "engine": trained.engine, "trial": None if best is None else best.trial,
         "classes": list(data.class_names),
         "input": "uint8 RGB images of any size, shape (batch, height, width, 3); "
                  f"resized to {data.x_train.shape[1]}x{data.x_train.shape[1]} inside the model",
@@ -184,8 +185,8 @@ def model_card(chosen: _Choice, final, trial: int | None, test: dict, data: Data
         "final_note": (f"{set_aside[0]}; exported the best trial's own model; the next run trains the final "
                        "again" if chosen.final_set_aside else final.message if final is not None else None),
         "data": {"source": data.source, "fingerprint": data.fingerprint},
-        **{k: run.get(k) for k in ("space_file", "space_hash", "space", "seed", "versions", "git_revision",
-                                   "command", "trainer", "machine")},
+        **{k: getattr(run, k) for k in ("space_file", "space_hash", "space", "seed", "versions", "git_revision",
+                                        "command", "trainer", "machine")},
     }
 
 

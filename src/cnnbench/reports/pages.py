@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cnnbench.provenance import RunInfo
 from cnnbench.reports import plots
 from cnnbench.reports.results import atomic_write, leaderboard_frame, progress_frame, read_json
 from cnnbench.space import parse_space
@@ -25,13 +26,13 @@ TOP_CURVES = 5  # learning curves drawn for this many best trials
 def write_plots(paths: StudyPaths, importances: dict[str, float] | None = None) -> list[Path]:
     """Every picture of the study into ``plots/``; returns the files written. ``importances``
     (each searched parameter's share, e.g. ``engines.importances``) is drawn when given."""
-    run = read_json(paths.root / "run.json")
+    run = RunInfo.read(paths.root / "run.json")
     card = read_json(paths.best / "model_card.json")
-    space = parse_space(run["space"], str(paths.root / "run.json"))
+    space = parse_space(run.space, str(paths.root / "run.json"))
     records = read_records(paths)
     board = leaderboard_frame(records, space)
-    progress = progress_frame(records, run.get("first_started_unix", 0))
-    folder, name = paths.root / "plots", run.get("study", paths.root.name)
+    progress = progress_frame(records, run.first_started_unix)
+    folder, name = paths.root / "plots", run.study or paths.root.name
     out = []
     if len(progress):
         out.append(plots.best_so_far(progress, folder / "best_so_far.png", f"{name}: best validation accuracy so far"))
@@ -143,27 +144,27 @@ overflow:auto}.scroll{overflow:auto;max-height:32em}"""
 def write_report(paths: StudyPaths, importances: dict[str, float] | None = None) -> Path:
     """``report.html``: one self-contained file (images inlined, no network) with the
     study's summary and provenance, a sortable leaderboard, the plots and the model card."""
-    run = read_json(paths.root / "run.json")
-    space = parse_space(run["space"], str(paths.root / "run.json"))
+    run = RunInfo.read(paths.root / "run.json")
+    space = parse_space(run.space, str(paths.root / "run.json"))
     board, fixed = searched_first(leaderboard_frame(read_records(paths), space), space)
     images = write_plots(paths, importances)
     card_md = paths.best / "model_card.md"
-    machine = run.get("machine", {}).get("cpu", {})
-    summary = (f"<p>Space <code>{html.escape(str(run.get('space_file')))}</code> (hash {run.get('space_hash')}), "
-               f"engine {run.get('engine')} ({run.get('algo')}), seed {run.get('seed')}, code "
-               f"{run.get('git_revision')}; {len(board)} trials; machine {html.escape(str(machine.get('model')))} "
-               f"({machine.get('cores')} cores). Made by <code>{html.escape(str(run.get('command')))}</code>; "
-               f"this page by <code>cnnbench report {html.escape(str(run.get('study')))}</code>.</p>")
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>cnnbench: {html.escape(str(run.get('study')))}"
+    machine, study = run.cpu, html.escape(run.study or paths.root.name)
+    summary = (f"<p>Space <code>{html.escape(run.space_file)}</code> (hash {run.space_hash}), "
+               f"engine {run.engine} ({run.algo}), seed {run.seed}, code "
+               f"{run.git_revision}; {len(board)} trials; machine {html.escape(str(machine.get('model')))} "
+               f"({machine.get('cores')} cores). Made by <code>{html.escape(str(run.command))}</code>; "
+               f"this page by <code>cnnbench report {study}</code>.</p>")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>cnnbench: {study}"
              f"</title><style>{STYLE}</style></head><body>",
-             f"<h1>Study {html.escape(str(run.get('study')))}</h1>", summary,
+             f"<h1>Study {study}</h1>", summary,
              "<h2>Model card</h2>",
              card_html(card_md.read_text()) if card_md.exists() else "<p>No model exported.</p>",
              "<h2>Leaderboard</h2><p>The searched parameters first; click a column to sort.</p>",
              f"<p class='fixed'>Fixed in this space: {html.escape(fixed)}</p>" if fixed else "",
              f"<div class='scroll'>{_table(board)}</div>",
              "<h2>Pictures</h2>", *(_image(p) for p in images),
-             "<h2>Provenance (run.json)</h2>", f"<pre>{html.escape(json.dumps(run, indent=1))}</pre>",
+             "<h2>Provenance (run.json)</h2>", f"<pre>{html.escape(json.dumps(run.to_dict(), indent=1))}</pre>",
              f"<script>{SORT_SCRIPT}</script></body></html>"]
     target = paths.root / "report.html"
     atomic_write(target, "\n".join(parts))

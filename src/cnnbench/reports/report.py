@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from cnnbench.provenance import RunInfo
 from cnnbench.trials import TrialRecord, State
 
 TERMINAL_COLUMNS = ["trial", "state", "val_accuracy", "val_loss", "epochs_run", "train_seconds",
@@ -44,11 +45,10 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def study_markdown(study: str, frame: pd.DataFrame, run: dict, final: TrialRecord | None = None) -> str:
+def study_markdown(study: str, frame: pd.DataFrame, run: RunInfo, final: TrialRecord | None = None) -> str:
     return (f"# Leaderboard: {study}\n\n"
-            f"Space `{run.get('space_file', '?')}` (hash {run.get('space_hash', '?')}), engine "
-            f"{run.get('engine', '?')}, seed {run.get('seed', '?')}, code {run.get('git_revision', '?')}. "
-            f"Made by `{run.get('command', 'cnnbench sweep')}`; see results/README.md for the columns.\n\n"
+            f"Space `{run.space_file}` (hash {run.space_hash}), engine {run.engine}, seed {run.seed}, code "
+            f"{run.git_revision}. Made by `{run.command or 'cnnbench sweep'}`; see results/README.md for the columns.\n\n"
             + markdown_table(frame) + final_markdown(final))
 
 

@@ -12,6 +12,7 @@ import pandas as pd
 
 from cnnbench.files import atomic_write, json_text, read_json  # noqa: F401 (callers import them from here too)
 from cnnbench.knobs import coerce
+from cnnbench.provenance import RunInfo
 from cnnbench.space import FixedParam, Space
 from cnnbench.trials import RESULT_COLUMNS, TrialRecord, State
 
@@ -102,14 +103,14 @@ def studies_frame(results_root: Path) -> pd.DataFrame:
     for csv in sorted(results_root.glob("*/leaderboard.csv")):
         study_dir = csv.parent
         board = read_study_leaderboard(study_dir)
-        run = read_json(study_dir / "run.json")
+        run = RunInfo.read(study_dir / "run.json")
         card = read_json(study_dir / "best" / "model_card.json")
         done = board[board["state"] == State.COMPLETE]
         best = done.iloc[0] if len(done) else None
         rows.append({
             "study": study_dir.name,
-            "engine": run.get("engine", board["engine"].iloc[0] if len(board) else ""),
-            "space": run.get("space_file", ""),
+            "engine": run.engine or (board["engine"].iloc[0] if len(board) else ""),
+            "space": run.space_file,
             "trials": len(board),
             "complete": int((board["state"] == State.COMPLETE).sum()),
             "pruned": int((board["state"] == State.PRUNED).sum()),

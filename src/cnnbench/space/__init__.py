@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator
 
 from cnnbench.space import safe_yaml
-from cnnbench.space.params import (Budget, ChoiceParam, Data, FixedParam, FloatParam, IntParam, Param, Scalar,
+from cnnbench.space.params import (Budget, ChoiceParam, Data, FixedParam, FloatParam, IntParam, Param, Scalar,  # noqa: F401 (re-exported)
                                    Search, SpaceError, _Strict)
 from cnnbench.knobs import KNOBS, coerce, default_config
 from cnnbench.model import architecture_stats
@@ -88,16 +88,7 @@ class Space(_Strict):
 
     def value_count(self, name: str) -> int | None:
         """How many values parameter ``name`` can take (arithmetic), or None for a continuous range."""
-        p = self.params[name]
-        if isinstance(p, FixedParam):
-            return 1
-        if isinstance(p, ChoiceParam):
-            return len(p.choices)
-        if isinstance(p, IntParam):
-            return (p.high - p.low) // p.step + 1
-        if p.step:
-            return int(math.floor((p.high - p.low) / p.step + 1e-9)) + 1
-        return None
+        return self.params[name].count()
 
     def candidate_values(self, name: str) -> list | None:
         """Every value parameter ``name`` can take, or None for a continuous range. Listing is
@@ -108,14 +99,7 @@ class Space(_Strict):
         if count > MAX_LISTED:
             raise SpaceError(f"{self.source}: params.{name}: {count:,} values is more than cnnbench lists "
                              f"({MAX_LISTED:,}) for a grid or an epoch choice; use a wider step or fewer values")
-        p = self.params[name]
-        if isinstance(p, FixedParam):
-            return [p.value]
-        if isinstance(p, ChoiceParam):
-            return list(p.choices)
-        if isinstance(p, IntParam):
-            return list(range(p.low, p.high + 1, p.step))
-        return [p.low + i * (p.step or 0.0) for i in range(count)]  # a float range with a step
+        return self.params[name].listed()
 
     def centre(self) -> dict[str, Any]:
         """A value for every searched parameter that applies: the centre of each range, the
@@ -124,8 +108,7 @@ class Space(_Strict):
         values: dict[str, Any] = {}
         for name, p in self.searched().items():
             if p.condition_holds(self.complete(values)):
-                values[name] = (p.choices[len(p.choices) // 2] if isinstance(p, ChoiceParam)
-                                else p.value if isinstance(p, FixedParam) else p.middle())
+                values[name] = p.middle()
         return values
 
     def rung_config(self, rung: int | None) -> dict[str, Any]:
@@ -153,11 +136,7 @@ class Space(_Strict):
     def extremes(self, name: str) -> list:
         """The smallest and largest values of a parameter (all values for non-numbers)."""
         p = self.params.get(name)
-        if p is None:
-            return [KNOBS[name].default]
-        if isinstance(p, (IntParam, FloatParam)):
-            return [p.low, p.high]
-        return list(dict.fromkeys(p.choices)) if isinstance(p, ChoiceParam) else [p.value]
+        return [KNOBS[name].default] if p is None else p.extremes()
 
     def grid_problem(self) -> str | None:
         """Why a grid search cannot run over this space (a continuous range, or a grid too

@@ -1,5 +1,6 @@
-"""The pieces of a space file: parameter types (each knows the values it admits and its
-centre) and the budget, search and data sections. ``space.Space`` puts them together."""
+"""The pieces of a space file: parameter types (each knows the values it admits, how many
+there are, its extremes and its centre) and the budget, search and data sections.
+``space.Space`` puts them together."""
 from __future__ import annotations
 
 import math
@@ -43,6 +44,18 @@ class IntParam(_Param):
         mid = math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2
         return self.low + round((mid - self.low) / self.step) * self.step
 
+    def count(self) -> int | None:
+        """How many values it can take (None: a continuous range)."""
+        return (self.high - self.low) // self.step + 1
+
+    def listed(self) -> list:
+        """Every value it can take, smallest first (call only when ``count`` is not None)."""
+        return list(range(self.low, self.high + 1, self.step))
+
+    def extremes(self) -> list:
+        """Its smallest and largest values (every value, for what has no order)."""
+        return [self.low, self.high]
+
     def admits(self, value) -> str | None:
         """Why ``value`` is not one this parameter can take, or None."""
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
@@ -64,6 +77,15 @@ class FloatParam(_Param):
         mid = math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2
         return self.low + round((mid - self.low) / self.step) * self.step if self.step else mid
 
+    def count(self) -> int | None:
+        return int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1 if self.step else None
+
+    def listed(self) -> list:
+        return [self.low + i * (self.step or 0.0) for i in range(self.count() or 0)]
+
+    def extremes(self) -> list:
+        return [self.low, self.high]
+
     def admits(self, value) -> str | None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"{value!r} is not a number"
@@ -76,6 +98,19 @@ class ChoiceParam(_Param):
     type: Literal["choice"]
     choices: list[Scalar] = Field(max_length=1000)
 
+    def middle(self) -> Scalar:
+        """The middle choice, as listed."""
+        return self.choices[len(self.choices) // 2]
+
+    def count(self) -> int | None:
+        return len(self.choices)
+
+    def listed(self) -> list:
+        return list(self.choices)
+
+    def extremes(self) -> list:
+        return list(dict.fromkeys(self.choices))
+
     def admits(self, value) -> str | None:
         # 1 == True in Python: compare types too, so a boolean never stands in for a number
         if any(value == c and type(value) is type(c) for c in self.choices):
@@ -86,6 +121,18 @@ class ChoiceParam(_Param):
 class FixedParam(_Param):
     type: Literal["fixed"]
     value: Scalar
+
+    def middle(self) -> Scalar:
+        return self.value
+
+    def count(self) -> int | None:
+        return 1
+
+    def listed(self) -> list:
+        return [self.value]
+
+    def extremes(self) -> list:
+        return [self.value]
 
     def admits(self, value) -> str | None:
         return None if value == self.value else f"{value!r} is fixed at {self.value!r} in this space"

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cnnbench import trials
+from cnnbench.provenance import RunInfo
 from cnnbench.space import Space, SpaceError
 from cnnbench.trials import TrialRecord
 
@@ -24,8 +25,6 @@ ATTRIBUTE = "warm_start_from"  # "<study>/<trial>" on each added Optuna trial
 def gather(results: Path, studies: list[str], space: Space) -> tuple[list[tuple[str, TrialRecord]], str]:
     """The (study, record) pairs to add and a note of what was left out; SpaceError when a
     study cannot warm this space."""
-    from cnnbench.files import read_json
-
     if space.minimize:
         raise SpaceError("--warm-start: a multi-objective study (minimize) takes no warm start yet: earlier "
                          "records hold no value for every objective")
@@ -33,11 +32,9 @@ def gather(results: Path, studies: list[str], space: Space) -> tuple[list[tuple[
     chosen, skipped = [], 0
     for name in studies:
         root = results / name
-        run = read_json(root / "run.json")
-        if not run:
+        if not (root / "run.json").is_file():
             raise SpaceError(f"--warm-start {name}: no study {name!r} in {results}")
-        theirs = set((run.get("space") or {}).get("params", {})) and {
-            n for n, p in run["space"]["params"].items() if p.get("type") != "fixed"}
+        theirs = set(RunInfo.read(root / "run.json").searched())
         if theirs != searched:
             raise SpaceError(f"--warm-start {name}: its space searches {', '.join(sorted(theirs)) or 'nothing'}, this "
                              f"one {', '.join(sorted(searched))}; a warm start needs the same searched parameters")
