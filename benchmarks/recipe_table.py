@@ -65,12 +65,15 @@ def main(folder: Path) -> None:
     if ablations and pairs:
         mean = statistics.mean(c["acc"] for _, c in pairs)
         time_ = statistics.mean(c["train_s"] for _, c in pairs)
-        print("\n| ablation (seed 0) | --set | test acc | vs cnnbench's mean | training s |")
-        print("|---|---|---|---|---|")
+        # the same seed with every ingredient: the paired comparison (one seed; noise about 0.1 point)
+        seed0 = cnnbench(folder / "cnnbench-seed0") if (folder / "cnnbench-seed0" / "model_card.json").exists() else None
+        print("\n| ablation (seed 0) | --set | test acc | vs cnnbench seed 0 | vs cnnbench's mean | training s |")
+        print("|---|---|---|---|---|---|")
         for study in ablations:
             if (study / "model_card.json").exists():
                 a = cnnbench(study)
-                print(f"| {study.name.removeprefix('ablate-')} | `{' '.join(a['set'])}` | {a['acc']:.4f} | "
+                paired = f"{100 * (a['acc'] - seed0['acc']):+.2f} points" if seed0 else ""
+                print(f"| {study.name.removeprefix('ablate-')} | `{' '.join(a['set'])}` | {a['acc']:.4f} | {paired} | "
                       f"{100 * (a['acc'] - mean):+.2f} points | {a['train_s']:.1f} ({a['train_s'] / time_:.2f}x) |")
 
 
