@@ -29,7 +29,7 @@ from cnnbench.trials import NO_TRIAL, PruneTrial  # noqa: F401 (NO_TRIAL: re-exp
 from cnnbench.trials import Outcome, TrialRecord, State
 
 FINAL_SEED_OFFSET = 1_000_000  # trials train with seed + trial number; the final with seed + this
-UNVALIDATED = ("history", "val_accuracy", "val_loss", "best_epoch", "resumed_checkpoint_at")  # result fields a final record leaves out
+UNVALIDATED = ("history", "val_accuracy", "val_loss", "best_epoch")  # result fields a final record leaves out
 
 
 @dataclass
@@ -154,7 +154,5 @@ def _train_final(job: StudyJob, record: TrialRecord, config: dict, seed: int, so
     if metrics.get("resumed_from_epoch"):
         job.progress.say(f"final training went on from epoch {metrics['resumed_from_epoch'][-1]} of an earlier run")
     record.state, record.reason, record.finished_at = outcome.state, outcome.reason, time.time()
-    for key in trials.RECORDED_METRICS:  # no validation figures: nothing was held out
-        if key not in UNVALIDATED and metrics.get(key) is not None:
-            setattr(record, key, metrics[key])
+    trials.take_metrics(record, metrics, skip=UNVALIDATED)  # no validation figures: nothing was held out
     trials.write_record(job.paths, record, job.paths.final_record)

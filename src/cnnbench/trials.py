@@ -154,6 +154,14 @@ NOT_RECORDED = ("model", "resumed_checkpoint_at")
 RECORDED_METRICS = tuple(f.name for f in fields(TrialResult) if f.name not in NOT_RECORDED)
 
 
+def take_metrics(record: TrialRecord, metrics: dict, skip: tuple[str, ...] = ()) -> None:
+    """Copy what a trainer reported (an Outcome's metrics) into its record: every recorded
+    figure it gave a value, but those in ``skip``."""
+    for key in RECORDED_METRICS:
+        if key not in skip and metrics.get(key) is not None:
+            setattr(record, key, metrics[key])
+
+
 @dataclass
 class StudyPaths:
     """Where a study's files live."""

@@ -89,11 +89,13 @@ def run_trial(job: StudyJob, number: int, values: dict, should_stop: Callable[[i
         from cnnbench.training.checkpoint import epochs_done
 
         precision = runtime.resolve_precision(config["precision"])
-        done = epochs_done(checkpoint) if checkpoint.exists() else 0  # a retry pays only for what is left
-        config, late = job.deadline.admit(config, *job.data_sizes, precision,
-                                          [] if rung is not None else space.epoch_options(), final_config, done)
+        admitted, late = job.deadline.admit(config, *job.data_sizes, precision,
+                                            [] if rung is not None else space.epoch_options(), final_config,
+                                            epochs_done(checkpoint))  # a retry pays only for what is left
         note = "; ".join(filter(None, (note, late)))
-        checkpoint = paths.checkpoint(trials.checkpoint_key(config, seed, job.data_fingerprint, version))
+        if admitted is not config:  # shortened: another training, with a checkpoint of its own
+            config = admitted
+            checkpoint = paths.checkpoint(trials.checkpoint_key(config, seed, job.data_fingerprint, version))
     record = trials.started(number, job.engine, values, config, note, attempt, seed=seed)
     record.rung, record.promoted_from = rung, promoted_from
     record.losses = losses_before(previous) if previous is not None else 0  # known before a loss of its own
@@ -166,9 +168,7 @@ def _end(record: TrialRecord, outcome: Outcome) -> None:
     """How the training ended, into its record: the trainer's figures and history."""
     record.state, record.reason = outcome.state, outcome.reason
     if outcome.metrics:
-        for key in trials.RECORDED_METRICS:
-            if key != "history" and outcome.metrics.get(key) is not None:
-                setattr(record, key, outcome.metrics[key])
+        trials.take_metrics(record, outcome.metrics, skip=("history",))  # merged with what the sweep saw, below
         history = outcome.metrics.get("history")
         record.history = merged_history(history, record.history) if history else record.history
     record.finished_at = time.time()
