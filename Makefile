@@ -1,6 +1,7 @@
 # cnnbench: the commands the README documents. Each sets up .venv on first use.
 #   make sweep [SPACE=search_spaces/NAME.yaml] [STUDY=name] [TRIALS=n] [TIMEOUT=minutes]
 #              [ENGINE=optuna|kerastuner] [ALGO=...] [STORAGE=url] [SEED=n] [NO_START_WITH=1]
+#              [RECIPE_ONLY=1]   (no search: the space's recipe trained for as long as TIMEOUT holds)
 #              [SET="knob=value knob=value"]   (parameters fixed: an ablation of a recipe)
 #   make test | make bench | make check SPACE=... | make leaderboard [STUDY=...]
 SHELL := /bin/bash
@@ -22,7 +23,7 @@ SWEEP_ARGS := --space $(SPACE) --engine $(ENGINE) \
 	$(if $(STUDY),--study $(STUDY)) $(if $(TRIALS),--trials $(TRIALS)) \
 	$(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(ALGO),--algo $(ALGO)) \
 	$(if $(STORAGE),--storage $(STORAGE)) $(if $(WORKERS),--workers $(WORKERS)) \
-	$(if $(SEED),--seed $(SEED)) $(if $(NO_START_WITH),--no-start-with) \
+	$(if $(SEED),--seed $(SEED)) $(if $(NO_START_WITH),--no-start-with) $(if $(RECIPE_ONLY),--recipe-only) \
 	$(foreach setting,$(SET),--set $(setting))
 
 .PHONY: sweep test test-slow lint bench bench-recipe check leaderboard clean-venv

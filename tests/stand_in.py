@@ -116,6 +116,36 @@ def resumable_train(config, data, on_epoch, seed, checkpoint=None):
                        resumed_checkpoint_at=written)
 
 
+def gated_resumable_train(config, data, on_epoch, seed, checkpoint=None):
+    """For a worker killed mid-trial in real processes: ``resumable_train``'s checkpoint (a
+    JSON file of the epochs done) with ``gated_train``'s gate and model. After epoch
+    CNNBENCH_STAND_IN_HOLD_AFTER's checkpoint it writes ``held-<seed>`` in
+    CNNBENCH_STAND_IN_DIR and waits for a file ``go`` there."""
+    import json
+
+    folder = Path(os.environ["CNNBENCH_STAND_IN_DIR"])
+    (folder / f"training-{seed}").touch()
+    path = Path(checkpoint) if checkpoint else None
+    saved = json.loads(path.read_text()) if path is not None and path.exists() else {"done": 0, "history": []}
+    history, resumed = saved["history"], [saved["done"]] if saved["done"] else []
+    hold_after = int(os.environ.get("CNNBENCH_STAND_IN_HOLD_AFTER", 0))
+    for epoch in range(saved["done"] + 1, config["epochs"] + 1):
+        if epoch > hold_after and not (folder / "go").exists():
+            (folder / f"held-{seed}").touch()
+            while not (folder / "go").exists():
+                time.sleep(0.05)
+        logs = {"val_accuracy": 0.1 + 0.05 * epoch + 0.001 * (seed % 7), "loss": 1.0 / epoch}
+        history.append({**logs, "epoch": epoch})
+        if path is not None:
+            path.write_text(json.dumps({"done": epoch, "history": history}))
+        on_epoch(epoch, logs)
+    best = max(history, key=lambda h: h["val_accuracy"])
+    return TrialResult(val_accuracy=best["val_accuracy"] if len(data.y_val) else None, val_loss=None,
+                       best_epoch=best["epoch"], epochs_run=len(history), train_seconds=0.1, images_per_s=1000.0,
+                       parameter_count=int(os.environ["CNNBENCH_STAND_IN_PARAMS"]), flops=20, history=history,
+                       model=os.environ["CNNBENCH_STAND_IN_MODEL"], resumed_from_epoch=resumed)
+
+
 PREBUILT_SHAPE = (10, 32)  # classes, image size: the smoke space's data
 _PREBUILT: dict = {}
 

@@ -1,6 +1,7 @@
 """The Python API as the README shows it, with the stand-in trainer in real child processes."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -33,8 +34,9 @@ def test_the_readme_example_runs_as_written(tmp_path, monkeypatch, jpeg_root):
     board = study.leaderboard()
     assert len(board) == 2 and list(board["val_accuracy"]) == sorted(board["val_accuracy"], reverse=True)
     assert study.best_trial.val_accuracy == board["val_accuracy"].max()
-    assert study.card["final"]["train_images"] == 1200 and study.final.state == "complete"
-    assert study.best_model().count_params() == study.card["parameter_count"]
+    assert study.card.final_train_images == 1200 and study.final.state == "complete"
+    assert study.best_model().count_params() == study.card.parameter_count
+    assert study.card.to_dict() == json.loads((study.path / "best" / "model_card.json").read_text())
     assert study.write_report().exists() and len(study.progress()) == 2
     assert cnnbench.studies(tmp_path / "results")["study"].tolist() == ["nb"]
     assert "in-process sweep" in study.run.command and study.run.to_dict()["command"] == study.run.command
@@ -48,7 +50,7 @@ def test_reading_a_study_does_not_import_tensorflow(tmp_path):
             f"study = cnnbench.load_study({str(folder)!r})\n"
             "print(len(study.records), len(study.leaderboard()), study.card, 'tensorflow' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.stdout.split() == ["0", "0", "{}", "False"], proc.stdout + proc.stderr
+    assert proc.stdout.split() == ["0", "0", "None", "False"], proc.stdout + proc.stderr
 
 
 def test_load_study_refuses_a_folder_that_is_not_one(tmp_path):

@@ -143,18 +143,18 @@ def test_a_single_configuration_goes_straight_to_the_final_training_and_no_final
     head = (SPACES / "smoke.yaml").read_text().split("params:")[0]
     fixed.write_text(head + "params:\n  stages: {type: fixed, value: 1}\n  epochs: {type: fixed, value: 1}\n")
     only = quick_sweep(fixed, tmp_path / "results", monkeypatch, jpeg_root, study="only")
-    assert only.card["final"]["from_trial"] is None and only.card["validation"] is None
-    assert only.card["chosen"] == "the space's only configuration"
+    assert only.card.final["from_trial"] is None and only.card.validation is None
+    assert only.card.chosen == "the space's only configuration"
     assert not only.records
 
     nofinal = quick_sweep(fixed, tmp_path / "results", monkeypatch, jpeg_root, study="nofinal", final=False,
                           trials=1)
     card = nofinal.card
-    assert card["final"] is None and card["trial"] == 0 and card["training"]["train_images"] == 960
+    assert card.final is None and card.trial == 0 and card.training["train_images"] == 960
 
 
 def test_the_plan_counts_trials_beside_the_final_training_at_a_stated_speed(tmp_path):
-    from cnnbench.deadline import plan
+    from cnnbench.plan import plan
 
     space = parse_space({"params": {"epochs": {"type": "fixed", "value": 10}, "precision": {"type": "fixed",
                                                                                             "value": "float32"}}})

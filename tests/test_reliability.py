@@ -25,9 +25,11 @@ TESTS = Path(__file__).resolve().parent
 WAIT = 240  # generous bound for a file to appear; the tests never wait a fixed time
 
 
-def sweep(tmp_path, study, *extra, ignore_sigint=False, env=None):
-    """Start `cnnbench sweep` on the smoke space with the gated stand-in trainer."""
-    gate = tmp_path / "gate"
+def sweep(tmp_path, study, *extra, ignore_sigint=False, env=None, gate_name="gate", new_session=False):
+    """Start `cnnbench sweep` on the smoke space with the gated stand-in trainer (its gate
+    folder ``tmp_path / gate_name``); ``new_session``: in a process group of its own, which
+    a test can stop and continue whole (the sweep and its trial child)."""
+    gate = tmp_path / gate_name
     gate.mkdir(exist_ok=True)
     full_env = {**os.environ, "CNNBENCH_STAND_IN_DIR": str(gate), **stand_in_model_env(),
                 "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
@@ -38,7 +40,7 @@ def sweep(tmp_path, study, *extra, ignore_sigint=False, env=None):
     # must install its own handler all the same.
     pre = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
     return subprocess.Popen(args, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=pre), gate
+                            preexec_fn=pre, start_new_session=new_session), gate
 
 
 def wait_for(predicate, what: str):
@@ -301,3 +303,65 @@ def test_a_full_disk_ends_the_sweep_in_one_line_and_the_same_command_continues(t
     for entry in (small_disk / "full" / "optuna.journal").read_bytes().splitlines():
         json.loads(entry)  # no torn line left inside the journal
     assert not list(small_disk.rglob("*.tmp")) and (small_disk / "full" / "best" / "model.keras").exists()
+
+
+@pytest.mark.slow
+def test_a_paused_sweep_whose_trial_was_taken_over_drops_its_result_when_it_continues(tmp_path):
+    """A sweep stopped whole (SIGSTOP: a suspended laptop, a frozen VM) past the heartbeat
+    limit: another run declares its trial lost and retries it; when the paused one continues
+    it notices, writes nothing more, and ends without a traceback. The 90 s of silence are
+    written into the record (its heartbeat set 1,000 s back while the process is stopped),
+    so no clock is waited on."""
+    from cnnbench import trials
+    from cnnbench.trials import StudyPaths
+
+    paused, gate = sweep(tmp_path, "pause", "--trials", "2", new_session=True)
+    wait_for(running_trial_started(gate), "the first trial to start")
+    paths = StudyPaths(tmp_path / "results" / "pause")
+    wait_for(lambda: paths.trial_record(0).exists(), "the first trial's record")
+    os.killpg(paused.pid, signal.SIGSTOP)  # the sweep and its trial child, heartbeat thread included
+    try:
+        record = trials.read_record(paths.trial_record(0))
+        assert record.state == "running"
+        record.heartbeat_at = record.started_at = time.time() - 1000
+        trials.write_record(paths, record)
+        other, other_gate = sweep(tmp_path, "pause", "--trials", "2", gate_name="other-gate")
+        (other_gate / "go").touch()
+        (other_gate / "go-final").touch()
+        out, err = other.communicate(timeout=WAIT)
+        assert other.returncode == 0, out + err
+        assert "trial 0 was lost (no heartbeat for" in out + err
+    finally:
+        os.killpg(paused.pid, signal.SIGCONT)
+    (gate / "go").touch()
+    out, err = paused.communicate(timeout=WAIT)
+    assert paused.returncode == 0 and "Traceback" not in err, out + err
+    assert "declared lost while this process was paused" in out + err
+    lost = trials.read_record(paths.trial_record(0))
+    assert lost.state == "failed" and lost.reason.startswith("worker lost: no heartbeat")  # not rewritten
+    states = [r["state"] for r in records(tmp_path, "pause")]
+    assert states.count("complete") == 2 and "running" not in states
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_trial_has_its_trial_resumed_by_another_from_the_checkpoint(tmp_path):
+    """kill -9 of one of two workers after its trial's epoch-2 checkpoint: the trial is found
+    lost and retried with its first attempt's seed by a process still alive, which goes on
+    from epoch 3 of the checkpoint the dead worker left (issue 16, with workers)."""
+    proc, gate = sweep(tmp_path, "resume", "--trials", "4", "--workers", "2", "--set", "epochs=4", "--trainer",
+                       "stand_in:gated_resumable_train", env={"CNNBENCH_STAND_IN_HOLD_AFTER": "2"})
+    wait_for(lambda: len(list(gate.glob("held-*"))) >= 2, "both workers' trials to hold after epoch 2")
+    victim = next(r for r in records(tmp_path, "resume") if r["state"] == "running")
+    os.kill(victim["pid"], signal.SIGKILL)  # its trial child dies with it (PR_SET_PDEATHSIG: SIGKILL)
+    wait_for(lambda: process_gone(victim["pid"]), "the killed worker to be gone")
+    (gate / "go").touch()
+    out, err = proc.communicate(timeout=WAIT)
+    assert proc.returncode == 0, out + err
+    final = records(tmp_path, "resume")
+    lost = next(r for r in final if r["trial"] == victim["trial"])
+    assert lost["state"] == "failed" and lost["reason"].startswith("worker lost")
+    retry = next(r for r in final if r["attempt"] == 2)
+    assert retry["values"] == victim["values"] and retry["seed"] == victim["seed"] and retry["pid"] != victim["pid"]
+    assert retry["resumed_from_epoch"] == [2] and [h["epoch"] for h in retry["history"]] == [1, 2, 3, 4]
+    assert sum(r["state"] == "complete" for r in final) == 4  # the budget counts the resumed training once
+    assert not list((tmp_path / "results" / "resume" / "checkpoints").glob("*"))

@@ -104,3 +104,25 @@ def test_run_json_reads_as_a_type_and_writes_back_unchanged(tmp_path):
     read = RunInfo.read(old)  # an older, smaller file: defaults, never a KeyError
     assert read.searched() == ["epochs"] and read.first_started_unix == 0.0 and read.cpu == {}
     assert RunInfo.read(tmp_path / "none.json").study == ""
+
+
+def test_a_model_card_reads_as_a_type_and_writes_back_unchanged(tmp_path):
+    import json
+
+    from conftest import ROOT
+    from cnnbench.provenance import ModelCard
+    from cnnbench.reports.export import card_markdown
+
+    path = ROOT / "docs/measured/airbench94-amx/cnnbench-seed0/model_card.json"
+    raw = json.loads(path.read_text())
+    card = ModelCard.read(path)
+    assert card.to_dict() == raw and ModelCard.from_dict({**raw, "later": 1}).to_dict() == {**raw, "later": 1}
+    assert card.test_accuracy == raw["test"]["accuracy"] and card.final_train_images == 50_000
+    assert card.classes[0] == "airplane" and card.trial is None and card.machine["cpu"]["model"]
+    assert f"**{raw['test']['accuracy']:.4f}**" in card_markdown(card)
+    small = tmp_path / "model_card.json"
+    small.write_text(json.dumps({"study": "s", "test": {"accuracy": 0.5}}))  # an older, smaller card
+    assert ModelCard.read(small).final_train_images is None and ModelCard.read(small).chosen
+    assert ModelCard.read(tmp_path / "none.json") is None  # nothing exported
+    small.write_text("[1, 2]")
+    assert ModelCard.read(small) is None

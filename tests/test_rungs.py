@@ -10,7 +10,8 @@ import pytest
 
 import stand_in
 from cnnbench.training.data import synthetic_bundle
-from cnnbench.deadline import Deadline, ThroughputLog, plan, trial_seconds
+from cnnbench.deadline import Deadline, ThroughputLog, trial_seconds
+from cnnbench.plan import plan
 from cnnbench.engines import promotion
 from cnnbench.final import best_trial, run_final
 from cnnbench.reports.results import leaderboard_frame

@@ -208,6 +208,22 @@ def test_every_knob_that_changes_the_networks_size_says_it_shapes_the_network():
     assert not KNOBS["learning_rate"].shapes_network and "learning_rate" not in ARCH_KNOBS
 
 
+@pytest.mark.parametrize("knob, raw, text", [
+    ("dense_units", {"type": "int", "low": 2, "high": 10, "step": 4}, "int 2..10 step 4"),
+    ("stages", {"type": "int", "low": 1, "high": 4, "log": True}, "int 1..4 (log)"),
+    ("learning_rate", {"type": "float", "low": 0.001, "high": 0.1, "log": True}, "float 0.001..0.1 (log)"),
+    ("dropout", {"type": "float", "low": 0.1, "high": 0.3, "step": 0.1}, "float 0.1..0.3 step 0.1"),
+    ("flip", {"type": "choice", "choices": ["off", "random"]}, "one of off, random"),
+    ("dense_units", {"type": "fixed", "value": 7}, "fixed 7"),
+    ("momentum", {"type": "float", "low": 0.8, "high": 0.9, "condition": {"optimizer": ["sgd", "muon"]}},
+     "float 0.8..0.9  when optimizer in ['sgd', 'muon']"),
+])
+def test_each_parameter_type_describes_itself_for_check(knob, raw, text):
+    params = {knob: raw, **({"optimizer": {"type": "choice", "choices": ["sgd", "muon"]}} if "condition" in raw
+                            else {})}
+    assert parse_space({"params": params}).params[knob].describe() == text
+
+
 @pytest.mark.parametrize("knob, raw, count, listed, extremes, middle", [
     ("dense_units", {"type": "int", "low": 2, "high": 10, "step": 4}, 3, [2, 6, 10], [2, 10], 6),
     ("dropout", {"type": "float", "low": 0.1, "high": 0.3, "step": 0.1}, 3, [0.1, 0.2, 0.3], [0.1, 0.3], 0.2),

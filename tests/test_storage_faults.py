@@ -86,6 +86,40 @@ def test_a_running_trial_without_a_record_is_failed_and_its_configuration_run_ag
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
 
 
+class _Killed(BaseException):
+    """Stands for kill -9: nothing after it runs, no handler sees it."""
+
+
+def test_a_kerastuner_trial_killed_between_its_creation_and_its_first_record_is_run_again(tmp_path, monkeypatch):
+    """The oracle has saved the trial as running (its create_trial wrote oracle.json and
+    trial.json) and cnnbench has no record of it: the next run trains it under its own id
+    and the budget holds, with nothing left running."""
+    from cnnbench.engines import kerastuner as engine
+
+    space = parse_space({**SPACE, "budget": {"trials": 2}})
+    real = engine.run_trial
+
+    def killed_before_record(job, number, *a, **k):
+        if number == 1:
+            raise _Killed()
+        return real(job, number, *a, **k)
+
+    monkeypatch.setattr(engine, "run_trial", killed_before_record)
+    with pytest.raises(_Killed):
+        stand_in.run(space, tmp_path, trials=2, engine="kerastuner")
+    paths = trials.StudyPaths(tmp_path / "s")
+    assert [r.trial for r in trials.read_records(paths)] == [0]  # trial 1 has no record
+    def statuses():
+        return {int(json.loads(p.read_text())["trial_id"]): json.loads(p.read_text())["status"]
+                for p in (tmp_path / "s" / "kerastuner").glob("trial_*/trial.json")}
+
+    assert statuses() == {0: "COMPLETED", 1: "RUNNING"}
+    monkeypatch.setattr(engine, "run_trial", real)
+    records = stand_in.run(space, tmp_path, trials=2, engine="kerastuner")
+    assert sorted((r.trial, r.state) for r in records) == [(0, "complete"), (1, "complete")]
+    assert statuses() == {0: "COMPLETED", 1: "COMPLETED"}  # run again under its own id, nothing left running
+
+
 def test_a_full_disk_at_a_record_write_names_the_file_leaves_no_temporary_and_the_study_continues(tmp_path,
                                                                                                   monkeypatch):
     space = parse_space(SPACE)
@@ -203,7 +237,7 @@ def test_a_torn_model_file_is_set_aside_and_the_next_best_trial_exported(tmp_pat
     best = paths.trial_model(ranked[0].trial)
     best.write_bytes(best.read_bytes()[: best.stat().st_size // 2])  # a copy cut short
     card = export_best(ranked, paths, data, {"study": "s"}, say=said.append)
-    assert card["trial"] == ranked[1].trial
+    assert card.trial == ranked[1].trial
     assert not best.exists() and best.with_name(best.name + ".damaged").exists()  # kept, renamed
     assert len(said) == 1 and str(best) in said[0] and "set aside" in said[0]
     # a damaged final model: the best trial's own is exported and the final will be trained again
@@ -211,8 +245,8 @@ def test_a_torn_model_file_is_set_aside_and_the_next_best_trial_exported(tmp_pat
     paths.final_model.write_bytes(b"PK\x03\x04 torn")
     final = FinalOutcome(dataclasses.replace(ranked[1]), "final training complete")
     card = export_best(ranked, paths, data, {"study": "s"}, final=final, say=said.append)
-    assert card["final"] is None and card["trial"] == ranked[1].trial
-    assert "the next run trains the final again" in card["final_note"] and not paths.final_model.exists()
+    assert card.final is None and card.trial == ranked[1].trial
+    assert "the next run trains the final again" in card.final_note and not paths.final_model.exists()
     # chosen by hand: one line, nothing exported in its place
     torn = paths.trial_model(ranked[2].trial)
     torn.write_bytes(b"")

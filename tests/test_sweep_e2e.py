@@ -200,12 +200,12 @@ def test_predict_agrees_with_the_model_cards_test_evaluation_on_bigger_images(tm
     card = study.card
     code, out, err = cli(capsys, "predict", str(study.path / "best" / "model.keras"), str(data / "test"), "--json")
     assert code == 0, err
-    names = card["classes"]
+    names = card.classes
     confusion = np.zeros((len(names), len(names)), int)
     for o in json.loads(out):
         confusion[names.index(Path(o["image"]).parent.name), names.index(o["predictions"][0]["class"])] += 1
     assert confusion.sum() == 80
-    assert confusion.tolist() == card["test"]["confusion_matrix"]
+    assert confusion.tolist() == card.test["confusion_matrix"]
     code, out, _ = cli(capsys, "evaluate", str(study.path / "best" / "model.keras"), str(data / "test"), "--json")
     assert code == 0 and json.loads(out)["confusion_matrix"] == confusion.tolist()
 

@@ -6,7 +6,7 @@ back without TensorFlow.
     study = cnnbench.sweep("search_spaces/smoke.yaml", study="nb", trials=3, progress=False)
     study.leaderboard()            # a DataFrame, best first
     study.best_trial.val_accuracy  # the record of the best trial
-    study.card["test"]["accuracy"]
+    study.card.test_accuracy
     model = study.best_model()     # keras.Model (imports TensorFlow only here)
     cnnbench.studies("results")    # one row per study
 
@@ -22,8 +22,8 @@ from pathlib import Path
 import pandas as pd
 
 from cnnbench import trials
-from cnnbench.provenance import RunInfo
-from cnnbench.reports.results import leaderboard_frame, progress_frame, read_json, studies_frame
+from cnnbench.provenance import ModelCard, RunInfo
+from cnnbench.reports.results import leaderboard_frame, progress_frame, studies_frame
 from cnnbench.space import Space, load_space, parse_space
 from cnnbench.trials import StudyPaths, TrialRecord
 
@@ -71,9 +71,10 @@ class Study:
         return best_trial(self.records)
 
     @property
-    def card(self) -> dict:
-        """The exported model's card (empty before anything was exported)."""
-        return read_json(self.paths.best / "model_card.json")
+    def card(self) -> ModelCard | None:
+        """The exported model's card (None before anything was exported); ``.to_dict()``
+        for the JSON."""
+        return ModelCard.read(self.paths.best / "model_card.json")
 
     def best_model(self):
         """The exported model as a ``keras.Model`` (loaded in safe mode)."""
@@ -108,20 +109,22 @@ def studies(results: str | Path = "results") -> pd.DataFrame:
 def sweep(space: str | Path, study: str | None = None, trials: int | None = None,
           timeout_minutes: float | None = None, engine: str = "optuna", results: str | Path = "results",
           progress: bool | None = None, final: bool | None = None, seed: int | None = None,
-          trainer: str | None = None, in_process: bool = False) -> Study:
+          trainer: str | None = None, in_process: bool = False, recipe_only: bool = False) -> Study:
     """Run (or continue) a sweep of the space file ``space`` in this process, as ``cnnbench
     sweep`` does (trials in child processes, export at the end); returns the study.
     ``progress=False`` keeps it quiet (None: live on a terminal). Ctrl-C stops it as on
     the command line: what finished is ranked and exported, then KeyboardInterrupt.
     ``trainer="module:function"`` trains with a function of your own; ``in_process=True``
-    trains in this process (a debugger reaches the trainer; a crash ends the sweep)."""
+    trains in this process (a debugger reaches the trainer; a crash ends the sweep).
+    ``recipe_only=True``: no search, the space's first start_with recipe trained on all
+    training images for as many epochs as ``timeout_minutes`` holds (``--recipe-only``)."""
     from cnnbench.training import runtime
     from cnnbench.sweep import SweepRequest, prepare, run_sweep
 
     runtime.prepare_environment()  # oneDNN and a quiet start, unless TensorFlow is loaded already
     request = SweepRequest(space_file=str(space), study=study, trials=trials, timeout_minutes=timeout_minutes,
                            engine=engine, results=str(results), final=final, seed=seed, trainer=trainer,
-                           in_process=in_process)
+                           in_process=in_process, recipe_only=recipe_only)
     prepared = prepare(request)
     summary = run_sweep(prepared, live=progress)
     if summary["stopped_by"]:

@@ -52,6 +52,12 @@ def _sweep_arguments(s: argparse.ArgumentParser) -> None:
                         "ingredient taken out")
     s.add_argument("--no-start-with", action="store_true",
                    help="ignore the space's start_with recipes: the search on its own, as for a user without one")
+    s.add_argument("--recipe-only", action="store_true",
+                   help="no search: the space's first start_with recipe (else its centre) trained on all training "
+                        "images for as many epochs as --timeout holds (study NAME-recipe-only)")
+    s.add_argument("--at-rung", type=int, metavar="K",
+                   help="every trial at the fidelity of the space's search.rungs[K] only, no promotion "
+                        "(what cnnbench tabulate trains a multi-fidelity table with)")
     s.add_argument("--warm-start", action="append", metavar="STUDY",
                    help="start a new Optuna study from the finished trials of STUDY (same results folder, same "
                    "searched parameters); repeatable")
@@ -76,6 +82,8 @@ def _other_commands(sub) -> None:
     c.add_argument("--timeout", type=float, help="minutes: print what a sweep of that length holds on this machine")
     c.add_argument("--measure", action="store_true",
                    help="first measure this machine's training speed, for the time-per-trial forecast")
+    c.add_argument("--recipe-only", action="store_true",
+                   help="the plan of a --recipe-only sweep: the recipe alone, as many epochs as --timeout holds")
     c.set_defaults(func=cmd_check)
 
     lb = sub.add_parser("leaderboard", help="print a study's leaderboard, or all studies")
@@ -117,7 +125,9 @@ def _other_commands(sub) -> None:
     cp.add_argument("--trials", type=int, default=30, help="trials per strategy and seed (tables)")
     cp.add_argument("--strategies", help="comma-separated subset (default: all)")
     cp.add_argument("--live", action="store_true", help="real training: each strategy and seed a sweep of --minutes")
-    cp.add_argument("--minutes", type=float, default=5.0, help="minutes per strategy and seed (--live)")
+    cp.add_argument("--minutes", type=float,
+                    help="--live: minutes per strategy and seed (default 5); a table: the simulated minutes "
+                         "strategies are compared at (default: the shortest any strategy and seed spent)")
     cp.add_argument("--out", help="output folder (default: beside the table, compare/)")
     cp.set_defaults(func=cmd_compare)
 

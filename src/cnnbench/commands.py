@@ -40,18 +40,23 @@ def cmd_check(args) -> int:
     from cnnbench.space import load_space
 
     space = load_space(args.space)
+    if args.recipe_only:
+        from cnnbench.space.variants import recipe_alone
+
+        space = recipe_alone(space)
     if args.measure:
-        from cnnbench.deadline import measure
+        from cnnbench.plan import measure
 
         print(f"measuring training speed here ({space.source}, two short epochs on random images)...")
         print(f"  {measure(space) / 1e9:.0f} GFLOP/s")
     print(check_summary(space))
     if args.timeout:
-        from cnnbench.deadline import plan
+        from cnnbench.plan import plan
 
         n = space.data.train_subset or 50_000
         n_val = round(n * space.data.validation_fraction)
-        found = plan(space, args.timeout, n_train=n - n_val, n_val=n_val, n_test=space.data.test_subset or 10_000)
+        found = plan(space, args.timeout, n_train=n - n_val, n_val=n_val, n_test=space.data.test_subset or 10_000,
+                     recipe_only=args.recipe_only)
         print(found.text() if found else "  plan: this machine's speed for networks of this size is unknown "
               "(cnnbench check --measure measures it in about half a minute)")
     return 0
@@ -66,7 +71,9 @@ def cmd_sweep(args) -> int:
                            timeout_minutes=args.timeout, engine=args.engine, algo=args.algo,
                            storage=args.storage, results=args.results, workers=args.workers,
                            tensorboard=args.tensorboard, final=False if args.no_final else None,
-                           seed=args.seed, start_with=not args.no_start_with, cache=not args.no_cache, deterministic=args.deterministic,
+                           seed=args.seed, start_with=not args.no_start_with, recipe_only=args.recipe_only,
+                           at_rung=args.at_rung,
+                           cache=not args.no_cache, deterministic=args.deterministic,
                            warm_start=tuple(args.warm_start or ()), sets=tuple(args.sets or ()), trainer=args.trainer,
                            command="cnnbench " + shlex.join(args.argv))
     sweep = prepare(request)  # TensorFlow loads later, once the data has (a bad input is a sub-second error)
@@ -83,13 +90,12 @@ def cmd_sweep(args) -> int:
     if summary.get("final") is not None:
         print(summary["final"].message)
     if card:
-        trained = (f"final training on {card['final']['train_images']:,} images" if card.get("final")
+        trained = (f"final training on {card.final_train_images:,} images" if card.final
                    else "the trial's own model")
-        validation = (f"validation accuracy {card['validation']['accuracy']:.4f}, " if card.get("validation")
-                      else "")
-        chosen = f"best trial {card['trial']}" if card["trial"] is not None else card["chosen"]
-        print(f"{chosen}: {validation}test accuracy {card['test']['accuracy']:.4f} on "
-              f"{card['test']['images']} test images ({trained})")
+        validation = f"validation accuracy {card.validation['accuracy']:.4f}, " if card.validation else ""
+        chosen = f"best trial {card.trial}" if card.trial is not None else card.chosen
+        print(f"{chosen}: {validation}test accuracy {card.test_accuracy:.4f} on "
+              f"{card.test['images']} test images ({trained})")
         print(f"exported model: {summary['best_model']}")
     else:
         print("no trial completed, so no model was exported")
@@ -186,7 +192,7 @@ def cmd_export(args) -> int:
     if card is None:
         print(f"cnnbench: {paths.root}: no completed trial to export", file=sys.stderr)
         return 1
-    print(f"trial {card['trial']}: test accuracy {card['test']['accuracy']:.4f}; exported to {paths.best}")
+    print(f"trial {card.trial}: test accuracy {card.test_accuracy:.4f}; exported to {paths.best}")
     return 0
 
 
@@ -217,13 +223,16 @@ def cmd_tabulate(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from cnnbench.benchmarking.compare import compare_live, compare_table
+    from cnnbench.benchmarking.compare import compare_table
+    from cnnbench.benchmarking.live import compare_live
 
     names = args.strategies.split(",") if args.strategies else None
     if args.live:
-        written = compare_live(args.source, args.seeds, args.minutes, Path(args.out or "results/compare-live"), names)
+        written = compare_live(args.source, args.seeds, args.minutes or 5.0, Path(args.out or "results/compare-live"),
+                               names)
     else:
-        written = compare_table(Path(args.source), args.seeds, args.trials, args.out and Path(args.out), names)
+        written = compare_table(Path(args.source), args.seeds, args.trials, args.out and Path(args.out), names,
+                                horizon=args.minutes)
     print(Path(written["markdown"]).read_text())
     for name, path in written.items():
         print(f"{name}: {path}")

@@ -13,7 +13,7 @@ import json
 import os
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from cnnbench.training import runtime
@@ -32,6 +32,7 @@ FINAL_SAFETY = 1.05
 EXPORT_SECONDS = 45.0 # ranking, loading the best model, saving the card, on top of its test pass
 DEADLINE_ENV = "CNNBENCH_DEADLINE"  # absolute end (Unix seconds) a parent hands its workers
 SAMPLES_KEPT = 50
+MAX_FILL_EPOCHS = 1000  # --recipe-only: the longest schedule a timeout is filled with
 
 
 class NotStarted(Exception):
@@ -147,6 +148,26 @@ class Deadline:
                 return {**config, "epochs": epochs}, f"; shortened from {config['epochs']} to {epochs} epochs"
         return config, ""
 
+    def fill_final(self, config: dict, n_test: int = 0) -> tuple[dict, str]:
+        """``config`` with as many epochs as its final training can have in the time left
+        less the export (its test pass over ``n_test`` images), and a note saying so; as it
+        is without a deadline or while this machine's speed for it is unknown. At the full
+        SAFETY margin, not FINAL_SAFETY's: without a search, a final training the deadline
+        cuts short leaves no finished schedule and no model to fall back on."""
+        from cnnbench.training.runtime import resolve_precision
+
+        if self.end is None or not self.final_seconds(config):
+            return config, ""
+        budget = self.left() - max(2 * EXPORT_SECONDS,
+                                   self.export_seconds(config, n_test, resolve_precision(config["precision"])))
+        lo, hi = 1, MAX_FILL_EPOCHS  # a forecast grows with the epochs: the most that fit, by bisection
+        if self.final_seconds({**config, "epochs": lo}) > budget:
+            return config, ""  # not even one epoch: run_final refuses it and says why
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if self.final_seconds({**config, "epochs": mid}) <= budget else (lo, mid - 1)
+        return {**config, "epochs": lo}, f"; {lo} epochs, as many as the {budget / 60:.1f} min left hold"
+
     def note_complete(self, config: dict, val_accuracy: float | None, rung: int | None = None) -> None:
         """A trial completed: when it is the best so far (at the highest rung yet, with
         successive halving), keep time for its final training."""
@@ -218,93 +239,3 @@ class Deadline:
         and, for a search trial, the time kept for the final training)."""
         reserve = self.best_final_seconds if keep_final else 0.0
         return self.end is not None and self.left() - EXPORT_SECONDS - reserve < seconds_per_epoch
-
-
-def measure(space, images: int = 2048) -> float:
-    """Train the space's first configuration for two short epochs on random images and log
-    the training FLOPs/s this machine reaches (``cnnbench check --measure``)."""
-    from cnnbench.training.data import synthetic_bundle
-    from cnnbench.training.train import train_and_evaluate
-
-    config = {**space.complete(space.start_with[0] if space.start_with else {}), "epochs": 2}
-    result = train_and_evaluate(config, synthetic_bundle(images, image_size=space.data.image_size))
-    ThroughputLog().add(result.precision, result.train_flops_per_s, result.flops)
-    return result.train_flops_per_s
-
-
-@dataclass
-class HourPlan:
-    """What a sweep of ``minutes`` holds on this machine, before it runs (cnnbench check
-    --timeout): forecasts at the training speed this machine reached for networks of the
-    first configuration's size."""
-    minutes: float
-    rate: float               # training FLOPs/s
-    trial_seconds: float      # one trial of the first configuration (start_with[0], else the defaults)
-    final_seconds: float      # its final training on train + validation (0: off)
-    export_seconds: float
-    trials: int               # such trials that fit beside the final training and the export
-    rungs: list[tuple[str, float, int]] = field(default_factory=list)  # successive halving: (rung, seconds, runs)
-    reduction_factor: int = 3
-
-    @property
-    def search_seconds(self) -> float:
-        if self.rungs:
-            return sum(seconds * runs for _, seconds, runs in self.rungs)
-        return self.trials * self.trial_seconds
-
-    def text(self) -> str:
-        lines = [f"  plan for {self.minutes:g} min here (at {self.rate / 1e9:.0f} GFLOP/s training):"]
-        if self.rungs:
-            lines.append(f"    search: {self.rungs[0][2]} configuration(s), the best 1/{self.reduction_factor} of each "
-                         "rung promoted to the next:")
-            lines += [f"      {name}: {runs} run(s) of {seconds / 60:.1f} min" for name, seconds, runs in self.rungs]
-        else:
-            lines.append(f"    a trial of the first configuration: {self.trial_seconds / 60:.1f} min")
-        lines += [f"    final training on all training images: {self.final_seconds / 60:.1f} min"
-                  if self.final_seconds else "    final training: off",
-                  f"    export: {self.export_seconds / 60:.1f} min",
-                  f"    total: {(self.search_seconds + self.final_seconds + self.export_seconds) / 60:.1f} min"]
-        if not self.rungs:
-            lines.append(f"    so {self.trials} such trial(s) fit beside the final training and the export")
-        if self.trials == 0:
-            lines.append("    none does: the sweep shortens trials where the space searches epochs, and refuses "
-                         "the rest" + (" (the final training comes first)" if self.final_seconds else ""))
-        return "\n".join(lines)
-
-
-def plan(space, minutes: float, log: ThroughputLog | None = None, n_train: int = 45_000, n_val: int = 5_000,
-         n_test: int = 10_000) -> HourPlan | None:
-    """The plan for a sweep of ``space`` lasting ``minutes``, or None while this machine's
-    speed for networks of that size is unknown (``cnnbench check --measure``).
-
-    With ``search.rungs``, successive halving: ``n`` configurations at the first rung,
-    ``n // f`` of them at the second, ``n // f**2`` at the third (``f`` the reduction
-    factor), with the largest ``n`` whose runs fit beside the final training and export.
-    """
-    from cnnbench.training.runtime import resolve_precision
-
-    config = space.complete(space.start_with[0] if space.start_with else {})
-    deadline = Deadline(None, log or ThroughputLog(), final_images=(n_train + n_val) if space.final else 0,
-                        image_size=space.data.image_size)
-    rate = (log or deadline.log or ThroughputLog()).rate(resolve_precision(config["precision"]), deadline._flops(config))
-    if not rate:
-        return None
-    trial = deadline._seconds(config, n_train, n_val, rate)
-    final = deadline.final_seconds(config)
-    export = deadline.export_seconds(config, n_test, resolve_precision(config["precision"]))
-    search = minutes * 60 - final - export
-    if not space.search.rungs:
-        return HourPlan(minutes, rate, trial, final, export, max(0, int(search // trial)))
-    f = space.search.reduction_factor
-    costs = [deadline._seconds({**config, **rung}, n_train, n_val, rate) for rung in space.search.rungs]
-    per_config = sum(cost / f**k for k, cost in enumerate(costs))  # a configuration's expected share
-    def spent(n: int) -> float:  # whole runs: n at the first rung, n // f at the next, ...
-        return sum(cost * (n // f**k) for k, cost in enumerate(costs))
-
-    n = max(0, int(search // per_config))
-    while spent(n + 1) <= search:
-        n += 1
-    while n and spent(n) > search:
-        n -= 1
-    rungs = [(space.rung_name(k), cost, n // f**k) for k, cost in enumerate(costs)]
-    return HourPlan(minutes, rate, costs[0], final, export, n, rungs, f)

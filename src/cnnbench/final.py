@@ -70,18 +70,21 @@ def run_final(job: StudyJob, best: TrialRecord | None, train_images: int, recipe
     (a slow machine): it is trained on all images instead, with the most epochs that fit.
     """
     number = best.trial if best is not None else NO_TRIAL
-    config, values, shortened = _final_config(job, best, recipe)
     previous = read_final(job)
+    config, values, shortened = _final_config(job, best, recipe, previous)
     if previous is not None and _already_done(previous, number, config, job):
         return FinalOutcome(previous, f"final training of trial {number} already done ({previous.train_images} "
                                       "images); exporting it")
     forecast = job.deadline.final_at_start(config)
     left = job.deadline.left()
     if forecast and forecast > left:
+        fallback = "exported the best trial's own model" if best is not None else "nothing was trained to export"
         return FinalOutcome(None, f"no final training: forecast {forecast / 60:.1f} min, {max(left, 0) / 60:.1f} "
-                                  "min left before the deadline; exported the best trial's own model")
+                                  f"min left before the deadline; {fallback}")
     seed = job.space.seed + FINAL_SEED_OFFSET
-    source = (f"trial {number}{shortened}" if best is not None else "the space's only configuration" if recipe is None
+    source = (f"trial {number}{shortened}" if best is not None
+              else f"the recipe alone (--recipe-only{shortened})" if job.fill_final
+              else "the space's only configuration" if recipe is None
               else f"{recipe_name} (no search trial fitted beside its final training" + shortened + ")")
     record = trials.started(number, job.engine, values, config,
                             f"final training of {source} on all {train_images:,} training images", seed=seed)
@@ -96,7 +99,8 @@ def run_final(job: StudyJob, best: TrialRecord | None, train_images: int, recipe
                                 f"{train_images:,} images", source)
 
 
-def _final_config(job: StudyJob, best: TrialRecord | None, recipe: dict | None) -> tuple[dict, dict, str]:
+def _final_config(job: StudyJob, best: TrialRecord | None, recipe: dict | None,
+                  previous: TrialRecord | None = None) -> tuple[dict, dict, str]:
     """(config, values, how it was shortened) of the final training. Every training image,
     whatever fidelity the search compared it at; a rung's schedule was a cheap fidelity too,
     so a configuration ranked at a rung trains the space's own, sized to the time left (as
@@ -109,10 +113,34 @@ def _final_config(job: StudyJob, best: TrialRecord | None, recipe: dict | None) 
     config = {**base, "train_images": 0}
     values = dict(best.values) if best is not None else dict(recipe or {})
     shortened = ""
-    if recipe is not None or ranked_at_rung:
-        config, shortened = job.deadline.fit_final(config, job.space.epoch_options(),
-                                                   job.data_sizes[2] if job.data_sizes else 0)
+    n_test = job.data_sizes[2] if job.data_sizes else 0
+    if job.fill_final and best is None and previous is not None and _but_epochs(previous.config) == _but_epochs(config):
+        # an earlier run of the command sized it: done, it is exported; stopped, it goes on
+        # from its checkpoint with the schedule it started (a new size would start over)
+        config = {**config, "epochs": previous.config["epochs"]}
+        shortened = f"; {config['epochs']} epochs, as an earlier run of this command sized it"
+    elif job.fill_final and best is None:  # --recipe-only: as many epochs as the time left holds
+        _know_the_speed(job, config)
+        config, shortened = job.deadline.fill_final(config, n_test)
+    elif recipe is not None or ranked_at_rung:
+        config, shortened = job.deadline.fit_final(config, job.space.epoch_options(), n_test)
     return config, values, shortened
+
+
+def _but_epochs(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k != "epochs"}
+
+
+def _know_the_speed(job: StudyJob, config: dict) -> None:
+    """Filling the time left needs this machine's speed for networks of this size: on a
+    machine that has not trained one yet, half a minute of training on random images
+    measures it (as ``cnnbench check --measure`` does)."""
+    from cnnbench.plan import measure
+
+    if job.deadline.end is None or job.deadline.log is None or job.deadline.final_seconds(config):
+        return
+    job.progress.say("this machine's training speed for the recipe is unknown: measuring it (about half a minute)")
+    measure(job.space, log=job.deadline.log)
 
 
 def _train_final(job: StudyJob, record: TrialRecord, config: dict, seed: int, source: str,

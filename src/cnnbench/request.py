@@ -16,7 +16,8 @@ from cnnbench.training.data import DataError
 from cnnbench.engines.storage_url import masked, resolve, scrub
 from cnnbench.training.isolation import DEFAULT_TRAINER, load_trainer
 from cnnbench.files import read_json
-from cnnbench.space import Space, SpaceError, load_space, parse_space
+from cnnbench.space import Space, SpaceError, load_space
+from cnnbench.space.variants import at_fidelity, recipe_alone, with_settings
 from cnnbench.trials import StudyPaths
 
 GLOBAL_BOARD_TITLE = "# All studies, best first"  # results/leaderboard.md starts so: a folder of cnnbench's
@@ -37,6 +38,10 @@ class SweepRequest:
     final: bool | None = None      # False: no final training (--no-final); None: as the space says
     seed: int | None = None        # replaces the space's seed (--seed): another run of the same recipe
     start_with: bool = True        # False (--no-start-with): the search on its own, as without a known recipe
+    # --recipe-only: no search; the space's first start_with recipe (else its centre) is the
+    # only training, on all training images, its epochs sized to fill the timeout (final.py)
+    recipe_only: bool = False
+    at_rung: int | None = None     # tabulate: every configuration at this rung's fidelity, no promotion
     cache: bool = True             # False (--no-cache): train every trial, even one already trained
     deterministic: bool = False    # --deterministic: TensorFlow's op determinism in every trial
     warm_start: tuple[str, ...] = ()  # earlier studies (same results folder) whose trials TPE starts from
@@ -65,6 +70,10 @@ class SweepRequest:
             args += ["--set", setting]
         if not self.start_with:
             args.append("--no-start-with")
+        if self.recipe_only:
+            args.append("--recipe-only")
+        if self.at_rung is not None:
+            args += ["--at-rung", str(self.at_rung)]
         if not self.cache:
             args.append("--no-cache")
         if self.deterministic:
@@ -165,7 +174,8 @@ def prepare(request: SweepRequest) -> Sweep:
     space = _space_as_asked(request)
     _check_arguments(request)
     engine = engines.get(request.engine)
-    study = request.study or Path(request.space_file).stem
+    # the recipe alone is another space than the search's: a study of its own by default
+    study = request.study or Path(request.space_file).stem + ("-recipe-only" if request.recipe_only else "")
     if not study.replace("-", "").replace("_", "").replace(".", "").isalnum() or study.strip(".") == "":
         raise SpaceError(f"--study: {study!r} may hold only letters, digits, '-', '_' and '.'")
     if len(study) > MAX_STUDY_NAME:  # file names (trial-NNNN.json.<pid>.tmp inside it) stay under 255 bytes
@@ -222,27 +232,11 @@ def _space_as_asked(request: SweepRequest) -> Space:
         space = space.model_copy(update={"start_with": []})
     if request.deterministic:
         space = space.model_copy(update={"deterministic": True})
+    if request.recipe_only:
+        space = recipe_alone(space, request.final)
+    if request.at_rung is not None:
+        space = at_fidelity(space, request.at_rung)
     return space
-
-
-def with_settings(space: Space, settings: tuple[str, ...] | list[str]) -> Space:
-    """``space`` with each "knob=value" of ``settings`` as a fixed parameter (dropped from
-    start_with, which then no longer chooses it), validated as the file itself is."""
-    import yaml
-
-    raw = space.model_dump(mode="json")
-    for setting in settings:
-        name, equals, text = setting.partition("=")
-        name = name.strip()
-        if not equals or not name:
-            raise SpaceError(f"--set {setting!r}: write it as KNOB=VALUE, e.g. --set lookahead=false")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            value = text
-        raw["params"][name] = {"type": "fixed", "value": value}
-        raw["start_with"] = [{k: v for k, v in recipe.items() if k != name} for recipe in raw["start_with"]]
-    return parse_space(raw, f"{space.source} (with --set {' '.join(settings)})")
 
 
 def _check_arguments(request: SweepRequest) -> None:

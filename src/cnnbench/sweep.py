@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from cnnbench import engines, trials
-from cnnbench.provenance import RunInfo
+from cnnbench.provenance import ModelCard, RunInfo
 from cnnbench.training import runtime
 from cnnbench import final as final_training
 from cnnbench.training.data import load_data
@@ -85,7 +85,7 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
                    storage=sweep.storage, workers=0 if is_worker() else req.workers,
                    worker_command=req.worker_command(), worker_index=int(os.environ.get("CNNBENCH_WORKER", 0)),
                    on_record=refresh, tensorboard=req.tensorboard, data_fingerprint=split_fingerprint(data),
-                   cache=req.cache, warm_start=sweep.warm, trainer_name=req.trainer)
+                   cache=req.cache, warm_start=sweep.warm, trainer_name=req.trainer, fill_final=req.recipe_only)
     stopped_by, final = None, None
     # Worker processes keep the same deadline; only while this sweep runs, so that a later
     # sweep in the same process (compare --live, tabulate, tests) does not inherit it.
@@ -202,7 +202,7 @@ def _interrupted_final(sweep: Sweep):
     return None
 
 
-def write_progress_plot(sweep: Sweep, records: list, run: dict, card: dict | None) -> None:
+def write_progress_plot(sweep: Sweep, records: list, run: dict, card: ModelCard | None) -> None:
     """progress.png: time to accuracy at a glance, with the exported model's test accuracy."""
     from cnnbench.reports.plots import time_to_accuracy
 
@@ -210,7 +210,7 @@ def write_progress_plot(sweep: Sweep, records: list, run: dict, card: dict | Non
     origin, cpu = info.first_started_unix, info.cpu
     time_to_accuracy(progress_frame(records, origin), sweep.paths.root / "progress.png",
                      f"{sweep.study}: {info.space_file}, {cpu.get('model')} ({cpu.get('cores')} cores)",
-                     test_accuracy=card["test"]["accuracy"] if card else None,
+                     test_accuracy=card.test_accuracy if card else None,
                      export_minutes=(time.time() - origin) / 60, curves=epoch_curves(records, origin),
                      phases=phase_spans(records, trials.read_record(sweep.paths.final_record), origin))
 

@@ -9,6 +9,13 @@ best validation accuracy of a completed trial so far (what an export would pick)
 ``tpe+warm20`` is TPE started with ``--warm-start`` from a related earlier study: 20 random
 configurations of the same space, scored as a study that trained them half as long saw
 them (``related_study``); their cost is that earlier study's, not counted here.
+
+On a multi-fidelity table (tabular.py), every plain strategy trains at the largest
+fidelity, and the ``+sh`` strategies run cnnbench's successive halving (engines/
+promotion.py) over some of the table's fidelities, ending at the largest; regret is always
+measured at the largest. Strategies are compared at equal simulated time: the regret each
+has reached by a common number of minutes, with a paired test against random search
+corrected for the number of comparisons (Holm).
 """
 from __future__ import annotations
 
@@ -35,6 +42,14 @@ class Strategy:
     algo: str
     pruner: str = "none"
     warm: int = 0  # trials of a related study added before sampling (``--warm-start``; Optuna)
+    # successive halving over these of a multi-fidelity table's fidelities ("all", "last two",
+    # "first and last"), ending at the largest; None: every trial at the largest
+    rungs: str | None = None
+
+    def fidelities(self, count: int) -> list[int]:
+        """Indices of the table's ``count`` fidelities this strategy's rungs train at."""
+        last = count - 1
+        return {"all": list(range(count)), "last two": [last - 1, last], "first and last": [0, last]}[self.rungs or ""]
 
 
 STRATEGIES = (
@@ -47,7 +62,12 @@ STRATEGIES = (
     Strategy("kt-random", "kerastuner", "random"),
     Strategy("kt-bayesian", "kerastuner", "bayesian"),
     Strategy("kt-hyperband", "kerastuner", "hyperband"),
+    Strategy("tpe+sh", "optuna", "tpe", rungs="all"),
+    Strategy("tpe+sh-last2", "optuna", "tpe", rungs="last two"),
+    Strategy("tpe+sh-first-last", "optuna", "tpe", rungs="first and last"),
+    Strategy("random+sh", "optuna", "random", rungs="all"),
 )
+MULTI_FIDELITY = tuple(s.name for s in STRATEGIES if s.rungs)  # only on a multi-fidelity table
 BASELINE = "random"
 WARM_EPOCH_SHARE = 0.5  # the related study trained its configurations half as long
 REGRET_AFTER = (10, 30)  # trials after which the summary gives each strategy's regret
@@ -73,12 +93,32 @@ def related_study(table: Table, count: int, seed: int) -> list:
     return pairs
 
 
+def strategy_space(table: Table, strategy: Strategy):
+    """The space a strategy searches the table with: on a multi-fidelity table, fixed at
+    the largest fidelity, or with the strategy's rungs (successive halving)."""
+    from cnnbench.space.variants import at_fidelity, with_fixed
+
+    rungs = table.fidelities
+    if not rungs:
+        return table.space
+    if strategy.rungs is None:
+        return at_fidelity(table.space, len(rungs) - 1)
+    return with_fixed(table.space, {}, f"successive halving over fidelities {strategy.fidelities(len(rungs))}",
+                      rungs=[rungs[k] for k in strategy.fidelities(len(rungs))])
+
+
 def replay(table: Table, strategy: Strategy, seed: int, trials: int) -> pd.DataFrame:
-    """One strategy, one seed: its trace, one row per finished trial in order."""
-    search = table.space.search.model_copy(update={"pruner": strategy.pruner, "sampler": "tpe",
-                                                   "prune_after_trials": 3})
-    space = table.space.model_copy(update={"seed": seed, "search": search,
-                                           "budget": table.space.budget.model_copy(update={"trials": trials})})
+    """One strategy, one seed: its trace, one row per finished trial (a run at any rung)
+    in order; ``best`` and ``regret`` count only runs at the largest fidelity."""
+    if strategy.rungs and not table.fidelities:
+        from cnnbench.space import SpaceError
+
+        raise SpaceError(f"{strategy.name}: successive halving over fidelities needs a multi-fidelity table")
+    base = strategy_space(table, strategy)
+    search = base.search.model_copy(update={"pruner": strategy.pruner, "sampler": "tpe", "prune_after_trials": 3})
+    space = base.model_copy(update={"seed": seed, "search": search,
+                                    "budget": base.budget.model_copy(update={"trials": trials})})
+    top_rung = len(space.search.rungs) - 1 if space.search.rungs else None
     engine = engines.get(strategy.engine)
     with tempfile.TemporaryDirectory() as folder:
         paths = StudyPaths(Path(folder) / "replay")
@@ -96,8 +136,8 @@ def replay(table: Table, strategy: Strategy, seed: int, trials: int) -> pd.DataF
     for r in sorted(records, key=lambda r: r.trial):
         if r.state not in (State.COMPLETE, State.PRUNED):
             continue
-        minutes += table.seconds(r.values, r.epochs_run or 0) / 60
-        if r.state == State.COMPLETE and r.val_accuracy is not None:
+        minutes += table.seconds(r.values, r.epochs_run or 0, table.fidelity_of(r.config)) / 60
+        if r.state == State.COMPLETE and r.val_accuracy is not None and r.rung == top_rung:
             best = max(best, r.val_accuracy)
         rows.append({"strategy": strategy.name, "seed": seed, "trial": len(rows) + 1, "minutes": minutes,
                      "best": best if best > -math.inf else np.nan, "regret": table.best - best if best > -math.inf
@@ -116,16 +156,42 @@ def _regret_at(trace: pd.DataFrame, minutes: float) -> float:
     return float(seen.iloc[-1]) if len(seen) else math.nan
 
 
-def summary(traces: pd.DataFrame, table: Table, targets=(0.01, 0.005)) -> pd.DataFrame:
-    """Per strategy: final regret mean and std over seeds, simulated minutes to come within
-    each target of the optimum (median over seeds; inf when never), its rank, and a paired
-    Wilcoxon signed-rank test of its final regret against random search on the same seeds."""
+def horizon_of(traces: pd.DataFrame) -> float:
+    """The equal simulated time strategies are compared at: the shortest total any strategy
+    and seed spent, so every trace has reached it."""
+    return float(traces.groupby(["strategy", "seed"])["minutes"].last().min())
+
+
+def holm(pvalues: dict[str, float]) -> dict[str, float]:
+    """Holm's step-down correction of p-values for their number (family-wise error)."""
+    ordered = sorted(pvalues.items(), key=lambda item: item[1])
+    adjusted, running = {}, 0.0
+    for i, (name, p) in enumerate(ordered):
+        running = max(running, min(1.0, (len(ordered) - i) * p))
+        adjusted[name] = running
+    return adjusted
+
+
+def summary(traces: pd.DataFrame, table: Table, targets=(0.01, 0.005), horizon: float | None = None) -> pd.DataFrame:
+    """Per strategy, at equal simulated time (``horizon`` minutes, default ``horizon_of``):
+    the regret reached by then (mean and std over seeds; a seed with no run at the largest
+    fidelity yet counts the worst configuration's regret), its rank, and a paired Wilcoxon
+    signed-rank test of it against random search on the same seeds, Holm-corrected for the
+    number of strategies compared. Also: the regret after all trials, simulated minutes to
+    come within each target of the optimum (median over seeds; inf when never), and the
+    regret after 10 and 30 trials."""
     from scipy.stats import wilcoxon
 
+    horizon = horizon_of(traces) if horizon is None else horizon
+    worst = table.best - min(curve["val_accuracy"].max() for curve in table.curves.values())
     finals = traces.groupby(["strategy", "seed"])["regret"].last().unstack("seed")
-    rows = []
+    at = pd.DataFrame({name: {seed: _regret_at(trace, horizon) for seed, trace in group.groupby("seed")}
+                       for name, group in traces.groupby("strategy")}).T.fillna(worst)
+    rows, pvalues = [], {}
     for name, final in finals.iterrows():
-        row = {"strategy": name, "final_regret_mean": final.mean(), "final_regret_std": final.std(ddof=1),
+        row = {"strategy": name, f"regret_at_{horizon:.3g}_min_mean": at.loc[name].mean(),
+               f"regret_at_{horizon:.3g}_min_std": at.loc[name].std(ddof=1),
+               "final_regret_mean": final.mean(), "final_regret_std": final.std(ddof=1),
                "simulated_minutes_mean": traces[traces["strategy"] == name].groupby("seed")["minutes"].last().mean()}
         for target in targets:
             reached = []
@@ -134,13 +200,17 @@ def summary(traces: pd.DataFrame, table: Table, targets=(0.01, 0.005)) -> pd.Dat
                 reached.append(float(hit["minutes"].iloc[0]) if len(hit) else math.inf)
             row[f"minutes_to_within_{target:g}"] = float(np.median(reached))
         for n in REGRET_AFTER:
-            at = traces[(traces["strategy"] == name) & (traces["trial"] <= n)].groupby("seed")["regret"].last()
-            row[f"regret_after_{n}_mean"] = float(at.mean()) if len(at) else math.nan
-        if name != BASELINE and BASELINE in finals.index:
-            diff = (final - finals.loc[BASELINE]).dropna()
-            row["p_vs_random"] = float(wilcoxon(diff).pvalue) if (diff != 0).any() else 1.0
+            after = traces[(traces["strategy"] == name) & (traces["trial"] <= n)].groupby("seed")["regret"].last()
+            row[f"regret_after_{n}_mean"] = float(after.mean()) if len(after) else math.nan
+        if name != BASELINE and BASELINE in at.index:
+            diff = (at.loc[name] - at.loc[BASELINE]).dropna()
+            if len(diff) >= 2:  # a paired test needs two seeds at least
+                pvalues[name] = float(wilcoxon(diff).pvalue) if (diff != 0).any() else 1.0
         rows.append(row)
-    frame = pd.DataFrame(rows).sort_values("final_regret_mean").reset_index(drop=True)
+    frame = pd.DataFrame(rows)
+    frame["p_vs_random"] = frame["strategy"].map(pvalues)
+    frame["p_vs_random_holm"] = frame["strategy"].map(holm(pvalues))
+    frame = frame.sort_values(f"regret_at_{horizon:.3g}_min_mean", kind="stable").reset_index(drop=True)
     frame.insert(1, "rank", range(1, len(frame) + 1))
     return frame
 
@@ -175,82 +245,46 @@ def plot(traces: pd.DataFrame, path: Path, title: str) -> Path:
     return _save(fig, path)
 
 
-def choose(names: list[str] | None) -> list[Strategy]:
-    """The strategies named (all when None); an unknown name is one SpaceError line."""
+def choose(names: list[str] | None, multi_fidelity: bool = True) -> list[Strategy]:
+    """The strategies named (all that apply when None: the ``+sh`` ones only on a
+    multi-fidelity table); an unknown or inapplicable name is one SpaceError line."""
+    from cnnbench.space import SpaceError
+
     unknown = set(names or []) - {s.name for s in STRATEGIES}
     if unknown:
-        from cnnbench.space import SpaceError
-
         raise SpaceError(f"--strategies: unknown {', '.join(sorted(unknown))} (known: "
                          f"{', '.join(s.name for s in STRATEGIES)})")
-    return [s for s in STRATEGIES if not names or s.name in names]
+    if not multi_fidelity and (wrong := sorted(set(names or []) & set(MULTI_FIDELITY))):
+        raise SpaceError(f"--strategies: {', '.join(wrong)} run successive halving over a table's fidelities, "
+                         "so they need a multi-fidelity table (cnnbench tabulate on a space with search.rungs)")
+    return [s for s in STRATEGIES if (s.name in names if names else multi_fidelity or not s.rungs)]
 
 
 def compare_table(table_path: Path, seeds: int, trials: int, out: Path | None = None,
-                  names: list[str] | None = None) -> dict[str, Path]:
+                  names: list[str] | None = None, horizon: float | None = None) -> dict[str, Path]:
     """Replay strategies against a table; write traces.csv, summary.csv/.md and regret.png."""
     from cnnbench.reports.report import markdown_table
     from cnnbench.reports.results import atomic_write
 
     table = Table.load(table_path)
-    chosen = choose(names)
+    chosen = choose(names, multi_fidelity=bool(table.fidelities))
     traces = run_comparison(table, seeds, trials, chosen)
-    stats = summary(traces, table)
+    horizon = horizon_of(traces) if horizon is None else horizon
+    stats = summary(traces, table, horizon=horizon)
     out = Path(out or Path(table_path).parent / "compare")
     atomic_write(out / "traces.csv", traces.to_csv(index=False))
     atomic_write(out / "summary.csv", stats.to_csv(index=False))
+    levels = ""
+    if table.fidelities:
+        from cnnbench.benchmarking.tabular import fidelity_agreement
+
+        levels = ("\n\nHow each fidelity ranks the configurations against the largest (regret is measured "
+                  "there):\n\n" + markdown_table(fidelity_agreement(table)))
     atomic_write(out / "summary.md", f"# Strategies against `{table_path}`\n\n{len(table.curves)} configurations, "
-                 f"optimum {table.best:.4f}; {seeds} seeds x {trials} trials per strategy.\n\n"
+                 f"optimum {table.best:.4f}; {seeds} seeds x {trials} trials per strategy, compared at "
+                 f"{horizon:.3g} simulated minutes; "
+                 "p-values: paired Wilcoxon against random search, Holm-corrected." + levels + "\n\n"
                  + markdown_table(stats))
     png = plot(traces, out / "regret.png", f"{len(table.curves)} configurations, {seeds} seeds, {trials} trials each")
     return {"traces": out / "traces.csv", "summary": out / "summary.csv", "markdown": out / "summary.md",
             "plot": png}
-
-
-def compare_live(space_file: str, seeds: int, minutes: float, out: Path, names: list[str] | None = None,
-                 results: Path | None = None) -> dict[str, Path]:
-    """The same comparison with real training: each strategy and seed is a sweep of
-    ``minutes`` (deadline included) on the space's data. No optimum is known, so the traces
-    and summary give the best validation accuracy reached rather than regret."""
-    import yaml
-
-    from cnnbench.reports.report import markdown_table
-    from cnnbench.reports.results import atomic_write
-    from cnnbench.space import load_space
-    from cnnbench.sweep import SweepRequest, prepare, run_sweep
-
-    chosen = choose(names)  # before anything loads: a misspelt name is one line, not a KeyError later
-    base = load_space(space_file)
-    rows = []
-    with tempfile.TemporaryDirectory() as folder:
-        root = Path(results or folder)
-        for strategy in chosen:
-            for seed in range(seeds):
-                doc = base.model_dump(mode="json", exclude_defaults=True)
-                doc["seed"] = seed
-                doc["final"] = False  # strategies are compared on what their search found
-                doc["search"] = {**doc.get("search", {}), "pruner": strategy.pruner}
-                if base.data.path:  # the variant lives elsewhere: keep the data where the space said
-                    doc["data"]["path"] = str((Path(space_file).resolve().parent / base.data.path).resolve())
-                variant = Path(folder) / f"{strategy.name}-{seed}.yaml"
-                variant.write_text(yaml.safe_dump(doc))
-                sweep = prepare(SweepRequest(space_file=str(variant), study=variant.stem, timeout_minutes=minutes,
-                                             engine=strategy.engine, algo=strategy.algo, results=str(root),
-                                             cache=False))  # every strategy pays for its own trainings
-                summary_ = run_sweep(sweep, live=False)
-                start = sweep.started
-                best = -math.inf
-                for r in sorted(summary_["records"], key=lambda r: r.finished_at or 0):
-                    if r.state == State.COMPLETE:
-                        best = max(best, r.val_accuracy)
-                    rows.append({"strategy": strategy.name, "seed": seed, "trial": r.trial,
-                                 "minutes": ((r.finished_at or start) - start) / 60, "state": r.state,
-                                 "best": best if best > -math.inf else np.nan})
-    traces = pd.DataFrame(rows)
-    finals = traces.groupby(["strategy", "seed"])["best"].last().groupby("strategy").agg(["mean", "std", "count"])
-    stats = finals.rename(columns={"mean": "best_val_accuracy_mean", "std": "best_val_accuracy_std",
-                                   "count": "seeds"}).reset_index()
-    atomic_write(out / "live_traces.csv", traces.to_csv(index=False))
-    atomic_write(out / "live_summary.md", f"# Live comparison on `{space_file}`\n\n{seeds} seeds x {minutes} "
-                 f"minutes per strategy, real training.\n\n" + markdown_table(stats))
-    return {"traces": out / "live_traces.csv", "markdown": out / "live_summary.md"}

@@ -88,6 +88,7 @@ class StudyJob:
     cache: bool = True                   # serve a training already done (engines/cache.py); --no-cache
     warm_start: list = field(default_factory=list)  # (study, record) pairs to add before sampling (Optuna)
     trainer_name: str | None = None      # ``module:function`` of a trainer of the user's own (None: cnnbench's)
+    fill_final: bool = False             # --recipe-only: the final training's epochs fill the deadline
 
     @property
     def retries(self) -> int:

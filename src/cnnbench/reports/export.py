@@ -14,7 +14,7 @@ from cnnbench.training.data import DataBundle
 from cnnbench.reports.results import atomic_write, json_text
 from cnnbench.trials import NO_TRIAL, StudyPaths, TrialRecord, State
 from cnnbench.files import temporary_name
-from cnnbench.provenance import RunInfo
+from cnnbench.provenance import ModelCard, RunInfo
 
 
 def evaluate(model, x: np.ndarray, y: np.ndarray, class_names) -> dict:
@@ -88,7 +88,7 @@ def _stderr(line: str) -> None:
 
 
 def export_best(records: list[TrialRecord], paths: StudyPaths, data: DataBundle, run: RunInfo | dict,
-                trial: int | None = None, final=None, say=_stderr) -> dict | None:
+                trial: int | None = None, final=None, say=_stderr) -> ModelCard | None:
     """Evaluate the best trial (or ``trial``, e.g. a point of a Pareto front) on the test
     split once; write best/model.keras, best/saved_model/ and the model card.
 
@@ -114,7 +114,7 @@ def export_best(records: list[TrialRecord], paths: StudyPaths, data: DataBundle,
     shutil.copyfile(source, tmp)
     tmp.replace(paths.best / "model.keras")
     save_saved_model(model, paths.best / "saved_model")
-    atomic_write(paths.best / "model_card.json", json_text(card))
+    atomic_write(paths.best / "model_card.json", json_text(card.to_dict()))
     atomic_write(paths.best / "model_card.md", card_markdown(card))
     return card
 
@@ -153,7 +153,7 @@ def _loadable_choice(records, paths: StudyPaths, trial: int | None, final) -> _C
             raise ExportError(problem)
 
 
-def model_card(chosen: _Choice, final, trial: int | None, test: dict, data: DataBundle, run: RunInfo) -> dict:
+def model_card(chosen: _Choice, final, trial: int | None, test: dict, data: DataBundle, run: RunInfo) -> ModelCard:
     """model_card.json: what the model is, how it was chosen and trained, its test figures,
     and the provenance of the study it came from."""
     best, use_final, set_aside = chosen.best, chosen.use_final, chosen.set_aside
@@ -162,32 +162,26 @@ def model_card(chosen: _Choice, final, trial: int | None, test: dict, data: Data
     validation = None if best is None else {
         "accuracy": best.val_accuracy, "loss": best.val_loss, "best_epoch": best.best_epoch,
         "images": int(len(data.y_val))}
-    return {
-        "study": run.study or None, "engine": trained.engine, "trial": None if best is None else best.trial,
-        "classes": list(data.class_names),
-        "input": "uint8 RGB images of any size, shape (batch, height, width, 3); "
-                 f"resized to {data.x_train.shape[1]}x{data.x_train.shape[1]} inside the model",
-        "image_size": int(data.x_train.shape[1]),
-        "output": "class probabilities (softmax) in the order of 'classes'",
-        "hyperparameters": trained.values, "config": trained.config,
-        "validation": validation,
-        "test": test,
-        "parameter_count": trained.parameter_count, "flops_per_image": trained.flops,
-        "latency_ms": trained.latency_ms,
-        "chosen": ("by hand (cnnbench export --trial)" if trial is not None else
-                   (final.source or "the space's only configuration") if best is None else
-                   "best validation accuracy"),
-        "training": {"epochs_run": trained.epochs_run, "train_seconds": trained.train_seconds,
-                     "images_per_s": trained.images_per_s,
-                     "train_images": trained.train_images or int(len(data.y_train)),
-                     "seed": trained.seed, "precision": trained.precision, "history": trained.history},
-        "final": final_block(final) if use_final else None,
-        "final_note": (f"{set_aside[0]}; exported the best trial's own model; the next run trains the final "
-                       "again" if chosen.final_set_aside else final.message if final is not None else None),
-        "data": {"source": data.source, "fingerprint": data.fingerprint},
-        **{k: getattr(run, k) for k in ("space_file", "space_hash", "space", "seed", "versions", "git_revision",
-                                        "command", "trainer", "machine")},
-    }
+    size = int(data.x_train.shape[1])
+    return ModelCard(
+        study=run.study or None, engine=trained.engine, trial=None if best is None else best.trial,
+        classes=list(data.class_names),
+        input=f"uint8 RGB images of any size, shape (batch, height, width, 3); resized to {size}x{size} inside "
+              "the model",
+        image_size=size, output="class probabilities (softmax) in the order of 'classes'",
+        hyperparameters=trained.values, config=trained.config, validation=validation, test=test,
+        parameter_count=trained.parameter_count, flops_per_image=trained.flops, latency_ms=trained.latency_ms,
+        chosen=("by hand (cnnbench export --trial)" if trial is not None else
+                (final.source or "the space's only configuration") if best is None else "best validation accuracy"),
+        training={"epochs_run": trained.epochs_run, "train_seconds": trained.train_seconds,
+                  "images_per_s": trained.images_per_s, "train_images": trained.train_images or int(len(data.y_train)),
+                  "seed": trained.seed, "precision": trained.precision, "history": trained.history},
+        final=final_block(final) if use_final else None,
+        final_note=(f"{set_aside[0]}; exported the best trial's own model; the next run trains the final again"
+                    if chosen.final_set_aside else final.message if final is not None else None),
+        data={"source": data.source, "fingerprint": data.fingerprint},
+        space_file=run.space_file, space_hash=run.space_hash, space=run.space, seed=run.seed, versions=run.versions,
+        git_revision=run.git_revision, command=run.command, trainer=run.trainer, machine=run.machine, extra={})
 
 
 def final_block(outcome) -> dict:
@@ -231,39 +225,38 @@ def swap_in(tmp: Path, folder: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def card_markdown(card: dict) -> str:
-    names = card["classes"]
-    validation, final = card.get("validation"), card.get("final")
+def card_markdown(card: ModelCard) -> str:
+    names, test, training = card.classes, card.test, card.training
+    validation, final = card.validation, card.final
     lines = [
-        f"# Model card: {card['study']} (trial {card['trial']}, {card['engine']})", "",
-        f"- Chosen: {card.get('chosen', 'best validation accuracy')}",
-        f"- Test accuracy: **{card['test']['accuracy']:.4f}** on {card['test']['images']} images "
-        f"({card['data']['source']}, fingerprint {card['data']['fingerprint']})",
+        f"# Model card: {card.study} (trial {card.trial}, {card.engine})", "",
+        f"- Chosen: {card.chosen}",
+        f"- Test accuracy: **{test['accuracy']:.4f}** on {test['images']} images "
+        f"({card.data.get('source')}, fingerprint {card.data.get('fingerprint')})",
         (f"- Validation accuracy (the search trial): {validation['accuracy']:.4f} (best epoch "
          f"{validation['best_epoch']})" if validation else "- Validation accuracy: none (nothing was searched)"),
         (f"- Final training: the configuration trained once more on all {final['train_images']:,} training "
          f"images, seed {final['seed']}, {final['train_seconds']} s; this is the exported model"
-         if final else f"- Final training: none ({card.get('final_note') or 'off'}); the exported model is the "
+         if final else f"- Final training: none ({card.final_note or 'off'}); the exported model is the "
                        "search trial's own"),
-        f"- Parameters: {card['parameter_count']:,}; FLOPs per image: {card['flops_per_image']:,}; CPU latency: "
-        f"{card.get('latency_ms')} ms per image (batch of 64, where it trained)",
-        f"- Training: {card['training']['epochs_run']} epochs, {card['training']['train_seconds']} s, "
-        f"{card['training']['images_per_s']} images/s on {card['training']['train_images']} images",
-        f"- Space: `{card['space_file']}` (hash {card['space_hash']}), seed {card['seed']}, "
-        f"code {card['git_revision']}",
-        f"- Made by: `{card['command']}`",
-        "- Versions: " + ", ".join(f"{k} {v}" for k, v in (card['versions'] or {}).items()),
-        f"- Trained on: {_machine_line(card.get('machine'))}, precision {card['training'].get('precision')}",
+        f"- Parameters: {card.parameter_count:,}; FLOPs per image: {card.flops_per_image:,}; CPU latency: "
+        f"{card.latency_ms} ms per image (batch of 64, where it trained)",
+        f"- Training: {training['epochs_run']} epochs, {training['train_seconds']} s, "
+        f"{training['images_per_s']} images/s on {training['train_images']} images",
+        f"- Space: `{card.space_file}` (hash {card.space_hash}), seed {card.seed}, code {card.git_revision}",
+        f"- Made by: `{card.command}`",
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in (card.versions or {}).items()),
+        f"- Trained on: {_machine_line(card.machine)}, precision {training.get('precision')}",
         "", "Load it anywhere with plain Keras: `keras.models.load_model(\"model.keras\")`; it takes uint8 RGB. "
         "The same model as a TensorFlow SavedModel is in `saved_model/` (`tf.saved_model.load`, signature `serve`).",
         "", "## Hyperparameters", "", "| knob | value |", "|---|---|",
-        *[f"| {k} | {v} |" for k, v in card["config"].items()],
+        *[f"| {k} | {v} |" for k, v in card.config.items()],
         "", "## Per-class test accuracy", "", "| class | accuracy |", "|---|---|",
         *[f"| {k} | {v:.4f} |" if v is not None else f"| {k} | (no images) |"
-          for k, v in card["test"]["per_class_accuracy"].items()],
+          for k, v in test["per_class_accuracy"].items()],
         "", "## Confusion matrix (rows: true class, columns: predicted)", "",
         "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|",
-        *[f"| {n} | " + " | ".join(map(str, row)) + " |" for n, row in zip(names, card["test"]["confusion_matrix"])],
+        *[f"| {n} | " + " | ".join(map(str, row)) + " |" for n, row in zip(names, test["confusion_matrix"])],
     ]
     return "\n".join(lines) + "\n"
 

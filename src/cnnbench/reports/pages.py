@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from cnnbench.provenance import RunInfo
+from cnnbench.provenance import ModelCard, RunInfo
 from cnnbench.reports import plots
-from cnnbench.reports.results import atomic_write, leaderboard_frame, progress_frame, read_json
+from cnnbench.reports.results import atomic_write, leaderboard_frame, progress_frame
 from cnnbench.space import parse_space
 from cnnbench.trials import StudyPaths, read_records, State
 
@@ -27,7 +27,7 @@ def write_plots(paths: StudyPaths, importances: dict[str, float] | None = None) 
     """Every picture of the study into ``plots/``; returns the files written. ``importances``
     (each searched parameter's share, e.g. ``engines.importances``) is drawn when given."""
     run = RunInfo.read(paths.root / "run.json")
-    card = read_json(paths.best / "model_card.json")
+    card = ModelCard.read(paths.best / "model_card.json")
     space = parse_space(run.space, str(paths.root / "run.json"))
     records = read_records(paths)
     board = leaderboard_frame(records, space)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from cnnbench.files import temporary_name
+from cnnbench.provenance import ModelCard
 from cnnbench.trials import State
 
 
@@ -149,9 +150,9 @@ def learning_curves(histories: dict[int, list[dict]], path: Path, title: str) ->
     return _save(fig, path)
 
 
-def confusion(card: dict, path: Path) -> Path:
+def confusion(card: ModelCard, path: Path) -> Path:
     plt = _pyplot()
-    names, matrix = card["classes"], np.array(card["test"]["confusion_matrix"])
+    names, matrix = card.classes, np.array(card.test["confusion_matrix"])
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), dpi=110, gridspec_kw={"width_ratios": [3, 2]})
     left.imshow(matrix, cmap="Blues")
     for (i, j), count in np.ndenumerate(matrix):
@@ -161,11 +162,11 @@ def confusion(card: dict, path: Path) -> Path:
     left.set_yticks(range(len(names)), names, fontsize=8)
     left.set_xlabel("predicted")
     left.set_ylabel("true class")
-    per_class = card["test"]["per_class_accuracy"]
+    per_class = card.test["per_class_accuracy"]
     right.barh(names[::-1], [per_class[n] or 0 for n in names[::-1]], color="tab:blue")
     right.set_xlim(0, 1)
     right.set_xlabel("test accuracy per class")
-    fig.suptitle(f"exported model (trial {card['trial']}): test accuracy {card['test']['accuracy']:.4f}", fontsize=10)
+    fig.suptitle(f"exported model (trial {card.trial}): test accuracy {card.test_accuracy:.4f}", fontsize=10)
     return _save(fig, path)
 
 

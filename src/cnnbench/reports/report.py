@@ -171,8 +171,6 @@ def _clock(seconds: float) -> str:
 def check_summary(space) -> str:
     """What ``cnnbench check`` prints: each parameter with its range, the size of the space,
     and the range of parameter counts."""
-    from cnnbench.space import ChoiceParam, FloatParam, IntParam
-
     lines = [f"{space.source}: valid (hash {space.fingerprint()})"]
     if space.description:
         lines.append(f"  {space.description.strip()}")
@@ -184,18 +182,7 @@ def check_summary(space) -> str:
                  f"{d.validation_fraction:.0%}, train subset {d.train_subset or 'all'}, image {d.image_size}px")
     lines.append("  parameters:")
     for name, p in space.params.items():
-        if isinstance(p, IntParam):
-            desc = f"int {p.low}..{p.high}" + (f" step {p.step}" if p.step != 1 else "") + (" (log)" if p.log else "")
-        elif isinstance(p, FloatParam):
-            desc = f"float {p.low:g}..{p.high:g}" + (f" step {p.step:g}" if p.step else "") + (" (log)" if p.log else "")
-        elif isinstance(p, ChoiceParam):
-            desc = "one of " + ", ".join(map(str, p.choices))
-        else:
-            desc = f"fixed {p.value}"
-        if p.condition:
-            desc += "  when " + " and ".join(f"{k} in {v}" if isinstance(v, list) else f"{k} = {v}"
-                                             for k, v in p.condition.items())
-        lines.append(f"    {name:<18} {desc}")
+        lines.append(f"    {name:<18} {p.describe()}")
     size = space.size()
     lines.append(f"  configurations: {size:,}" if size is not None else "  configurations: infinite (continuous ranges)")
     low, high = space.param_range()

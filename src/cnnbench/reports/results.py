@@ -12,7 +12,7 @@ import pandas as pd
 
 from cnnbench.files import atomic_write, json_text, read_json  # noqa: F401 (callers import them from here too)
 from cnnbench.knobs import coerce
-from cnnbench.provenance import RunInfo
+from cnnbench.provenance import ModelCard, RunInfo
 from cnnbench.space import FixedParam, Space
 from cnnbench.trials import RESULT_COLUMNS, TrialRecord, State
 
@@ -104,7 +104,7 @@ def studies_frame(results_root: Path) -> pd.DataFrame:
         study_dir = csv.parent
         board = read_study_leaderboard(study_dir)
         run = RunInfo.read(study_dir / "run.json")
-        card = read_json(study_dir / "best" / "model_card.json")
+        card = ModelCard.read(study_dir / "best" / "model_card.json")
         done = board[board["state"] == State.COMPLETE]
         best = done.iloc[0] if len(done) else None
         rows.append({
@@ -118,8 +118,8 @@ def studies_frame(results_root: Path) -> pd.DataFrame:
             "interrupted": int((board["state"] == State.INTERRUPTED).sum()),
             "best_trial": None if best is None else int(best["trial"]),
             "val_accuracy": None if best is None else float(best["val_accuracy"]),
-            "test_accuracy": card.get("test", {}).get("accuracy"),
-            "final_train_images": (card.get("final") or {}).get("train_images"),
+            "test_accuracy": card.test_accuracy if card else None,
+            "final_train_images": card.final_train_images if card else None,
             "parameter_count": None if best is None else int(best["parameter_count"]),
             "flops": None if best is None else int(best["flops"]),
         })

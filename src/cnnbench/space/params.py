@@ -1,5 +1,6 @@
 """The pieces of a space file: parameter types (each knows the values it admits, how many
-there are, its extremes and its centre) and the budget, search and data sections.
+there are, its extremes, its centre and how to describe itself) and the budget, search and
+data sections.
 ``space.Space`` puts them together."""
 from __future__ import annotations
 
@@ -31,6 +32,15 @@ class _Param(_Strict):
                 return False
         return True
 
+    def describe(self) -> str:
+        """One line for ``cnnbench check``: its values, then its condition if it has one."""
+        when = " and ".join(f"{k} in {v}" if isinstance(v, list) else f"{k} = {v}"
+                            for k, v in (self.condition or {}).items())
+        return self._values_text() + (f"  when {when}" if when else "")
+
+    def _values_text(self) -> str:
+        raise NotImplementedError
+
 
 class IntParam(_Param):
     type: Literal["int"]
@@ -38,6 +48,10 @@ class IntParam(_Param):
     high: int
     step: int = Field(1, ge=1)
     log: bool = False
+
+    def _values_text(self) -> str:
+        return f"int {self.low}..{self.high}" + (f" step {self.step}" if self.step != 1 else "") + \
+            (" (log)" if self.log else "")
 
     def middle(self) -> int:
         """The centre of the range (geometric on a log range), on the step grid."""
@@ -72,6 +86,10 @@ class FloatParam(_Param):
     log: bool = False
     step: float | None = Field(None, gt=0)
 
+    def _values_text(self) -> str:
+        return f"float {self.low:g}..{self.high:g}" + (f" step {self.step:g}" if self.step else "") + \
+            (" (log)" if self.log else "")
+
     def middle(self) -> float:
         """The centre of the range (geometric on a log range), on the step grid."""
         mid = math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2
@@ -98,6 +116,9 @@ class ChoiceParam(_Param):
     type: Literal["choice"]
     choices: list[Scalar] = Field(max_length=1000)
 
+    def _values_text(self) -> str:
+        return "one of " + ", ".join(map(str, self.choices))
+
     def middle(self) -> Scalar:
         """The middle choice, as listed."""
         return self.choices[len(self.choices) // 2]
@@ -121,6 +142,9 @@ class ChoiceParam(_Param):
 class FixedParam(_Param):
     type: Literal["fixed"]
     value: Scalar
+
+    def _values_text(self) -> str:
+        return f"fixed {self.value}"
 
     def middle(self) -> Scalar:
         return self.value

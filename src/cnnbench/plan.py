@@ -1,0 +1,123 @@
+"""The plan before the run: what a sweep of some minutes holds on this machine
+(``cnnbench check SPACE --timeout 60``), from the training speed finished trials reached
+here, and the half-minute measurement of that speed when none has (``--measure``).
+
+The arithmetic is the deadline's (deadline.py), so the plan and the sweep that follows it
+forecast alike; the sweep re-forecasts before every trial at the speed it measures.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from cnnbench.deadline import Deadline, ThroughputLog
+
+
+def measure(space, images: int = 2048, log: ThroughputLog | None = None) -> float:
+    """Train the space's first configuration for two short epochs on random images and log
+    the training FLOPs/s this machine reaches (``cnnbench check --measure``, and a
+    ``--recipe-only`` sweep on a machine whose speed is not known yet)."""
+    from cnnbench.training.data import synthetic_bundle
+    from cnnbench.training.train import train_and_evaluate
+
+    config = {**space.complete(space.start_with[0] if space.start_with else {}), "epochs": 2}
+    result = train_and_evaluate(config, synthetic_bundle(images, image_size=space.data.image_size))
+    (log or ThroughputLog()).add(result.precision, result.train_flops_per_s, result.flops)
+    return result.train_flops_per_s
+
+
+@dataclass
+class HourPlan:
+    """What a sweep of ``minutes`` holds on this machine, before it runs (cnnbench check
+    --timeout): forecasts at the training speed this machine reached for networks of the
+    first configuration's size."""
+    minutes: float
+    rate: float               # training FLOPs/s
+    trial_seconds: float      # one trial of the first configuration (start_with[0], else the defaults)
+    final_seconds: float      # its final training on train + validation (0: off)
+    export_seconds: float
+    trials: int               # such trials that fit beside the final training and the export
+    rungs: list[tuple[str, float, int]] = field(default_factory=list)  # successive halving: (rung, seconds, runs)
+    reduction_factor: int = 3
+    recipe_only: bool = False # no search: the final training's epochs fill the time
+    filled_epochs: int = 0    # those epochs (0: not even one fits)
+
+    @property
+    def search_seconds(self) -> float:
+        if self.rungs:
+            return sum(seconds * runs for _, seconds, runs in self.rungs)
+        return self.trials * self.trial_seconds
+
+    def text(self) -> str:
+        lines = [f"  plan for {self.minutes:g} min here (at {self.rate / 1e9:.0f} GFLOP/s training):"]
+        if self.recipe_only:
+            if not self.filled_epochs:
+                return "\n".join(lines + ["    no search (--recipe-only): not even one epoch of the recipe's final "
+                                           "training fits beside the export"])
+            return "\n".join(lines + [
+                "    no search (--recipe-only): the recipe alone",
+                f"    final training on all training images: {self.filled_epochs} epochs, "
+                f"{self.final_seconds / 60:.1f} min",
+                f"    export: {self.export_seconds / 60:.1f} min",
+                f"    total: {(self.final_seconds + self.export_seconds) / 60:.1f} min"])
+        if self.rungs:
+            lines.append(f"    search: {self.rungs[0][2]} configuration(s), the best 1/{self.reduction_factor} of each "
+                         "rung promoted to the next:")
+            lines += [f"      {name}: {runs} run(s) of {seconds / 60:.1f} min" for name, seconds, runs in self.rungs]
+        else:
+            lines.append(f"    a trial of the first configuration: {self.trial_seconds / 60:.1f} min")
+        lines += [f"    final training on all training images: {self.final_seconds / 60:.1f} min"
+                  if self.final_seconds else "    final training: off",
+                  f"    export: {self.export_seconds / 60:.1f} min",
+                  f"    total: {(self.search_seconds + self.final_seconds + self.export_seconds) / 60:.1f} min"]
+        if not self.rungs:
+            lines.append(f"    so {self.trials} such trial(s) fit beside the final training and the export")
+        if self.trials == 0:
+            lines.append("    none does: the sweep shortens trials where the space searches epochs, and refuses "
+                         "the rest" + (" (the final training comes first)" if self.final_seconds else ""))
+        return "\n".join(lines)
+
+
+def plan(space, minutes: float, log: ThroughputLog | None = None, n_train: int = 45_000, n_val: int = 5_000,
+         n_test: int = 10_000, recipe_only: bool = False) -> HourPlan | None:
+    """The plan for a sweep of ``space`` lasting ``minutes``, or None while this machine's
+    speed for networks of that size is unknown (``cnnbench check --measure``).
+
+    With ``search.rungs``, successive halving: ``n`` configurations at the first rung,
+    ``n // f`` of them at the second, ``n // f**2`` at the third (``f`` the reduction
+    factor), with the largest ``n`` whose runs fit beside the final training and export.
+    ``recipe_only``: ``space`` is one recipe (space.variants.recipe_alone) whose final training
+    gets as many epochs as the minutes hold, as ``--recipe-only`` sweeps do.
+    """
+    from cnnbench.training.runtime import resolve_precision
+
+    config = space.complete(space.start_with[0] if space.start_with else {})
+    deadline = Deadline(None, log or ThroughputLog(), final_images=(n_train + n_val) if space.final else 0,
+                        image_size=space.data.image_size)
+    rate = (log or deadline.log or ThroughputLog()).rate(resolve_precision(config["precision"]), deadline._flops(config))
+    if not rate:
+        return None
+    trial = deadline._seconds(config, n_train, n_val, rate)
+    final = deadline.final_seconds(config)
+    export = deadline.export_seconds(config, n_test, resolve_precision(config["precision"]))
+    if recipe_only:
+        deadline.end = time.time() + minutes * 60
+        filled, note = deadline.fill_final(config, n_test)
+        return HourPlan(minutes, rate, 0.0, deadline.final_seconds(filled) if note else 0.0, export, 0,
+                        recipe_only=True, filled_epochs=filled["epochs"] if note else 0)
+    search = minutes * 60 - final - export
+    if not space.search.rungs:
+        return HourPlan(minutes, rate, trial, final, export, max(0, int(search // trial)))
+    f = space.search.reduction_factor
+    costs = [deadline._seconds({**config, **rung}, n_train, n_val, rate) for rung in space.search.rungs]
+    per_config = sum(cost / f**k for k, cost in enumerate(costs))  # a configuration's expected share
+    def spent(n: int) -> float:  # whole runs: n at the first rung, n // f at the next, ...
+        return sum(cost * (n // f**k) for k, cost in enumerate(costs))
+
+    n = max(0, int(search // per_config))
+    while spent(n + 1) <= search:
+        n += 1
+    while n and spent(n) > search:
+        n -= 1
+    rungs = [(space.rung_name(k), cost, n // f**k) for k, cost in enumerate(costs)]
+    return HourPlan(minutes, rate, costs[0], final, export, n, rungs, f)
