@@ -47,6 +47,26 @@ def test_the_input_pipeline_is_fixed_and_covers_every_image_once_per_epoch():
     assert not np.array_equal(first, second)  # each epoch in its own order
 
 
+def test_the_pipeline_keeps_one_copy_of_the_images_however_many_epochs_it_holds():
+    """Its serialized graph (what tf.data holds and hands to each iterator) stays the size of
+    one copy of the training images: it used to hold one copy per epoch (12 GB at 67 epochs
+    of 50,000 images). And the batches are the ones shuffling the images themselves gives."""
+    import tensorflow as tf
+
+    x, y = images(n=512, size=32), np.arange(512)
+    config = {**default_config(), "batch_size": 64, "flip": "off", "translate": 0}
+    size = {epochs: len(_train_dataset(x, y, {**config, "epochs": epochs}, 512, seed=0)._as_serialized_graph()
+                        .numpy()) for epochs in (2, 20)}
+    assert size[20] < size[2] + x.nbytes / 2, size  # not 18 copies more
+    ours = [labels.numpy().argmax(axis=1) for _, labels in _train_dataset(x, y, {**config, "epochs": 2}, 512, seed=3)]
+    from cnnbench.training.train import EPOCH_SEED_STRIDE
+
+    slices = tf.data.Dataset.from_tensor_slices((x, y))
+    theirs = [b[1].numpy() for epoch in (0, 1) for b in slices.shuffle(
+        512, seed=3 * EPOCH_SEED_STRIDE + epoch, reshuffle_each_iteration=False).batch(64)]
+    assert all(np.array_equal(a, b) for a, b in zip(ours, theirs)) and len(ours) == len(theirs) == 16
+
+
 def _tiny_data():
     rng = np.random.default_rng(1)
     y = np.repeat(np.arange(3), 40)
