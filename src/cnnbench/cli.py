@@ -127,7 +127,7 @@ def _other_commands(sub) -> None:
     cp.add_argument("--live", action="store_true", help="real training: each strategy and seed a sweep of --minutes")
     cp.add_argument("--minutes", type=float,
                     help="--live: minutes per strategy and seed (default 5); a table: the simulated minutes "
-                         "strategies are compared at (default: the shortest any strategy and seed spent)")
+                         "strategies are compared at (default: the median of every strategy and seed's total)")
     cp.add_argument("--out", help="output folder (default: beside the table, compare/)")
     cp.set_defaults(func=cmd_compare)
 

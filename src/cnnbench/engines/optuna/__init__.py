@@ -152,11 +152,16 @@ def _run_one(job: StudyJob, study: optuna.Study, trial: optuna.Trial) -> None:
     job.progress.phase = "promotion" if rung else "search"
 
     def should_stop(epoch: int, epochs: int, val_accuracy: float) -> bool:
+        if job.paths.lost_marker(trial.number).exists():
+            return True  # declared lost while this process was paused: stop; run_trial drops the result
         steps = progress_steps(epoch, epochs)
         if job.space.minimize:  # Optuna's pruners are single-objective: the median rule, ours, on accuracy
             return bool(steps) and median_rule(job, steps[-1], val_accuracy)
-        for step in steps:
-            trial.report(val_accuracy, step)
+        try:
+            for step in steps:
+                trial.report(val_accuracy, step)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return True  # failed meanwhile by the process that took it over (the marker came a moment later)
         return bool(steps) and trial.should_prune()
 
     try:
