@@ -97,14 +97,14 @@ def plan(space, minutes: float, log: ThroughputLog | None = None, n_train: int =
     rate = (log or deadline.log or ThroughputLog()).rate(resolve_precision(config["precision"]), deadline._flops(config))
     if not rate:
         return None
-    trial = deadline._seconds(config, n_train, n_val, rate)
-    final = deadline.final_seconds(config)
     export = deadline.export_seconds(config, n_test, resolve_precision(config["precision"]))
-    if recipe_only:
+    if recipe_only:  # no trial, and the final's length is what the minutes hold, not its own
         deadline.end = time.time() + minutes * 60
         filled, note = deadline.fill_final(config, n_test)
         return HourPlan(minutes, rate, 0.0, deadline.final_seconds(filled) if note else 0.0, export, 0,
                         recipe_only=True, filled_epochs=filled["epochs"] if note else 0)
+    trial = deadline._seconds(config, n_train, n_val, rate)
+    final = deadline.final_seconds(config)
     search = minutes * 60 - final - export
     if not space.search.rungs:
         return HourPlan(minutes, rate, trial, final, export, max(0, int(search // trial)))
