@@ -31,6 +31,7 @@ SAFETY = 1.15         # forecasts run this much long: finishing early is cheaper
 FINAL_SAFETY = 1.05
 EXPORT_SECONDS = 45.0 # ranking, loading the best model, saving the card, on top of its test pass
 DEADLINE_ENV = "CNNBENCH_DEADLINE"  # absolute end (Unix seconds) a parent hands its workers
+SEARCH_END_ENV = "CNNBENCH_SEARCH_END"  # and the end of its search phase (search.time_share)
 SAMPLES_KEPT = 50
 MAX_FILL_EPOCHS = 1000  # --recipe-only: the longest schedule a timeout is filled with
 
@@ -109,6 +110,9 @@ class Deadline:
     best_val: float = -1.0
     best_final_seconds: float = 0.0  # forecast of the current best trial's final training
     best_rung: int = 0               # the rung the best so far was scored at
+    # search.time_share: the search phase ends here (Unix seconds); a trial must finish by
+    # then, and the final training fills what is left after it instead of being kept aside
+    search_end: float | None = None
 
     def final_seconds(self, config: dict) -> float:
         """Forecast wall seconds of ``config``'s final training (0 when off or unknown here)."""
@@ -148,25 +152,37 @@ class Deadline:
                 return {**config, "epochs": epochs}, f"; shortened from {config['epochs']} to {epochs} epochs"
         return config, ""
 
-    def fill_final(self, config: dict, n_test: int = 0) -> tuple[dict, str]:
+    def fill_final(self, config: dict, n_test: int = 0, margin: float = SAFETY) -> tuple[dict, str]:
         """``config`` with as many epochs as its final training can have in the time left
         less the export (its test pass over ``n_test`` images), and a note saying so; as it
-        is without a deadline or while this machine's speed for it is unknown. At the full
-        SAFETY margin, not FINAL_SAFETY's: without a search, a final training the deadline
-        cuts short leaves no finished schedule and no model to fall back on."""
+        is without a deadline or while this machine's speed for it is unknown.
+
+        ``margin``: how much longer than forecast the training may run. ``--recipe-only``
+        keeps the full SAFETY: its speed may come from half a minute on random images, and
+        a final training the deadline cuts short leaves no finished schedule. After a
+        search (search.time_share), FINAL_SAFETY's: the speed was just measured on this
+        network's own size, and at 1.15 a 35-minute final would idle 4.5 minutes."""
         from cnnbench.training.runtime import resolve_precision
 
         if self.end is None or not self.final_seconds(config):
             return config, ""
         budget = self.left() - max(2 * EXPORT_SECONDS,
                                    self.export_seconds(config, n_test, resolve_precision(config["precision"])))
+
+        def seconds(epochs: int) -> float:
+            return self.final_seconds({**config, "epochs": epochs}) * margin / SAFETY
+
         lo, hi = 1, MAX_FILL_EPOCHS  # a forecast grows with the epochs: the most that fit, by bisection
-        if self.final_seconds({**config, "epochs": lo}) > budget:
+        if seconds(lo) > budget:
             return config, ""  # not even one epoch: run_final refuses it and says why
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            lo, hi = (mid, hi) if self.final_seconds({**config, "epochs": mid}) <= budget else (lo, mid - 1)
+            lo, hi = (mid, hi) if seconds(mid) <= budget else (lo, mid - 1)
         return {**config, "epochs": lo}, f"; {lo} epochs, as many as the {budget / 60:.1f} min left hold"
+
+    def search_over(self) -> bool:
+        """search.time_share: the search's share of the timeout has passed."""
+        return self.search_end is not None and time.time() >= self.search_end
 
     def note_complete(self, config: dict, val_accuracy: float | None, rung: int | None = None) -> None:
         """A trial completed: when it is the best so far (at the highest rung yet, with
@@ -178,8 +194,9 @@ class Deadline:
     @classmethod
     def from_minutes(cls, minutes: float | None, started: float | None = None) -> "Deadline":
         inherited = os.environ.get(DEADLINE_ENV)
-        if inherited:  # a worker keeps its parent's deadline
-            return cls(float(inherited), ThroughputLog())
+        if inherited:  # a worker keeps its parent's deadline and search phase
+            search_end = os.environ.get(SEARCH_END_ENV)
+            return cls(float(inherited), ThroughputLog(), search_end=float(search_end) if search_end else None)
         if not minutes:
             return cls(None, ThroughputLog())
         return cls((started or time.time()) + minutes * 60, ThroughputLog())
@@ -214,12 +231,18 @@ class Deadline:
             return config, ""
         # the export tests the final model (its views), not this run's cheaper fidelity
         budget = self.left() - self.export_seconds(final_config or config, n_test, precision)
+        if self.search_end is not None:  # the search has its share; the final, all after it
+            budget = min(budget, self.search_end - time.time())
 
         left_share = max(config["epochs"] - epochs_done, 0) / config["epochs"]
 
+        def reserve_for(candidate: dict) -> float:
+            if self.search_end is not None:
+                return 0.0
+            return max(self.best_final_seconds, self.final_seconds(final_config or candidate))
+
         def fits(candidate: dict) -> bool:
-            reserve = max(self.best_final_seconds, self.final_seconds(final_config or candidate))
-            return self._seconds(candidate, n_train, n_val, rate) * left_share + reserve <= budget
+            return self._seconds(candidate, n_train, n_val, rate) * left_share + reserve_for(candidate) <= budget
 
         if fits(config):
             return config, ""
@@ -229,13 +252,16 @@ class Deadline:
                 return shorter, (f"shortened from {config['epochs']} to {epochs} epochs to finish before the "
                                  f"deadline ({budget / 60:.1f} min left)")
         need = self._seconds(config, n_train, n_val, rate) * left_share
-        final = max(self.best_final_seconds, self.final_seconds(final_config or config))
+        final = reserve_for(config)
         kept = f", {final / 60:.1f} min of it kept for the final training" if final else ""
+        until = "the search's share of the time ends (search.time_share)" if self.search_end else "the deadline"
         raise NotStarted(f"not started: forecast {need / 60:.1f} min at {rate / 1e9:.0f} GFLOP/s, "
-                         f"{max(budget, 0) / 60:.1f} min left before the deadline{kept}")
+                         f"{max(budget, 0) / 60:.1f} min left before {until}{kept}")
 
     def epoch_would_overrun(self, seconds_per_epoch: float, keep_final: bool = True) -> bool:
         """True when another epoch of this length would end past the deadline (minus export
-        and, for a search trial, the time kept for the final training)."""
+        and, for a search trial, the time kept for the final training or the search's end)."""
+        if keep_final and self.search_end is not None:
+            return self.search_end - time.time() < seconds_per_epoch
         reserve = self.best_final_seconds if keep_final else 0.0
         return self.end is not None and self.left() - EXPORT_SECONDS - reserve < seconds_per_epoch

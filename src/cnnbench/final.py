@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from cnnbench import trials
 from cnnbench.engines import cache
 from cnnbench.engines.base import StudyJob
+from cnnbench.deadline import FINAL_SAFETY, SAFETY
 from cnnbench.engines.trial import log_throughput, signal_name
 from cnnbench.training.isolation import ChildDied
 from cnnbench.trials import NO_TRIAL, PruneTrial  # noqa: F401 (NO_TRIAL: re-exported)
@@ -83,7 +84,7 @@ def run_final(job: StudyJob, best: TrialRecord | None, train_images: int, recipe
                                   f"min left before the deadline; {fallback}")
     seed = job.space.seed + FINAL_SEED_OFFSET
     source = (f"trial {number}{shortened}" if best is not None
-              else f"the recipe alone (--recipe-only{shortened})" if job.fill_final
+              else f"the recipe alone (--recipe-only{shortened})" if job.fill_final and recipe is None
               else "the space's only configuration" if recipe is None
               else f"{recipe_name} (no search trial fitted beside its final training" + shortened + ")")
     record = trials.started(number, job.engine, values, config,
@@ -104,7 +105,9 @@ def _final_config(job: StudyJob, best: TrialRecord | None, recipe: dict | None,
     """(config, values, how it was shortened) of the final training. Every training image,
     whatever fidelity the search compared it at; a rung's schedule was a cheap fidelity too,
     so a configuration ranked at a rung trains the space's own, sized to the time left (as
-    is a fallback recipe); a plain search trial's time was kept for it by the deadline."""
+    is a fallback recipe); a plain search trial's time was kept for it by the deadline.
+    ``job.fill_final`` (--recipe-only, search.time_share): as many epochs as the time left
+    holds, whatever the space's own."""
     ranked_at_rung = best is not None and best.rung is not None
     if best is None:
         base = job.space.complete(recipe or {})
@@ -114,14 +117,18 @@ def _final_config(job: StudyJob, best: TrialRecord | None, recipe: dict | None,
     values = dict(best.values) if best is not None else dict(recipe or {})
     shortened = ""
     n_test = job.data_sizes[2] if job.data_sizes else 0
-    if job.fill_final and best is None and previous is not None and _but_epochs(previous.config) == _but_epochs(config):
+    number = best.trial if best is not None else NO_TRIAL
+    if job.fill_final and previous is not None and previous.trial == number \
+            and _but_epochs(previous.config) == _but_epochs(config):
         # an earlier run of the command sized it: done, it is exported; stopped, it goes on
         # from its checkpoint with the schedule it started (a new size would start over)
         config = {**config, "epochs": previous.config["epochs"]}
         shortened = f"; {config['epochs']} epochs, as an earlier run of this command sized it"
-    elif job.fill_final and best is None:  # --recipe-only: as many epochs as the time left holds
+    elif job.fill_final:  # as many epochs as the time left holds
         _know_the_speed(job, config)
-        config, shortened = job.deadline.fill_final(config, n_test)
+        # after a search this network's speed was just measured here: the smaller margin
+        margin = FINAL_SAFETY if best is not None else SAFETY
+        config, shortened = job.deadline.fill_final(config, n_test, margin)
     elif recipe is not None or ranked_at_rung:
         config, shortened = job.deadline.fit_final(config, job.space.epoch_options(), n_test)
     return config, values, shortened

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from cnnbench.deadline import Deadline, ThroughputLog
+from cnnbench.deadline import FINAL_SAFETY, SAFETY, Deadline, ThroughputLog
 
 
 def measure(space, images: int = 2048, log: ThroughputLog | None = None) -> float:
@@ -40,13 +40,18 @@ class HourPlan:
     rungs: list[tuple[str, float, int]] = field(default_factory=list)  # successive halving: (rung, seconds, runs)
     reduction_factor: int = 3
     recipe_only: bool = False # no search: the final training's epochs fill the time
-    filled_epochs: int = 0    # those epochs (0: not even one fits)
+    filled_epochs: int = 0    # those epochs (0: not even one fits); --recipe-only and search.time_share
+    time_share: float | None = None  # search.time_share: the search's share; the final fills the rest
 
     @property
     def search_seconds(self) -> float:
         if self.rungs:
             return sum(seconds * runs for _, seconds, runs in self.rungs)
         return self.trials * self.trial_seconds
+
+    def _search_total(self) -> float:
+        """The search's time: all of its share when it has one (the final is sized to start then)."""
+        return self.time_share * self.minutes * 60 if self.time_share is not None else self.search_seconds
 
     def text(self) -> str:
         lines = [f"  plan for {self.minutes:g} min here (at {self.rate / 1e9:.0f} GFLOP/s training):"]
@@ -60,16 +65,20 @@ class HourPlan:
                 f"{self.final_seconds / 60:.1f} min",
                 f"    export: {self.export_seconds / 60:.1f} min",
                 f"    total: {(self.final_seconds + self.export_seconds) / 60:.1f} min"])
+        if self.time_share is not None:
+            lines.append(f"    search.time_share {self.time_share:g}: the search ends by minute "
+                         f"{self.time_share * self.minutes:.1f}, then the final training fills the rest")
         if self.rungs:
             lines.append(f"    search: {self.rungs[0][2]} configuration(s), the best 1/{self.reduction_factor} of each "
                          "rung promoted to the next:")
             lines += [f"      {name}: {runs} run(s) of {seconds / 60:.1f} min" for name, seconds, runs in self.rungs]
         else:
             lines.append(f"    a trial of the first configuration: {self.trial_seconds / 60:.1f} min")
-        lines += [f"    final training on all training images: {self.final_seconds / 60:.1f} min"
+        epochs = f"{self.filled_epochs} epochs, " if self.time_share is not None and self.filled_epochs else ""
+        lines += [f"    final training on all training images: {epochs}{self.final_seconds / 60:.1f} min"
                   if self.final_seconds else "    final training: off",
                   f"    export: {self.export_seconds / 60:.1f} min",
-                  f"    total: {(self.search_seconds + self.final_seconds + self.export_seconds) / 60:.1f} min"]
+                  f"    total: {(self._search_total() + self.final_seconds + self.export_seconds) / 60:.1f} min"]
         if not self.rungs:
             lines.append(f"    so {self.trials} such trial(s) fit beside the final training and the export")
         if self.trials == 0:
@@ -104,10 +113,19 @@ def plan(space, minutes: float, log: ThroughputLog | None = None, n_train: int =
         return HourPlan(minutes, rate, 0.0, deadline.final_seconds(filled) if note else 0.0, export, 0,
                         recipe_only=True, filled_epochs=filled["epochs"] if note else 0)
     trial = deadline._seconds(config, n_train, n_val, rate)
-    final = deadline.final_seconds(config)
-    search = minutes * 60 - final - export
+    share = space.search.time_share if space.final else None
+    if share is not None:  # the search gets its share; the final, as many epochs as the rest holds
+        search = share * minutes * 60
+        deadline.end = time.time() + minutes * 60 - search
+        filled, note = deadline.fill_final(config, n_test, FINAL_SAFETY)
+        filled_epochs = filled["epochs"] if note else 0
+        final = deadline.final_seconds(filled) * FINAL_SAFETY / SAFETY if note else 0.0
+    else:
+        final, filled_epochs = deadline.final_seconds(config), 0
+        search = minutes * 60 - final - export
     if not space.search.rungs:
-        return HourPlan(minutes, rate, trial, final, export, max(0, int(search // trial)))
+        return HourPlan(minutes, rate, trial, final, export, max(0, int(search // trial)),
+                        filled_epochs=filled_epochs, time_share=share)
     f = space.search.reduction_factor
     costs = [deadline._seconds({**config, **rung}, n_train, n_val, rate) for rung in space.search.rungs]
     per_config = sum(cost / f**k for k, cost in enumerate(costs))  # a configuration's expected share
@@ -120,4 +138,5 @@ def plan(space, minutes: float, log: ThroughputLog | None = None, n_train: int =
     while n and spent(n) > search:
         n -= 1
     rungs = [(space.rung_name(k), cost, n // f**k) for k, cost in enumerate(costs)]
-    return HourPlan(minutes, rate, costs[0], final, export, n, rungs, f)
+    return HourPlan(minutes, rate, costs[0], final, export, n, rungs, f, filled_epochs=filled_epochs,
+                    time_share=share)

@@ -20,7 +20,7 @@ from cnnbench.provenance import ModelCard, RunInfo
 from cnnbench.training import runtime
 from cnnbench import final as final_training
 from cnnbench.training.data import load_data
-from cnnbench.deadline import DEADLINE_ENV, Deadline
+from cnnbench.deadline import DEADLINE_ENV, SEARCH_END_ENV, Deadline
 from cnnbench.engines.base import StudyJob
 from cnnbench.reports.export import export_best
 from cnnbench.training.isolation import DEFAULT_TRAINER, InProcessRunner, TrialRunner, load_trainer
@@ -85,23 +85,27 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
                    storage=sweep.storage, workers=0 if is_worker() else req.workers,
                    worker_command=req.worker_command(), worker_index=int(os.environ.get("CNNBENCH_WORKER", 0)),
                    on_record=refresh, tensorboard=req.tensorboard, data_fingerprint=split_fingerprint(data),
-                   cache=req.cache, warm_start=sweep.warm, trainer_name=req.trainer, fill_final=req.recipe_only)
+                   cache=req.cache, warm_start=sweep.warm, trainer_name=req.trainer,
+                   fill_final=req.recipe_only or (space.search.time_share is not None and deadline.end is not None))
     stopped_by, final = None, None
     # Worker processes keep the same deadline; only while this sweep runs, so that a later
     # sweep in the same process (compare --live, tabulate, tests) does not inherit it.
-    inherited = os.environ.get(DEADLINE_ENV)
+    inherited = {name: os.environ.get(name) for name in (DEADLINE_ENV, SEARCH_END_ENV)}
     if deadline.end is not None:
         os.environ[DEADLINE_ENV] = repr(deadline.end)
+        if deadline.search_end is not None:
+            os.environ[SEARCH_END_ENV] = repr(deadline.search_end)
     try:
         final = _search_then_final(sweep, job, run)
     except KeyboardInterrupt as stop:  # SIGINT or SIGTERM: keep what finished, rank it, export it
         stopped_by = getattr(stop, "signum", 2)
         final = _interrupted_final(sweep)
     finally:
-        if inherited is None:
-            os.environ.pop(DEADLINE_ENV, None)
-        else:
-            os.environ[DEADLINE_ENV] = inherited
+        for name, value in inherited.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         runner.close(kill=stopped_by is not None)
         progress.close()
     records = refresh()
@@ -138,6 +142,9 @@ def describe(sweep: Sweep, data) -> dict:
 def _deadline(sweep: Sweep, data, before: list) -> Deadline:
     deadline = Deadline.from_minutes(sweep.timeout, sweep.started)
     deadline.image_size, deadline.num_classes = int(data.x_train.shape[1]), len(data.class_names)
+    share = sweep.space.search.time_share
+    if share is not None and sweep.timeout and sweep.final and deadline.search_end is None:
+        deadline.search_end = sweep.started + share * sweep.timeout * 60  # then the final fills the rest
     if sweep.final:  # keep time for the best configuration's final training
         deadline.final_images = len(data.y_train) + len(data.y_val)
     if (known := final_training.best_trial(before)) is not None:  # a rung's own fidelity is not its final's

@@ -88,7 +88,8 @@ class StudyJob:
     cache: bool = True                   # serve a training already done (engines/cache.py); --no-cache
     warm_start: list = field(default_factory=list)  # (study, record) pairs to add before sampling (Optuna)
     trainer_name: str | None = None      # ``module:function`` of a trainer of the user's own (None: cnnbench's)
-    fill_final: bool = False             # --recipe-only: the final training's epochs fill the deadline
+    fill_final: bool = False             # the final training's epochs fill the deadline (--recipe-only,
+                                         # search.time_share)
 
     @property
     def retries(self) -> int:
@@ -98,9 +99,14 @@ class StudyJob:
 def stop_rule_reason(job: StudyJob) -> str | None:
     """Why the space's stop rules end the search now (``search.stop_at``: a trial reached
     the accuracy; ``search.stop_after_no_improvement``: that many finished trials in a row
-    brought no new best), or None. Read from cnnbench's records, so both engines and every
+    brought no new best; ``search.time_share``: the search's share of the time is over),
+    or None. Read from cnnbench's records, so both engines and every
     worker apply the same rule. The reason is kept in ``job.ended_by``."""
     search = job.space.search
+    if job.deadline.search_over():
+        job.ended_by = (f"search.time_share: the search's {search.time_share:g} of the time is over; the final "
+                        "training fills the rest")
+        return job.ended_by
     if not (search.stop_at or search.stop_after_no_improvement):
         return None
     finished = sorted((r for r in trials.read_records(job.paths) if r.state in trials.FINISHED),

@@ -192,6 +192,11 @@ class Search(_Strict):
     # trains at the space's own fidelity.
     rungs: list[dict[str, Scalar]] = Field([], max_length=6)
     reduction_factor: int = Field(3, ge=2, le=10)
+    # A timed sweep's split: the search may use this share of the timeout, then the final
+    # training of its best configuration gets as many epochs as the rest holds (a search
+    # compares cheaply; the hour's accuracy comes from the one long training). None: the
+    # search runs until only the final training at the space's own epochs still fits.
+    time_share: float | None = Field(None, gt=0, lt=1)
 
 
 class Data(_Strict):

@@ -95,6 +95,9 @@ def run(job: StudyJob) -> None:
             if refused >= NOT_STARTED_TRIES:
                 job.progress.say(f"stopped before trial {trial.number}: {late} (the last {refused} "
                                  "configurations asked for could not finish in time)")
+                if job.deadline.search_end is not None:
+                    job.ended_by = (f"search.time_share: no run fitted in what was left of the search's "
+                                    f"{job.space.search.time_share:g} of the time; the final training fills the rest")
                 break
             job.progress.say(f"trial {trial.number} {late}; asking for another configuration")
         recover_lost(job, study)
