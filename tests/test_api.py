@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -28,18 +29,51 @@ def test_the_readme_example_runs_as_written(tmp_path, monkeypatch, jpeg_root):
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("CNNBENCH_CIFAR10", str(jpeg_root))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
-    space = cnnbench.load_space(SPACES / "smoke.yaml")
+    # the README's block itself, run where its relative paths hold (search_spaces/, results/)
+    readme = (SPACES.parent / "README.md").read_text()
+    block = readme.split("### From Python (a notebook)", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "search_spaces").symlink_to(SPACES)
+    example: dict = {}
+    exec(compile(block, "README.md (From Python)", "exec"), example)
+    space, study, model = example["space"], example["study"], example["model"]
     assert "learning_rate" in space.searched()
-    study = cnnbench.sweep(SPACES / "smoke.yaml", study="nb", trials=2, results=tmp_path / "results", progress=False)
+    assert study.path == Path("results/nb")  # load_study's, the block's last word on it
     board = study.leaderboard()
-    assert len(board) == 2 and list(board["val_accuracy"]) == sorted(board["val_accuracy"], reverse=True)
+    assert len(board) == 3 and list(board["val_accuracy"]) == sorted(board["val_accuracy"], reverse=True)
     assert study.best_trial.val_accuracy == board["val_accuracy"].max()
     assert study.card.final_train_images == 1200 and study.final.state == "complete"
-    assert study.best_model().count_params() == study.card.parameter_count
+    assert model.count_params() == study.card.parameter_count
     assert study.card.to_dict() == json.loads((study.path / "best" / "model_card.json").read_text())
-    assert study.write_report().exists() and len(study.progress()) == 2
-    assert cnnbench.studies(tmp_path / "results")["study"].tolist() == ["nb"]
+    assert study.write_report().exists() and len(study.progress()) == 3
+    assert cnnbench.studies("results")["study"].tolist() == ["nb"]
     assert "in-process sweep" in study.run.command and study.run.to_dict()["command"] == study.run.command
+
+
+def test_a_space_object_sweeps_as_its_file_would_with_its_changes(tmp_path, monkeypatch, jpeg_root):
+    """cnnbench.sweep(space_or_path): a Space from load_space, changed in the notebook."""
+    import cnnbench
+    from cnnbench.space import SpaceError
+
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    (gate / "go").touch()
+    monkeypatch.setenv("CNNBENCH_STAND_IN_DIR", str(gate))
+    for name, value in __import__("stand_in").stand_in_model_env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("CNNBENCH_CIFAR10", str(jpeg_root))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    space = cnnbench.load_space(SPACES / "smoke.yaml")
+    changed = space.model_copy(update={"seed": 4321})
+    study = cnnbench.sweep(changed, trials=1, results=tmp_path / "results", progress=False, final=False,
+                           trainer="stand_in:gated_train")
+    assert study.path.name == "smoke"  # named after the file it came from
+    assert study.run.seed == 4321 and study.run.space_file == str(SPACES / "smoke.yaml")
+    assert [r.seed for r in study.records] == [4321]  # trial 0 trains with the changed seed
+    with pytest.raises(SpaceError, match="give cnnbench.sweep the file's path rather than a Space object"):
+        from cnnbench.request import SweepRequest, prepare
+
+        prepare(SweepRequest(space_file="smoke.yaml", space=changed, workers=2, results=str(tmp_path / "r")))
 
 
 def test_reading_a_study_does_not_import_tensorflow(tmp_path):

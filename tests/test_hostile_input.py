@@ -63,6 +63,20 @@ def test_a_symlink_leading_out_of_the_results_folder_is_refused_and_nothing_land
     assert _prepare(tmp_path, tmp_path / "results").study == "smoke"
 
 
+@pytest.mark.parametrize("entry", ["optuna.journal", "checkpoints", "kerastuner", "plots", "tensorboard"])
+def test_any_entry_of_the_study_folder_linking_out_of_the_results_folder_is_refused(tmp_path, entry):
+    """Before, only the study, trials/, best/ and final/ were checked: Optuna appended to a
+    linked journal wherever it led."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    study = tmp_path / "results" / "smoke"
+    study.mkdir(parents=True)
+    (study / entry).symlink_to(outside / entry)
+    with pytest.raises(SpaceError, match=f"{entry}: a symbolic link to .*outside the results folder"):
+        _prepare(tmp_path, tmp_path / "results")
+    assert list(outside.iterdir()) == []
+
+
 def test_a_shared_storage_refuses_an_edited_space_from_another_results_folder(tmp_path):
     import stand_in
     from cnnbench.space import parse_space
@@ -102,3 +116,54 @@ def test_an_export_folder_swapped_in_while_another_sweep_puts_its_own_there(tmp_
     monkeypatch.setattr(export.shutil, "rmtree", rmtree_then_the_other_sweep_writes)
     export.swap_in(mine, folder)
     assert [p.name for p in folder.iterdir()] == ["mine"] and not mine.exists() and raced
+
+
+def test_json_nested_too_deep_to_parse_is_unreadable_not_a_traceback(tmp_path):
+    """A record, card, run.json or KerasTuner state file nested 100,000 deep makes Python's
+    json raise RecursionError, which is neither OSError nor ValueError: every reader treats
+    it as the unreadable file it is."""
+    from cnnbench.engines.kerastuner.oracle import check_state_files
+    from cnnbench.files import read_json
+    from cnnbench.reports.predict import ModelError, _class_names
+    from cnnbench.trials import StudyPaths, read_record, read_records
+
+    deep = "[" * 100_000 + "]" * 100_000
+    paths = StudyPaths(tmp_path / "study")
+    paths.trials.mkdir(parents=True)
+    (paths.trials / "trial-0000.json").write_text(deep)
+    unreadable: list[str] = []
+    assert read_records(paths, unreadable) == [] and unreadable == [f"{paths.trials / 'trial-0000.json'}: RecursionError"]
+    assert read_record(paths.trials / "trial-0000.json") is None
+    (tmp_path / "run.json").write_text(deep)
+    assert read_json(tmp_path / "run.json") == {}
+    (tmp_path / "model_card.json").write_text(deep)
+    with pytest.raises(ModelError, match=r"model_card.json: not a readable model card \(RecursionError\)"):
+        _class_names(tmp_path / "model.keras", 10)
+    project = tmp_path / "kt"
+    project.mkdir()
+    (project / "oracle.json").write_text(deep)
+    with pytest.raises(SpaceError, match=r"oracle.json: KerasTuner's state is torn or unreadable \(RecursionError"):
+        check_state_files(project)
+
+
+def test_a_results_folder_that_cannot_be_written_is_one_line_before_any_data_loads(tmp_path, monkeypatch, capsys):
+    """Before: a traceback after TensorFlow and the data had loaded, at run.json's write. As
+    root (CI) permissions do not stop writes, so the folder's answer is stated: os.access says no,
+    as it does for a read-only mount or a folder of another user."""
+    import cnnbench.sweep
+    from cnnbench.cli import WRITE_FAILED, main
+
+    results = tmp_path / "results"
+    results.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, *a, **k: Path(path) != results and real_access(path, mode))
+
+    def no_data(*a, **k):
+        raise AssertionError("the data loaded before the folder was checked")
+
+    monkeypatch.setattr(cnnbench.sweep, "load_data", no_data)
+    code = main(["sweep", "--space", str(SPACES / "smoke.yaml"), "--results", str(results)])
+    err = capsys.readouterr().err.strip()
+    assert code == WRITE_FAILED and "\n" not in err
+    assert err.startswith(f"cnnbench: {results}: not writable, and a sweep writes its study there")
+    assert list(results.iterdir()) == []  # nothing written

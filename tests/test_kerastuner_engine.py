@@ -65,26 +65,6 @@ def test_resume_and_keras_tuners_own_api(monkeypatch, tmp_path, capsys):
     assert len(tuner.oracle.trials) == 5
 
 
-def test_failures_fail_the_trial_not_the_search(monkeypatch, tmp_path):
-    space = parse_space({"seed": 3, "search": {"max_consecutive_failures": 20}, "params": {
-        "optimizer": {"type": "choice", "choices": ["adam", "sgd"]},
-        "momentum": {"type": "float", "low": 0.8, "high": 0.9, "condition": {"optimizer": "sgd"}},
-        "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
-        "epochs": {"type": "fixed", "value": 2}}})
-    _, recs = _run(space, tmp_path, "random", 8)
-    failed = [r for r in recs if r.state == "failed"]
-    assert len(recs) == 8 and failed and any(r.state == "complete" for r in recs)
-    assert all(r.reason == "ValueError: sgd broken on purpose" for r in failed)
-    assert all("momentum" in r.values for r in failed) and all("momentum" not in r.values
-                                                             for r in recs if r.values["optimizer"] == "adam")
-
-
-def test_consecutive_failure_limit_stops_the_search(monkeypatch, tmp_path):
-    space = _space(optimizers=("sgd",), failures=2)
-    with pytest.raises(RuntimeError, match="consecutive failures exceeded the limit of 2"):
-        _run(space, tmp_path, "random", 6)
-
-
 def test_grid_needs_a_finite_space():
     with pytest.raises(SpaceError, match="a grid search needs a finite space"):
         kerastuner_engine.validate(_space(), "grid", None)
@@ -138,26 +118,6 @@ def test_same_configuration_same_network_and_accuracy_through_both_engines(tmp_p
     assert layers[0] == layers[1]
     assert a["validation"]["accuracy"] == pytest.approx(b["validation"]["accuracy"], abs=0.03)
     assert np.isfinite(a["test"]["accuracy"])
-
-
-def test_grid_search_enumerates_a_finite_space(monkeypatch, tmp_path):
-    space = parse_space({"seed": 2, "params": {
-        "optimizer": {"type": "choice", "choices": ["adam", "adamw"]},
-        "learning_rate": {"type": "choice", "choices": [1e-3, 1e-2]},
-        "epochs": {"type": "fixed", "value": 2}}})
-    _, recs = _run(space, tmp_path, "grid", 10)  # the grid has 4 points: it stops there
-    assert sorted((r.values["optimizer"], r.values["learning_rate"]) for r in recs) == \
-        [("adam", 1e-3), ("adam", 1e-2), ("adamw", 1e-3), ("adamw", 1e-2)]
-
-
-@pytest.mark.parametrize("algo", ["random", "bayesian", "hyperband"])
-def test_start_with_runs_known_good_configurations_first_and_once(monkeypatch, tmp_path, algo):
-    known = [{"optimizer": "adamw", "learning_rate": 0.01}, {"optimizer": "adam", "learning_rate": 0.003}]
-    space = parse_space({**_space().model_dump(mode="json", exclude_defaults=True), "start_with": known})
-    _, first = _run(space, tmp_path, algo, 3)
-    assert [r.values for r in first[:2]] == known
-    _, again = _run(space, tmp_path, algo, 5)  # resumed: not handed out again
-    assert len(again) == 5 and sum(r.values in known for r in again) == 2
 
 
 def test_the_kerastuner_internals_cnnbench_relies_on_are_pinned_and_present(tmp_path):

@@ -55,6 +55,57 @@ def layer(name: str) -> int:
     return next(i for i, groups in enumerate(LAYERS) if group in groups)
 
 
+def runtime_imports(path: Path) -> set[str]:
+    """The modules ``path`` imports when it runs (not those under ``if TYPE_CHECKING``):
+    ``from package import module`` counts as the module, ``from package import name`` (a
+    name its ``__init__`` defines) as the package."""
+    tree = ast.parse(path.read_text())
+    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.dump(node.test)
+                   for sub in node.body for n in ast.walk(sub)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            submodules = {f"{node.module}.{alias.name}" for alias in node.names}
+            found |= {m for m in submodules if m in KNOWN}
+            if submodules - KNOWN:
+                found.add(node.module)
+    return found
+
+
+def import_cycles() -> set[tuple[str, ...]]:
+    """Every cycle of imports between cnnbench modules, as they are written (a package's
+    ``__init__`` that a submodule's import runs first by Python's rule is no edge of it)."""
+    known = dict(modules())
+    graph = {name: {i for i in runtime_imports(path) if i in known and i != name} for name, path in known.items()}
+    cycles = set()
+
+    def walk(start: str, node: str, path: tuple[str, ...]) -> None:
+        for nxt in graph[node]:
+            if nxt == start:
+                i = path.index(min(path))
+                cycles.add(path[i:] + path[:i])
+            elif nxt not in path and len(path) < 8:
+                walk(start, nxt, path + (nxt,))
+
+    for name in graph:
+        walk(name, name, (name,))
+    return cycles
+
+
+def test_no_import_cycles_but_the_callable_sweep_module():
+    """The cycle the issue found (space/__init__ importing space.rules, which imported the
+    space package back) is gone; what remains is by design: ``cnnbench.sweep`` is callable as
+    the API's function and imports ``cnnbench.api`` only when called."""
+    assert import_cycles() == {("cnnbench.api", "cnnbench.sweep")}
+
+
+KNOWN = {name for name, _ in modules()}
+
+
 def test_every_module_has_a_layer():
     assert [name for name, _ in modules() if name != "cnnbench" and _group(name) == "cnnbench"] == []
 
@@ -89,6 +140,31 @@ def test_the_trial_child_imports_no_engine_and_no_report():
             assert not [i for i in imports(path) if i.startswith("cnnbench.") and _group(i) in SIDE_BY_SIDE], name
     top = [n for n in ast.parse((SRC / "trials.py").read_text()).body if isinstance(n, (ast.Import, ast.ImportFrom))]
     assert not [n for n in top if "tensorflow" in ast.dump(n) or "keras" in ast.dump(n)]
+
+
+def test_a_trial_child_imports_neither_pydantic_nor_the_space_schema():
+    """The child process loads its data from a plain DataSpec (what the sweep hands it) and
+    imports the trainer: before, `training/data.py` imported `cnnbench.space` at its top and the
+    child unpickled the validated pydantic `Data`, so every child imported pydantic."""
+    import pickle
+    import subprocess
+    import sys
+
+    from cnnbench.space import parse_space
+    from cnnbench.training.data import DataSpec
+
+    validated = parse_space({"data": {"validation_fraction": 0.2, "train_subset": 500, "image_size": 24},
+                             "params": {"epochs": {"type": "fixed", "value": 1}}}).data
+    spec = DataSpec.of(validated)
+    for name in ("dataset", "path", "validation_fraction", "train_subset", "test_subset", "image_size"):
+        assert getattr(spec, name) == getattr(validated, name), name
+    assert set(type(validated).model_fields) == {f for f in DataSpec.__dataclass_fields__}  # none forgotten
+    child = (f"import pickle, sys\nspec = pickle.loads({pickle.dumps(spec)!r})\n"
+             "from cnnbench.training import isolation, train\nfrom cnnbench.training.data import load_data\n"
+             "loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'pydantic' or m.startswith('cnnbench.space'))\n"
+             "print(spec.train_subset, loaded)")
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["500", "[]"]
 
 
 def test_what_a_trainer_reports_is_what_a_record_keeps():

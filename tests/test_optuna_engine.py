@@ -35,24 +35,12 @@ def test_each_sampler_finishes_the_budget(tmp_path, sampler):
     assert all(1e-4 <= r.values["learning_rate"] <= 1e-1 for r in recs)
 
 
-def test_grid_sampler_covers_a_finite_space(tmp_path):
-    sp = space("grid", lr={"type": "choice", "choices": [1e-3, 1e-2, 1e-1]}, trials=6)
-    recs = run(sp, tmp_path)
-    assert sorted((r.values["optimizer"], r.values["learning_rate"]) for r in recs) == \
-        [(o, lr) for o in ("adam", "adamw") for lr in (1e-3, 1e-2, 1e-1)]
+def test_the_grid_sampler_needs_a_finite_space_and_a_sampler_name(tmp_path):
+    # the grid's run is in test_engine_behaviours.py, for both engines
     with pytest.raises(SpaceError, match="a grid search needs a finite space"):
         optuna_engine.validate(space("grid"), None, None)
     with pytest.raises(SpaceError, match="'hyperband' is not an Optuna sampler"):
         optuna_engine.validate(space(), "hyperband", None)
-
-
-def test_failed_trials_are_rows_with_reason_and_do_not_stop_the_search(tmp_path):
-    recs = run(space("random", optimizers=("adam", "sgd"), trials=10), tmp_path)
-    assert len(recs) == 10
-    failed = [r for r in recs if r.state == "failed"]
-    assert failed and all(r.reason == "ValueError: sgd broken on purpose" for r in failed)
-    assert all(r.values["optimizer"] == "sgd" for r in failed)
-    assert any(r.state == "complete" for r in recs)
 
 
 @pytest.mark.parametrize("pruner", ["median", "hyperband", "successive_halving"])
@@ -83,24 +71,6 @@ def test_rdb_storage_url(tmp_path):
     recs = run(space("random"), tmp_path, trials=3, storage=url)
     assert (tmp_path / "study.db").exists() and not (tmp_path / "s" / "optuna.journal").exists()
     assert len(recs) == 3 and all(r.state == "complete" for r in recs)
-
-
-def test_consecutive_failures_stop_the_study(tmp_path):
-    sp = parse_space({"seed": 1, "search": {"sampler": "random", "max_consecutive_failures": 2}, "params": {
-        "optimizer": {"type": "fixed", "value": "sgd"},
-        "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}}})
-    recs = run(sp, tmp_path, trials=6)
-    assert [r.state for r in recs] == ["failed", "failed"]
-
-
-def test_start_with_runs_known_good_configurations_first_and_once(tmp_path):
-    known = [{"optimizer": "adamw", "learning_rate": 0.01}, {"optimizer": "adam", "learning_rate": 0.003}]
-    sp = parse_space({**space("random").model_dump(mode="json", exclude_defaults=True), "start_with": known})
-    first = run(sp, tmp_path, trials=3)
-    assert [r.values for r in first[:2]] == known
-    again = run(sp, tmp_path, trials=5)  # resumed: the known-good ones are not queued again
-    assert [r.values for r in again[:3]] == [r.values for r in first]
-    assert sum(r.values in known for r in again) == 2
 
 
 def test_deadline_stops_a_trial_that_cannot_finish(tmp_path):

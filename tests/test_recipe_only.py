@@ -93,7 +93,7 @@ def _recipe_job(tmp_path, deadline, **kw):
         "epochs": {"type": "fixed", "value": 2}, "precision": {"type": "fixed", "value": "float32"}},
         "start_with": [{"learning_rate": 0.01}]}))
     job = stand_in.make_job(space, tmp_path, data=synthetic_bundle(300, n_val=60), deadline=deadline,
-                            data_sizes=(300, 60, 60), fill_final=True, **kw)
+                            data_sizes=(300, 60, 60), fill_final=True, recipe_only=True, **kw)
     return job, space.complete({})
 
 

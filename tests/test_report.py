@@ -21,6 +21,40 @@ def test_plain_progress_lines_name_trial_of_total_best_and_epoch(capsys):
     assert lines[3].endswith("trial 1 failed: ValueError: x")
 
 
+def test_a_closed_terminal_silences_the_progress_and_the_sweep_goes_on(monkeypatch):
+    """After a hang-up (ssh dropped, terminal closed) every write to the terminal fails with
+    EIO: before, the first progress line after it ended the sweep as a write failure (exit 74)
+    instead of the signal's graceful stop."""
+    import errno
+    import sys
+
+    class GoneTerminal:
+        writes = 0
+
+        def write(self, text):
+            GoneTerminal.writes += 1
+            raise OSError(errno.EIO, "Input/output error")
+
+        def flush(self):
+            raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(sys, "stdout", GoneTerminal())
+    progress = SweepProgress("s", total=3, live=False)
+    progress.say("the terminal is gone")  # no exception
+    progress.trial_started(0, {"learning_rate": 0.01})
+    assert progress.terminal_gone and GoneTerminal.writes == 1  # tried once, then silent
+    progress.close()
+
+    class BrokenStatus:  # the live display, whose last refresh at stop() writes to the terminal
+        def stop(self):
+            raise OSError(errno.EIO, "Input/output error")
+
+    live = SweepProgress("s", total=3, live=True)
+    live.status = BrokenStatus()
+    live.close()  # the sweep's finally: no exception either
+    assert live.terminal_gone and live.status is None
+
+
 def test_live_progress_shows_brackets_literally():
     progress = SweepProgress("[study]", total=2, live=True)
     progress.console = Console(record=True, force_terminal=True, width=200)

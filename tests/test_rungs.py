@@ -87,6 +87,18 @@ def test_the_best_third_of_a_rung_is_promoted_once_the_rung_has_enough_runs():
     assert promotion.next_promotion(space, six).source.trial == 4  # 6 // 3 = 2: the second best now goes on
 
 
+def test_a_rung_never_sends_on_more_than_its_share_in_all():
+    """Plain ASHA promotes whoever is in the top third when asked, so a late best goes on
+    beside the early ones and the union grows past a third (13 of 23 in a measured hour)."""
+    space = _space()
+    three = [_record(0, 0.01, 0, 0.5), _record(1, 0.1, 0, 0.4), _record(2, 0.02, 0, 0.6), _record(3, 0.02, 1, 0.7)]
+    five = three + [_record(4, 0.011, 0, 0.9), _record(5, 0.3, 0, 0.1)]  # a new best, but 5 // 3 = 1 went on
+    assert promotion.next_promotion(space, five) is None
+    six = five + [_record(6, 0.5, 0, 0.05)]  # 6 // 3 = 2: the best not yet promoted goes on
+    assert promotion.next_promotion(space, six).source.trial == 4
+    assert promotion.next_promotion(space, six, claimed={(4, 1)}) is None  # handed out: the share is used
+
+
 def test_the_optuna_engine_runs_rungs_and_records_fidelity_and_promotion(tmp_path):
     space = _space()
     records = stand_in.run(space, tmp_path, trials=12, trainer=data_aware_train)

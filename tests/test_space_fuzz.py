@@ -1,12 +1,14 @@
 """Property test: a mutated space file is either a space that `sweep` would accept, or one
 clean ``FILE: FIELD: PROBLEM`` line with exit code 2. Never a traceback, never a hang,
 never the machine's memory. Seeded, validation only (no training), at least 300 examples.
+What is accepted also passes the shipped JSON Schema (editors never flag a valid file).
 """
 from __future__ import annotations
 
 import math
 import resource
 
+import jsonschema
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -14,8 +16,10 @@ from hypothesis import strategies as st
 from cnnbench import engines
 from cnnbench.cli import main
 from cnnbench.space import SpaceError, load_space
+from cnnbench.space.schema import space_schema
 from conftest import SPACES
 
+SCHEMA = space_schema()
 ENGINES = {name: engines.get(name) for name in engines.ENGINES}  # imported now: their memory is not validation's
 SHIPPED = {name: yaml.safe_load((SPACES / f"{name}.yaml").read_text()) for name in ("default", "seed", "smoke")}
 ODD_VALUES = st.one_of(
@@ -119,6 +123,9 @@ def test_mutated_space_files_are_accepted_whole_or_refused_in_one_line(tmp_path_
             except SpaceError as e:
                 assert name == "kerastuner" or "grid" not in str(e), str(e)
         space.size(), space.param_range()
+        # the editors' schema never refuses what cnnbench check accepts (it may let through
+        # what only check can judge: conditions, feasibility, start_with values)
+        jsonschema.validate(yaml.safe_load(data), SCHEMA)
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grown_mb < 300, f"validation took {grown_mb:.0f} MB"
 

@@ -86,6 +86,39 @@ def test_a_running_trial_without_a_record_is_failed_and_its_configuration_run_ag
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
 
 
+@pytest.mark.parametrize("ended", ["complete", "pruned"])
+def test_a_trial_recorded_as_ended_whose_process_died_before_telling_the_study_is_told_from_its_record(
+        tmp_path, ended):
+    """Killed between the record's last write and ``study.tell``: the trial stayed RUNNING in
+    Optuna for ever (recover_unrecorded skipped every trial with a record)."""
+    space = parse_space(SPACE)
+    stand_in.run(space, tmp_path, trials=1)
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(_journal(tmp_path)))))
+    untold = study.ask()
+    untold.suggest_float("learning_rate", 1e-3, 1e-1, log=True)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    untold.set_user_attr("owner", f"{socket.gethostname()}:{gone.pid}")
+    paths = trials.StudyPaths(tmp_path / "s")
+    record = trials.started(untold.number, "optuna", dict(untold.params), {}, seed=3)
+    record.state, record.val_accuracy = ended, 0.625 if ended == "complete" else None
+    trials.write_record(paths, record)
+    stand_in.run(space, tmp_path, trials=3)
+    study = optuna.load_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(_journal(tmp_path)))))
+    told = study.trials[untold.number]
+    if ended == "complete":
+        assert told.state == TrialState.COMPLETE and told.value == 0.625
+    else:
+        assert told.state == TrialState.PRUNED
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    assert not [t for t in study.trials if t.user_attrs.get("retry_of") == untold.number]  # it ended: no retry
+    assert trials.read_record(paths.trial_record(untold.number)).state == ended  # the record stands
+    assert len([r for r in trials.read_records(paths) if r.state in trials.FINISHED]) == 3  # the budget holds
+
+
 class _Killed(BaseException):
     """Stands for kill -9: nothing after it runs, no handler sees it."""
 
@@ -252,3 +285,31 @@ def test_a_torn_model_file_is_set_aside_and_the_next_best_trial_exported(tmp_pat
     torn.write_bytes(b"")
     with pytest.raises(ExportError, match="cannot be loaded"):
         export_best(ranked, paths, data, {"study": "s"}, trial=ranked[2].trial, say=said.append)
+
+
+def test_a_full_disk_while_copying_the_exported_model_leaves_no_half_copy_and_names_the_target(tmp_path,
+                                                                                               monkeypatch):
+    """The export copies the chosen model into best/ (files.atomic_copy): a copy cut by a full
+    disk left `.model.<pid>.tmp.keras` behind, and the error named the source."""
+    import shutil
+
+    from cnnbench.files import atomic_copy
+
+    source, target = tmp_path / "trial-0003.keras", tmp_path / "best" / "model.keras"
+    source.write_bytes(b"x" * 1000)
+    target.parent.mkdir()
+    target.write_bytes(b"the model exported before")
+
+    def full_disk(src, dst, *a, **k):
+        Path(dst).write_bytes(b"x" * 10)  # half written, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device", str(src))
+
+    monkeypatch.setattr(shutil, "copyfile", full_disk)
+    with pytest.raises(OSError) as e:
+        atomic_copy(source, target)
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(target)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model.keras"]  # no temporary left
+    assert target.read_bytes() == b"the model exported before"  # the earlier export is whole
+    monkeypatch.undo()
+    atomic_copy(source, target)
+    assert target.read_bytes() == source.read_bytes()

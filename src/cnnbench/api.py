@@ -106,12 +106,14 @@ def studies(results: str | Path = "results") -> pd.DataFrame:
     return studies_frame(Path(results))
 
 
-def sweep(space: str | Path, study: str | None = None, trials: int | None = None,
+def sweep(space: str | Path | Space, study: str | None = None, trials: int | None = None,
           timeout_minutes: float | None = None, engine: str = "optuna", results: str | Path = "results",
           progress: bool | None = None, final: bool | None = None, seed: int | None = None,
           trainer: str | None = None, in_process: bool = False, recipe_only: bool = False) -> Study:
-    """Run (or continue) a sweep of the space file ``space`` in this process, as ``cnnbench
-    sweep`` does (trials in child processes, export at the end); returns the study.
+    """Run (or continue) a sweep of ``space`` (a space file's path, or a ``Space`` from
+    ``load_space``, perhaps changed with ``model_copy``) in this process, as ``cnnbench
+    sweep`` does (trials in child processes, export at the end); returns the study. A Space
+    object is recorded under its source file's name (study name and run.json).
     ``progress=False`` keeps it quiet (None: live on a terminal). Ctrl-C stops it as on
     the command line: what finished is ranked and exported, then KeyboardInterrupt.
     ``trainer="module:function"`` trains with a function of your own; ``in_process=True``
@@ -122,7 +124,10 @@ def sweep(space: str | Path, study: str | None = None, trials: int | None = None
     from cnnbench.sweep import SweepRequest, prepare, run_sweep
 
     runtime.prepare_environment()  # oneDNN and a quiet start, unless TensorFlow is loaded already
-    request = SweepRequest(space_file=str(space), study=study, trials=trials, timeout_minutes=timeout_minutes,
+    given = space if isinstance(space, Space) else None
+    named = given is not None and given.source and Path(given.source).is_file()  # else: from parse_space
+    request = SweepRequest(space_file=(given.source if named else "space.yaml") if given is not None else str(space),
+                           space=given, study=study, trials=trials, timeout_minutes=timeout_minutes,
                            engine=engine, results=str(results), final=final, seed=seed, trainer=trainer,
                            in_process=in_process, recipe_only=recipe_only)
     prepared = prepare(request)

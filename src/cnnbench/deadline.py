@@ -75,7 +75,7 @@ class ThroughputLog:
         try:
             table = json.loads(self.path.read_text())
             return table if table.get("version") == 2 else {"version": 2}
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, RecursionError):
             return {"version": 2}
 
     def add(self, precision: str, flops_per_s: float, flops_per_image: float) -> None:
@@ -200,6 +200,14 @@ class Deadline:
         if not minutes:
             return cls(None, ThroughputLog())
         return cls((started or time.time()) + minutes * 60, ThroughputLog())
+
+    def worker_environment(self) -> dict[str, str]:
+        """What a worker process started by this sweep is handed in its environment, so that
+        it keeps this deadline and search phase (``from_minutes`` reads them back)."""
+        env = {DEADLINE_ENV: repr(self.end)} if self.end is not None else {}
+        if self.end is not None and self.search_end is not None:
+            env[SEARCH_END_ENV] = repr(self.search_end)
+        return env
 
     def left(self) -> float:
         return float("inf") if self.end is None else self.end - time.time()

@@ -48,6 +48,24 @@ def atomic_write(target: Path, data: str | bytes, durable: bool = False) -> None
         raise
 
 
+def atomic_copy(source: Path, target: Path) -> None:
+    """Replace ``target`` with a copy of ``source`` in one step (a temporary with the target's
+    suffix, renamed into place); on failure no half copy is left and the OSError names
+    ``target``, the file that could not be written."""
+    import shutil
+
+    tmp = temporary_name(target, keep_suffix=True)
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror, str(target)) from None
+    except BaseException:  # a signal mid-copy
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def json_text(obj) -> str:
     """Indented JSON for the files people read (run.json, model cards)."""
     return json.dumps(obj, indent=2, default=str) + "\n"
@@ -55,8 +73,9 @@ def json_text(obj) -> str:
 
 def read_json(path: Path) -> dict:
     """A JSON file's content, or {} when it is missing or unreadable (callers that must tell
-    the two apart check the file themselves)."""
+    the two apart check the file themselves). Nested too deep to parse (RecursionError)
+    counts as unreadable."""
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}

@@ -84,7 +84,7 @@ def run_final(job: StudyJob, best: TrialRecord | None, train_images: int, recipe
                                   f"min left before the deadline; {fallback}")
     seed = job.space.seed + FINAL_SEED_OFFSET
     source = (f"trial {number}{shortened}" if best is not None
-              else f"the recipe alone (--recipe-only{shortened})" if job.fill_final and recipe is None
+              else f"the recipe alone (--recipe-only{shortened})" if job.recipe_only
               else "the space's only configuration" if recipe is None
               else f"{recipe_name} (no search trial fitted beside its final training" + shortened + ")")
     record = trials.started(number, job.engine, values, config,
@@ -118,10 +118,11 @@ def _final_config(job: StudyJob, best: TrialRecord | None, recipe: dict | None,
     shortened = ""
     n_test = job.data_sizes[2] if job.data_sizes else 0
     number = best.trial if best is not None else NO_TRIAL
-    if job.fill_final and previous is not None and previous.trial == number \
+    if job.fill_final and previous is not None and previous.trial == number and previous.state != State.PRUNED \
             and _but_epochs(previous.config) == _but_epochs(config):
         # an earlier run of the command sized it: done, it is exported; stopped, it goes on
-        # from its checkpoint with the schedule it started (a new size would start over)
+        # from its checkpoint with the schedule it started (a new size would start over).
+        # One the deadline cut short kept no checkpoint: it is sized anew.
         config = {**config, "epochs": previous.config["epochs"]}
         shortened = f"; {config['epochs']} epochs, as an earlier run of this command sized it"
     elif job.fill_final:  # as many epochs as the time left holds

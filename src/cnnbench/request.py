@@ -5,18 +5,21 @@ the ``Sweep`` it returns.
 """
 from __future__ import annotations
 
+import errno
+import os
 import shlex
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cnnbench import engines, provenance
 from cnnbench.training.data import DataError
 from cnnbench.engines.storage_url import masked, resolve, scrub
 from cnnbench.training.isolation import DEFAULT_TRAINER, load_trainer
 from cnnbench.files import read_json
-from cnnbench.space import Space, SpaceError, load_space
+from cnnbench.space import Space, SpaceError, load_space, parse_space
 from cnnbench.space.variants import at_fidelity, recipe_alone, with_settings
 from cnnbench.trials import StudyPaths
 
@@ -54,6 +57,9 @@ class SweepRequest:
     # with one GPU; a crash then takes the sweep with it).
     trainer: str | None = None
     in_process: bool = False
+    # A Space given as an object (cnnbench.sweep(space)) instead of read from space_file,
+    # which then only names it (run.json, the default study name, relative data paths).
+    space: Any = None
 
     def worker_command(self) -> list[str]:
         """The command each worker process runs: this sweep, as a worker. The storage URL
@@ -159,12 +165,25 @@ def check_results_folder(results: Path, study: str) -> None:
     if results.exists() and not results.is_dir():
         raise SpaceError(f"--results: {results} is a file, not a folder")
     root = results.resolve()
-    for part in (results / study, results / study / "trials", results / study / "best", results / study / "final"):
+    study_root = results / study
+    folders = [study_root / name for name in ("trials", "best", "final")]
+    # every entry of the study folder (optuna.journal, checkpoints/, kerastuner/, plots/, ...)
+    inside = sorted(study_root.iterdir()) if study_root.is_dir() and not study_root.is_symlink() else []
+    for part in dict.fromkeys([study_root, *folders, *inside]):
         if part.is_symlink() and root not in part.resolve().parents:
             raise SpaceError(f"{part}: a symbolic link to {part.resolve()}, outside the results folder {root}; "
                              "a study writes only inside its results folder")
-        if part.exists() and not part.is_dir():
+        if part in folders and part.exists() and not part.is_dir():
             raise SpaceError(f"{part}: a file where the study keeps a folder; move it away")
+    # A read-only folder (a mount, permissions) is found here, before TensorFlow and the data
+    # load, not at the first write minutes later: OSError, which the CLI says in one line.
+    # (the study's folder and the results folder, where the overall leaderboard goes; or the
+    # nearest folder that exists, where they will be made)
+    written = [p for p in (results / study, results) if p.exists()] or \
+        [next(p for p in results.absolute().parents if p.exists())]
+    for folder in written:
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise OSError(errno.EACCES, "not writable, and a sweep writes its study there", str(folder))
 
 
 def prepare(request: SweepRequest) -> Sweep:
@@ -221,7 +240,10 @@ def prepare(request: SweepRequest) -> Sweep:
 def _space_as_asked(request: SweepRequest) -> Space:
     """The space file, with what the command line replaces in it (seed, fixed parameters,
     start_with, determinism)."""
-    space = load_space(request.space_file)
+    if request.space is not None:  # validated again: model_copy(update=...) skips validation
+        space = parse_space(request.space.model_dump(mode="json"), request.space_file)
+    else:
+        space = load_space(request.space_file)
     if request.sets:
         space = with_settings(space, request.sets)
     if request.seed is not None:
@@ -254,6 +276,9 @@ def _check_arguments(request: SweepRequest) -> None:
                 load_trainer(request.trainer)
         except (ImportError, AttributeError, ValueError) as error:
             raise SpaceError(f"--trainer: {request.trainer!r} is not an importable module:function ({error})") from None
+    if request.space is not None and request.workers:
+        raise SpaceError("--workers: worker processes read the space from its file; give cnnbench.sweep the "
+                         "file's path rather than a Space object")
     if request.in_process and request.workers:
         raise SpaceError("--workers: worker processes train in processes of their own; in_process trains in this "
                          "one: choose one of them")

@@ -19,8 +19,8 @@ from cnnbench import engines, trials
 from cnnbench.provenance import ModelCard, RunInfo
 from cnnbench.training import runtime
 from cnnbench import final as final_training
-from cnnbench.training.data import load_data
-from cnnbench.deadline import DEADLINE_ENV, SEARCH_END_ENV, Deadline
+from cnnbench.training.data import DataSpec, load_data
+from cnnbench.deadline import Deadline
 from cnnbench.engines.base import StudyJob
 from cnnbench.reports.export import export_best
 from cnnbench.training.isolation import DEFAULT_TRAINER, InProcessRunner, TrialRunner, load_trainer
@@ -59,7 +59,12 @@ def is_worker() -> bool:
 
 
 def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
-    """Run the trials, keep the leaderboard current, export the best model. Returns a summary."""
+    """Run the trials, keep the leaderboard current, export the best model. Returns a summary.
+
+    Longer than most functions here on purpose: a sweep's whole life in order (data, the
+    deadline, the engine, the final training, the export, the reports), with the one
+    try/finally that restores the environment and stops the trial process on any ending.
+    """
     req, space, paths = sweep.request, sweep.space, sweep.paths
     space_dir = Path(req.space_file).resolve().parent
     data = load_data(space.data, space.seed, space_dir)
@@ -78,7 +83,7 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
     refresh = _refresher(sweep, run, progress)
     trainer = req.trainer or DEFAULT_TRAINER
     runner = (InProcessRunner(data, load_trainer(trainer)) if req.in_process
-              else TrialRunner((space.data, space.seed, space_dir), trainer))
+              else TrialRunner((DataSpec.of(space.data), space.seed, space_dir), trainer))
     job = StudyJob(study=sweep.study, engine=req.engine, space=space, paths=paths, trials=sweep.trials,
                    progress=progress, runner=runner, algo=sweep.algo,
                    data_sizes=(len(data.y_train), len(data.y_val), len(data.y_test)), deadline=deadline,
@@ -86,26 +91,17 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
                    worker_command=req.worker_command(), worker_index=int(os.environ.get("CNNBENCH_WORKER", 0)),
                    on_record=refresh, tensorboard=req.tensorboard, data_fingerprint=split_fingerprint(data),
                    cache=req.cache, warm_start=sweep.warm, trainer_name=req.trainer,
-                   fill_final=req.recipe_only or (space.search.time_share is not None and deadline.end is not None))
+                   fill_final=req.recipe_only or (space.search.time_share is not None and deadline.end is not None),
+                   recipe_only=req.recipe_only)
     stopped_by, final = None, None
-    # Worker processes keep the same deadline; only while this sweep runs, so that a later
-    # sweep in the same process (compare --live, tabulate, tests) does not inherit it.
-    inherited = {name: os.environ.get(name) for name in (DEADLINE_ENV, SEARCH_END_ENV)}
-    if deadline.end is not None:
-        os.environ[DEADLINE_ENV] = repr(deadline.end)
-        if deadline.search_end is not None:
-            os.environ[SEARCH_END_ENV] = repr(deadline.search_end)
+    # Worker processes keep the same deadline: the engines hand it to them in their own
+    # environment (Deadline.worker_environment); this process's environment is not touched.
     try:
         final = _search_then_final(sweep, job, run)
     except KeyboardInterrupt as stop:  # SIGINT or SIGTERM: keep what finished, rank it, export it
         stopped_by = getattr(stop, "signum", 2)
         final = _interrupted_final(sweep)
     finally:
-        for name, value in inherited.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
         runner.close(kill=stopped_by is not None)
         progress.close()
     records = refresh()

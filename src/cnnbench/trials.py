@@ -222,7 +222,7 @@ def read_records(paths: StudyPaths, unreadable: list[str] | None = None) -> list
     for path in sorted(paths.trials.glob("trial-*.json")):
         try:
             out.append(TrialRecord.from_dict(json.loads(path.read_text())))
-        except (OSError, ValueError, TypeError) as e:
+        except (OSError, ValueError, TypeError, RecursionError) as e:  # RecursionError: nested too deep
             if unreadable is not None:
                 unreadable.append(f"{path}: {type(e).__name__}")
     return sorted(out, key=lambda r: r.trial)
@@ -232,7 +232,7 @@ def read_record(path: Path) -> TrialRecord | None:
     """One record file, or None when it is missing or unreadable."""
     try:
         return TrialRecord.from_dict(json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, RecursionError):
         return None
 
 
@@ -269,7 +269,7 @@ def fidelity(record: TrialRecord) -> tuple[float, float]:
 def top_fidelity(records: list[TrialRecord]) -> list[TrialRecord]:
     """The completed records at the largest fidelity any completed record has: the ones a
     best trial is chosen from."""
-    done = [r for r in records if r.state == "complete" and r.val_accuracy is not None]
+    done = [r for r in records if r.state == State.COMPLETE and r.val_accuracy is not None]
     top = max(map(fidelity, done), default=None)
     return [r for r in done if fidelity(r) == top]
 

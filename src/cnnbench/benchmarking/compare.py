@@ -88,7 +88,7 @@ def related_study(table: Table, count: int, seed: int) -> list:
         curve = table.curves[keys[i]]
         epoch = max(1, int(len(curve) * WARM_EPOCH_SHARE))
         pairs.append(("related", TrialRecord(trial=int(i), engine="optuna", values=json.loads(keys[i]),
-                                             state="complete",
+                                             state=State.COMPLETE,
                                              val_accuracy=float(curve["val_accuracy"].iloc[:epoch].max()))))
     return pairs
 

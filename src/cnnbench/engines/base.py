@@ -90,6 +90,7 @@ class StudyJob:
     trainer_name: str | None = None      # ``module:function`` of a trainer of the user's own (None: cnnbench's)
     fill_final: bool = False             # the final training's epochs fill the deadline (--recipe-only,
                                          # search.time_share)
+    recipe_only: bool = False            # --recipe-only: the space is one recipe, trained alone
 
     @property
     def retries(self) -> int:

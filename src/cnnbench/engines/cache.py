@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import shutil
 import time
 from pathlib import Path
 
 from cnnbench import trials
 from cnnbench.trials import StudyPaths, TrialRecord, State
-from cnnbench.files import temporary_name
+from cnnbench.files import atomic_copy
 
 # What a training computes depends on these modules (cnnbench/...) and these packages.
 TRAINING_MODULES = ("training/train.py", "model/__init__.py", "training/optim.py", "knobs.py", "model/fused.py",
@@ -90,8 +89,6 @@ def serve(paths: StudyPaths, number: int, engine: str, values: dict, found: tupl
                             "cached_from": source, "started_at": now, "heartbeat_at": now, "finished_at": now,
                             "note": "; ".join(filter(None, (earlier.note, f"served from {source}")))})
     paths.trials.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_name(paths.trial_model(number))
-    shutil.copyfile(model, tmp)
-    tmp.replace(paths.trial_model(number))
+    atomic_copy(model, paths.trial_model(number))
     trials.write_record(paths, record)
     return record

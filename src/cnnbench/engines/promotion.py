@@ -10,7 +10,10 @@ final training on all images (final.py).
 This is asynchronous successive halving (ASHA, Li et al. 2020): before the sampler is
 asked for a new configuration, the highest rung with a promotable configuration (in the
 top ``n // reduction_factor`` of the ``n`` finished at that rung, and not promoted yet)
-is served first; so nothing waits for a rung to fill, and workers stay busy.
+is served first; so nothing waits for a rung to fill, and workers stay busy. Unlike plain
+ASHA, a rung never sends on more than ``n // reduction_factor`` of its ``n`` runs in all:
+promoting whoever is in the top third at each moment let 13 of 23 first-rung runs through
+in a measured hour, each at 2.4 times a first-rung run's cost.
 
 Why cnnbench's own promotion and not Optuna's SuccessiveHalvingPruner: that pruner decides
 within one running trial at growing *steps* of one training, and its rungs are epochs of
@@ -65,6 +68,12 @@ def next_promotion(space: Space, records: list[TrialRecord],
     taken = _taken(records, set(claimed))
     for rung in range(len(rungs) - 2, -1, -1):  # the highest rung first: finish what is furthest on
         at_rung = [r for r in records if r.rung == rung and r.state == State.COMPLETE and r.val_accuracy is not None]
+        keys = {trials.config_key(r.values) for r in at_rung}
+        promoted = sum(key in keys for key, at in taken if at == rung + 1)
+        if promoted >= len(at_rung) // eta:
+            # at most 1/eta of a rung goes on: plain ASHA promotes whoever is in the top third
+            # *when asked*, and the union of those tops grew to 13 of 23 runs in a measured hour
+            continue
         best = sorted(at_rung, key=lambda r: (-(r.val_accuracy or 0.0), r.trial))[:len(at_rung) // eta]
         for record in best:
             if (trials.config_key(record.values), rung + 1) not in taken:

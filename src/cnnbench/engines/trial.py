@@ -68,6 +68,11 @@ def run_trial(job: StudyJob, number: int, values: dict, should_stop: Callable[[i
     ``rung`` (a space with ``search.rungs``): the run trains at that rung's fidelity, never
     shortened (a shorter run would be another fidelity); ``promoted_from`` is the trial
     whose score at the rung below earned it.
+
+    Longer than most functions here on purpose: a trial's life in the order it happens
+    (configuration, the earlier attempt's seed, the cache, admission, the record, training,
+    lost-while-paused, the checkpoint, the record again), so that what is written when can
+    be checked against a kill at any line.
     """
     from cnnbench.engines import cache
 

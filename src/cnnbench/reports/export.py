@@ -13,7 +13,7 @@ import numpy as np
 from cnnbench.training.data import DataBundle
 from cnnbench.reports.results import atomic_write, json_text
 from cnnbench.trials import NO_TRIAL, StudyPaths, TrialRecord, State
-from cnnbench.files import temporary_name
+from cnnbench.files import atomic_copy, temporary_name
 from cnnbench.provenance import ModelCard, RunInfo
 
 
@@ -110,9 +110,7 @@ def export_best(records: list[TrialRecord], paths: StudyPaths, data: DataBundle,
     source, model = chosen.source, chosen.model
     assert source is not None  # set with the model
     paths.best.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_name(paths.best / "model.keras", keep_suffix=True)
-    shutil.copyfile(source, tmp)
-    tmp.replace(paths.best / "model.keras")
+    atomic_copy(source, paths.best / "model.keras")
     save_saved_model(model, paths.best / "saved_model")
     atomic_write(paths.best / "model_card.json", json_text(card.to_dict()))
     atomic_write(paths.best / "model_card.md", card_markdown(card))

@@ -33,6 +33,9 @@ def _save(fig, path: Path) -> Path:
     try:
         fig.savefig(tmp)
         tmp.replace(path)
+    except BaseException:  # a full disk, a signal: no half-written temporary left behind
+        tmp.unlink(missing_ok=True)
+        raise
     finally:
         plt.close(fig)
         tmp.unlink(missing_ok=True)
@@ -62,9 +65,9 @@ def time_to_accuracy(progress: pd.DataFrame, path: Path, title: str, test_accura
         end = max(progress["minutes"].max(), export_minutes or 0)
         ax.step([*best["minutes"], end], [*best["best_val_accuracy"], best["best_val_accuracy"].iloc[-1]],
                 where="post", color="tab:blue", linewidth=2, label="best completed trial so far")
-    for state, style in (("complete", dict(marker="o", color="tab:blue")),
-                         ("pruned", dict(marker="o", mfc="none", color="tab:gray")),
-                         ("failed", dict(marker="x", color="tab:red"))):
+    for state, style in ((State.COMPLETE, dict(marker="o", color="tab:blue")),
+                         (State.PRUNED, dict(marker="o", mfc="none", color="tab:gray")),
+                         (State.FAILED, dict(marker="x", color="tab:red"))):
         rows = progress[(progress["state"] == state) & progress["val_accuracy"].notna()]
         if len(rows):
             ax.plot(rows["minutes"], rows["val_accuracy"], linestyle="none", label=f"{state} trial", **style)

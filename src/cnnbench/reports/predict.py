@@ -60,7 +60,7 @@ def load(model_path: str | Path) -> LoadedModel:
         raise ModelError(f"{path}: no such model file" if not path.exists() else f"{path}: a folder, not a model file")
     try:
         model = keras.models.load_model(path, compile=False, safe_mode=True)  # built-in layers only
-    except (ValueError, TypeError, OSError, KeyError, AttributeError, zipfile.BadZipFile) as e:
+    except (ValueError, TypeError, OSError, KeyError, AttributeError, RecursionError, zipfile.BadZipFile) as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise ModelError(f"{path}: not a usable Keras model ({reason})") from None
     inputs = getattr(model, "inputs", None) or []
@@ -81,7 +81,7 @@ def _class_names(model_path: Path, outputs: int) -> list[str]:
         return list(CIFAR10_CLASSES)
     try:
         names = json.loads(card_path.read_text()).get("classes")
-    except (OSError, ValueError, AttributeError) as e:
+    except (OSError, ValueError, AttributeError, RecursionError) as e:  # RecursionError: nested too deep
         raise ModelError(f"{card_path}: not a readable model card ({type(e).__name__})") from None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise ModelError(f"{card_path}: 'classes' must be a list of class names, not {type(names).__name__}")

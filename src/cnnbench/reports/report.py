@@ -105,6 +105,7 @@ class SweepProgress:
         self.live = sys.stdout.isatty() if live is None else live
         self.status: Any = None  # rich's Status while a live display runs
         self.current = ""
+        self.terminal_gone = False  # set when printing failed (a closed terminal): say nothing more
 
     # -- the Progress protocol of engines.base -------------------------------------------------
     def trial_started(self, number: int, params: dict) -> None:
@@ -146,6 +147,15 @@ class SweepProgress:
                 f"elapsed {_clock(elapsed)}" + (f" | ETA {eta}" if eta else ""))
 
     def _say(self, message: str, quiet_when_live: bool = False) -> None:
+        if self.terminal_gone:
+            return
+        try:
+            self._print(message, quiet_when_live)
+        except OSError:  # EIO once a closed terminal's hang-up arrived, EPIPE: the sweep goes on, silent
+            self.terminal_gone = True
+            self.close()  # the live display's refresh thread would write to it too
+
+    def _print(self, message: str, quiet_when_live: bool) -> None:
         if self.live:
             if self.status is None:
                 self.status = self.console.status("")
@@ -159,8 +169,11 @@ class SweepProgress:
 
     def close(self) -> None:
         if self.status is not None:
-            self.status.stop()
-            self.status = None
+            status, self.status = self.status, None
+            try:
+                status.stop()  # its last refresh writes to the terminal
+            except OSError:
+                self.terminal_gone = True
 
 
 def _clock(seconds: float) -> str:

@@ -17,7 +17,7 @@ from cnnbench.space import FixedParam, Space
 from cnnbench.trials import RESULT_COLUMNS, TrialRecord, State
 
 PROGRESS_COLUMNS = ["trial", "state", "minutes", "val_accuracy", "best_val_accuracy"]
-_STATE_RANK = {"complete": 0, "pruned": 1, "running": 2, "interrupted": 3, "failed": 4}
+_STATE_RANK = {State.COMPLETE: 0, State.PRUNED: 1, State.RUNNING: 2, State.INTERRUPTED: 3, State.FAILED: 4}
 
 
 def leaderboard_frame(records: list[TrialRecord], space: Space) -> pd.DataFrame:

@@ -18,17 +18,10 @@ from pydantic import Field, ValidationError, field_validator
 from cnnbench.space import safe_yaml
 from cnnbench.space.params import (Budget, ChoiceParam, Data, FixedParam, FloatParam, IntParam, Param, Scalar,  # noqa: F401 (re-exported)
                                    Search, SpaceError, _Strict)
+from cnnbench.space.params import ARCH_KNOBS, MAX_CORNERS, MAX_GRID, MAX_LISTED  # noqa: F401 (re-exported)
 from cnnbench.knobs import KNOBS, coerce, default_config
 from cnnbench.model import architecture_stats
 
-# Knobs that change the network's shape: their extremes bound its size and feasibility.
-# The knobs that shape the network (each says so itself: Knob.shapes_network).
-ARCH_KNOBS = tuple(name for name, knob in KNOBS.items() if knob.shapes_network)
-
-
-MAX_LISTED = 10_000        # values of one parameter cnnbench will list (grids, epoch options)
-MAX_GRID = 100_000         # configurations a grid search may list
-MAX_CORNERS = 20_000       # architecture corner configurations checked for feasibility and size
 _OTHER = object()           # "a value no condition names", when counting conditional branches
 
 
@@ -238,7 +231,7 @@ def load_space(path: str | Path) -> Space:
 def parse_space(raw: Any, source: str = "<space>") -> Space:
     if not isinstance(raw, dict):
         raise SpaceError(f"{source}: the file must be a mapping with a 'params' key")
-    from cnnbench.space.rules import check_semantics, first_error
+    from cnnbench.space.rules import check_semantics, first_error  # rules reads a Space: it comes after
 
     try:
         space = Space.model_validate({**raw, "source": source})

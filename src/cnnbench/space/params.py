@@ -9,7 +9,17 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cnnbench.knobs import KNOBS
+
 Scalar = Union[bool, int, float, str]
+
+# The knobs that shape the network (each says so itself: Knob.shapes_network): their
+# extremes bound its size and feasibility.
+ARCH_KNOBS = tuple(name for name, knob in KNOBS.items() if knob.shapes_network)
+
+MAX_LISTED = 10_000        # values of one parameter cnnbench will list (grids, epoch options)
+MAX_GRID = 100_000         # configurations a grid search may list
+MAX_CORNERS = 20_000       # architecture corner configurations checked for feasibility and size
 
 
 class SpaceError(ValueError):
@@ -17,8 +27,10 @@ class SpaceError(ValueError):
 
 
 class _Strict(BaseModel):
-    # allow_inf_nan=False: every number in a space file is finite
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # allow_inf_nan=False: every number in a space file is finite. strict=True: a value of
+    # another type is an error, not converted ("seed: true", "validation_fraction: '0.1'"),
+    # as the JSON Schema editors check against says (tests/test_space_fuzz.py holds them together)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
 
 class _Param(_Strict):

@@ -6,16 +6,17 @@ could be large (ranges are counted, corners and grids are bounded).
 """
 from __future__ import annotations
 
-from typing import Any
-
 import math
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from cnnbench.knobs import KNOBS, unspell
 from cnnbench.model import ArchitectureError, architecture_stats
-from cnnbench.space import (ARCH_KNOBS, MAX_CORNERS, ChoiceParam, FloatParam, IntParam, Space,
-                            SpaceError)
+from cnnbench.space.params import ARCH_KNOBS, MAX_CORNERS, ChoiceParam, FloatParam, IntParam, SpaceError
+
+if TYPE_CHECKING:  # parse_space (space/__init__.py) calls these rules: no import back at run time
+    from cnnbench.space import Space
 
 _SCALAR_BRANCHES = ("bool", "int", "float", "str")  # a plain value's union members, as pydantic names them
 

@@ -81,7 +81,7 @@ def epochs_done(path: Path) -> int:
     try:
         with np.load(path, allow_pickle=False) as f:
             meta = json.loads(bytes(f["__meta__"]).decode())
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+    except (OSError, ValueError, KeyError, EOFError, RecursionError, zipfile.BadZipFile):
         return 0
     return int(meta.get("epochs_done", 0)) if meta.get("format") == FORMAT else 0
 
@@ -96,7 +96,7 @@ def load(path: Path) -> Saved | None:
                 return None
             lists: dict[str, Any] = {name: [f[f"{name}/{i}"] for i in range(meta["counts"][name])]
                                      if meta["present"][name] else None for name in _LISTS}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # absent, torn by a disk fault, or not ours
+    except (OSError, ValueError, KeyError, EOFError, RecursionError, zipfile.BadZipFile):  # absent, torn by a disk fault, or not ours
         return None
     known: dict[str, Any] = {k: v for k, v in meta.items() if k in Saved.__dataclass_fields__ and k not in _LISTS}
     return Saved(**known, **lists)

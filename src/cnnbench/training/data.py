@@ -15,12 +15,34 @@ import hashlib
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cnnbench.training.sources import (CIFAR10_CLASSES, DataError, _load_arrays, _load_image_folder,  # noqa: F401 (re-exported)
                                    cache_dir, stratified_pick)
-from cnnbench.space import Data
+
+if TYPE_CHECKING:  # the validated section: read by attribute, never imported here at run time
+    from cnnbench.space.params import Data
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A space's ``data`` section as plain data: what a trial's child process is handed, so
+    it loads the same images without importing the validation schema (pydantic) at all.
+    ``load_data`` reads the same attributes from this or from the validated ``space.Data``."""
+    dataset: str = "cifar10"
+    path: str | None = None
+    validation_fraction: float = 0.1
+    train_subset: int | None = None
+    test_subset: int | None = None
+    image_size: int = 32
+
+    @classmethod
+    def of(cls, data) -> "DataSpec":
+        """The plain copy of a validated ``space.Data``."""
+        return cls(data.dataset, data.path, data.validation_fraction, data.train_subset, data.test_subset,
+                   data.image_size)
 
 
 @dataclass
@@ -74,7 +96,7 @@ def synthetic_bundle(n_train: int, n_val: int = 256, image_size: int = 32, seed:
                       CIFAR10_CLASSES, "synthetic", "-")
 
 
-def resolve_source(opts: Data, space_dir: Path | None = None) -> str | None:
+def resolve_source(opts: DataSpec | Data, space_dir: Path | None = None) -> str | None:
     """The local copy to read, or None for the Keras download."""
     path = os.environ.get("CNNBENCH_CIFAR10") or opts.path
     if not path:
@@ -85,7 +107,7 @@ def resolve_source(opts: Data, space_dir: Path | None = None) -> str | None:
     return str(p)
 
 
-def load_data(opts: Data, seed: int, space_dir: Path | None = None) -> DataBundle:
+def load_data(opts: DataSpec | Data, seed: int, space_dir: Path | None = None) -> DataBundle:
     """Train/val/test arrays for a space's ``data`` section, subsets and split applied."""
     source = resolve_source(opts, space_dir)
     rng = np.random.default_rng(seed)

@@ -5,6 +5,7 @@ turns what these return into a ``DataBundle``.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -22,6 +23,7 @@ from cnnbench.files import temporary_name
 
 if TYPE_CHECKING:
     from cnnbench.space.params import Data
+    from cnnbench.training.data import DataSpec
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
@@ -78,7 +80,7 @@ def _class_folders(root: Path, split: str) -> list[str]:
         raise DataError(f"{root / split}: not readable (permission denied)") from None
 
 
-def _load_image_folder(root: Path, opts: Data, seed: int):
+def _load_image_folder(root: Path, opts: DataSpec | Data, seed: int):
     if not (root / "test").is_dir():
         raise DataError(f"{root}: no test/ folder beside train/")
     classes = _class_folders(root, "train")
@@ -140,12 +142,14 @@ def _decode_cached(files: list[str], size: int) -> tuple[np.ndarray, np.ndarray,
     broken = [why for _, why in decoded if why]
     images = (np.stack([decoded[i][0] for i in readable]) if len(readable)
               else np.zeros((0, size, size, 3), np.uint8))
+    tmp = temporary_name(cache, keep_suffix=True)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temporary_name(cache, keep_suffix=True)
         np.savez(tmp, images=images, readable=readable, broken=np.array(broken, dtype=str))
         os.replace(tmp, cache)  # atomic: a concurrent reader never sees half a file
     except OSError as e:
+        with contextlib.suppress(OSError):  # a full disk: no half-written temporary left in the cache
+            tmp.unlink(missing_ok=True)
         raise DataError(f"{cache.parent}: the decode cache is not writable ({e.strerror or e}); "
                         "set CNNBENCH_CACHE to a writable folder") from None
     return images, readable, broken

@@ -216,6 +216,10 @@ def train_and_evaluate(config: dict, data: DataBundle, on_epoch: Callable[[int, 
     ``checkpoint`` (a file path), the training's state is written there at every epoch's end
     and, when a checkpoint of this training is already there, it goes on from that epoch
     (training/checkpoint.py); the caller deletes the file once the trial has ended.
+
+    Longer than most functions here on purpose: one training read top to bottom, as
+    airbench's is; its steps depend on their order (the seed before the network, the
+    whitening before compiling, resuming after the callbacks exist), which helpers would hide.
     """
     import keras
     import tensorflow as tf

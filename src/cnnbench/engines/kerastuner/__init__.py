@@ -23,7 +23,7 @@ from cnnbench import trials
 from cnnbench.training import runtime
 from cnnbench.deadline import NotStarted
 from cnnbench.engines.kerastuner import recovery as lost
-from cnnbench.engines.kerastuner.oracle import AtomicTunerSave, adopt, check_state_files
+from cnnbench.engines.kerastuner.oracle import AtomicTunerSave, adopt, check_state_files, is_the_oracle
 from cnnbench.engines.recovery import describe_exit
 from cnnbench.engines.base import StudyJob, TrialTaken, stop_rule_reason, wait_all
 from cnnbench.engines.trial import run_trial
@@ -109,6 +109,9 @@ class _Runner(AtomicTunerSave):
                                attempt=lost.attempt_of(trials.read_records(job.paths), values))
         except NotStarted as late:
             job.progress.say(f"stopped before trial {trial.trial_id}: {late}")
+            if job.deadline.search_end is not None:
+                job.ended_by = (f"search.time_share: no run fitted in what was left of the search's "
+                                f"{job.space.search.time_share:g} of the time; the final training fills the rest")
             raise _StopSearch() from None
         except TrialTaken as taken:  # declared lost while paused; its retry stands
             raise kt.errors.FailedTrialError(f"trial {taken} was taken over while this worker was paused") from None
@@ -152,7 +155,7 @@ def _search(job: StudyJob) -> None:
     check_state_files(job.paths.root / PROJECT)
     tuner = make_tuner(job)
     oracle = tuner.oracle
-    if hasattr(oracle, "_random_values"):  # the oracle's own process (single, or the chief)
+    if is_the_oracle(oracle):  # the oracle's own process (single, or the chief)
         adopt(oracle, job.space.start_with)
         if exists(job) and not oracle.trials:
             # KerasTuner reloads only when this tuner id saved its own file, which a run
@@ -166,6 +169,11 @@ def _search(job: StudyJob) -> None:
         tuner.search(verbose=0)  # cnnbench's own progress display replaces KerasTuner's
     except _StopSearch:
         pass
+    except RuntimeError as error:  # KerasTuner's max_consecutive_failed_trials: stop as Optuna's engine does
+        if "consecutive failures exceeded" not in str(error):
+            raise
+        job.progress.say(f"stopped: the last {job.space.search.max_consecutive_failures} trials failed; "
+                         "the space is probably broken")
 
 
 def _free_port() -> int:
@@ -177,7 +185,8 @@ def _free_port() -> int:
 def _run_distributed(job: StudyJob) -> bool:
     """A chief and ``job.workers`` workers over loopback, each a ``cnnbench sweep`` process.
     True when a worker died (its trial may still need a retry that nobody ran)."""
-    env = {**os.environ, "KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(_free_port())}
+    env = {**os.environ, **job.deadline.worker_environment(), "KERASTUNER_ORACLE_IP": "127.0.0.1",
+           "KERASTUNER_ORACLE_PORT": str(_free_port())}
     # Workers' requests wait for the chief's server to come up (gRPC wait_for_ready).
     chief = subprocess.Popen(job.worker_command, env={**env, "KERASTUNER_TUNER_ID": "chief"},
                              preexec_fn=worker_preexec())

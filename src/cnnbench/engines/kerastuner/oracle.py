@@ -34,7 +34,7 @@ from cnnbench.space import SpaceError
 PINNED = "1.4.8"  # pyproject.toml's pin; what REQUIRED was read from
 REQUIRED = ("_random_values", "_duplicate", "_retry_queue", "_save_trial", "_get_oracle_fname", "_get_trial_dir",
             "populate_space", "create_trial", "end_order", "ongoing_trials", "tuner_ids", "trials",
-            "hyperparameters", "max_trials", "get_state")
+            "hyperparameters", "max_trials", "get_state", "_check_consecutive_failures")
 
 
 if TYPE_CHECKING:  # for the type checker, the mixins stand on what they are mixed into
@@ -66,6 +66,21 @@ class CnnbenchOracle(_OracleBase):
             if not self._duplicate(values):
                 return values
         return super()._random_values()
+
+    def _check_consecutive_failures(self):
+        try:
+            super()._check_consecutive_failures()
+        except RuntimeError:
+            # KerasTuner raises from end_trial before it saves the trial that just failed:
+            # save it (and free its tuner's place) first, or a later run of the study would
+            # find it running and hand it out again
+            ended = self.trials[self.end_order[-1]]
+            self._save_trial(ended)
+            for tuner_id, ongoing in list(self.ongoing_trials.items()):
+                if ongoing.trial_id == ended.trial_id:
+                    self.ongoing_trials.pop(tuner_id)
+            self.save()
+            raise
 
     @kt.synchronized
     def create_trial(self, tuner_id):
@@ -111,6 +126,12 @@ class AtomicTunerSave(_TunerBase):
         atomic_write(Path(self._get_tuner_fname()), json.dumps(self.get_state()))
 
 
+def is_the_oracle(oracle) -> bool:
+    """True in the oracle's own process (a single search, or the chief); a worker holds a
+    client of the chief's oracle, which has none of the oracle's own methods."""
+    return hasattr(oracle, "_random_values")
+
+
 def adopt(oracle, start_with: list[dict]):
     """Make the tuner's ``oracle`` a CnnbenchOracle of its own algorithm, handing out
     ``start_with`` first. Only the oracle's own process has one (workers hold a client)."""
@@ -132,7 +153,7 @@ def check_state_files(project: Path) -> None:
             json.loads(path.read_text())
         except FileNotFoundError:
             continue
-        except (ValueError, OSError) as error:
+        except (ValueError, OSError, RecursionError) as error:
             raise SpaceError(f"{path}: KerasTuner's state is torn or unreadable ({type(error).__name__}: "
                              f"{str(error)[:80]}); restore the file, or continue in a new --study (this study's "
                              "trial records and models stay readable)") from None

@@ -75,7 +75,9 @@ def run(job: StudyJob) -> None:
         run_workers(job, study)  # then finish here whatever dead workers left undone
     refused = 0  # configurations in a row that could not finish before the deadline
     while _should_continue(job, study):
-        if job.space.search.rungs:
+        if job.space.search.rungs and not refused:
+            # after a refusal, a new configuration's cheap first-rung run may still fit where
+            # the promotion (a costlier rung) did not: asking for it again would only be refused
             _enqueue_promotion(job, study)
         with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": we beat ourselves
             warnings.simplefilter("ignore", UserWarning)
@@ -196,7 +198,8 @@ def _run_one(job: StudyJob, study: optuna.Study, trial: optuna.Trial) -> None:
 def run_workers(job: StudyJob, study: optuna.Study) -> None:
     """``job.workers`` processes of the same sweep on one storage; Optuna coordinates them.
     A worker that dies does not stop the others: its trial is recovered at once."""
-    env = {**os.environ, **({"CNNBENCH_STORAGE": job.storage} if job.storage else {})}
+    env = {**os.environ, **job.deadline.worker_environment(),
+           **({"CNNBENCH_STORAGE": job.storage} if job.storage else {})}
     processes = [subprocess.Popen(job.worker_command, env={**env, "CNNBENCH_WORKER": str(i + 1),
                                                             **runtime.worker_environment(i, job.workers)},
                                   preexec_fn=worker_preexec())

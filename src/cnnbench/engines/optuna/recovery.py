@@ -2,8 +2,9 @@
 
 Each run (and a parent, when one of its workers exits) fails the lost trials in the study
 and queues their configurations again; RUNNING trials that never got a record (a process
-killed between ``ask`` and its first write) are found by their owner attribute; records torn
-by a full disk are rebuilt from what the storage knows.
+killed between ``ask`` and its first write) are found by their owner attribute, as are those
+recorded as ended whose process died before telling the study (told from the record);
+records torn by a full disk are rebuilt from what the storage knows.
 """
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def rebuild_damaged(job, study: optuna.Study) -> list[int]:
     damaged: list[str] = []
     trials.read_records(job.paths, damaged)
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
-    states = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
+    states = {TrialState.COMPLETE: State.COMPLETE, TrialState.PRUNED: State.PRUNED, TrialState.FAIL: State.FAILED}
     rebuilt = []
     for entry in damaged:
         path = Path(entry.rsplit(": ", 1)[0])
@@ -65,7 +66,7 @@ def rebuild_damaged(job, study: optuna.Study) -> list[int]:
                              "leaderboard (restore it, or delete it to run its configuration again)")
             continue
         rung = t.user_attrs.get("rung") if job.space.search.rungs else None
-        state = "interrupted" if t.user_attrs.get("interrupted") else states[t.state]
+        state = State.INTERRUPTED if t.user_attrs.get("interrupted") else states[t.state]
         record = TrialRecord(trial=number, engine=job.engine, values=dict(t.params),
                              config={**job.space.complete(t.params), **job.space.rung_config(rung)},
                              state=state, val_accuracy=t.value if t.state == TrialState.COMPLETE else None,
@@ -87,6 +88,19 @@ def requeue(study: optuna.Study, values: dict, lost: int, attempt: int, rung: di
     study.enqueue_trial(values, user_attrs={"attempt": attempt + 1, "retry_of": lost, **rung})
 
 
+def _tell_recorded(job, study: optuna.Study, number: int, record: TrialRecord) -> None:
+    """Tell Optuna how a trial ended, from its record: its process wrote the record and died
+    before ``study.tell`` (a window as narrow as the one between ``ask`` and the first
+    record), which left the trial RUNNING in the storage for ever."""
+    objectives = [record.val_accuracy, *(getattr(record, cost) for cost in job.space.minimize)]
+    if record.state == State.COMPLETE and None not in objectives:
+        study.tell(number, objectives if job.space.minimize else record.val_accuracy)
+    else:
+        study.tell(number, state=TrialState.PRUNED if record.state == State.PRUNED else TrialState.FAIL)
+    job.progress.say(f"trial {number} was recorded {record.state} but its process died before the study heard; "
+                     "told the study from its record")
+
+
 OWNER = "owner"  # a trial's user attribute right after ``ask``: "host:pid" of the process that asked
 
 
@@ -96,17 +110,23 @@ def recover_unrecorded(job, study: optuna.Study, now: float | None = None) -> li
     the budget still holds. One is lost when its owner's process is gone (same host), or
     when it has no owner and started over ``STALE_SECONDS`` ago."""
     now = time.time() if now is None else now
-    recorded = {r.trial for r in trials.read_records(job.paths)}
+    recorded = {r.trial: r for r in trials.read_records(job.paths)}
     found = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.number in recorded:
-            continue
+        record = recorded.get(t.number)
+        if record is not None and record.state == State.RUNNING:
+            continue  # a running record: fail_lost judges it by its heartbeat
         host, _, pid = str(t.user_attrs.get(OWNER, "")).rpartition(":")
         if host:  # this process runs one trial at a time and none now: its own RUNNING one is lost too
             lost = host == socket.gethostname() and (int(pid) == os.getpid() or process_gone(int(pid)))
         else:
             lost = t.datetime_start is not None and now - t.datetime_start.timestamp() > trials.STALE_SECONDS
         if not lost:
+            continue
+        if record is not None:  # recorded as ended, killed before the storage heard: the record decides
+            if record.state == State.INTERRUPTED:  # as the engine marks one it tells itself
+                study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+            _tell_recorded(job, study, t.number, record)
             continue
         study._storage.set_trial_user_attr(t._trial_id, "lost_before_record", True)
         study.tell(t.number, state=TrialState.FAIL)
