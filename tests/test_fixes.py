@@ -97,6 +97,31 @@ def test_the_deadline_prices_trials_at_the_datas_image_size(tmp_path):
         Deadline(end, log, image_size=64).admit(config, 5_000, 500, 1_000, "float32", [])
 
 
+def test_the_plan_prices_trials_at_the_datas_class_count(tmp_path, monkeypatch):
+    """Bug 2's other half: `cnnbench check --timeout` assumed 10 classes where the sweep
+    counts the data's (an image folder of other classes)."""
+    monkeypatch.delenv("CNNBENCH_CIFAR10", raising=False)  # it names the data before a space's path
+    from cnnbench.deadline import ThroughputLog
+    from cnnbench.model import architecture_stats
+    from cnnbench.plan import plan
+    from cnnbench.space import parse_space
+    from cnnbench.training.data import DataSpec, class_count
+
+    for split in ("train", "test"):
+        for name in ("a", "b", "c"):
+            (tmp_path / "folder" / split / name).mkdir(parents=True)
+    assert class_count(DataSpec(path=str(tmp_path / "folder"))) == 3
+    assert class_count(DataSpec(path="folder"), tmp_path) == 3  # relative to the space file
+    assert class_count(DataSpec(path=str(tmp_path / "nothing"))) == 10  # CIFAR-10's download
+    space = parse_space({"params": {"epochs": {"type": "fixed", "value": 4},
+                                    "precision": {"type": "fixed", "value": "float32"}}})
+    config = space.complete({})
+    log = ThroughputLog(tmp_path / "t.json")
+    log.add("float32", 1e10, architecture_stats(config).flops)
+    assert architecture_stats(config, 32, 1000).flops > architecture_stats(config).flops
+    assert plan(space, 60, log, num_classes=1000).trial_seconds > plan(space, 60, log).trial_seconds
+
+
 def test_run_json_quotes_the_command_only_when_there_was_one(tmp_path):
     from cnnbench.sweep import SweepRequest, prepare
     from conftest import SPACES

@@ -167,6 +167,25 @@ def test_a_trial_child_imports_neither_pydantic_nor_the_space_schema():
     assert out == ["500", "[]"]
 
 
+def test_worker_roles_are_read_by_the_command_line_and_the_engines_only(monkeypatch):
+    """The issue found them read in sweep.py; now commands.worker_role reads them and the
+    request carries them (a notebook's sweep is never a worker)."""
+    from cnnbench.commands import worker_role
+
+    readers = sorted(name for name, path in modules()
+                     if any(v in path.read_text() for v in ("CNNBENCH_WORKER", "KERASTUNER_TUNER_ID"))
+                     and not name.startswith("cnnbench.engines"))
+    assert readers == ["cnnbench.commands"]
+    monkeypatch.delenv("CNNBENCH_WORKER", raising=False)
+    monkeypatch.delenv("KERASTUNER_TUNER_ID", raising=False)
+    assert worker_role() == (None, 0)
+    monkeypatch.setenv("CNNBENCH_WORKER", "2")
+    assert worker_role() == ("2", 2)
+    monkeypatch.delenv("CNNBENCH_WORKER")
+    monkeypatch.setenv("KERASTUNER_TUNER_ID", "tuner1")
+    assert worker_role() == ("tuner1", 0)
+
+
 def test_what_a_trainer_reports_is_what_a_record_keeps():
     """TrialResult (the trainer's side) and TrialRecord (the study's side) share their
     metrics: each recorded one is a record field of the same type, so adding a figure to

@@ -60,6 +60,31 @@ def test_an_unreadable_entry_inside_the_journal_is_one_line_and_repair_keeps_the
     assert _complete(tmp_path) == 3
 
 
+def test_repair_keeps_the_trial_numbers_when_a_trials_creation_was_torn(tmp_path, capsys):
+    """Before, repair cut the file at a torn CREATE_TRIAL, dropping every later entry: the
+    next trials took the numbers of trials whose records were still on disk."""
+    space = parse_space(SPACE)
+    stand_in.run(space, tmp_path, trials=3)
+    lines = _journal(tmp_path).read_bytes().splitlines(keepends=True)
+    creations = [n for n, line in enumerate(lines) if line.startswith(b'{"op_code":4') or
+                 line.startswith(b'{"op_code": 4')]
+    i = creations[1]  # trial 1's creation, torn, and the next entry straight after it
+    torn = lines[i][:len(lines[i]) // 2] + lines[i + 1]
+    _journal(tmp_path).write_bytes(b"".join(lines[:i] + [torn] + lines[i + 2:]))
+    assert main(["repair", "s", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "replaced 1 torn trial creation(s) by bare ones" in out and "cut" not in out
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(_journal(tmp_path)))))
+    assert [t.number for t in study.trials] == [0, 1, 2]
+    assert study.trials[2].state == TrialState.COMPLETE  # the entries after the torn one are kept
+    stand_in.run(space, tmp_path, trials=5)
+    records = trials.read_records(trials.StudyPaths(tmp_path / "s"))
+    assert [r.trial for r in records] == [0, 1, 2, 3, 4]  # no number given twice
+
+
 @pytest.mark.parametrize("owner", ["dead process", "none"])
 def test_a_running_trial_without_a_record_is_failed_and_its_configuration_run_again(tmp_path, monkeypatch, owner):
     space = parse_space(SPACE)
@@ -313,3 +338,49 @@ def test_a_full_disk_while_copying_the_exported_model_leaves_no_half_copy_and_na
     monkeypatch.undo()
     atomic_copy(source, target)
     assert target.read_bytes() == source.read_bytes()
+
+
+def test_a_heartbeat_that_wrote_after_its_trial_was_declared_lost_puts_the_failure_back(tmp_path, monkeypatch):
+    """A worker paused between its heartbeat's look for the lost marker and its write: the
+    recovering process marked the trial lost and failed its record meanwhile, and the
+    returning heartbeat wrote `running` over it, for ever."""
+    import threading
+
+    from cnnbench.engines.trial import _Heartbeat
+
+    job = stand_in.make_job(parse_space(SPACE), tmp_path)
+    record = trials.started(0, "optuna", {"learning_rate": 0.01}, {}, seed=3)
+    trials.write_record(job.paths, record)
+    real = trials.write_record
+
+    def recovered_meanwhile(paths, written, target=None):
+        if not job.paths.lost_marker(0).exists():  # the other process's claim and failed record
+            job.paths.lost_marker(0).touch()
+            real(paths, dataclasses.replace(written, state="failed", reason="worker lost: heartbeat stale"))
+        real(paths, written, target)
+
+    monkeypatch.setattr(trials, "write_record", recovered_meanwhile)
+    beat = _Heartbeat(job, record, threading.Lock())
+    assert beat.beat() is False  # no more beats
+    on_disk = trials.read_record(job.paths.trial_record(0))
+    assert on_disk.state == "failed" and on_disk.reason.startswith("worker lost")
+    assert beat.beat() is False and trials.read_record(job.paths.trial_record(0)).state == "failed"
+
+
+def test_a_storage_error_in_the_heartbeat_hook_is_retried_at_the_next_beat_not_a_thread_traceback(tmp_path):
+    import threading
+
+    from cnnbench.engines.trial import _Heartbeat
+
+    job = stand_in.make_job(parse_space(SPACE), tmp_path)
+    record = trials.started(0, "optuna", {"learning_rate": 0.01}, {}, seed=3)
+    calls = []
+
+    def lost_connection(number):
+        calls.append(number)
+        raise ConnectionError("the database went away")
+
+    job.heartbeat_hook = lost_connection
+    beat = _Heartbeat(job, record, threading.Lock())
+    assert beat.beat() is True and beat.beat() is True and calls == [0, 0]
+    assert trials.read_record(job.paths.trial_record(0)).state == "running"

@@ -214,3 +214,26 @@ def test_after_a_promotion_does_not_fit_new_cheap_configurations_still_run(tmp_p
     records = stand_in.read_records(job.paths)
     assert len(records) == 6 and {r.rung for r in records} == {0}
     assert len({tuple(np.round(list(r.values.values()), 12)) for r in records}) == 6  # six configurations
+
+
+def test_a_final_training_is_forecast_from_trainings_of_its_size_when_there_are_any(tmp_path):
+    """First-rung runs (5,000 images) train slower per image than a 50,000-image final; the
+    f80cdb8 hour sized its final from them and left 3 minutes unused."""
+    log = ThroughputLog(tmp_path / "throughput.json")
+    log.add("float32", 6e11, 3e8, images=5_000)
+    log.add("float32", 6.2e11, 3e8, images=15_000)
+    assert log.rate("float32", 3e8, images=50_000) == pytest.approx(6.1e11)  # none as large: all of them
+    log.add("float32", 8e11, 3e8, images=50_000)
+    assert log.rate("float32", 3e8, images=50_000) == pytest.approx(8e11)
+    assert log.rate("float32", 3e8) == pytest.approx(6.2e11)  # a trial's forecast: every similar one
+    config = {**_space().complete({}), "train_images": 0}
+    log = ThroughputLog(tmp_path / "network.json")
+    deadline = Deadline(None, log, final_images=50_000)
+    flops = architecture_stats(config).flops
+    log.add("float32", 1e9, flops, images=5_000)
+    log.add("float32", 2e9, flops, images=50_000)
+    assert deadline.final_seconds(config) == pytest.approx(trial_seconds(config, 50_000, 0, 2e9))
+    old = tmp_path / "old.json"  # samples written before the image count was kept
+    old.write_text('{"version": 2, "%s": [[%d, 1000000000]]}' % (__import__("cnnbench.deadline").deadline
+                                                                   .machine_key("float32"), flops))
+    assert ThroughputLog(old).rate("float32", flops, images=50_000) == 1e9

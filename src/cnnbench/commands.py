@@ -5,6 +5,7 @@ arguments and picks one). Each returns its exit code; bad input raises one of th
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import signal
 import sys
@@ -52,14 +53,24 @@ def cmd_check(args) -> int:
     print(check_summary(space))
     if args.timeout:
         from cnnbench.plan import plan
+        from cnnbench.training.data import class_count
 
         n = space.data.train_subset or 50_000
         n_val = round(n * space.data.validation_fraction)
         found = plan(space, args.timeout, n_train=n - n_val, n_val=n_val, n_test=space.data.test_subset or 10_000,
-                     recipe_only=args.recipe_only)
+                     recipe_only=args.recipe_only, num_classes=class_count(space.data, Path(args.space).resolve().parent))
         print(found.text() if found else "  plan: this machine's speed for networks of this size is unknown "
               "(cnnbench check --measure measures it in about half a minute)")
     return 0
+
+
+def worker_role() -> tuple[str | None, int]:
+    """(worker id, worker number) when a sweep started this process as one of its workers
+    (KerasTuner's KERASTUNER_TUNER_ID, cnnbench's CNNBENCH_WORKER), else (None, 0): the one
+    place that reads those variables outside the engines."""
+    number = os.environ.get("CNNBENCH_WORKER") or None
+    worker = os.environ.get("KERASTUNER_TUNER_ID") or number
+    return worker, int(number) if number and number.isdigit() else 0
 
 
 def cmd_sweep(args) -> int:
@@ -67,7 +78,9 @@ def cmd_sweep(args) -> int:
     from cnnbench.reports.results import leaderboard_frame
     from cnnbench.sweep import SweepRequest, prepare, run_sweep
 
+    worker, worker_index = worker_role()
     request = SweepRequest(space_file=args.space, study=args.study, trials=args.trials,
+                           worker=worker, worker_index=worker_index,
                            timeout_minutes=args.timeout, engine=args.engine, algo=args.algo,
                            storage=args.storage, results=args.results, workers=args.workers,
                            tensorboard=args.tensorboard, final=False if args.no_final else None,

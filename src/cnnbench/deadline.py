@@ -78,20 +78,28 @@ class ThroughputLog:
         except (OSError, ValueError, AttributeError, RecursionError):
             return {"version": 2}
 
-    def add(self, precision: str, flops_per_s: float, flops_per_image: float) -> None:
+    def add(self, precision: str, flops_per_s: float, flops_per_image: float, images: int = 0) -> None:
+        """Keep one training's speed; ``images``: the training images of its epochs (0: unknown)."""
         if not flops_per_s or flops_per_s <= 0 or not flops_per_image:
             return
         table = self._read()
         samples = table.setdefault(machine_key(precision), [])
-        samples.append([round(flops_per_image), round(flops_per_s)])
+        samples.append([round(flops_per_image), round(flops_per_s)] + ([int(images)] if images else []))
         del samples[:-SAMPLES_KEPT]
         atomic_write(self.path, json.dumps(table, indent=1))
 
-    def rate(self, precision: str, flops_per_image: float) -> float | None:
-        """The median training FLOPs/s of recent trials here of a similar size, or None."""
-        similar = [rate for flops, rate in self._read().get(machine_key(precision), [])
-                   if flops_per_image / self.SIMILAR <= flops <= flops_per_image * self.SIMILAR]
-        return float(statistics.median(similar)) if similar else None
+    def rate(self, precision: str, flops_per_image: float, images: int = 0) -> float | None:
+        """The median training FLOPs/s of recent trials here of a similar size, or None.
+
+        ``images``: a training of that many images per epoch is forecast from trainings of at
+        least half as many when there are any: first-rung runs (5,000 images at batch 256)
+        train slower per image than a final training on 50,000, and sizing the f80cdb8 hour's
+        final from them left 3 of its minutes unused. Older samples lack the count."""
+        similar = [sample for sample in self._read().get(machine_key(precision), [])
+                   if flops_per_image / self.SIMILAR <= sample[0] <= flops_per_image * self.SIMILAR]
+        large = [sample for sample in similar if images and len(sample) > 2 and sample[2] >= images / 2]
+        rates = [sample[1] for sample in (large or similar)]
+        return float(statistics.median(rates)) if rates else None
 
 
 @dataclass
@@ -120,7 +128,7 @@ class Deadline:
             return 0.0
         from cnnbench.training.runtime import resolve_precision
 
-        rate = self.log.rate(resolve_precision(config["precision"]), self._flops(config))
+        rate = self.log.rate(resolve_precision(config["precision"]), self._flops(config), self.final_images)
         return self._seconds(config, self.final_images, 0, rate) if rate else 0.0
 
     def _flops(self, config: dict) -> int:

@@ -88,7 +88,7 @@ class HourPlan:
 
 
 def plan(space, minutes: float, log: ThroughputLog | None = None, n_train: int = 45_000, n_val: int = 5_000,
-         n_test: int = 10_000, recipe_only: bool = False) -> HourPlan | None:
+         n_test: int = 10_000, recipe_only: bool = False, num_classes: int = 10) -> HourPlan | None:
     """The plan for a sweep of ``space`` lasting ``minutes``, or None while this machine's
     speed for networks of that size is unknown (``cnnbench check --measure``).
 
@@ -96,13 +96,14 @@ def plan(space, minutes: float, log: ThroughputLog | None = None, n_train: int =
     ``n // f`` of them at the second, ``n // f**2`` at the third (``f`` the reduction
     factor), with the largest ``n`` whose runs fit beside the final training and export.
     ``recipe_only``: ``space`` is one recipe (space.variants.recipe_alone) whose final training
-    gets as many epochs as the minutes hold, as ``--recipe-only`` sweeps do.
+    gets as many epochs as the minutes hold, as ``--recipe-only`` sweeps do. ``num_classes``:
+    the data's (``training.data.class_count``): the classifier's size is in every forecast.
     """
     from cnnbench.training.runtime import resolve_precision
 
     config = space.complete(space.start_with[0] if space.start_with else {})
     deadline = Deadline(None, log or ThroughputLog(), final_images=(n_train + n_val) if space.final else 0,
-                        image_size=space.data.image_size)
+                        image_size=space.data.image_size, num_classes=num_classes)  # as the sweep's is
     rate = (log or deadline.log or ThroughputLog()).rate(resolve_precision(config["precision"]), deadline._flops(config))
     if not rate:
         return None

@@ -57,6 +57,11 @@ class SweepRequest:
     # with one GPU; a crash then takes the sweep with it).
     trainer: str | None = None
     in_process: bool = False
+    # Set in a process another sweep (or a person) started to run trials only: its worker id
+    # (KerasTuner's tuner id, or cnnbench's worker number) and, for Optuna's workers, that
+    # number. The command line reads them from the environment (commands.worker_role).
+    worker: str | None = None
+    worker_index: int = 0
     # A Space given as an object (cnnbench.sweep(space)) instead of read from space_file,
     # which then only names it (run.json, the default study name, relative data paths).
     space: Any = None

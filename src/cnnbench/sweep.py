@@ -7,7 +7,6 @@ matches what was done.
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 import types
@@ -48,13 +47,10 @@ class _CallableModule(types.ModuleType):
 sys.modules[__name__].__class__ = _CallableModule
 
 
-def worker_id() -> str | None:
-    """This process's worker id when another sweep (or a person) started it to run trials only."""
-    return os.environ.get("KERASTUNER_TUNER_ID") or os.environ.get("CNNBENCH_WORKER") or None
-
-
-def is_worker() -> bool:
-    return worker_id() is not None
+def is_worker(sweep: Sweep) -> bool:
+    """This process runs trials only: another sweep (or a person) started it as a worker
+    (``SweepRequest.worker``, which the command line reads from the environment)."""
+    return sweep.request.worker is not None
 
 
 
@@ -75,9 +71,9 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
     deadline = _deadline(sweep, data, before)
     best = max((r.val_accuracy for r in before if r.state == State.COMPLETE and r.val_accuracy is not None),
                default=None)
-    label = f"{sweep.study} worker {worker_id()}" if is_worker() else sweep.study
+    label = f"{sweep.study} worker {req.worker}" if is_worker(sweep) else sweep.study
     progress = SweepProgress(label, sweep.trials, trials.finished_count(before), best, sweep.timeout, live)
-    if data.skipped and not is_worker():
+    if data.skipped and not is_worker(sweep):
         shown = "; ".join(data.skipped[:5]) + (f"; and {len(data.skipped) - 5} more" if len(data.skipped) > 5 else "")
         progress.say(f"skipped {len(data.skipped)} unreadable image(s) (listed in run.json): {shown}")
     refresh = _refresher(sweep, run, progress)
@@ -87,8 +83,8 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
     job = StudyJob(study=sweep.study, engine=req.engine, space=space, paths=paths, trials=sweep.trials,
                    progress=progress, runner=runner, algo=sweep.algo,
                    data_sizes=(len(data.y_train), len(data.y_val), len(data.y_test)), deadline=deadline,
-                   storage=sweep.storage, workers=0 if is_worker() else req.workers,
-                   worker_command=req.worker_command(), worker_index=int(os.environ.get("CNNBENCH_WORKER", 0)),
+                   storage=sweep.storage, workers=0 if is_worker(sweep) else req.workers,
+                   worker_command=req.worker_command(), worker_index=req.worker_index,
                    on_record=refresh, tensorboard=req.tensorboard, data_fingerprint=split_fingerprint(data),
                    cache=req.cache, warm_start=sweep.warm, trainer_name=req.trainer,
                    fill_final=req.recipe_only or (space.search.time_share is not None and deadline.end is not None),
@@ -106,8 +102,8 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
         progress.close()
     records = refresh()
     summary = {"study": sweep.study, "records": records, "card": None, "stopped_by": stopped_by,
-               "best_model": None, "worker": is_worker()}
-    if is_worker():  # the starting process ranks and exports once every worker is done
+               "best_model": None, "worker": is_worker(sweep)}
+    if is_worker(sweep):  # the starting process ranks and exports once every worker is done
         return summary
     card = export_best(records, paths, data, run, final=final)
     write_global_leaderboard(Path(req.results))
@@ -129,7 +125,7 @@ def describe(sweep: Sweep, data) -> dict:
     # progress.csv counts minutes from the study's first start, across resumed runs
     run["first_started_unix"] = read_json(paths.root / "run.json").get("first_started_unix", sweep.started)
     paths.root.mkdir(parents=True, exist_ok=True)
-    if not is_worker():
+    if not is_worker(sweep):
         atomic_write(paths.root / "run.json", json_text(run))
         atomic_write(paths.root / "space.yaml", yaml.safe_dump(run["space"], sort_keys=False))
     return run
@@ -176,10 +172,10 @@ def _search_then_final(sweep: Sweep, job: StudyJob, run: dict):
     space, paths, deadline = sweep.space, sweep.paths, job.deadline
     if sweep.search_needed:
         engines.get(job.engine).run(job)
-        if job.ended_by and not is_worker():  # a stop rule ended the search: say so where it lasts
+        if job.ended_by and not is_worker(sweep):  # a stop rule ended the search: say so where it lasts
             run["search_ended_by"] = job.ended_by
             atomic_write(paths.root / "run.json", json_text(run))
-    if not sweep.final or is_worker():
+    if not sweep.final or is_worker(sweep):
         return None
     best_trial = final_training.best_trial(trials.read_records(paths))
     if best_trial is not None or not sweep.search_needed:

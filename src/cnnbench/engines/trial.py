@@ -4,6 +4,7 @@ while it trains, and the record written at its end.
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -27,16 +28,37 @@ class _Heartbeat(threading.Thread):
 
     def run(self) -> None:
         while not self.stopped.wait(trials.HEARTBEAT_SECONDS):
-            with self.lock:
-                if self.job.paths.lost_marker(self.record.trial).exists():
-                    return  # declared lost while paused: the record is no longer ours
-                self.record.heartbeat_at = time.time()
+            if not self.beat():
+                return
+
+    def beat(self) -> bool:
+        """Touch the record once; False once the trial was declared lost (no more beats)."""
+        marker = self.job.paths.lost_marker(self.record.trial)
+        with self.lock:
+            if marker.exists():
+                return False  # declared lost while paused: the record is no longer ours
+            self.record.heartbeat_at = time.time()
+            try:
+                trials.write_record(self.job.paths, self.record)
+            except OSError:  # a full disk: the trial's own end-of-trial write reports it, once
+                pass
+            if marker.exists():
+                # declared lost between the check and the write (this process paused there):
+                # the write may have replaced the failed record; put the failure back
+                lost = dataclasses.replace(self.record, history=list(self.record.history), state=State.FAILED,
+                                           finished_at=time.time(),
+                                           reason=f"{LOST}: declared lost while its process was paused")
                 try:
-                    trials.write_record(self.job.paths, self.record)
-                except OSError:  # a full disk: the trial's own end-of-trial write reports it, once
+                    trials.write_record(self.job.paths, lost)
+                except OSError:
                     pass
-            if self.job.heartbeat_hook:
+                return False
+        if self.job.heartbeat_hook:
+            try:  # Optuna's RDB heartbeat: a lost connection is retried at the next beat
                 self.job.heartbeat_hook(self.record.trial)
+            except Exception:  # noqa: BLE001 (a thread's traceback would only interleave with the progress)
+                pass
+        return True
 
     def stop(self) -> None:
         self.stopped.set()
@@ -203,7 +225,8 @@ def _served_from_cache(job: StudyJob, number: int, values: dict, config: dict, f
 def log_throughput(job: StudyJob, record: TrialRecord) -> None:
     """Keep the training speed a finished training reached here, for later forecasts."""
     if record.images_per_s and record.precision and record.flops and job.deadline.log is not None:
-        job.deadline.log.add(record.precision, record.images_per_s * record.flops * TRAIN_COST, record.flops)
+        job.deadline.log.add(record.precision, record.images_per_s * record.flops * TRAIN_COST, record.flops,
+                             record.train_images or 0)
 
 
 def signal_name(stop: KeyboardInterrupt) -> str:

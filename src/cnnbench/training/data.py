@@ -107,6 +107,19 @@ def resolve_source(opts: DataSpec | Data, space_dir: Path | None = None) -> str 
     return str(p)
 
 
+def class_count(opts: DataSpec | Data, space_dir: Path | None = None) -> int:
+    """How many classes the space's data has, without reading an image: an image folder's
+    class folders (unreadable: the error comes when the sweep loads it), else CIFAR-10's 10."""
+    source = resolve_source(opts, space_dir)
+    train = Path(source) / "train" if source else None
+    if train is not None and train.is_dir():
+        try:
+            return sum(p.is_dir() for p in train.iterdir()) or len(CIFAR10_CLASSES)
+        except OSError:
+            pass
+    return len(CIFAR10_CLASSES)
+
+
 def load_data(opts: DataSpec | Data, seed: int, space_dir: Path | None = None) -> DataBundle:
     """Train/val/test arrays for a space's ``data`` section, subsets and split applied."""
     source = resolve_source(opts, space_dir)
