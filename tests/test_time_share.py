@@ -140,12 +140,17 @@ def test_the_winner_of_the_rungs_is_trained_for_as_many_epochs_as_the_rest_holds
     assert outcome.source.startswith("trial 4; 9 epochs, as many as the")
 
 
+def _earlier_final(job, config: dict, epochs: int, state: State) -> None:
+    """The final record an earlier run of the command left: trial 4's, of ``epochs`` epochs."""
+    earlier = TrialRecord(trial=4, engine="optuna", values={"learning_rate": 0.01},
+                          config={**config, "epochs": epochs}, state=state)
+    job.paths.final_record.parent.mkdir(parents=True, exist_ok=True)
+    write_record(job.paths, earlier, job.paths.final_record)
+
+
 def test_a_stopped_final_after_a_search_goes_on_with_the_epochs_it_started(tmp_path):
     job, config = _final_job(tmp_path, 9)
-    stopped = TrialRecord(trial=4, engine="optuna", values={"learning_rate": 0.01}, config={**config, "epochs": 7},
-                          state=State.INTERRUPTED)
-    job.paths.final_record.parent.mkdir(parents=True, exist_ok=True)
-    write_record(job.paths, stopped, job.paths.final_record)
+    _earlier_final(job, config, 7, State.INTERRUPTED)
     outcome = run_final(job, _rung_record(4, 0.01, 0.7), 360)
     assert outcome.complete and outcome.record.config["epochs"] == 7
     assert "7 epochs, as an earlier run of this command sized it" in outcome.source
@@ -157,10 +162,7 @@ def test_a_final_the_deadline_cut_short_is_sized_anew(tmp_path):
     """Its checkpoint was deleted when it stopped: keeping its old schedule would only start
     that schedule over, perhaps no longer fitting."""
     job, config = _final_job(tmp_path, 9)
-    cut = TrialRecord(trial=4, engine="optuna", values={"learning_rate": 0.01}, config={**config, "epochs": 12},
-                      state=State.PRUNED)
-    job.paths.final_record.parent.mkdir(parents=True, exist_ok=True)
-    write_record(job.paths, cut, job.paths.final_record)
+    _earlier_final(job, config, 12, State.PRUNED)
     outcome = run_final(job, _rung_record(4, 0.01, 0.7), 360)
     assert outcome.complete and outcome.record.config["epochs"] == 9 and "earlier run" not in outcome.source
 
