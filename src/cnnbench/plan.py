@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from cnnbench.deadline import FINAL_SAFETY, SAFETY, Deadline, ThroughputLog
+from cnnbench.deadline import FINAL_SAFETY, Deadline, ThroughputLog
 
 
 def measure(space, images: int = 2048, log: ThroughputLog | None = None) -> float:
@@ -120,7 +120,7 @@ def plan(space, minutes: float, log: ThroughputLog | None = None, n_train: int =
         deadline.end = time.time() + minutes * 60 - search
         filled, note = deadline.fill_final(config, n_test, FINAL_SAFETY)
         filled_epochs = filled["epochs"] if note else 0
-        final = deadline.final_seconds(filled) * FINAL_SAFETY / SAFETY if note else 0.0
+        final = deadline.final_at_start(filled) if note else 0.0
     else:
         final, filled_epochs = deadline.final_seconds(config), 0
         search = minutes * 60 - final - export

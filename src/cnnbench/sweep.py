@@ -59,7 +59,7 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
 
     Longer than most functions here on purpose: a sweep's whole life in order (data, the
     deadline, the engine, the final training, the export, the reports), with the one
-    try/finally that restores the environment and stops the trial process on any ending.
+    try/finally that stops the trial process on any ending.
     """
     req, space, paths = sweep.request, sweep.space, sweep.paths
     space_dir = Path(req.space_file).resolve().parent

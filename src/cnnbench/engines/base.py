@@ -136,6 +136,14 @@ def stop_rule_reason(job: StudyJob) -> str | None:
     return reason
 
 
+def share_used_up(job: StudyJob) -> None:
+    """The search stopped because no run fitted before its share's end (search.time_share):
+    say so in ``job.ended_by`` as the stop rules do (both engines)."""
+    if job.deadline.search_end is not None:
+        job.ended_by = (f"search.time_share: no run fitted in what was left of the search's "
+                        f"{job.space.search.time_share:g} of the time; the final training fills the rest")
+
+
 def wait_all(processes: list, on_exit: Callable | None = None) -> list[int]:
     """Wait for every worker process; ``on_exit(process, code)`` as each one ends. A signal
     here (SIGINT, SIGTERM) is passed on to the workers, which stop the same way: they record

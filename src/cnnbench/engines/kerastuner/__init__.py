@@ -25,7 +25,7 @@ from cnnbench.deadline import NotStarted
 from cnnbench.engines.kerastuner import recovery as lost
 from cnnbench.engines.kerastuner.oracle import AtomicTunerSave, adopt, check_state_files, is_the_oracle
 from cnnbench.engines.recovery import describe_exit
-from cnnbench.engines.base import StudyJob, TrialTaken, stop_rule_reason, wait_all
+from cnnbench.engines.base import StudyJob, TrialTaken, share_used_up, stop_rule_reason, wait_all
 from cnnbench.engines.trial import run_trial
 from cnnbench.training.isolation import worker_preexec
 from cnnbench.knobs import coerce
@@ -109,9 +109,7 @@ class _Runner(AtomicTunerSave):
                                attempt=lost.attempt_of(trials.read_records(job.paths), values))
         except NotStarted as late:
             job.progress.say(f"stopped before trial {trial.trial_id}: {late}")
-            if job.deadline.search_end is not None:
-                job.ended_by = (f"search.time_share: no run fitted in what was left of the search's "
-                                f"{job.space.search.time_share:g} of the time; the final training fills the rest")
+            share_used_up(job)
             raise _StopSearch() from None
         except TrialTaken as taken:  # declared lost while paused; its retry stands
             raise kt.errors.FailedTrialError(f"trial {taken} was taken over while this worker was paused") from None

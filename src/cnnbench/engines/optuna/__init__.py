@@ -26,14 +26,13 @@ from cnnbench.training import runtime
 from cnnbench.deadline import EXPORT_SECONDS, NotStarted
 from cnnbench.engines import promotion
 from cnnbench.engines.recovery import describe_exit
-from cnnbench.engines.optuna.recovery import OWNER, recover_lost
-from cnnbench.engines.base import StudyJob, TrialTaken, stop_rule_reason, wait_all
+from cnnbench.engines.optuna.recovery import OWNER, recover_lost, tell_outcome
+from cnnbench.engines.base import StudyJob, TrialTaken, share_used_up, stop_rule_reason, wait_all
 from cnnbench.engines.trial import run_trial
 from cnnbench.engines.optuna.study import _Grid, check_study, counted_trials, open_rdb, open_study, suggest
 from cnnbench.training.isolation import worker_preexec
 from cnnbench.engines.optuna.pruning import median_rule, progress_steps
 from cnnbench.space import Space, SpaceError
-from cnnbench.trials import State
 
 NAME = "optuna"
 ALGORITHMS = ("tpe", "random", "grid", "cmaes")
@@ -97,9 +96,7 @@ def run(job: StudyJob) -> None:
             if refused >= NOT_STARTED_TRIES:
                 job.progress.say(f"stopped before trial {trial.number}: {late} (the last {refused} "
                                  "configurations asked for could not finish in time)")
-                if job.deadline.search_end is not None:
-                    job.ended_by = (f"search.time_share: no run fitted in what was left of the search's "
-                                    f"{job.space.search.time_share:g} of the time; the final training fills the rest")
+                share_used_up(job)
                 break
             job.progress.say(f"trial {trial.number} {late}; asking for another configuration")
         recover_lost(job, study)
@@ -186,11 +183,7 @@ def _run_one(job: StudyJob, study: optuna.Study, trial: optuna.Trial) -> None:
         raise
     except TrialTaken:
         return  # recovery failed it in the study and queued its retry
-    objectives = [record.val_accuracy, *(getattr(record, cost) for cost in job.space.minimize)]
-    if record.state == State.COMPLETE and None not in objectives:
-        study.tell(trial, objectives if job.space.minimize else record.val_accuracy)
-    else:
-        study.tell(trial, state=TrialState.PRUNED if record.state == State.PRUNED else TrialState.FAIL)
+    tell_outcome(job, study, trial, record)
     if job.on_record:
         job.on_record(record)
 

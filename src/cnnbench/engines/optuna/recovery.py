@@ -88,15 +88,21 @@ def requeue(study: optuna.Study, values: dict, lost: int, attempt: int, rung: di
     study.enqueue_trial(values, user_attrs={"attempt": attempt + 1, "retry_of": lost, **rung})
 
 
+def tell_outcome(job, study: optuna.Study, trial: optuna.Trial | int, record: TrialRecord) -> None:
+    """Tell Optuna how ``trial`` (a trial or its number) ended, as its record says: its
+    score (and the costs of a multi-objective space) when complete, else pruned or failed."""
+    objectives = [record.val_accuracy, *(getattr(record, cost) for cost in job.space.minimize)]
+    if record.state == State.COMPLETE and None not in objectives:
+        study.tell(trial, objectives if job.space.minimize else record.val_accuracy)
+    else:
+        study.tell(trial, state=TrialState.PRUNED if record.state == State.PRUNED else TrialState.FAIL)
+
+
 def _tell_recorded(job, study: optuna.Study, number: int, record: TrialRecord) -> None:
     """Tell Optuna how a trial ended, from its record: its process wrote the record and died
     before ``study.tell`` (a window as narrow as the one between ``ask`` and the first
     record), which left the trial RUNNING in the storage for ever."""
-    objectives = [record.val_accuracy, *(getattr(record, cost) for cost in job.space.minimize)]
-    if record.state == State.COMPLETE and None not in objectives:
-        study.tell(number, objectives if job.space.minimize else record.val_accuracy)
-    else:
-        study.tell(number, state=TrialState.PRUNED if record.state == State.PRUNED else TrialState.FAIL)
+    tell_outcome(job, study, number, record)
     job.progress.say(f"trial {number} was recorded {record.state} but its process died before the study heard; "
                      "told the study from its record")
 
