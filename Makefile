@@ -30,7 +30,7 @@ SWEEP_ARGS := --space $(SPACE) --engine $(ENGINE) \
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,export]'
 	touch $@
 
 sweep: $(VENV)/.installed
@@ -75,7 +75,7 @@ bench-recipe: $(VENV)/.installed
 	  --out results/bench/airbench94-peer-$(CPU_NAME)-$(shell date +%Y-%m-%d).json
 
 check: $(VENV)/.installed
-	$(BIN)/cnnbench check $(SPACE)
+	$(BIN)/cnnbench check $(SPACE) $(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(WORKERS),--workers $(WORKERS))
 
 leaderboard: $(VENV)/.installed
 	$(BIN)/cnnbench leaderboard $(STUDY)

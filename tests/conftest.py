@@ -24,6 +24,10 @@ def private_cache(tmp_path_factory):
     os.environ["CNNBENCH_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     os.environ.pop("CNNBENCH_CIFAR10", None)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # ONNX and LiteRT files only where a test asks for them (test_deploy.py, the optuna smoke
+    # sweep): converting and checking them takes seconds every export would pay
+    os.environ["CNNBENCH_DEPLOY_FILES"] = "0"
+    os.environ["CNNBENCH_LATENCY_SECONDS"] = "0.05"  # their latency figures: present, not precise
 
 
 @pytest.fixture(scope="session")
@@ -94,7 +98,8 @@ def smoke_study(engine: str, tmp_path_factory, jpeg_root):
 
     if engine not in _SMOKE_STUDIES:
         results = tmp_path_factory.mktemp(f"results-{engine}")
-        env = {"CNNBENCH_CIFAR10": str(jpeg_root)}
+        # the optuna sweep also writes and checks the deployment files, as `make sweep` does
+        env = {"CNNBENCH_CIFAR10": str(jpeg_root), "CNNBENCH_DEPLOY_FILES": "1" if engine == "optuna" else "0"}
         args = ["sweep", "--space", str(SPACES / "smoke.yaml"), "--study", "smoke", "--results", str(results),
                 "--engine", engine]
         first = run_cli(*args, env=env)

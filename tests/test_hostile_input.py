@@ -31,6 +31,34 @@ def test_an_oversized_space_file_is_refused_after_reading_no_more_than_its_limit
         load_space(big)
 
 
+@pytest.mark.parametrize("case", ["device", "fifo", "long name", "results is a file", "symlink out"])
+def test_the_command_line_answers_each_hostile_input_with_one_line_and_exit_2(tmp_path, case, capsys):
+    """What a user sees: `cnnbench sweep` itself (in this process), not the exception."""
+    from cnnbench.cli import main
+
+    results, space, study = tmp_path / "results", str(SPACES / "smoke.yaml"), "smoke"
+    if case == "device":
+        space = "/dev/zero"
+    elif case == "fifo":
+        space = str(tmp_path / "space.yaml")
+        os.mkfifo(space)
+    elif case == "long name":
+        study = "a" * 300
+    elif case == "results is a file":
+        results.write_text("not a folder")
+    else:
+        (results / "smoke").mkdir(parents=True)
+        (results / "smoke" / "trials").symlink_to(tmp_path)
+    def tree():  # os.walk does not follow the symbolic link back up
+        return sorted(os.path.join(top, name) for top, dirs, files in os.walk(tmp_path) for name in dirs + files)
+
+    before = tree()
+    code = main(["sweep", "--space", space, "--study", study, "--results", str(results)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("cnnbench: ") and "\n" not in err and "Traceback" not in err, err
+    assert tree() == before  # nothing written
+
+
 def _prepare(tmp_path, results, **kw):
     return prepare(SweepRequest(space_file=str(SPACES / "smoke.yaml"), results=str(results), **kw))
 
@@ -94,6 +122,22 @@ def test_a_shared_storage_refuses_an_edited_space_from_another_results_folder(tm
     unchanged = tmp_path / "same.yaml"
     unchanged.write_text(text)
     assert prepare(SweepRequest(**{**request, "space_file": str(unchanged)})).study == "shared"
+
+
+def test_a_shared_storage_keeps_the_data_fingerprint_and_refuses_other_data(tmp_path):
+    import stand_in
+    from cnnbench.engines.optuna import check_study_data
+    from cnnbench.space import parse_space
+    from cnnbench.training.data import DataError
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    space = parse_space(__import__("yaml").safe_load((SPACES / "smoke.yaml").read_text()), "smoke.yaml")
+    stand_in.run(space, tmp_path / "machine-a", study="shared", trials=1, storage=url, data_fingerprint="abc/123")
+    check_study_data("shared", url, "abc/123")  # the same data: nothing to say
+    check_study_data("another", url, "def/456")  # a study the storage does not hold yet
+    with pytest.raises(DataError, match="study 'shared' in the storage was made with other data "
+                                        r"\(fingerprint abc/123, now def/456\)"):
+        check_study_data("shared", url, "def/456")
 
 
 def test_an_export_folder_swapped_in_while_another_sweep_puts_its_own_there(tmp_path, monkeypatch):

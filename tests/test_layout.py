@@ -18,6 +18,7 @@ LAYERS = (
     ("cnnbench.model",),
     ("cnnbench.space",),
     ("cnnbench.training",),
+    ("cnnbench.deploy",),
     ("cnnbench.deadline", "cnnbench.plan"),
     ("cnnbench.engines", "cnnbench.reports"),
     ("cnnbench.final",),

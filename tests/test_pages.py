@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from cnnbench.deploy.verify import runtimes_markdown
 from cnnbench.reports.pages import write_plots, write_report
 from cnnbench.reports.results import atomic_write, json_text
 from cnnbench.space import parse_space
@@ -33,9 +34,19 @@ def study(tmp_path, minimize=()):
         "trial": 0, "classes": names, "test": {"accuracy": 0.5, "per_class_accuracy": {n: 0.5 for n in names},
                                                "confusion_matrix": [[5] * 10 for _ in range(10)]}}))
     (root / "best" / "model_card.md").write_text(
-        "# Model card: s (trial 0, optuna)\n\n- Test accuracy: **0.5000** on 10 images (`synthetic`)\n\n"
-        "## Hyperparameters\n\n| knob | value |\n|---|---|\n| learning_rate | 0.01 |\n")
+        "# Model card: s (trial 0, optuna)\n\n- Test accuracy: **0.5000** on 10 images (`synthetic`)\n"
+        + "\n".join(runtimes_markdown(RUNTIMES)) +
+        "\n\n## Hyperparameters\n\n| knob | value |\n|---|---|\n| learning_rate | 0.01 |\n")
     return root, records
+
+
+# a model card's runtimes block as cnnbench.deploy.verify writes it (figures made up for layout)
+RUNTIMES = {"images": 10, "checked_on": "the first 10 test images",
+            "keras": {"file": "model.keras", "status": "reference", "size_bytes": 2_000_000, "accuracy": 0.5,
+                      "latency_ms": {"batch_1": 3.0, "batch_64": 0.5}, "threads": 2},
+            "onnx": {"file": "model.onnx", "status": "ok", "size_bytes": 1_900_000, "agreement": 1.0,
+                     "max_prob_diff": 2e-6, "accuracy": 0.5, "latency_ms": {"batch_1": 1.25, "batch_64": 0.4}},
+            "litert": {"status": "skipped", "reason": "not installed: ai_edge_litert"}}
 
 
 def _importances(root):
@@ -70,6 +81,10 @@ def test_report_is_one_self_contained_page(tmp_path):
     assert "http://" not in page and "https://" not in page  # opens with no network
     assert "cnnbench sweep --study s" in page and "Model card: s (trial 0, optuna)</h3>" in page
     assert "<strong>0.5000</strong>" in page and "<td>learning_rate</td><td>0.01</td>" in page
+    # the time-to-accuracy curve and the runtimes table come before the leaderboard
+    assert page.index('alt="best_so_far"') < page.index("<h4>Runtimes</h4>") < page.index('id="leaderboard"')
+    assert "<td>model.onnx</td><td>onnxruntime</td><td>ok</td><td>1.90</td><td>1.0000</td>" in page
+    assert "skipped: not installed: ai_edge_litert" in page
 
 
 def test_multi_objective_leaderboard_marks_the_pareto_front(tmp_path):
@@ -113,6 +128,9 @@ def test_the_report_renders_in_headless_chromium(tmp_path):
         headers = page.evaluate("[...document.querySelectorAll('#leaderboard th')].map(th => "
                                 "[th.textContent, th.getBoundingClientRect().right])")
         loaded = page.evaluate("[...document.images].map(i => i.complete && i.naturalWidth > 0)")
+        curve_top = page.locator("img[alt=best_so_far]").bounding_box()["y"]
+        runtimes_top = page.get_by_text("onnxruntime", exact=True).bounding_box()["y"]
+        board_top = page.locator("#leaderboard").bounding_box()["y"]
         page.locator("#leaderboard th").first.click()  # sorting runs without errors
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
         browser.close()
@@ -122,6 +140,8 @@ def test_the_report_renders_in_headless_chromium(tmp_path):
     assert right["val_accuracy"] <= 1400 and right["optimizer"] <= 1400 and right["learning_rate"] <= 1400
     assert "epochs" not in right and "Fixed in this space: epochs=4" in text  # folded into one line
     assert loaded and all(loaded)
+    assert curve_top < runtimes_top < board_top  # what a reader looks for first, first
+    assert "model.onnx\tonnxruntime\tok" in text  # the runtimes table rendered as a table
     assert errors == []
     assert (tmp_path / "report.png").read_bytes()[:8] == PNG
 

@@ -175,6 +175,42 @@ def test_the_plan_halves_the_configurations_rung_by_rung_at_a_stated_speed(tmp_p
     assert f"search: {n} configuration(s)" in text and "rung 1 (200 images, 2 epochs)" in text and "total:" in text
 
 
+def test_the_plan_runs_the_search_on_workers_at_the_speed_a_worker_reached_here(tmp_path, monkeypatch):
+    import dataclasses
+
+    from cnnbench.model import architecture_stats
+    from cnnbench.training import runtime
+
+    space = _space()
+    config = space.complete({})
+    flops = architecture_stats(config).flops
+    real = runtime.cpu()
+
+    def on(cores):  # this process as if it had that many cores (a worker is pinned to one)
+        monkeypatch.setattr(runtime, "cpu", lambda: dataclasses.replace(real, cores=cores))
+
+    log = ThroughputLog(tmp_path / "t.json")
+    on(2)
+    log.add("float32", 3e10, flops)  # the whole machine, one process
+    alone = plan(space, 60, log)
+    guessed = plan(space, 60, log, workers=2)  # no worker has trained here: half the machine each
+    assert guessed.worker_rate_assumed and "assumed: no worker this size has trained here yet" in guessed.text()
+    assert guessed.rungs[0][1] == pytest.approx(trial_seconds({**config, **RUNGS[0]}, 45_000, 5_000, 1.5e10))
+    on(1)
+    log.add("float32", 1.8e10, flops)  # a worker on one core: 0.6 of the machine, two of them 1.2x
+    on(2)
+    hour = plan(space, 60, log, workers=2)
+    costs = [trial_seconds({**config, **rung}, 45_000, 5_000, 1.8e10) for rung in RUNGS]
+    n = hour.trials
+    assert not hour.worker_rate_assumed and hour.rungs[0][1] == pytest.approx(costs[0])
+    assert [runs for _, _, runs in hour.rungs] == [n, n // 3] and n > alone.trials
+    room = 3600 - hour.final_seconds - hour.export_seconds  # the final on both cores, at the machine's speed
+    assert hour.final_seconds == pytest.approx(alone.final_seconds)
+    assert (costs[0] * n + costs[1] * (n // 3)) / 2 <= room < (costs[0] * (n + 1) + costs[1] * ((n + 1) // 3)) / 2
+    assert hour.search_seconds <= room
+    assert "the search on 2 worker processes of 1 core(s), 2 runs at a time" in hour.text()
+
+
 def test_a_training_subset_is_stratified_and_the_same_for_every_trial_of_its_size():
     data = synthetic_bundle(1000, n_val=100)
     a, b = data.training_subset(300), data.training_subset(300)

@@ -198,19 +198,20 @@ def test_a_full_disk_at_a_record_write_names_the_file_leaves_no_temporary_and_th
     assert _complete(tmp_path) == 3
 
 
-def test_a_write_failure_is_one_line_and_its_own_exit_code(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EFBIG, errno.ESTALE, errno.EDQUOT, errno.EIO])
+def test_a_write_failure_is_one_line_and_its_own_exit_code(tmp_path, monkeypatch, capsys, code):
     space = parse_space(SPACE)
     stand_in.run(space, tmp_path, trials=1)
     with _journal(tmp_path).open("ab") as f:
         f.write(b'{"torn')
 
-    def full_disk(*a, **k):
-        raise OSError(errno.ENOSPC, "No space left on device", str(_journal(tmp_path)))
+    def failing_write(*a, **k):  # a full disk, a file over the size limit, a lost NFS handle, ...
+        raise OSError(code, os.strerror(code), str(_journal(tmp_path)))
 
-    monkeypatch.setattr(os, "replace", full_disk)
+    monkeypatch.setattr(os, "replace", failing_write)
     assert main(["repair", "s", "--results", str(tmp_path)]) == WRITE_FAILED
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"cnnbench: {_journal(tmp_path)}: No space left on device; every finished trial is kept")
+    assert err.startswith(f"cnnbench: {_journal(tmp_path)}: {os.strerror(code)}; every finished trial is kept")
     assert "\n" not in err
 
 

@@ -109,7 +109,8 @@ def studies(results: str | Path = "results") -> pd.DataFrame:
 def sweep(space: str | Path | Space, study: str | None = None, trials: int | None = None,
           timeout_minutes: float | None = None, engine: str = "optuna", results: str | Path = "results",
           progress: bool | None = None, final: bool | None = None, seed: int | None = None,
-          trainer: str | None = None, in_process: bool = False, recipe_only: bool = False) -> Study:
+          trainer: str | None = None, in_process: bool = False, recipe_only: bool = False,
+          quantize: tuple[str, ...] = ()) -> Study:
     """Run (or continue) a sweep of ``space`` (a space file's path, or a ``Space`` from
     ``load_space``, perhaps changed with ``model_copy``) in this process, as ``cnnbench
     sweep`` does (trials in child processes, export at the end); returns the study. A Space
@@ -119,7 +120,9 @@ def sweep(space: str | Path | Space, study: str | None = None, trials: int | Non
     ``trainer="module:function"`` trains with a function of your own; ``in_process=True``
     trains in this process (a debugger reaches the trainer; a crash ends the sweep).
     ``recipe_only=True``: no search, the space's first start_with recipe trained on all
-    training images for as many epochs as ``timeout_minutes`` holds (``--recipe-only``)."""
+    training images for as many epochs as ``timeout_minutes`` holds (``--recipe-only``).
+    ``quantize=("int8",)``: the export adds that quantized LiteRT file (``--quantize``); its
+    check, like model.onnx's and model.tflite's, is in ``study.card.runtimes``."""
     from cnnbench.training import runtime
     from cnnbench.sweep import SweepRequest, prepare, run_sweep
 
@@ -129,7 +132,7 @@ def sweep(space: str | Path | Space, study: str | None = None, trials: int | Non
     request = SweepRequest(space_file=(given.source if named else "space.yaml") if given is not None else str(space),
                            space=given, study=study, trials=trials, timeout_minutes=timeout_minutes,
                            engine=engine, results=str(results), final=final, seed=seed, trainer=trainer,
-                           in_process=in_process, recipe_only=recipe_only)
+                           in_process=in_process, recipe_only=recipe_only, quantize=tuple(quantize))
     prepared = prepare(request)
     summary = run_sweep(prepared, live=progress)
     if summary["stopped_by"]:

@@ -16,10 +16,12 @@ import sys
 from cnnbench.training import runtime
 from cnnbench.commands import (BAD_INPUT, EXIT_FOR_SIGNAL, INTERRUPTED, cmd_check, cmd_compare, cmd_evaluate,
                                cmd_export, cmd_leaderboard, cmd_plots, cmd_predict, cmd_repair, cmd_report,
-                               cmd_schema, cmd_sweep, cmd_tabulate)
+                               cmd_schema, cmd_sweep, cmd_tabulate, cmd_verify_export)
 from cnnbench.training.data import DataError
 from cnnbench.reports.export import ExportError
 from cnnbench.reports.predict import ModelError
+from cnnbench.deploy.convert import QUANTIZATIONS
+from cnnbench.deploy.runtimes import runtime_of
 from cnnbench.space import SpaceError
 
 
@@ -71,7 +73,14 @@ def _sweep_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--trainer", metavar="MODULE:FUNCTION",
                    help="a trainer of your own, called as cnnbench.training.train.train_and_evaluate(config, data, "
                    "on_epoch, seed) and returning a cnnbench.trials.TrialResult (default: cnnbench's)")
+    _quantize_argument(s)
     s.set_defaults(func=cmd_sweep)
+
+
+def _quantize_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quantize", action="append", choices=QUANTIZATIONS, default=[],
+                   help="also write a quantized LiteRT file: dynamic (int8 weights) or int8 (weights and "
+                   "activations, calibrated on training images); repeatable")
 
 
 def _other_commands(sub) -> None:
@@ -84,6 +93,9 @@ def _other_commands(sub) -> None:
                    help="first measure this machine's training speed, for the time-per-trial forecast")
     c.add_argument("--recipe-only", action="store_true",
                    help="the plan of a --recipe-only sweep: the recipe alone, as many epochs as --timeout holds")
+    c.add_argument("--workers", type=int, default=0,
+                   help="the plan of a sweep with --workers N: the search on N processes, each on its share of the "
+                   "cores")
     c.set_defaults(func=cmd_check)
 
     lb = sub.add_parser("leaderboard", help="print a study's leaderboard, or all studies")
@@ -93,7 +105,7 @@ def _other_commands(sub) -> None:
     lb.set_defaults(func=cmd_leaderboard)
 
     pr = sub.add_parser("predict", help="classify images with an exported model")
-    pr.add_argument("model", help="path to model.keras")
+    pr.add_argument("model", help="path to model.keras, model.onnx or model.tflite (the last two without TensorFlow)")
     pr.add_argument("images", nargs="+", help="image files, folders (searched recursively) or globs")
     pr.add_argument("--top", type=int, default=1, help="classes to show per image")
     out = pr.add_mutually_exclusive_group()
@@ -109,7 +121,15 @@ def _other_commands(sub) -> None:
         command.add_argument("--results", default="results")
         if name == "export":
             command.add_argument("--trial", type=int, help="the trial to export (default: best validation accuracy)")
+            _quantize_argument(command)
         command.set_defaults(func=func)
+
+    ve = sub.add_parser("verify-export", help="check model.onnx and model.tflite against model.keras in a process "
+                        "without TensorFlow (writes the missing ones), into the model card")
+    ve.add_argument("study")
+    ve.add_argument("--results", default="results")
+    _quantize_argument(ve)
+    ve.set_defaults(func=cmd_verify_export)
 
     tb = sub.add_parser("tabulate", help="train every configuration of a finite space into a table")
     tb.add_argument("space")
@@ -138,7 +158,7 @@ def _other_commands(sub) -> None:
     rp.add_argument("--results", default="results", help="results folder")
     rp.set_defaults(func=cmd_repair)
     ev = sub.add_parser("evaluate", help="score an exported model on a labelled image folder")
-    ev.add_argument("model", help="path to model.keras")
+    ev.add_argument("model", help="path to model.keras, model.onnx or model.tflite")
     ev.add_argument("folder", help="a folder with one subfolder of images per class")
     ev.add_argument("--json", action="store_true", help="machine-readable output")
     ev.set_defaults(func=cmd_evaluate)
@@ -152,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     # compare replays through KerasTuner, which imports TensorFlow too
     # A sweep imports TensorFlow once its input is validated: a bad space file is a
     # sub-second error (cmd_sweep); KerasTuner's validation itself needs TensorFlow.
-    if args.command in ("predict", "evaluate", "export", "tabulate", "compare") \
+    # ONNX and LiteRT files run without it (only NumPy, Pillow and their runtime)
+    keras_model = args.command in ("predict", "evaluate") and not runtime_of(args.model)
+    if keras_model or args.command in ("export", "verify-export", "tabulate", "compare") \
             or getattr(args, "measure", False) or getattr(args, "engine", None) == "kerastuner":
         runtime.import_tensorflow_quietly()
     try:
@@ -179,7 +201,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 WRITE_FAILED = 74  # EX_IOERR
-WRITE_FAILURES = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EIO, errno.EPERM)
+# a full disk or quota, a read-only or unwritable folder, a failing device, a file over the
+# size limit (EFBIG), a network filesystem's lost handle or connection (ESTALE, ENOTCONN)
+WRITE_FAILURES = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EIO, errno.EPERM, errno.EFBIG,
+                  errno.ESTALE, errno.ENOTCONN)
 
 
 if __name__ == "__main__":

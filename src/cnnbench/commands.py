@@ -58,7 +58,8 @@ def cmd_check(args) -> int:
         n = space.data.train_subset or 50_000
         n_val = round(n * space.data.validation_fraction)
         found = plan(space, args.timeout, n_train=n - n_val, n_val=n_val, n_test=space.data.test_subset or 10_000,
-                     recipe_only=args.recipe_only, num_classes=class_count(space.data, Path(args.space).resolve().parent))
+                     recipe_only=args.recipe_only, num_classes=class_count(space.data, Path(args.space).resolve().parent),
+                     workers=args.workers)
         print(found.text() if found else "  plan: this machine's speed for networks of this size is unknown "
               "(cnnbench check --measure measures it in about half a minute)")
     return 0
@@ -87,7 +88,7 @@ def cmd_sweep(args) -> int:
                            seed=args.seed, start_with=not args.no_start_with, recipe_only=args.recipe_only,
                            at_rung=args.at_rung,
                            cache=not args.no_cache, deterministic=args.deterministic,
-                           warm_start=tuple(args.warm_start or ()), sets=tuple(args.sets or ()), trainer=args.trainer,
+                           quantize=tuple(args.quantize), warm_start=tuple(args.warm_start or ()), sets=tuple(args.sets or ()), trainer=args.trainer,
                            command="cnnbench " + shlex.join(args.argv))
     sweep = prepare(request)  # TensorFlow loads later, once the data has (a bad input is a sub-second error)
     install_stop_handlers()
@@ -182,31 +183,63 @@ def cmd_report(args) -> int:
 
 def cmd_export(args) -> int:
     """Export a chosen trial (e.g. a point of a Pareto front) with its model card."""
-    from cnnbench.training.data import load_data
     from cnnbench.reports.export import export_best
-    from cnnbench.space import parse_space
     from cnnbench.final import NO_TRIAL, FinalOutcome, best_trial
     from cnnbench.trials import read_record, read_records
 
-    paths = _study_paths(args)
-    run = RunInfo.read(paths.root / "run.json")
-    space = parse_space(run.space, str(paths.root / "run.json"))
-    data = load_data(space.data, space.seed, Path(run.space_file).resolve().parent)
-    from cnnbench.request import check_same_data
-
-    check_same_data(paths, data)  # the test split must be the study's own
+    paths, run, data = _study_data(args)
     records = read_records(paths)
     final = None
     done = read_record(paths.final_record)
     best = best_trial(records)
     if args.trial is None and done is not None and done.trial == (best.trial if best else NO_TRIAL):
         final = FinalOutcome(done, "the final training of the best trial")  # export it, as the sweep did
-    card = export_best(records, paths, data, run, trial=args.trial, final=final)
+    card = export_best(records, paths, data, run, trial=args.trial, final=final, quantize=tuple(args.quantize))
     if card is None:
         print(f"cnnbench: {paths.root}: no completed trial to export", file=sys.stderr)
         return 1
     print(f"trial {card.trial}: test accuracy {card.test_accuracy:.4f}; exported to {paths.best}")
     return 0
+
+
+def _study_data(args):
+    """The study's folder, run.json and data (its test split checked to be the study's own)."""
+    from cnnbench.request import check_same_data
+    from cnnbench.space import parse_space
+    from cnnbench.training.data import load_data
+
+    paths = _study_paths(args)
+    run = RunInfo.read(paths.root / "run.json")
+    space = parse_space(run.space, str(paths.root / "run.json"))
+    data = load_data(space.data, space.seed, Path(run.space_file).resolve().parent)
+    check_same_data(paths, data)
+    return paths, run, data
+
+
+def cmd_verify_export(args) -> int:
+    """Check the export's ONNX and LiteRT files (writing those missing) and put the figures
+    in its model card."""
+    import dataclasses
+
+    from cnnbench.files import atomic_write, json_text
+    from cnnbench.provenance import ModelCard
+    from cnnbench.reports.export import card_markdown, deployment_files, load_or_set_aside
+
+    paths, _, data = _study_data(args)
+    card = ModelCard.read(paths.best / "model_card.json")
+    if card is None or not (paths.best / "model.keras").exists():
+        print(f"cnnbench: {paths.best}: nothing exported yet (cnnbench export {args.study})", file=sys.stderr)
+        return BAD_INPUT
+    model, problem = load_or_set_aside(paths.best / "model.keras")
+    if model is None:
+        print(f"cnnbench: {problem}; cnnbench export {args.study} exports again", file=sys.stderr)
+        return 1
+    runtimes = deployment_files(model, paths.best, data, tuple(args.quantize), say=print, keep_existing=True)
+    card = dataclasses.replace(card, runtimes=runtimes)
+    atomic_write(paths.best / "model_card.json", json_text(card.to_dict()))
+    atomic_write(paths.best / "model_card.md", card_markdown(card))
+    failed = [row for row in runtimes.values() if isinstance(row, dict) and row.get("status") == "failed"]
+    return 1 if failed or "error" in runtimes else 0
 
 
 def cmd_schema(args) -> int:
@@ -253,8 +286,8 @@ def cmd_compare(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from cnnbench.reports.predict import classify, expand, load
-    from cnnbench.reports.report import predictions_csv, predictions_json, predictions_text, progress_bar
+    from cnnbench.reports.predict import classify, expand, load, print_predictions
+    from cnnbench.reports.report import progress_bar
 
     loaded = load(args.model)
     paths = expand(args.images)
@@ -263,15 +296,7 @@ def cmd_predict(args) -> int:
         return BAD_INPUT
     with progress_bar(len(paths), "classifying", show=sys.stderr.isatty() and len(paths) > 256) as advance:
         results = classify(loaded, paths, top=args.top, on_batch=advance)
-    if args.json:
-        print(predictions_json(results))
-    elif args.csv:
-        print(predictions_csv(results), end="")
-    else:
-        text, errors = predictions_text(results)
-        print(text, end="")
-        print(errors, end="", file=sys.stderr)
-    return 1 if any(r.error for r in results) else 0
+    return print_predictions(results, args.json, args.csv)
 
 
 def cmd_evaluate(args) -> int:

@@ -30,6 +30,7 @@ SAFETY = 1.15         # forecasts run this much long: finishing early is cheaper
 # this machine seldom has; each epoch's end still checks the deadline.
 FINAL_SAFETY = 1.05
 EXPORT_SECONDS = 45.0 # ranking, loading the best model, saving the card, on top of its test pass
+DEPLOY_SECONDS = 60.0  # converting to ONNX and LiteRT, starting the check process, latency runs
 DEADLINE_ENV = "CNNBENCH_DEADLINE"  # absolute end (Unix seconds) a parent hands its workers
 SEARCH_END_ENV = "CNNBENCH_SEARCH_END"  # and the end of its search phase (search.time_share)
 SAMPLES_KEPT = 50
@@ -54,9 +55,10 @@ def trial_seconds(config: dict, n_train: int, n_val: int, flops_per_s: float, im
     return SAFETY * (SETUP_SECONDS + forward_images(config, n_train, n_val) * flops / flops_per_s)
 
 
-def machine_key(precision: str) -> str:
+def machine_key(precision: str, cores: int | None = None) -> str:
+    """This CPU with this process's cores (or ``cores``: a worker pinned to fewer trains at its own speed)."""
     info = runtime.cpu()
-    return f"{info.model} | {info.cores} cores | {precision}"
+    return f"{info.model} | {cores or info.cores} cores | {precision}"
 
 
 class ThroughputLog:
@@ -88,14 +90,15 @@ class ThroughputLog:
         del samples[:-SAMPLES_KEPT]
         atomic_write(self.path, json.dumps(table, indent=1))
 
-    def rate(self, precision: str, flops_per_image: float, images: int = 0) -> float | None:
-        """The median training FLOPs/s of recent trials here of a similar size, or None.
+    def rate(self, precision: str, flops_per_image: float, images: int = 0, cores: int | None = None) -> float | None:
+        """The median training FLOPs/s of recent trials here of a similar size, or None;
+        ``cores``: of processes on that many cores (a plan's workers), not this one's.
 
         ``images``: a training of that many images per epoch is forecast from trainings of at
         least half as many when there are any: first-rung runs (5,000 images at batch 256)
         train slower per image than a final training on 50,000, and sizing the f80cdb8 hour's
         final from them left 3 of its minutes unused. Older samples lack the count."""
-        similar = [sample for sample in self._read().get(machine_key(precision), [])
+        similar = [sample for sample in self._read().get(machine_key(precision, cores), [])
                    if flops_per_image / self.SIMILAR <= sample[0] <= flops_per_image * self.SIMILAR]
         large = [sample for sample in similar if images and len(sample) > 2 and sample[2] >= images / 2]
         rates = [sample[1] for sample in (large or similar)]
@@ -221,12 +224,19 @@ class Deadline:
         return float("inf") if self.end is None else self.end - time.time()
 
     def export_seconds(self, config: dict, n_test: int, precision: str) -> float:
-        """Time to keep for ranking and exporting: a test pass of the model plus fixed work."""
+        """Time to keep for ranking and exporting: a test pass of the model plus fixed work,
+        and when the ``export`` extra is installed, the ONNX and LiteRT files' conversion
+        and check (three more passes over the check images: model.keras and the two files)."""
+        from cnnbench.deploy.verify import CHECK_IMAGES, deploying
+
         flops = self._flops(config)
         rate = self.log.rate(precision, flops) if self.log else None
+        deploy = DEPLOY_SECONDS if deploying() else 0.0
         if not rate:
-            return EXPORT_SECONDS
-        return EXPORT_SECONDS + n_test * TTA_VIEWS[unspell("tta", config["tta"])] * flops / rate
+            return EXPORT_SECONDS + deploy
+        views = TTA_VIEWS[unspell("tta", config["tta"])]
+        checks = 3 * min(n_test, CHECK_IMAGES) if deploy else 0
+        return EXPORT_SECONDS + deploy + (n_test + checks) * views * flops / rate
 
     def admit(self, config: dict, n_train: int, n_val: int, n_test: int, precision: str,
               epoch_options: list[int], final_config: dict | None = None, epochs_done: int = 0) -> tuple[dict, str]:

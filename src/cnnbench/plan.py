@@ -8,6 +8,7 @@ forecast alike; the sweep re-forecasts before every trial at the speed it measur
 from __future__ import annotations
 
 import time
+from typing import Any
 from dataclasses import dataclass, field
 
 from cnnbench.deadline import FINAL_SAFETY, Deadline, ThroughputLog
@@ -42,12 +43,15 @@ class HourPlan:
     recipe_only: bool = False # no search: the final training's epochs fill the time
     filled_epochs: int = 0    # those epochs (0: not even one fits); --recipe-only and search.time_share
     time_share: float | None = None  # search.time_share: the search's share; the final fills the rest
-
+    workers: int = 0          # the search on this many worker processes (--workers), each on its share of the cores
+    worker_cores: int = 0     # cores each worker is pinned to
+    worker_rate_assumed: bool = False  # no worker of that size has trained here: its speed is a share of the rate
     @property
     def search_seconds(self) -> float:
+        """Wall time of the search's runs (workers run theirs side by side)."""
         if self.rungs:
-            return sum(seconds * runs for _, seconds, runs in self.rungs)
-        return self.trials * self.trial_seconds
+            return sum(seconds * runs for _, seconds, runs in self.rungs) / max(1, self.workers)
+        return self.trials * self.trial_seconds / max(1, self.workers)
 
     def _search_total(self) -> float:
         """The search's time: all of its share when it has one (the final is sized to start then)."""
@@ -68,6 +72,11 @@ class HourPlan:
         if self.time_share is not None:
             lines.append(f"    search.time_share {self.time_share:g}: the search ends by minute "
                          f"{self.time_share * self.minutes:.1f}, then the final training fills the rest")
+        if self.workers:
+            assumed = ", assumed: no worker this size has trained here yet" if self.worker_rate_assumed else ""
+            lines.append(f"    the search on {self.workers} worker processes of {self.worker_cores} core(s), "
+                         f"{self.workers} runs at a time (run times at a worker's speed{assumed}); the final on "
+                         "all cores")
         if self.rungs:
             lines.append(f"    search: {self.rungs[0][2]} configuration(s), the best 1/{self.reduction_factor} of each "
                          "rung promoted to the next:")
@@ -88,7 +97,8 @@ class HourPlan:
 
 
 def plan(space, minutes: float, log: ThroughputLog | None = None, n_train: int = 45_000, n_val: int = 5_000,
-         n_test: int = 10_000, recipe_only: bool = False, num_classes: int = 10) -> HourPlan | None:
+         n_test: int = 10_000, recipe_only: bool = False, num_classes: int = 10, workers: int = 0,
+         cores: int | None = None) -> HourPlan | None:
     """The plan for a sweep of ``space`` lasting ``minutes``, or None while this machine's
     speed for networks of that size is unknown (``cnnbench check --measure``).
 
@@ -98,8 +108,11 @@ def plan(space, minutes: float, log: ThroughputLog | None = None, n_train: int =
     ``recipe_only``: ``space`` is one recipe (space.variants.recipe_alone) whose final training
     gets as many epochs as the minutes hold, as ``--recipe-only`` sweeps do. ``num_classes``:
     the data's (``training.data.class_count``): the classifier's size is in every forecast.
+    ``workers``: the search runs on that many processes, each pinned to its share of the
+    ``cores`` (default: this process's), at the speed such a worker reached here (else that
+    share of the whole machine's); the final training runs on all of them.
     """
-    from cnnbench.training.runtime import resolve_precision
+    from cnnbench.training.runtime import cpu, resolve_precision
 
     config = space.complete(space.start_with[0] if space.start_with else {})
     deadline = Deadline(None, log or ThroughputLog(), final_images=(n_train + n_val) if space.final else 0,
@@ -113,7 +126,13 @@ def plan(space, minutes: float, log: ThroughputLog | None = None, n_train: int =
         filled, note = deadline.fill_final(config, n_test)
         return HourPlan(minutes, rate, 0.0, deadline.final_seconds(filled) if note else 0.0, export, 0,
                         recipe_only=True, filled_epochs=filled["epochs"] if note else 0)
-    trial = deadline._seconds(config, n_train, n_val, rate)
+    cores = cores or cpu().cores
+    worker_cores = max(1, cores // workers) if workers else cores
+    found = (log or deadline.log or ThroughputLog()).rate(
+        resolve_precision(config["precision"]), deadline._flops(config), cores=worker_cores) if workers else None
+    search_rate = found or rate * worker_cores / cores
+    parallel = max(1, workers)
+    trial = deadline._seconds(config, n_train, n_val, search_rate)
     share = space.search.time_share if space.final else None
     if share is not None:  # the search gets its share; the final, as many epochs as the rest holds
         search = share * minutes * 60
@@ -124,11 +143,14 @@ def plan(space, minutes: float, log: ThroughputLog | None = None, n_train: int =
     else:
         final, filled_epochs = deadline.final_seconds(config), 0
         search = minutes * 60 - final - export
+    side: dict[str, Any] = dict(workers=workers, worker_cores=worker_cores if workers else 0,
+                                worker_rate_assumed=bool(workers) and not found)
+    search *= parallel  # run-seconds: the workers' runs side by side
     if not space.search.rungs:
         return HourPlan(minutes, rate, trial, final, export, max(0, int(search // trial)),
-                        filled_epochs=filled_epochs, time_share=share)
+                        filled_epochs=filled_epochs, time_share=share, **side)
     f = space.search.reduction_factor
-    costs = [deadline._seconds({**config, **rung}, n_train, n_val, rate) for rung in space.search.rungs]
+    costs = [deadline._seconds({**config, **rung}, n_train, n_val, search_rate) for rung in space.search.rungs]
     per_config = sum(cost / f**k for k, cost in enumerate(costs))  # a configuration's expected share
     def spent(n: int) -> float:  # whole runs: n at the first rung, n // f at the next, ...
         return sum(cost * (n // f**k) for k, cost in enumerate(costs))
@@ -140,4 +162,4 @@ def plan(space, minutes: float, log: ThroughputLog | None = None, n_train: int =
         n -= 1
     rungs = [(space.rung_name(k), cost, n // f**k) for k, cost in enumerate(costs)]
     return HourPlan(minutes, rate, costs[0], final, export, n, rungs, f, filled_epochs=filled_epochs,
-                    time_share=share)
+                    time_share=share, **side)

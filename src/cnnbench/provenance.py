@@ -53,7 +53,7 @@ class _JsonFile:
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}  # type: ignore[arg-type]
-        out = {k: v for k, v in out.items() if k not in _OMITTED_WHEN_UNSET or v is not None}
+        out = {k: v for k, v in out.items() if k not in _OMITTED_WHEN_UNSET or v}
         return {**out, **self.extra}
 
 
@@ -106,7 +106,7 @@ class RunInfo(_JsonFile):
 
 
 # Written only when they happened: a to_dict of a file without them leaves them out.
-_OMITTED_WHEN_UNSET = ("search_ended_by",)
+_OMITTED_WHEN_UNSET = ("search_ended_by", "runtimes")  # newer keys: an older file writes back as it was
 
 
 @dataclass(frozen=True)
@@ -143,6 +143,9 @@ class ModelCard(_JsonFile):
     command: str | None = None
     trainer: str | None = None
     machine: dict = field(default_factory=dict)
+    # model.onnx, model.tflite, ...: status, agreement with model.keras, accuracy, size, latency
+    # (cnnbench.deploy.verify); empty when the export predates them
+    runtimes: dict | None = None
     extra: dict = field(default_factory=dict)
 
     @classmethod

@@ -47,6 +47,7 @@ class SweepRequest:
     at_rung: int | None = None     # tabulate: every configuration at this rung's fidelity, no promotion
     cache: bool = True             # False (--no-cache): train every trial, even one already trained
     deterministic: bool = False    # --deterministic: TensorFlow's op determinism in every trial
+    quantize: tuple[str, ...] = ()  # quantized LiteRT files the export adds (--quantize dynamic|int8)
     warm_start: tuple[str, ...] = ()  # earlier studies (same results folder) whose trials TPE starts from
     # "knob=value" (--set): that parameter fixed at that value, e.g. one ingredient of a
     # recipe taken out for an ablation; the value is read as YAML reads it (false, 0.2, 64-256-256).

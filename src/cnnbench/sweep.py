@@ -65,6 +65,9 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
     space_dir = Path(req.space_file).resolve().parent
     data = load_data(space.data, space.seed, space_dir)
     check_same_data(paths, data)
+    engine = engines.get(req.engine)
+    if sweep.storage and hasattr(engine, "check_study_data"):  # a shared storage, another machine's run.json
+        engine.check_study_data(sweep.study, sweep.storage, split_fingerprint(data))
     runtime.import_tensorflow_quietly()  # only now: bad data or a mismatched study is an error in a second
     run = describe(sweep, data)
     before = trials.read_records(paths)
@@ -105,7 +108,7 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
                "best_model": None, "worker": is_worker(sweep)}
     if is_worker(sweep):  # the starting process ranks and exports once every worker is done
         return summary
-    card = export_best(records, paths, data, run, final=final)
+    card = export_best(records, paths, data, run, final=final, quantize=req.quantize)
     write_global_leaderboard(Path(req.results))
     write_progress_plot(sweep, records, run, card)
     report = write_report(paths, engines.importances(space, records))

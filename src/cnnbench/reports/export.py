@@ -88,9 +88,12 @@ def _stderr(line: str) -> None:
 
 
 def export_best(records: list[TrialRecord], paths: StudyPaths, data: DataBundle, run: RunInfo | dict,
-                trial: int | None = None, final=None, say=_stderr) -> ModelCard | None:
+                trial: int | None = None, final=None, say=_stderr, quantize: tuple[str, ...] = ()
+                ) -> ModelCard | None:
     """Evaluate the best trial (or ``trial``, e.g. a point of a Pareto front) on the test
-    split once; write best/model.keras, best/saved_model/ and the model card.
+    split once; write best/model.keras, best/saved_model/, model.onnx and model.tflite (and
+    the quantized LiteRT files ``quantize`` names), each checked against model.keras
+    (``cnnbench.deploy``), and the model card.
 
     A model file that does not load is set aside (``load_or_set_aside``) and said through
     ``say``: the next best trial is exported instead (a damaged final model: the best trial's
@@ -106,15 +109,34 @@ def export_best(records: list[TrialRecord], paths: StudyPaths, data: DataBundle,
     if chosen.model is None:
         return None
     test = evaluate(chosen.model, data.x_test, data.y_test, data.class_names)
-    card = model_card(chosen, final, trial, test, data, run if isinstance(run, RunInfo) else RunInfo.from_dict(run))
     source, model = chosen.source, chosen.model
     assert source is not None  # set with the model
     paths.best.mkdir(parents=True, exist_ok=True)
     atomic_copy(source, paths.best / "model.keras")
     save_saved_model(model, paths.best / "saved_model")
+    runtimes = deployment_files(model, paths.best, data, quantize, say)
+    card = model_card(chosen, final, trial, test, data, run if isinstance(run, RunInfo) else RunInfo.from_dict(run),
+                      runtimes)
     atomic_write(paths.best / "model_card.json", json_text(card.to_dict()))
     atomic_write(paths.best / "model_card.md", card_markdown(card))
     return card
+
+
+def deployment_files(model, folder: Path, data: DataBundle, quantize: tuple[str, ...], say=_stderr,
+                     keep_existing: bool = False) -> dict:
+    """The model card's ``runtimes`` block (``cnnbench.deploy.verify``), each file's line said;
+    anything unforeseen in the converters or the check is said too, and leaves the export
+    as model.keras and the SavedModel."""
+    from cnnbench.deploy.verify import deploy_and_check, summary_lines
+
+    try:
+        runtimes = deploy_and_check(model, folder, data.x_test, data.y_test, data.x_train, quantize, keep_existing)
+    except Exception as error:  # the deployment files are extras: model.keras is the export
+        say(f"{folder}: no ONNX or LiteRT files ({type(error).__name__}: {str(error)[:200]})")
+        return {"error": f"{type(error).__name__}: {str(error)[:200]}"}
+    for line in summary_lines(runtimes):
+        say(f"{folder}/{line}")
+    return runtimes
 
 
 @dataclass
@@ -151,7 +173,8 @@ def _loadable_choice(records, paths: StudyPaths, trial: int | None, final) -> _C
             raise ExportError(problem)
 
 
-def model_card(chosen: _Choice, final, trial: int | None, test: dict, data: DataBundle, run: RunInfo) -> ModelCard:
+def model_card(chosen: _Choice, final, trial: int | None, test: dict, data: DataBundle, run: RunInfo,
+               runtimes: dict | None = None) -> ModelCard:
     """model_card.json: what the model is, how it was chosen and trained, its test figures,
     and the provenance of the study it came from."""
     best, use_final, set_aside = chosen.best, chosen.use_final, chosen.set_aside
@@ -179,7 +202,8 @@ def model_card(chosen: _Choice, final, trial: int | None, test: dict, data: Data
                     if chosen.final_set_aside else final.message if final is not None else None),
         data={"source": data.source, "fingerprint": data.fingerprint},
         space_file=run.space_file, space_hash=run.space_hash, space=run.space, seed=run.seed, versions=run.versions,
-        git_revision=run.git_revision, command=run.command, trainer=run.trainer, machine=run.machine, extra={})
+        git_revision=run.git_revision, command=run.command, trainer=run.trainer, machine=run.machine,
+        runtimes=runtimes or {}, extra={})
 
 
 def final_block(outcome) -> dict:
@@ -224,6 +248,8 @@ def swap_in(tmp: Path, folder: Path) -> None:
 
 
 def card_markdown(card: ModelCard) -> str:
+    from cnnbench.deploy.verify import runtimes_markdown
+
     names, test, training = card.classes, card.test, card.training
     validation, final = card.validation, card.final
     lines = [
@@ -246,7 +272,10 @@ def card_markdown(card: ModelCard) -> str:
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in (card.versions or {}).items()),
         f"- Trained on: {_machine_line(card.machine)}, precision {training.get('precision')}",
         "", "Load it anywhere with plain Keras: `keras.models.load_model(\"model.keras\")`; it takes uint8 RGB. "
-        "The same model as a TensorFlow SavedModel is in `saved_model/` (`tf.saved_model.load`, signature `serve`).",
+        "The same model as a TensorFlow SavedModel is in `saved_model/` (`tf.saved_model.load`, signature `serve`). "
+        f"`model.onnx` (onnxruntime) and `model.tflite` (LiteRT) take uint8 RGB at {card.image_size}x{card.image_size} "
+        "(resize first, as `cnnbench predict` does) and need no TensorFlow.",
+        *runtimes_markdown(card.runtimes),
         "", "## Hyperparameters", "", "| knob | value |", "|---|---|",
         *[f"| {k} | {v} |" for k, v in card.config.items()],
         "", "## Per-class test accuracy", "", "| class | accuracy |", "|---|---|",

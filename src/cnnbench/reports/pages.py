@@ -155,15 +155,17 @@ def write_report(paths: StudyPaths, importances: dict[str, float] | None = None)
                f"{run.git_revision}; {len(board)} trials; machine {html.escape(str(machine.get('model')))} "
                f"({machine.get('cores')} cores). Made by <code>{html.escape(str(run.command))}</code>; "
                f"this page by <code>cnnbench report {study}</code>.</p>")
+    # the time-to-accuracy curve at the top, beside the card (which holds the runtimes table)
+    curve = [p for p in images if p.stem == "best_so_far"]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>cnnbench: {study}"
              f"</title><style>{STYLE}</style></head><body>",
-             f"<h1>Study {study}</h1>", summary,
+             f"<h1>Study {study}</h1>", summary, *(_image(p) for p in curve),
              "<h2>Model card</h2>",
              card_html(card_md.read_text()) if card_md.exists() else "<p>No model exported.</p>",
              "<h2>Leaderboard</h2><p>The searched parameters first; click a column to sort.</p>",
              f"<p class='fixed'>Fixed in this space: {html.escape(fixed)}</p>" if fixed else "",
              f"<div class='scroll'>{_table(board)}</div>",
-             "<h2>Pictures</h2>", *(_image(p) for p in images),
+             "<h2>Pictures</h2>", *(_image(p) for p in images if p not in curve),
              "<h2>Provenance (run.json)</h2>", f"<pre>{html.escape(json.dumps(run.to_dict(), indent=1))}</pre>",
              f"<script>{SORT_SCRIPT}</script></body></html>"]
     target = paths.root / "report.html"

@@ -1,5 +1,15 @@
 """Reuse an exported model: classify images (files, folders, globs) and score labelled folders.
 
+With model.onnx or model.tflite nothing here imports TensorFlow (nor pandas, rich or the
+space's parsers): ``python -m cnnbench.reports.predict`` runs it where only NumPy, Pillow and
+one runtime are installed:
+
+    pip install --no-deps ./cnnbench numpy pillow onnxruntime     # or ai-edge-litert for .tflite
+    python -m cnnbench.reports.predict results/STUDY/best/model.onnx photo.jpg photos/ [--top 3] [--json|--csv]
+
+with the output and exit codes of ``cnnbench predict`` (0; 1 when an image could not be
+classified; 2 for a bad model or no images).
+
 Images go through ``images.read_image`` at the model's input size: the same decoding and
 resizing its training and test data had, so the model card's test accuracy describes what
 this does. Anything that is not a usable cnnbench model is one ``ModelError`` line.
@@ -8,7 +18,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import argparse
 import glob
+import sys
 import json
 import zipfile
 from dataclasses import dataclass
@@ -51,13 +63,35 @@ def _input_size(model) -> int:
 
 
 def load(model_path: str | Path) -> LoadedModel:
-    """The exported model, its class names (model card beside it, else CIFAR-10's) and input
-    size. Raises ModelError for anything that is not a usable cnnbench model."""
-    import keras
+    """The exported model (model.keras, or model.onnx / model.tflite run by onnxruntime /
+    LiteRT without TensorFlow), its class names (model card beside it, else CIFAR-10's) and
+    input size. Raises ModelError for anything that is not a usable cnnbench model."""
+    from cnnbench.deploy.runtimes import runtime_of
 
     path = Path(model_path)
     if not path.is_file():
         raise ModelError(f"{path}: no such model file" if not path.exists() else f"{path}: a folder, not a model file")
+    if runtime_of(path):
+        return _load_deployment_file(path)
+    return _load_keras(path)
+
+
+def _load_deployment_file(path: Path) -> LoadedModel:
+    from cnnbench.deploy.runtimes import RuntimeMissing, open_runner
+
+    try:
+        runner = open_runner(path)
+    except RuntimeMissing as e:
+        raise ModelError(str(e)) from None
+    except Exception as e:  # onnxruntime and LiteRT raise their own types for a file they cannot read
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ModelError(f"{path}: not a usable {path.suffix[1:]} model ({reason})") from None
+    return LoadedModel(runner, _class_names(path, runner.outputs), runner.image_size)
+
+
+def _load_keras(path: Path) -> LoadedModel:
+    import keras
+
     try:
         model = keras.models.load_model(path, compile=False, safe_mode=True)  # built-in layers only
     except (ValueError, TypeError, OSError, KeyError, AttributeError, RecursionError, zipfile.BadZipFile) as e:
@@ -154,3 +188,75 @@ def evaluate_folder(loaded: LoadedModel, folder: Path) -> dict:
         raise ModelError(f"{folder}: no readable images")
     result = evaluate(loaded.model, np.stack(pixels), np.array(labels), loaded.class_names)
     return {**result, "folder": str(folder), "skipped_unreadable": skipped}
+
+
+def predictions_text(results) -> tuple[str, str]:
+    """(lines for stdout, error lines for stderr)."""
+    out = [f"{r.path}: " + ", ".join(f"{c} {p:.3f}" for c, p in r.top) + "\n" for r in results if not r.error]
+    err = [f"{r.path}: error: {r.error}\n" for r in results if r.error]
+    return "".join(out), "".join(err)
+
+
+def predictions_json(results) -> str:
+    return json.dumps([{"image": r.path, "error": r.error or None,
+                        "predictions": [{"class": c, "probability": round(p, 6)} for c, p in r.top or []]}
+                       for r in results], indent=2)
+
+
+def predictions_csv(results) -> str:
+    """One row per image and class shown: image, rank, class, probability, error."""
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["image", "rank", "class", "probability", "error"])
+    for r in results:
+        if r.error:
+            writer.writerow([r.path, "", "", "", r.error])
+        for rank, (c, p) in enumerate(r.top or [], 1):
+            writer.writerow([r.path, rank, c, round(p, 6), ""])
+    return out.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m cnnbench.reports.predict",
+                                description="classify images with model.onnx or model.tflite, without TensorFlow")
+    p.add_argument("model", help="model.onnx (onnxruntime) or model.tflite (ai-edge-litert)")
+    p.add_argument("images", nargs="+", help="image files, folders (searched recursively) or globs")
+    p.add_argument("--top", type=int, default=1, help="classes to show per image")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true")
+    out.add_argument("--csv", action="store_true")
+    args = p.parse_args(argv)
+    if not args.model.lower().endswith((".onnx", ".tflite")):
+        print(f"{p.prog}: {args.model}: give a .onnx or .tflite file (model.keras needs `cnnbench predict`)",
+              file=sys.stderr)
+        return 2
+    try:
+        loaded = load(args.model)
+    except ModelError as e:
+        print(f"{p.prog}: {e}", file=sys.stderr)
+        return 2
+    paths = expand(args.images)
+    if not paths:
+        print(f"{p.prog}: no images found in {' '.join(args.images)}", file=sys.stderr)
+        return 2
+    return print_predictions(classify(loaded, paths, top=args.top), args.json, args.csv)
+
+
+def print_predictions(results: list[Prediction], as_json: bool = False, as_csv: bool = False) -> int:
+    """Predictions to stdout (errors to stderr, in text); the exit code: 1 if any image failed."""
+    if as_json:
+        print(predictions_json(results))
+    elif as_csv:
+        print(predictions_csv(results), end="")
+    else:
+        text, errors = predictions_text(results)
+        print(text, end="")
+        print(errors, end="", file=sys.stderr)
+    return 1 if any(r.error for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

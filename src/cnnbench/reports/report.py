@@ -236,32 +236,6 @@ def forecast_line(space, log=None) -> str:
 
 # ---- reusing a model: predictions and evaluations ---------------------------------------------
 
-def predictions_text(results) -> tuple[str, str]:
-    """(lines for stdout, error lines for stderr)."""
-    out = [f"{r.path}: " + ", ".join(f"{c} {p:.3f}" for c, p in r.top) + "\n" for r in results if not r.error]
-    err = [f"{r.path}: error: {r.error}\n" for r in results if r.error]
-    return "".join(out), "".join(err)
-
-
-def predictions_json(results) -> str:
-    import json
-
-    return json.dumps([{"image": r.path, "error": r.error or None,
-                        "predictions": [{"class": c, "probability": round(p, 6)} for c, p in r.top or []]}
-                       for r in results], indent=2)
-
-
-def predictions_csv(results) -> str:
-    """One row per image and class shown: image, rank, class, probability, error."""
-    rows = []
-    for r in results:
-        if r.error:
-            rows.append({"image": r.path, "rank": None, "class": None, "probability": None, "error": r.error})
-        for rank, (c, p) in enumerate(r.top or [], 1):
-            rows.append({"image": r.path, "rank": rank, "class": c, "probability": round(p, 6), "error": ""})
-    return pd.DataFrame(rows, columns=["image", "rank", "class", "probability", "error"]).to_csv(index=False)
-
-
 def evaluation_table(result: dict, class_names: list[str]) -> Table:
     table = Table(title=f"{result['folder']}: accuracy {result['accuracy']:.4f} on {result['images']} images")
     table.add_column("class \\ predicted")

@@ -5,7 +5,8 @@ Every file becomes the RGB picture a person sees: EXIF orientation applied (a ph
 stored sideways is upright), 16-bit and 32-bit pixels scaled to 8 bits (not clipped to
 white), transparency composited on white, CMYK and palettes converted, the first frame of
 an animation. Resizing to the model's input is bilinear with antialiasing, the same
-operation as the exported model's own ``Resizing`` layer, for images of any other size.
+operation as the exported model's own ``Resizing`` layer, for images of any other size,
+written in NumPy: nothing here imports TensorFlow.
 Files over ``MAX_PIXELS`` are refused (decompression bombs), like anything unreadable, with
 an ``ImageError`` naming the file.
 """
@@ -56,13 +57,27 @@ def to_rgb(im):
 
 def resize(pixels: np.ndarray, size: int) -> np.ndarray:
     """``pixels`` (h, w, 3) uint8 at size x size: bilinear with antialiasing, as the model's
-    own Resizing layer does it, rounded back to uint8."""
+    own Resizing layer does it (TensorFlow's ScaleAndTranslate with a triangle kernel),
+    rounded back to uint8. In NumPy, so that classifying with an ONNX or LiteRT file needs no
+    TensorFlow; a test holds it to TensorFlow's op."""
     if pixels.shape[:2] == (size, size):
         return pixels
-    import tensorflow as tf  # callers that decode in threads import it quietly first (sources._decode_cached)
+    rows = _resize_weights(pixels.shape[0], size)
+    columns = _resize_weights(pixels.shape[1], size)
+    out = np.einsum("ih,hwc,jw->ijc", rows, pixels.astype(np.float32), columns, optimize=True)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
-    out = tf.image.resize(pixels, (size, size), method="bilinear", antialias=True)
-    return np.clip(np.rint(out.numpy()), 0, 255).astype(np.uint8)
+
+def _resize_weights(source: int, target: int) -> np.ndarray:
+    """(target, source) weights of one axis: TensorFlow's antialiased triangle kernel
+    (scale_and_translate_op.cc, ComputeSpansCore). Shrinking widens the kernel by the
+    shrink factor, so every source pixel counts (the antialiasing); each row sums to 1."""
+    inverse_scale = source / target
+    kernel_scale = max(inverse_scale, 1.0)
+    centres = (np.arange(target) + 0.5) * inverse_scale  # where each output pixel samples, in source pixels
+    offsets = (np.arange(source)[None, :] + 0.5 - centres[:, None]) / kernel_scale
+    weights = np.maximum(0.0, 1.0 - np.abs(offsets))
+    return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def read_image(path, size: int | None = None) -> np.ndarray:

@@ -128,13 +128,8 @@ def _decode_cached(files: list[str], size: int) -> tuple[np.ndarray, np.ndarray,
         except ImageError as e:
             return None, str(e)
 
-    from cnnbench.training import runtime
     from cnnbench.training.runtime import usable_cores
 
-    # Images of another size are resized with TensorFlow's op (as the model does): import it
-    # here, quietly, in this thread; a worker thread silencing stderr would hide every other
-    # thread's output meanwhile (an error message among them).
-    runtime.import_tensorflow_quietly()
     # Pillow releases the GIL while decoding; a worker pinned to one core decodes on that one
     with ThreadPoolExecutor(usable_cores()) as pool:
         decoded = list(pool.map(decode, files, chunksize=256))

@@ -29,7 +29,7 @@ from cnnbench.engines.recovery import describe_exit
 from cnnbench.engines.optuna.recovery import OWNER, recover_lost, tell_outcome
 from cnnbench.engines.base import StudyJob, TrialTaken, share_used_up, stop_rule_reason, wait_all
 from cnnbench.engines.trial import run_trial
-from cnnbench.engines.optuna.study import _Grid, check_study, counted_trials, open_rdb, open_study, suggest
+from cnnbench.engines.optuna.study import _Grid, check_study, check_study_data, counted_trials, open_rdb, open_study, suggest
 from cnnbench.training.isolation import worker_preexec
 from cnnbench.engines.optuna.pruning import median_rule, progress_steps
 from cnnbench.space import Space, SpaceError
@@ -37,7 +37,7 @@ from cnnbench.space import Space, SpaceError
 NAME = "optuna"
 ALGORITHMS = ("tpe", "random", "grid", "cmaes")
 NOT_STARTED_TRIES = 5  # configurations asked for near the deadline before the sweep stops
-__all__ = ["NAME", "ALGORITHMS", "validate", "run", "check_study"]  # the engine protocol (engines/__init__.py)
+__all__ = ["NAME", "ALGORITHMS", "validate", "run", "check_study", "check_study_data"]  # the engine protocol (engines/__init__.py)
 
 
 

@@ -17,6 +17,7 @@ from cnnbench.engines.optuna.pruning import make_pruner
 from cnnbench.engines.storage_url import masked, scrub
 from cnnbench.space import ChoiceParam, FloatParam, IntParam, Space, SpaceError
 from cnnbench.trials import State
+from cnnbench.training.sources import DataError
 
 UNCOUNTED = ("interrupted", "surplus", "not_started", "warm_start_from")  # user attributes of trials that are not results
 
@@ -144,6 +145,8 @@ def open_study(job: StudyJob) -> optuna.Study:
                               sampler=make_sampler(job.space, job.algo, seed, job.trials), pruner=make_pruner(job.space))
     if "space_hash" not in study.user_attrs:  # so another machine's edited space is refused (check_study)
         study.set_user_attr("space_hash", job.space.fingerprint())
+    if job.data_fingerprint and "data_fingerprint" not in study.user_attrs:  # and other data (check_study_data)
+        study.set_user_attr("data_fingerprint", job.data_fingerprint)
     if job.storage:  # Optuna's own heartbeat, so every machine sees a lost trial
         job.heartbeat_hook = lambda number: _rdb_heartbeat(study, number)
     return study
@@ -170,6 +173,20 @@ def check_study(study: str, storage: str, space: Space) -> None:
                          "made with")
 
 
+
+
+def check_study_data(study: str, storage: str, fingerprint: str) -> None:
+    """A study in a shared storage trains on the data it was made with, whichever results
+    folder (and run.json) the first machine used; DataError before anything is written."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        found = optuna.load_study(study_name=study, storage=open_rdb(storage)).user_attrs.get("data_fingerprint")
+    except KeyError:
+        return  # a new study
+    if found not in (None, fingerprint):
+        raise DataError(f"study {study!r} in the storage was made with other data (fingerprint {found}, now "
+                        f"{fingerprint}); point CNNBENCH_CIFAR10 (or the space's data path) at the data it was made "
+                        "with, or use a new STUDY name")
 
 
 def importances(space: Space, records: list) -> dict[str, float] | None:
