@@ -63,6 +63,11 @@ def test_model_card_describes_itself(swept):
     board = pd.read_csv(results / "smoke" / "leaderboard.csv")
     assert card["trial"] == int(board.iloc[0]["trial"])  # the best row is the exported one
     assert (results / "smoke" / "best" / "model_card.md").read_text().startswith("# Model card")
+    # the sweep's own export wrote the deployment files and checked them without TensorFlow
+    for runtime, name in (("onnx", "model.onnx"), ("litert", "model.tflite")):
+        row = card["runtimes"][runtime]
+        assert row["status"] == "ok" and row["agreement"] >= 0.999 and (results / "smoke" / "best" / name).exists()
+    assert "model.onnx: ok, top-1 agreement" in swept[1].stderr
 
 
 def test_predict_real_and_broken_images(swept, jpeg_root, tmp_path, capsys):
