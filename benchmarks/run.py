@@ -161,6 +161,7 @@ def write_results(report: dict) -> Path:
               "", f"Resident memory of a real {mem['trials']}-trial smoke sweep (sweep + trial child): "
               f"{mem['rss_after_first_mb']} MB after trial 1, {mem['rss_after_last_mb']} MB after trial {mem['trials']} "
               f"(growth {mem['growth_mb']} MB; peak {mem['peak_mb']} MB).", ""]
+    lines += resume_lines(report["resume_costs"])
     readme = OUT / "README.md"
     header = ("# make bench\n\nEach section is one `make bench` run (newest first), written by "
               "`benchmarks/run.py`; the JSON beside it holds every figure. See the script's docstring for "
@@ -168,6 +169,17 @@ def write_results(report: dict) -> Path:
     old = readme.read_text().split("\n## ", 1)[1] if readme.exists() and "\n## " in readme.read_text() else ""
     readme.write_text(header + "\n".join(lines) + ("\n## " + old if old else ""))
     return path
+
+
+def resume_lines(costs: dict) -> list[str]:
+    """The section's paragraph on what resuming costs (``resume_costs.py``)."""
+    ck, det = costs["checkpoint"], costs["determinism"]
+    return [f"Resuming (`benchmarks/resume_costs.py`, {costs['network']}, {ck['precision']}): a per-epoch checkpoint "
+            f"({ck['checkpoint_mb']} MB) takes {ck['checkpoint_seconds']} s to write, {ck['share_of_an_epoch']:.2%} "
+            f"of a 50,000-image epoch ({ck['epoch_seconds_50k']} s at {ck['images_per_s']} images/s); op "
+            f"determinism trains at {det['deterministic_vs_default']}x the images/s of the default "
+            f"({det['images_per_s']['deterministic']} against {det['images_per_s']['default']}, medians of "
+            f"{len(det['rounds']['default'])} interleaved rounds).", ""]
 
 
 def main() -> None:
