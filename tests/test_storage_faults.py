@@ -271,6 +271,18 @@ def test_a_torn_trial_record_is_rebuilt_from_the_storage_not_dropped(tmp_path):
     assert rebuilt.values == before[1].values and "rebuilt from the Optuna storage" in rebuilt.note
 
 
+def test_a_torn_kerastuner_trial_record_is_rebuilt_from_the_oracle_not_dropped(tmp_path):
+    space = parse_space(SPACE)
+    before = stand_in.run(space, tmp_path, trials=2, engine="kerastuner")
+    path = tmp_path / "s" / "trials" / "trial-0001.json"
+    path.write_text(path.read_text()[:40])  # half a record
+    after = stand_in.run(space, tmp_path, trials=2, engine="kerastuner")  # nothing to train: it reconciles
+    assert [r.trial for r in after] == [0, 1]
+    rebuilt = after[1]
+    assert rebuilt.state == "complete" and rebuilt.val_accuracy == pytest.approx(before[1].val_accuracy)
+    assert rebuilt.values == before[1].values and "rebuilt from KerasTuner's state" in rebuilt.note
+
+
 def _saved_tiny_models(tmp_path):
     """A stand-in study whose completed trials each keep a real (tiny, untrained) model file."""
     from cnnbench.knobs import default_config

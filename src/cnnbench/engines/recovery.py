@@ -145,3 +145,17 @@ def describe_exit(code: int) -> str:
     if code < 0:
         return f"was killed by {signal.Signals(-code).name}"
     return f"exited with code {code}"
+
+
+def damaged_records(job) -> list[tuple[Path, int]]:
+    """(file, trial number) of every trial record that cannot be read, for the engine to
+    rebuild from its own storage (``rebuild_damaged`` in each engine's recovery module)."""
+    damaged: list[str] = []
+    trials.read_records(job.paths, damaged)
+    return [(path, int(path.stem.split("-")[1])) for path in (Path(e.rsplit(": ", 1)[0]) for e in damaged)]
+
+
+def name_unrebuildable(job, path: Path, storage: str) -> None:
+    """A damaged record whose trial ``storage`` has not finished: said, never dropped silently."""
+    job.progress.say(f"{path}: damaged and not finished in {storage}; left out of the leaderboard (restore it, "
+                     "or delete it to run its configuration again)")

@@ -82,6 +82,39 @@ def _release(oracle, lost: LostTrials) -> None:  # the oracle first: kt.synchron
     lost.release()
 
 
+def rebuild_damaged(job, oracle) -> list[int]:
+    """Trial records that cannot be read (torn by a full disk, cut by an editor) rebuilt from
+    what KerasTuner's oracle knows of a finished trial (its values, status and score),
+    marked as rebuilt; a damaged record of a trial the oracle has not finished is named,
+    never silently left out. The Optuna engine's ``rebuild_damaged``, for this engine.
+    Returns the rebuilt trial numbers."""
+    from cnnbench.engines.kerastuner import trial_values  # the engine module imports this one
+
+    by_number = {int(t.trial_id): t for t in oracle.trials.values()}
+    rebuilt = []
+    for path, number in recovery.damaged_records(job):
+        t = by_number.get(number)
+        if t is None or t.status not in FINISHED:
+            recovery.name_unrebuildable(job, path, "KerasTuner's state")
+            continue
+        values, overrides = trial_values(t.hyperparameters.values, job.space)
+        state = FINISHED[t.status]
+        record = trials.TrialRecord(
+            trial=number, engine=job.engine, values=values, config={**job.space.complete(values), **overrides},
+            state=state, val_accuracy=t.score if state == State.COMPLETE else None, seed=job.space.seed + number,
+            reason="" if state == State.COMPLETE else "failed (rebuilt: the reason was in the damaged record)",
+            note="rebuilt from KerasTuner's state: its record file was damaged (metrics other than "
+                 "val_accuracy, and whether it was pruned, are lost)")
+        trials.write_record(job.paths, record)
+        job.progress.say(f"{path}: damaged; rebuilt from KerasTuner's state (trial {number}, {state})")
+        rebuilt.append(number)
+    return rebuilt
+
+
+# KerasTuner's statuses of an ended trial (a pruned trial ends COMPLETED with its best score)
+FINISHED = {"COMPLETED": State.COMPLETE, "FAILED": State.FAILED, "INVALID": State.FAILED}
+
+
 def install(job, oracle, watch: bool) -> LostTrials:
     """Make ``oracle`` (a ``kerastuner_oracle.CnnbenchOracle``) release lost trials before
     each trial it hands out and hand their configurations out first; with ``watch``, also

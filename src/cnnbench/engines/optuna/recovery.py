@@ -12,13 +12,12 @@ import os
 import socket
 import time
 import warnings
-from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
 from cnnbench import trials
-from cnnbench.engines.recovery import fail_lost, process_gone, to_retry
+from cnnbench.engines.recovery import damaged_records, fail_lost, name_unrebuildable, process_gone, to_retry
 from cnnbench.trials import TrialRecord, State
 
 
@@ -52,18 +51,13 @@ def rebuild_damaged(job, study: optuna.Study) -> list[int]:
     what Optuna's storage knows of a finished trial (its values, state, score and times),
     marked as rebuilt; a damaged record of a trial the storage has not finished is named,
     never silently left out. Returns the rebuilt trial numbers."""
-    damaged: list[str] = []
-    trials.read_records(job.paths, damaged)
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     states = {TrialState.COMPLETE: State.COMPLETE, TrialState.PRUNED: State.PRUNED, TrialState.FAIL: State.FAILED}
     rebuilt = []
-    for entry in damaged:
-        path = Path(entry.rsplit(": ", 1)[0])
-        number = int(path.stem.split("-")[1])
+    for path, number in damaged_records(job):
         t = by_number.get(number)
         if t is None or t.state not in states:
-            job.progress.say(f"{path}: damaged and not finished in the study's storage; left out of the "
-                             "leaderboard (restore it, or delete it to run its configuration again)")
+            name_unrebuildable(job, path, "the study's storage")
             continue
         rung = t.user_attrs.get("rung") if job.space.search.rungs else None
         state = State.INTERRUPTED if t.user_attrs.get("interrupted") else states[t.state]
