@@ -36,6 +36,19 @@ def fake_train(config, data, on_epoch, seed):
                        flops=20, history=history, model=None)
 
 
+HOARD: list = []  # what hoarding_train keeps alive in its (child) process
+
+
+def hoarding_train(config, data, on_epoch, seed):
+    """fake_train that also keeps ``config["hoard_mb"]`` MB alive in its process, as a leak
+    would (the bytes are written, so they are resident), and reports its process id."""
+    HOARD.append(b"\x01" * (int(config.get("hoard_mb", 0)) << 20))
+    on_epoch(1, {"val_accuracy": 0.5, "loss": 1.0, "pid": os.getpid()})
+    return TrialResult(val_accuracy=0.5, val_loss=0.5, best_epoch=1, epochs_run=1, train_seconds=0.1,
+                       images_per_s=1000.0, parameter_count=10, flops=20, history=[{"val_accuracy": 0.5}],
+                       model=None)
+
+
 def gated_train(config, data, on_epoch, seed):
     """For signal and kill tests in real processes (``--trainer stand_in:gated_train``).
 

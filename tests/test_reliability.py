@@ -365,3 +365,25 @@ def test_a_worker_killed_mid_trial_has_its_trial_resumed_by_another_from_the_che
     assert retry["resumed_from_epoch"] == [2] and [h["epoch"] for h in retry["history"]] == [1, 2, 3, 4]
     assert sum(r["state"] == "complete" for r in final) == 4  # the budget counts the resumed training once
     assert not list((tmp_path / "results" / "resume" / "checkpoints").glob("*"))
+
+
+def test_a_trial_child_whose_memory_grew_past_the_limit_is_replaced_by_a_fresh_one():
+    """isolation.RECYCLE_MB: a child that grew (a leak across trials) is stopped after its
+    trial, and the next trial starts in a new process; one that did not keeps serving."""
+    from cnnbench.training.isolation import TrialRunner
+
+    runner = TrialRunner(None, "stand_in:hoarding_train", recycle_mb=100)
+    pids: list[int] = []
+
+    def train(hoard_mb: int) -> None:
+        outcome = runner.run({"hoard_mb": hoard_mb}, 0, None, lambda epoch, logs: pids.append(logs["pid"]))
+        assert outcome.state == "complete", outcome
+
+    try:
+        train(10)
+        train(10)  # grew 20 MB: the same child
+        train(150)  # grew past 100 MB: stopped once this trial is done
+        train(10)
+    finally:
+        runner.close(kill=True)
+    assert pids[0] == pids[1] == pids[2] != pids[3] and runner.children_started == 2
