@@ -91,6 +91,58 @@ def test_a_signal_stops_the_sweep_gracefully(tmp_path, signum, code):
 
 
 @pytest.mark.slow
+def test_closing_the_sweeps_terminal_stops_it_like_sighup(tmp_path):
+    """Not a signal sent by hand: the sweep runs on a pseudo-terminal it owns (its session's
+    controlling terminal, as in an ssh session) and the terminal goes away; the kernel hangs
+    up its foreground group (the sweep and its trial child), and later writes fail with EIO."""
+    import fcntl
+    import termios
+    import threading
+
+    proc, gate = None, tmp_path / "gate"
+    gate.mkdir()
+    master, terminal = os.openpty()
+
+    def own_the_terminal():  # in the child, after its stdio became the terminal
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    env = {**os.environ, "CNNBENCH_STAND_IN_DIR": str(gate), **stand_in_model_env(),
+           "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+           "CNNBENCH_CIFAR10": str(ROOT.parent / "shared" / "datasets" / "cifar10-jpeg")}
+    args = [sys.executable, "-m", "cnnbench.cli", "sweep", "--space", str(SPACES / "smoke.yaml"), "--study", "hung",
+            "--results", str(tmp_path / "results"), "--trainer", "stand_in:gated_train", "--trials", "4"]
+    proc = subprocess.Popen(args, env=env, stdin=terminal, stdout=terminal, stderr=terminal,
+                            preexec_fn=own_the_terminal)
+    os.close(terminal)
+    seen: list[bytes] = []
+
+    def drain():  # read what the sweep writes, so the terminal's buffer never fills
+        try:
+            while chunk := os.read(master, 65536):
+                seen.append(chunk)
+        except OSError:
+            pass
+
+    threading.Thread(target=drain, daemon=True).start()
+    try:
+        wait_for(running_trial_started(gate), "the first trial to start")
+        (gate / "go-7").touch()
+        wait_for(lambda: sum(r["state"] == "complete" for r in records(tmp_path, "hung")) >= 1, "a finished trial")
+        wait_for(lambda: any(r["state"] == "running" for r in records(tmp_path, "hung")), "a running trial")
+        os.close(master)  # the terminal is gone: hang-up
+        assert proc.wait(timeout=WAIT) == 129, b"".join(seen).decode(errors="replace")[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    states = {r["trial"]: r["state"] for r in records(tmp_path, "hung")}
+    assert "interrupted" in states.values() and "running" not in states.values()
+    board = pd.read_csv(tmp_path / "results" / "hung" / "leaderboard.csv")
+    assert dict(zip(board["trial"], board["state"])) == states
+    assert (tmp_path / "results" / "hung" / "best" / "model.keras").exists()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["optuna", "kerastuner"])
 def test_kill_9_mid_trial_is_found_and_retried_by_the_next_run(tmp_path, engine):
     proc, gate = sweep(tmp_path, "killed", "--trials", "2", "--engine", engine)

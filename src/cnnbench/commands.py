@@ -4,6 +4,7 @@ arguments and picks one). Each returns its exit code; bad input raises one of th
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shlex
@@ -75,8 +76,6 @@ def worker_role() -> tuple[str | None, int]:
 
 
 def cmd_sweep(args) -> int:
-    from cnnbench.reports.report import print_leaderboard, wide_console
-    from cnnbench.reports.results import leaderboard_frame
     from cnnbench.sweep import SweepRequest, prepare, run_sweep
 
     worker, worker_index = worker_role()
@@ -96,6 +95,21 @@ def cmd_sweep(args) -> int:
     stopped = EXIT_FOR_SIGNAL.get(summary["stopped_by"], INTERRUPTED) if summary["stopped_by"] else 0
     if summary.get("worker"):
         return stopped
+    try:
+        _print_summary(sweep, summary, stopped)
+    except OSError as error:  # the terminal is gone (a closed ssh session): its writes fail with EIO
+        if error.errno != errno.EIO:
+            raise
+        for stream in (sys.stdout, sys.stderr):  # nor may the interpreter's last flush fail (exit 120)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    return stopped or (0 if summary["card"] else 1)
+
+
+def _print_summary(sweep, summary: dict, stopped: int) -> None:
+    """The sweep's last words: the top of its leaderboard, its export, where its report is."""
+    from cnnbench.reports.report import print_leaderboard, wide_console
+    from cnnbench.reports.results import leaderboard_frame
+
     console = wide_console()
     frame = leaderboard_frame(summary["records"], sweep.space)
     print_leaderboard(frame, f"{sweep.study}: top trials", list(sweep.space.searched()), top=5, console=console)
@@ -117,8 +131,6 @@ def cmd_sweep(args) -> int:
     if stopped:
         print(f"stopped by {signal.Signals(summary['stopped_by']).name}: finished trials are kept; "
               "run the same command again to continue")
-        return stopped
-    return 0 if card else 1
 
 
 def cmd_leaderboard(args) -> int:
