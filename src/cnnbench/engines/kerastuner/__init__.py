@@ -162,7 +162,7 @@ def _search(job: StudyJob) -> None:
             oracle.reload()
         # Lost trials (kill -9, out of memory) are found before every trial the oracle
         # hands out, and by the chief also while its workers train.
-        lost.rebuild_damaged(job, oracle)  # a torn record: rebuilt from the oracle, or named
+        lost.rebuild_damaged(job, oracle, trial_values)  # a torn record: rebuilt from the oracle, or named
         lost.install(job, oracle, watch=os.environ.get("KERASTUNER_TUNER_ID") == "chief")
     try:
         tuner.search(verbose=0)  # cnnbench's own progress display replaces KerasTuner's

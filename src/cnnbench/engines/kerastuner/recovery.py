@@ -82,14 +82,13 @@ def _release(oracle, lost: LostTrials) -> None:  # the oracle first: kt.synchron
     lost.release()
 
 
-def rebuild_damaged(job, oracle) -> list[int]:
+def rebuild_damaged(job, oracle, trial_values) -> list[int]:
     """Trial records that cannot be read (torn by a full disk, cut by an editor) rebuilt from
     what KerasTuner's oracle knows of a finished trial (its values, status and score),
     marked as rebuilt; a damaged record of a trial the oracle has not finished is named,
     never silently left out. The Optuna engine's ``rebuild_damaged``, for this engine.
-    Returns the rebuilt trial numbers."""
-    from cnnbench.engines.kerastuner import trial_values  # the engine module imports this one
-
+    ``trial_values``: the engine's reading of a KerasTuner trial's values (searched values,
+    overrides). Returns the rebuilt trial numbers."""
     by_number = {int(t.trial_id): t for t in oracle.trials.values()}
     rebuilt = []
     for path, number in recovery.damaged_records(job):
