@@ -90,6 +90,52 @@ def test_a_signal_stops_the_sweep_gracefully(tmp_path, signum, code):
     assert sum(r["state"] == "interrupted" for r in final) == 1
 
 
+KILL_AT_FIRST_RECORD = """
+import os, signal, sys
+from cnnbench import trials
+real = trials.write_record
+def write_record(paths, record):  # the engine has asked (Optuna) or created (KerasTuner) trial 1
+    if record.trial == 1 and record.state == "running":
+        os.kill(os.getpid(), signal.SIGKILL)  # ... and the process dies before cnnbench's first record
+    return real(paths, record)
+trials.write_record = write_record
+from cnnbench.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["optuna", "kerastuner"])
+def test_a_sweep_killed_between_the_engines_new_trial_and_its_record_keeps_the_budget(tmp_path, engine):
+    """kill -9 of a real sweep at that instant (Optuna's ask, KerasTuner's create_trial,
+    then death before the record): the next run of the same command finds the trial the
+    engine holds as running without a record, and ends with exactly the budget, nothing running."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    (gate / "go").touch()
+    (gate / "go-final").touch()
+    env = {**os.environ, "CNNBENCH_STAND_IN_DIR": str(gate), **stand_in_model_env(),
+           "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+           "CNNBENCH_CIFAR10": str(ROOT.parent / "shared" / "datasets" / "cifar10-jpeg")}
+    argv = ["sweep", "--space", str(SPACES / "smoke.yaml"), "--study", "torn", "--results", str(tmp_path / "results"),
+            "--trainer", "stand_in:gated_train", "--trials", "3", "--engine", engine]
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_FIRST_RECORD, *argv], env=env, capture_output=True,
+                            text=True, timeout=WAIT)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert [r["trial"] for r in records(tmp_path, "torn")] == [0]  # trial 1: the engine's, with no record
+    again = subprocess.run([sys.executable, "-m", "cnnbench.cli", *argv], env=env, capture_output=True, text=True,
+                           timeout=WAIT)
+    assert again.returncode == 0, again.stdout + again.stderr
+    final = records(tmp_path, "torn")
+    assert sum(r["state"] == "complete" for r in final) == 3 and not [r for r in final if r["state"] == "running"]
+    if engine == "optuna":
+        import optuna
+
+        study = optuna.load_study(study_name="torn", storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(tmp_path / "results" / "torn" / "optuna.journal"))))
+        assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+
+
 @pytest.mark.slow
 def test_closing_the_sweeps_terminal_stops_it_like_sighup(tmp_path):
     """Not a signal sent by hand: the sweep runs on a pseudo-terminal it owns (its session's
