@@ -42,9 +42,8 @@ def deploy_and_check(model, folder: Path, x_test: np.ndarray, y_test: np.ndarray
     size = int(x_test.shape[1])
     if keep_existing:
         present = [Written(r, folder / file_name(r)) for r in _runtimes(quantize) if (folder / file_name(r)).exists()]
-        missing = tuple(q for q in quantize if not (folder / file_name(f"litert-{q}")).exists())
-        wanted = {w.runtime for w in present}
-        written = present + write_deployment_files(model, folder, size, missing, calibration, skip=wanted)
+        kept = {w.runtime for w in present}
+        written = present + write_deployment_files(model, folder, size, quantize, calibration, skip=kept)
     else:
         remove_stale(folder, quantize)
         written = write_deployment_files(model, folder, size, quantize, calibration)
