@@ -46,6 +46,8 @@ def data_aware_train(config, data, on_epoch, seed):
     ([{"learning_rate": 0.1}], "a rung sets only train_images, epochs, batch_size, tta"),
     ([{"train_images": 200}, {"train_images": 100}], "each rung needs more images or more epochs"),
     ([{"train_images": 100, "epochs": 2}, {"train_images": 100, "epochs": 2}], "trains no more than rungs[0]"),
+    ([{"train_images": 100, "epochs": 4}, {"train_images": 300, "epochs": 1}], "never fewer images x epochs"),
+    ([{"train_images": 100, "epochs": 4}, {"train_images": 100, "epochs": 3}], "trains no more than rungs[0]"),
     ([{"train_images": -5}], "search.rungs[0].train_images"),
     ([{}], "search.rungs[0]: empty"),
 ])
@@ -53,6 +55,13 @@ def test_a_bad_rung_is_one_line_naming_it(rungs, problem):
     with pytest.raises(SpaceError, match=r"^x\.yaml: search\.rungs") as e:
         parse_space({"search": {"rungs": rungs}, "params": {"epochs": {"type": "fixed", "value": 4}}}, "x.yaml")
     assert problem in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_rung_may_train_more_images_for_fewer_epochs_when_it_sees_more_in_all():
+    # the fidelity table's largest rung: all the data for 2 epochs after 15,000 images for 3
+    rungs = [{"train_images": 5000, "epochs": 2}, {"train_images": 15000, "epochs": 3}, {"epochs": 2}]
+    space = parse_space({"search": {"rungs": rungs}, "params": {"epochs": {"type": "fixed", "value": 2}}}, "x.yaml")
+    assert [r.get("epochs") for r in space.search.rungs] == [2, 3, 2]
 
 
 def test_a_rung_may_not_fix_a_searched_parameter_and_kerastuner_refuses_rungs():

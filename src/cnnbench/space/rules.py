@@ -138,7 +138,7 @@ RUNG_KNOBS = ("train_images", "epochs", "batch_size", "tta")  # a rung's fidelit
 
 def _check_rungs(space: Space) -> None:
     """Each rung sets fidelity knobs only, to values they take, and each costs more than the
-    one before (more images or more epochs, never fewer)."""
+    one before (more images or more epochs; never fewer images, never fewer images x epochs)."""
     previous: tuple[Any, Any] | None = None
     for i, rung in enumerate(space.search.rungs):
         where = f"{space.source}: search.rungs[{i}]"
@@ -154,9 +154,13 @@ def _check_rungs(space: Space) -> None:
                 raise SpaceError(f"{where}.{name}: {problem} ({KNOBS[name].doc})")
         base = space.complete({})
         size: tuple[Any, Any] = (rung.get("train_images") or float("inf"), rung.get("epochs", base["epochs"]))
-        if previous is not None and (size[0] < previous[0] or size[1] < previous[1] or size == previous):
+        # More data may come with fewer epochs (each rung is a whole compressed training, not a
+        # continuation), as long as the rung sees more images in all and never a smaller subset.
+        if previous is not None and (size[0] < previous[0] or size[0] * size[1] <= previous[0] * previous[1]
+                                     or (size[0] == previous[0] and size[1] <= previous[1])):
             raise SpaceError(f"{where}: trains no more than rungs[{i - 1}] (images {previous[0]}, epochs "
-                             f"{previous[1]}); each rung needs more images or more epochs, never fewer")
+                             f"{previous[1]}); each rung needs more images or more epochs, never fewer images "
+                             "and never fewer images x epochs")
         previous = size
     if space.search.rungs and space.minimize:
         raise SpaceError(f"{space.source}: search.rungs: promotion ranks by validation accuracy alone; a "
