@@ -43,6 +43,20 @@ def require_finite(space: Space) -> None:
                          "set search.sampler: grid and search.pruner: none")
 
 
+def grid(space: Space) -> list[dict]:
+    """Every configuration of a finite space, as a record's values (the searched parameters
+    whose condition holds), each once."""
+    import itertools
+
+    names = space.searched()
+    found: dict[str, dict] = {}
+    for combination in itertools.product(*(space.candidate_values(n) or [] for n in names)):
+        config = space.complete(dict(zip(names, combination)))
+        values = {n: v for n, v in zip(names, combination) if space.params[n].condition_holds(config)}
+        found.setdefault(key(values), values)
+    return list(found.values())
+
+
 def _rows(paths: StudyPaths, fidelity: int | None) -> list[dict]:
     rows, seen = [], set()
     for r in sorted(read_records(paths), key=lambda r: r.trial):
@@ -224,8 +238,9 @@ def _tabulate_one(space: Space, request) -> StudyPaths:
     """One grid study of every configuration (resumed if it exists); its folder."""
     from cnnbench.sweep import prepare, run_sweep
 
-    # Parallel workers can draw one grid point twice (Optuna's grid sampler only avoids
-    # points already finished or running), leaving another untrained: top those up.
+    # A grid study may lack configurations its sampler counts as visited (before 2026-12-06
+    # each worker shuffled the grid with its own seed, so one grid id meant a different
+    # configuration in each): the missing ones are queued by their values and trained.
     for _ in range(3):
         sweep = prepare(request)
         summary = run_sweep(sweep)
@@ -236,9 +251,13 @@ def _tabulate_one(space: Space, request) -> StudyPaths:
         if failed:
             raise SpaceError(f"{request.space_file}: a table needs every configuration, but trial {failed[0].trial} "
                              f"({failed[0].values}) failed: {failed[0].reason}")
-        missing = (space.size() or 0) - len({key(r.values) for r in records if r.state == State.COMPLETE})
+        done = {key(r.values) for r in records if r.state == State.COMPLETE}
+        missing = [values for values in grid(space) if key(values) not in done]
         if not missing:
             break
+        from cnnbench.engines.optuna.study import enqueue_configurations
+
+        enqueue_configurations(sweep.paths.root, request.study, missing)
         finished = sum(r.state in (State.COMPLETE, State.PRUNED) for r in records)
-        request = replace(request, trials=finished + missing)
+        request = replace(request, trials=finished + len(missing))
     return sweep.paths

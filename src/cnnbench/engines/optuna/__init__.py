@@ -117,11 +117,11 @@ def _enqueue_promotion(job: StudyJob, study: optuna.Study) -> None:
                                                          "promoted_from": promoted.source.trial})
 
 
-def _promotion_pending(job: StudyJob, study: optuna.Study) -> bool:
-    """Successive halving has a run queued or earned (a grid is not done while it has)."""
-    if not job.space.search.rungs:
-        return False
-    _enqueue_promotion(job, study)
+def _queued(job: StudyJob, study: optuna.Study) -> bool:
+    """A run is queued (a configuration tabulate tops up) or earned by successive halving: a
+    grid is not done while one is."""
+    if job.space.search.rungs:
+        _enqueue_promotion(job, study)
     return any(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
 
 
@@ -129,7 +129,7 @@ def _should_continue(job: StudyJob, study: optuna.Study) -> bool:
     every = counted_trials(study)
     if len(every) >= job.trials:
         return False
-    if isinstance(study.sampler, _Grid) and study.sampler.is_exhausted(study) and not _promotion_pending(job, study):
+    if isinstance(study.sampler, _Grid) and study.sampler.is_exhausted(study) and not _queued(job, study):
         return False
     if job.deadline.left() <= EXPORT_SECONDS:
         job.progress.say("stopped: the deadline is here; what finished is ranked and exported")

@@ -83,7 +83,11 @@ def make_sampler(space: Space, algo: str, seed: int, trials: int | None = None) 
     if algo == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if algo == "grid":
-        return _Grid({n: space.candidate_values(n) or [] for n in space.searched()}, seed=seed)  # finite: validated
+        # The grid's order is the shuffle of its seed, and a trial's grid id is a position in
+        # it: every worker and every resumed run must share the order, or one grid id means
+        # another configuration in each process (duplicates and holes). So the space's seed,
+        # never the per-process one.
+        return _Grid({n: space.candidate_values(n) or [] for n in space.searched()}, seed=space.seed)  # finite
     startup = max(3, min(10, (trials or space.budget.trials) // 4))  # random trials before TPE/CMA-ES model it
     with warnings.catch_warnings():  # `group` and `constant_liar` are marked experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -102,6 +106,17 @@ class _Grid(optuna.samplers.GridSampler):
 
     def after_trial(self, study, trial, state, values) -> None:
         pass
+
+
+def enqueue_configurations(study_root, study_name: str, configurations: list[dict]) -> None:
+    """Queue these configurations in a study of the results folder (its journal): what a
+    grid study still lacks after its sampler has visited every grid id (tabulate's top-up)."""
+    from optuna.storages import JournalStorage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=study_name, storage=JournalStorage(named_backend(study_root / "optuna.journal")))
+    for values in configurations:
+        study.enqueue_trial(values, skip_if_exists=True)
 
 
 def storage_for(job: StudyJob):
