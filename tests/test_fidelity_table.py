@@ -167,6 +167,7 @@ def test_tabulate_trains_every_configuration_at_every_fidelity(tmp_path, jpeg_ro
         assert len(records) == 2 and {r.config["train_images"] for r in records} == {images}
         assert {r.rung for r in records} == {None}  # one fidelity each: no promotion inside
     assert (results / "tiny" / "fidelities.csv").exists()
+    assert not (results / "tiny-f0" / "best").exists()  # a table level exports no model
     trained = len(list(gate.glob("training-*")))
     tabulate(str(space), "tiny", str(results))  # resumes: everything is there already
     assert len(list(gate.glob("training-*"))) == trained

@@ -45,6 +45,7 @@ class SweepRequest:
     # only training, on all training images, its epochs sized to fill the timeout (final.py)
     recipe_only: bool = False
     at_rung: int | None = None     # tabulate: every configuration at this rung's fidelity, no promotion
+    export: bool = True            # False (tabulate): rank the trials, export and verify no best model
     cache: bool = True             # False (--no-cache): train every trial, even one already trained
     deterministic: bool = False    # --deterministic: TensorFlow's op determinism in every trial
     quantize: tuple[str, ...] = ()  # quantized LiteRT files the export adds (--quantize dynamic|int8)

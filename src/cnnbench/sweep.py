@@ -108,6 +108,9 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
                "best_model": None, "worker": is_worker(sweep)}
     if is_worker(sweep):  # the starting process ranks and exports once every worker is done
         return summary
+    if not req.export:  # a table's levels: every trial's score is the result, no model is
+        write_global_leaderboard(Path(req.results))
+        return summary
     card = export_best(records, paths, data, run, final=final, quantize=req.quantize)
     write_global_leaderboard(Path(req.results))
     write_progress_plot(sweep, records, run, card)

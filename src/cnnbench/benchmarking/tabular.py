@@ -229,9 +229,10 @@ def tabulate(space_file: str, study: str | None, results: str, workers: int = 0,
 def _request(space_file: str, study: str, space: Space, results: str, workers: int):
     from cnnbench.sweep import SweepRequest
 
+    # A table is every configuration's own score: nothing to retrain, and no best model to
+    # export and verify (that took minutes per level).
     return SweepRequest(space_file=space_file, study=study, trials=space.size(), engine="optuna", algo="grid",
-                        results=results, workers=workers,
-                        final=False)  # a table is every configuration's own score: nothing to retrain
+                        results=results, workers=workers, final=False, export=False)
 
 
 def _tabulate_one(space: Space, request) -> StudyPaths:
