@@ -32,9 +32,10 @@ def test_every_configuration_has_its_whole_curve_at_every_fidelity(table):
     assert table.about["machine"] and table.about["git_revision"] and table.about["versions"]
 
 
-def test_the_table_measures_the_default_hours_rungs(table):
+def test_the_default_hours_rungs_are_fidelities_the_table_measured(table):
     default = load_space(str(SPACES / "default.yaml"))
-    assert [dict(r) for r in default.search.rungs] == [dict(r) for r in table.fidelities[:2]]
+    measured = [dict(r) for r in table.fidelities]
+    assert default.search.rungs and all(dict(r) in measured for r in default.search.rungs)
 
 
 def test_the_shipped_agreement_is_what_the_rows_give(table):
