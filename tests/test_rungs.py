@@ -62,6 +62,9 @@ def test_a_rung_may_train_more_images_for_fewer_epochs_when_it_sees_more_in_all(
     rungs = [{"train_images": 5000, "epochs": 2}, {"train_images": 15000, "epochs": 3}, {"epochs": 2}]
     space = parse_space({"search": {"rungs": rungs}, "params": {"epochs": {"type": "fixed", "value": 2}}}, "x.yaml")
     assert [r.get("epochs") for r in space.search.rungs] == [2, 3, 2]
+    # two rungs on all the data: more epochs is more (the images x epochs rule must not see inf <= inf)
+    space = parse_space({"search": {"rungs": [{"epochs": 2}, {"epochs": 4}]}, "params": {}}, "x.yaml")
+    assert [r["epochs"] for r in space.search.rungs] == [2, 4]
 
 
 def test_a_rung_may_not_fix_a_searched_parameter_and_kerastuner_refuses_rungs():

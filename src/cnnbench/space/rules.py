@@ -156,8 +156,9 @@ def _check_rungs(space: Space) -> None:
         size: tuple[Any, Any] = (rung.get("train_images") or float("inf"), rung.get("epochs", base["epochs"]))
         # More data may come with fewer epochs (each rung is a whole compressed training, not a
         # continuation), as long as the rung sees more images in all and never a smaller subset.
-        if previous is not None and (size[0] < previous[0] or size[0] * size[1] <= previous[0] * previous[1]
-                                     or (size[0] == previous[0] and size[1] <= previous[1])):
+        # (Epochs alone decide between equal subsets: two all-data rungs are both infinite.)
+        if previous is not None and (size[0] < previous[0] or (
+                size[1] <= previous[1] if size[0] == previous[0] else size[0] * size[1] <= previous[0] * previous[1])):
             raise SpaceError(f"{where}: trains no more than rungs[{i - 1}] (images {previous[0]}, epochs "
                              f"{previous[1]}); each rung needs more images or more epochs, never fewer images "
                              "and never fewer images x epochs")
