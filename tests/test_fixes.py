@@ -232,3 +232,27 @@ def test_the_grid_lists_each_configuration_once_with_only_the_parameters_that_ap
     assert sorted(map(str, grid(space))) == sorted(map(str, [
         {"optimizer": "sgd", "momentum": 0.8}, {"optimizer": "sgd", "momentum": 0.9}, {"optimizer": "adam"}]))
     assert len(grid(space)) == space.size()
+
+
+def test_tabulate_queues_into_a_journal_with_a_torn_last_entry_without_damaging_it(tmp_path):
+    """tabulate's top-up opened the journal without the torn-tail repair every sweep does, so
+    its first entry was appended to a half-written line and the study no longer loaded."""
+    import json
+
+    from optuna.storages import JournalStorage
+
+    from cnnbench.engines.optuna.journal import named_backend
+    from cnnbench.engines.optuna.study import enqueue_configurations
+
+    root = tmp_path / "results" / "table"
+    root.mkdir(parents=True)
+    journal = root / "optuna.journal"
+    optuna.create_study(study_name="table", storage=JournalStorage(named_backend(journal)))
+    with journal.open("a") as f:
+        f.write('{"op_code": 4, "worker_id": "killed mid-li')  # a writer killed mid-line
+    said: list[str] = []
+    enqueue_configurations(root, "table", [{"learning_rate": 0.02}], say=said.append)
+    assert said and str(journal) in said[0]
+    assert all(json.loads(line) for line in journal.read_text().splitlines())
+    study = optuna.load_study(study_name="table", storage=JournalStorage(named_backend(journal)))
+    assert [t.params or t.system_attrs.get("fixed_params") for t in study.trials] == [{"learning_rate": 0.02}]

@@ -108,32 +108,36 @@ class _Grid(optuna.samplers.GridSampler):
         pass
 
 
-def enqueue_configurations(study_root, study_name: str, configurations: list[dict]) -> None:
+def enqueue_configurations(study_root, study_name: str, configurations: list[dict], say=print) -> None:
     """Queue these configurations in a study of the results folder (its journal): what a
     grid study still lacks after its sampler has visited every grid id (tabulate's top-up)."""
-    from optuna.storages import JournalStorage
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=study_name, storage=JournalStorage(named_backend(study_root / "optuna.journal")))
+    study = optuna.load_study(study_name=study_name, storage=open_journal(study_root, study_name, say))
     for values in configurations:
         study.enqueue_trial(values, skip_if_exists=True)
+
+
+def open_journal(root, study: str, say):
+    """The journal storage of the study folder ``root`` (created if missing), its torn last
+    entry (a writer killed mid-line) cut first and reported through ``say``."""
+    from optuna.storages import JournalStorage
+
+    root.mkdir(parents=True, exist_ok=True)
+    journal = root / "optuna.journal"
+    if cut := repair_journal(journal, torn_tail_only=True):
+        say(f"{journal}: {cut}")
+    try:
+        return JournalStorage(named_backend(journal))
+    except ValueError:  # an unreadable entry inside the file (Optuna reads no further)
+        raise SpaceError(f"{journal}: an unreadable entry inside the journal; `cnnbench repair {study}"
+                         f"{'' if root.parent.name == 'results' else ' --results ' + str(root.parent)}"
+                         "` repairs it, keeping every complete entry it can") from None
 
 
 def storage_for(job: StudyJob):
     if job.storage:
         return open_rdb(job.storage, heartbeat=True)
-    from optuna.storages import JournalStorage
-
-    job.paths.root.mkdir(parents=True, exist_ok=True)
-    journal = job.paths.root / "optuna.journal"
-    if cut := repair_journal(journal, torn_tail_only=True):
-        job.progress.say(f"{journal}: {cut}")
-    try:
-        return JournalStorage(named_backend(journal))
-    except ValueError:  # an unreadable entry inside the file (Optuna reads no further)
-        raise SpaceError(f"{journal}: an unreadable entry inside the journal; `cnnbench repair {job.study}"
-                         f"{'' if job.paths.root.parent.name == 'results' else ' --results ' + str(job.paths.root.parent)}"
-                         "` repairs it, keeping every complete entry it can") from None
+    return open_journal(job.paths.root, job.study, job.progress.say)
 
 
 def counted_trials(study: optuna.Study) -> list:
