@@ -11,7 +11,8 @@ validation passes, the float32 inference twin, the latency probe and saving the 
 
 Each width trains ``--runs`` times in one process, as a trial child process trains trial
 after trial: the first run of a shape also pays for tracing and compiling kernels of that
-shape, later ones do not. Synthetic images (the phases' costs do not depend on pixels).
+shape, later ones do not. Synthetic images by default (the phases' costs do not depend on pixels);
+``--real``: the space's data, as a sweep's trial process holds it.
 Prints one JSON line per run; time it with nothing else running.
 """
 from __future__ import annotations
@@ -54,6 +55,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--widths", nargs="+", default=["64-256-256", "96-256-256"])
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--real", action="store_true", help="the space's own data (CNNBENCH_CIFAR10) instead of "
+                        "synthetic images: its 45,000-image split, subset to the rung's 5,000 as a sweep does")
     args = parser.parse_args()
 
     import cnnbench
@@ -68,7 +71,12 @@ def main() -> None:
 
     space = load_space(ROOT / "search_spaces" / "default.yaml")
     rung = space.search.rungs[0]
-    data = synthetic_bundle(rung["train_images"], n_val=5000)
+    if args.real:
+        from cnnbench.training.data import load_data
+
+        data = load_data(space.data, space.seed, space_dir=ROOT / "search_spaces")
+    else:
+        data = synthetic_bundle(rung["train_images"], n_val=5000)
     spent: dict[str, float] = defaultdict(float)
     for name in ("build_model", "set_whitening", "inference_model", "latency_ms", "save_model"):
         _timed(train, name, spent)
