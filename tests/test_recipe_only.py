@@ -158,3 +158,37 @@ def test_the_plan_of_a_recipe_only_hour_is_the_filled_final_training(tmp_path):
     assert "no search (--recipe-only)" in text and f"{hour.filled_epochs} epochs" in text
     short = plan(alone, 2, deadline.log, recipe_only=True)  # 2 minutes: not one epoch beside the export
     assert short.filled_epochs == 0 and "not even one epoch" in short.text()
+
+
+def test_a_recipe_only_final_keeps_the_small_margin_once_trainings_of_its_size_ran_here(tmp_path):
+    """At the full 1.15 margin a measured Zen 4 --recipe-only hour left 10.6 of its 60 minutes
+    unused, though its speed came from 30,000-image trainings of its own network: with such
+    samples (at least half the final's images) it is sized at FINAL_SAFETY, as after a search;
+    from a half-minute --measure (no image count) or small runs, at SAFETY still."""
+    from cnnbench.deadline import FINAL_SAFETY, SAFETY
+    from cnnbench.plan import plan
+
+    config = {**_recipe_job(tmp_path / "probe", Deadline(None))[1], "train_images": 0}
+    flops = architecture_stats(config).flops
+    epochs = {}
+    for name, images in (("measure", 0), ("small", 100), ("large", 180)):  # the final: 360 images
+        log = ThroughputLog(tmp_path / f"{name}.json")
+        log.add(config["precision"], RATE, flops, images)
+        deadline = Deadline(None, log, final_images=360)
+        assert deadline.final_margin(config) == (FINAL_SAFETY if name == "large" else SAFETY)
+        at_final_margin = lambda e: deadline.final_seconds({**config, "epochs": e}) * FINAL_SAFETY / SAFETY  # noqa: E731
+        export = max(2 * EXPORT_SECONDS, deadline.export_seconds(config, 60, config["precision"]))
+        deadline.end = time.time() + export + (at_final_margin(10) + at_final_margin(11)) / 2
+        job, _ = _recipe_job(tmp_path / name, deadline)
+        outcome = run_final(job, None, 360)
+        assert outcome.complete
+        epochs[name] = outcome.record.config["epochs"]
+    assert epochs["large"] == 10 and epochs["measure"] == epochs["small"] < 10
+    # the plan says what the sweep will do
+    alone = recipe_alone(parse_space({"params": {"precision": {"type": "fixed", "value": "float32"}}}))
+    hourly = {}
+    for images in (0, 40_000):
+        log = ThroughputLog(tmp_path / f"plan-{images}.json")
+        log.add("float32", 1e11, architecture_stats(alone.complete({})).flops, images)
+        hourly[images] = plan(alone, 60, log, recipe_only=True).filled_epochs
+    assert hourly[40_000] > hourly[0] > 0

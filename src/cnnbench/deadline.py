@@ -98,11 +98,23 @@ class ThroughputLog:
         least half as many when there are any: first-rung runs (5,000 images at batch 256)
         train slower per image than a final training on 50,000, and sizing the f80cdb8 hour's
         final from them left 3 of its minutes unused. Older samples lack the count."""
-        similar = [sample for sample in self._read().get(machine_key(precision, cores), [])
-                   if flops_per_image / self.SIMILAR <= sample[0] <= flops_per_image * self.SIMILAR]
-        large = [sample for sample in similar if images and len(sample) > 2 and sample[2] >= images / 2]
+        similar = self._similar(precision, flops_per_image, cores)
+        large = [sample for sample in similar if _at_least_half(sample, images)]
         rates = [sample[1] for sample in (large or similar)]
         return float(statistics.median(rates)) if rates else None
+
+    def measured_at_size(self, precision: str, flops_per_image: float, images: int) -> bool:
+        """A training of a similar network on at least half of ``images`` per epoch ran here,
+        so a forecast for that many is not from a half-minute ``--measure`` on random images."""
+        return any(_at_least_half(sample, images) for sample in self._similar(precision, flops_per_image))
+
+    def _similar(self, precision: str, flops_per_image: float, cores: int | None = None) -> list:
+        return [sample for sample in self._read().get(machine_key(precision, cores), [])
+                if flops_per_image / self.SIMILAR <= sample[0] <= flops_per_image * self.SIMILAR]
+
+
+def _at_least_half(sample: list, images: int) -> bool:
+    return bool(images) and len(sample) > 2 and sample[2] >= images / 2
 
 
 @dataclass
@@ -139,6 +151,19 @@ class Deadline:
 
     def _seconds(self, config: dict, n_train: int, n_val: int, rate: float) -> float:
         return trial_seconds(config, n_train, n_val, rate, self.image_size, self.num_classes)
+
+    def final_margin(self, config: dict) -> float:
+        """The margin a final training filling the time is sized with: FINAL_SAFETY when
+        this network's speed here comes from trainings of at least half the final's images
+        (after a search, or a --recipe-only sweep on a machine that has trained it), else
+        SAFETY (the speed may be a half-minute --measure's: a final the deadline cuts short
+        leaves no finished schedule). At 1.15 a measured Zen 4 --recipe-only hour left 10.6
+        of its minutes unused."""
+        from cnnbench.training.runtime import resolve_precision
+
+        known = self.log is not None and self.log.measured_at_size(
+            resolve_precision(config["precision"]), self._flops(config), self.final_images)
+        return FINAL_SAFETY if known else SAFETY
 
     def final_at_start(self, config: dict) -> float:
         """The final training's forecast when it is about to start: with FINAL_SAFETY's

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from cnnbench import trials
 from cnnbench.engines import cache
 from cnnbench.engines.base import StudyJob
-from cnnbench.deadline import FINAL_SAFETY, SAFETY
+from cnnbench.deadline import FINAL_SAFETY
 from cnnbench.engines.trial import log_throughput, signal_name
 from cnnbench.training.isolation import ChildDied
 from cnnbench.trials import NO_TRIAL, PruneTrial  # noqa: F401 (NO_TRIAL: re-exported)
@@ -127,8 +127,9 @@ def _final_config(job: StudyJob, best: TrialRecord | None, recipe: dict | None,
         shortened = f"; {config['epochs']} epochs, as an earlier run of this command sized it"
     elif job.fill_final:  # as many epochs as the time left holds
         _know_the_speed(job, config)
-        # after a search this network's speed was just measured here: the smaller margin
-        margin = FINAL_SAFETY if best is not None else SAFETY
+        # after a search this network's speed was just measured here: the smaller margin;
+        # --recipe-only too once trainings of its size have run here
+        margin = FINAL_SAFETY if best is not None else job.deadline.final_margin(config)
         config, shortened = job.deadline.fill_final(config, n_test, margin)
     elif recipe is not None or ranked_at_rung:
         config, shortened = job.deadline.fit_final(config, job.space.epoch_options(), n_test)
