@@ -465,8 +465,25 @@ def test_a_worker_killed_mid_trial_has_its_trial_resumed_by_another_from_the_che
     assert not list((tmp_path / "results" / "resume" / "checkpoints").glob("*"))
 
 
+def test_a_trial_child_may_grow_by_a_real_trials_footprint_before_it_is_replaced(monkeypatch):
+    """At 150 MB every real trial started a new child (a first-rung run of the default space
+    grows one by about 450 MB, later ones by 30-100 MB), 5-9 s each: the limit is 2 GB, or an
+    eighth of the machine's memory where that is less."""
+    from cnnbench.training import isolation
+
+    def machine(total_gb: float):
+        pages = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": int(total_gb * 2**30 / 4096)}
+        monkeypatch.setattr(isolation.os, "sysconf", lambda name: pages[name])
+
+    machine(24)
+    assert isolation.recycle_limit_mb() == 2048 == isolation.TrialRunner(None).recycle_mb
+    machine(8)
+    assert isolation.recycle_limit_mb() == pytest.approx(1024)
+    assert isolation.TrialRunner(None, recycle_mb=100).recycle_mb == 100
+
+
 def test_a_trial_child_whose_memory_grew_past_the_limit_is_replaced_by_a_fresh_one():
-    """isolation.RECYCLE_MB: a child that grew (a leak across trials) is stopped after its
+    """isolation.recycle_limit_mb(): a child that grew (a leak across trials) is stopped after its
     trial, and the next trial starts in a new process; one that did not keeps serving."""
     from cnnbench.training.isolation import TrialRunner
 

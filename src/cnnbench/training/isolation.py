@@ -5,7 +5,7 @@ optuna#1178), and a crash, a segfault or the kernel's out-of-memory killer ends 
 process. So the sweep's own process never trains: a ``TrialRunner`` sends each
 configuration to a child process, relays its per-epoch reports to the engine (which may
 answer "prune"), and gets the result back. The child loads the data once and trains trial
-after trial; it is replaced when its memory has grown by ``RECYCLE_MB`` (cheaper than a
+after trial; it is replaced when its memory has grown by ``recycle_limit_mb()`` (cheaper than a
 fresh process per trial: start-up and imports cost seconds). A child that dies takes only
 its trial with it: the runner reports how it died, starts a new child for the next trial.
 
@@ -24,7 +24,20 @@ from typing import Any
 from cnnbench.trials import Outcome, PruneTrial, State
 
 DEFAULT_TRAINER = "cnnbench.training.train:train_and_evaluate"
-RECYCLE_MB = 150  # replace a child whose resident memory grew this much since it started
+RECYCLE_MB = 2048  # replace a child whose resident memory grew this much since it started (at most)
+
+
+def recycle_limit_mb() -> float:
+    """How much a trial child may grow before it is replaced: RECYCLE_MB, or an eighth of
+    this machine's memory where that is less. Measured on the Zen 4 VM (default space, first
+    rung): a child's first trial grows it by about 450 MB (TensorFlow's allocator and kernel
+    caches), each later one by 30-100 MB. The former 150 MB therefore started a new child
+    (imports, data) for every trial: 5-9 s of each 30-50 s first-rung run."""
+    try:
+        total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    except (ValueError, OSError, AttributeError):  # not reported here
+        return RECYCLE_MB
+    return min(RECYCLE_MB, total_mb / 8)
 
 
 class ChildDied(RuntimeError):
@@ -197,8 +210,9 @@ class InProcessRunner:
 class TrialRunner:
     """Trains trials one at a time in a child process; see the module docstring."""
 
-    def __init__(self, data_request: tuple | None, trainer: str = DEFAULT_TRAINER, recycle_mb: float = RECYCLE_MB):
-        self.data_request, self.trainer, self.recycle_mb = data_request, trainer, recycle_mb
+    def __init__(self, data_request: tuple | None, trainer: str = DEFAULT_TRAINER, recycle_mb: float | None = None):
+        self.data_request, self.trainer = data_request, trainer
+        self.recycle_mb = recycle_limit_mb() if recycle_mb is None else recycle_mb
         self.process: Any = None  # a spawned multiprocessing Process while a child lives
         self.conn: Any = None     # the parent's end of its pipe
         self.children_started = 0
