@@ -137,14 +137,15 @@ class Deadline:
     # then, and the final training fills what is left after it instead of being kept aside
     search_end: float | None = None
 
-    def final_seconds(self, config: dict) -> float:
-        """Forecast wall seconds of ``config``'s final training (0 when off or unknown here)."""
+    def final_seconds(self, config: dict, margin: float = SAFETY) -> float:
+        """Forecast wall seconds of ``config``'s final training (0 when off or unknown here),
+        ``margin`` times what the measured speed gives."""
         if not self.final_images or self.log is None:
             return 0.0
         from cnnbench.training.runtime import resolve_precision
 
         rate = self.log.rate(resolve_precision(config["precision"]), self._flops(config), self.final_images)
-        return self._seconds(config, self.final_images, 0, rate) if rate else 0.0
+        return self._seconds(config, self.final_images, 0, rate) * margin / SAFETY if rate else 0.0
 
     def _flops(self, config: dict) -> int:
         return architecture_stats(config, self.image_size, self.num_classes).flops
@@ -168,7 +169,7 @@ class Deadline:
     def final_at_start(self, config: dict) -> float:
         """The final training's forecast when it is about to start: with FINAL_SAFETY's
         margin instead of SAFETY's (see there)."""
-        return self.final_seconds(config) * FINAL_SAFETY / SAFETY
+        return self.final_seconds(config, FINAL_SAFETY)
 
     def fit_final(self, config: dict, epoch_options: list[int], n_test: int = 0) -> tuple[dict, str]:
         """``config`` with the most epochs (of ``epoch_options``, at most its own) whose final
@@ -206,7 +207,7 @@ class Deadline:
                                    self.export_seconds(config, n_test, resolve_precision(config["precision"])))
 
         def seconds(epochs: int) -> float:
-            return self.final_seconds({**config, "epochs": epochs}) * margin / SAFETY
+            return self.final_seconds({**config, "epochs": epochs}, margin)
 
         lo, hi = 1, MAX_FILL_EPOCHS  # a forecast grows with the epochs: the most that fit, by bisection
         if seconds(lo) > budget:

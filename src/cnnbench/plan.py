@@ -11,7 +11,7 @@ import time
 from typing import Any
 from dataclasses import dataclass, field
 
-from cnnbench.deadline import FINAL_SAFETY, SAFETY, Deadline, ThroughputLog
+from cnnbench.deadline import FINAL_SAFETY, Deadline, ThroughputLog
 
 
 def measure(space, images: int = 2048, log: ThroughputLog | None = None) -> float:
@@ -123,9 +123,9 @@ def plan(space, minutes: float, log: ThroughputLog | None = None, n_train: int =
     export = deadline.export_seconds(config, n_test, resolve_precision(config["precision"]))
     if recipe_only:  # no trial, and the final's length is what the minutes hold, not its own
         deadline.end = time.time() + minutes * 60
-        margin = deadline.final_margin({**config, "train_images": 0})
+        margin = deadline.final_margin(config)
         filled, note = deadline.fill_final(config, n_test, margin)
-        return HourPlan(minutes, rate, 0.0, deadline.final_seconds(filled) * margin / SAFETY if note else 0.0, export, 0,
+        return HourPlan(minutes, rate, 0.0, deadline.final_seconds(filled, margin) if note else 0.0, export, 0,
                         recipe_only=True, filled_epochs=filled["epochs"] if note else 0)
     cores = cores or cpu().cores
     worker_cores = max(1, cores // workers) if workers else cores
