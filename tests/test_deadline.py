@@ -29,6 +29,8 @@ def test_forecast_counts_training_and_validation_images():
     expected = SAFETY * (SETUP_SECONDS + 10 * (45_000 * 3 + 5_000) * FLOPS / rate)
     assert seconds == pytest.approx(expected)
     assert trial_seconds({**CONFIG, "tta": True}, 45_000, 5_000, rate) > seconds  # mirror doubles validation
+    last_only = trial_seconds({**CONFIG, "validate": "last_epoch"}, 45_000, 5_000, rate)
+    assert last_only == pytest.approx(SAFETY * (SETUP_SECONDS + (10 * 45_000 * 3 + 5_000) * FLOPS / rate))
 
 
 def test_log_keeps_recent_samples_per_machine_precision_and_size(tmp_path):

@@ -21,6 +21,12 @@ def test_plain_progress_lines_name_trial_of_total_best_and_epoch(capsys):
     assert lines[3].endswith("trial 1 failed: ValueError: x")
 
 
+def test_an_epoch_that_was_not_validated_shows_its_loss_alone(capsys):
+    # a rung run with validate: last_epoch reports its earlier epochs without val_accuracy
+    SweepProgress("s", total=1, live=False).epoch_done(3, 1, 2, {"loss": 2.5})
+    assert capsys.readouterr().out.strip().endswith("trial 3 epoch 1/2: loss 2.5000")
+
+
 def test_a_closed_terminal_silences_the_progress_and_the_sweep_goes_on(monkeypatch):
     """After a hang-up (ssh dropped, terminal closed) every write to the terminal fails with
     EIO: before, the first progress line after it ended the sweep as a write failure (exit 74)

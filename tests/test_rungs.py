@@ -43,7 +43,7 @@ def data_aware_train(config, data, on_epoch, seed):
 
 
 @pytest.mark.parametrize("rungs, problem", [
-    ([{"learning_rate": 0.1}], "a rung sets only train_images, epochs, batch_size, tta"),
+    ([{"learning_rate": 0.1}], "a rung sets only train_images, epochs, batch_size, tta, validate"),
     ([{"train_images": 200}, {"train_images": 100}], "each rung needs more images or more epochs"),
     ([{"train_images": 100, "epochs": 2}, {"train_images": 100, "epochs": 2}], "trains no more than rungs[0]"),
     ([{"train_images": 100, "epochs": 4}, {"train_images": 300, "epochs": 1}], "never fewer images x epochs"),
@@ -129,6 +129,29 @@ def test_the_optuna_engine_runs_rungs_and_records_fidelity_and_promotion(tmp_pat
         # ASHA: in the top third of the rung's runs finished when it was promoted
         assert sorted(earlier, reverse=True).index(source.val_accuracy) < len(earlier) // 3
     assert len({config_key(r.values) for r in second}) == len(second)  # never promoted twice
+
+
+def last_epoch_train(config, data, on_epoch, seed):
+    """data_aware_train that, as the trainer does with validate: last_epoch, reports no
+    val_accuracy before the last epoch (and a worse one on the way, never seen)."""
+    result = data_aware_train({**config, "epochs": 0}, data, on_epoch, seed)
+    for epoch in range(1, config["epochs"] + 1):
+        last = epoch == config["epochs"] or config["validate"] == "every_epoch"
+        on_epoch(epoch, {"loss": 1.0, **({"val_accuracy": result.val_accuracy} if last else {})})
+    result.epochs_run = result.best_epoch = config["epochs"]
+    return result
+
+
+def test_rungs_that_validate_their_last_epoch_only_are_scored_and_promoted_by_it(tmp_path):
+    rungs = [{**rung, "validate": "last_epoch"} for rung in RUNGS]
+    space = _space(rungs=[dict(rungs[0], epochs=2), dict(rungs[1], epochs=3)])
+    records = stand_in.run(space, tmp_path, trials=9, trainer=last_epoch_train)
+    assert all(r.state == "complete" and r.val_accuracy is not None for r in records)
+    assert {r.rung for r in records} == {0, 1} and all(r.config["validate"] == "last_epoch" for r in records)
+    assert all([("val_accuracy" in h) for h in r.history] == [False] * (r.epochs_run - 1) + [True] for r in records)
+    assert space.complete(records[0].values)["validate"] == "every_epoch"  # the final training's own setting
+    with pytest.raises(SpaceError, match=r"params\.validate: a rung's setting"):
+        parse_space({"params": {"validate": {"type": "fixed", "value": "last_epoch"}}}, "x.yaml")
 
 
 def test_the_leaderboard_ranks_the_top_rung_first_and_the_best_comes_from_it():

@@ -86,6 +86,17 @@ def test_training_learns_a_separable_task_and_keeps_the_best_epoch():
     assert result.parameter_count == result.model.count_params() and result.images_per_s > 0
 
 
+def test_a_run_validating_its_last_epoch_only_is_scored_there_and_keeps_those_weights():
+    config = {**default_config(), "stages": 2, "base_filters": 8, "epochs": 3, "batch_size": 20,
+              "learning_rate": 1e-2, "validate": "last_epoch"}
+    seen = []
+    result = train_and_evaluate(config, _tiny_data(), lambda e, logs: seen.append(dict(logs)), seed=0)
+    assert ["val_accuracy" in logs for logs in seen] == [False, False, True]
+    assert result.val_accuracy == seen[-1]["val_accuracy"] and result.best_epoch == 3
+    assert [("val_accuracy" in h) for h in result.history] == [False, False, True]
+    assert result.model is not None  # the last epoch's weights were kept and exported
+
+
 def test_prune_stops_training_and_reports_how_far_it_got():
     config = {**default_config(), "stages": 1, "base_filters": 4, "epochs": 5, "batch_size": 30}
 

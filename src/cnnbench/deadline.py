@@ -43,9 +43,11 @@ class NotStarted(Exception):
 
 def forward_images(config: dict, n_train: int, n_val: int) -> float:
     """Forward-pass equivalents of images one trial processes: training x 3, validation
-    after each epoch (times the test-time augmentation's views)."""
+    after each epoch, or the last only (times the test-time augmentation's views)."""
     n_train = min(n_train, config.get("train_images") or n_train)
-    return config["epochs"] * (n_train * TRAIN_COST + n_val * TTA_VIEWS[unspell("tta", config["tta"])])
+    validations = 1 if config.get("validate") == "last_epoch" else config["epochs"]
+    return (config["epochs"] * n_train * TRAIN_COST
+            + validations * n_val * TTA_VIEWS[unspell("tta", config["tta"])])
 
 
 def trial_seconds(config: dict, n_train: int, n_val: int, flops_per_s: float, image_size: int = 32,

@@ -154,6 +154,11 @@ KNOBS: dict[str, Knob] = {
                 "'mirror' averages each image and its mirror (2 views); 'mirror_translate' also the mirror pair "
                 "shifted 1 px up-left and 1 px down-right, weighted 1/2, 1/4, 1/4 (airbench's 6 views); "
                 "true/false mean mirror/off", ("off", "mirror", "mirror_translate")),
+    "validate": Knob(str, "every_epoch", "when a run with validation images validates: after 'every_epoch' (what "
+                     "pruning, the progress line and the learning curves read), or after its 'last_epoch' only, "
+                     "a rung's setting (search.rungs): a rung run is a whole compressed training scored at its "
+                     "end, and validating its earlier epochs cost a tenth of a first-rung run",
+                     ("every_epoch", "last_epoch")),
     # --- numerics -----------------------------------------------------------------------
     "precision": Knob(str, "auto", "compute dtype policy: auto = mixed_bfloat16 where the CPU has native bf16 "
                       "(AMX or AVX512_BF16), float32 elsewhere", ("auto", "float32", "mixed_bfloat16")),

@@ -66,7 +66,7 @@ def _rows(paths: StudyPaths, fidelity: int | None) -> list[dict]:
         for h in r.history:
             rows.append({"config": key(r.values), **({} if fidelity is None else {"fidelity": fidelity}),
                          **{f"param_{k}": v for k, v in r.values.items()},
-                         "epoch": h["epoch"], "val_accuracy": h["val_accuracy"], "val_loss": h.get("val_loss"),
+                         "epoch": h["epoch"], "val_accuracy": h.get("val_accuracy"), "val_loss": h.get("val_loss"),
                          "seconds": h["seconds"], "parameter_count": r.parameter_count, "flops": r.flops})
     return rows
 

@@ -164,9 +164,11 @@ def _train(job: StudyJob, record: TrialRecord, config: dict, should_stop, seed: 
             record.history.append({**{k: v for k, v in logs.items() if k != "epoch"}, "epoch": epoch,
                                    "seconds": round(seconds, 2)})
             record.epochs_run = epoch
-            record.val_accuracy = max(record.val_accuracy or 0.0, logs["val_accuracy"])
+            if "val_accuracy" in logs:  # absent from a rung run's epochs before its last (validate: last_epoch)
+                record.val_accuracy = max(record.val_accuracy or 0.0, logs["val_accuracy"])
         job.progress.epoch_done(number, epoch, config["epochs"], logs)
-        if should_stop and should_stop(epoch, config["epochs"], logs["val_accuracy"]) and epoch < config["epochs"]:
+        if should_stop and "val_accuracy" in logs and should_stop(epoch, config["epochs"], logs["val_accuracy"]) \
+                and epoch < config["epochs"]:
             raise PruneTrial(f"pruned after epoch {epoch} of {config['epochs']}")
         if epoch < config["epochs"] and job.deadline.epoch_would_overrun(seconds):
             raise PruneTrial(f"stopped after epoch {epoch} of {config['epochs']}: the deadline is near")

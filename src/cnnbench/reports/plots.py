@@ -143,6 +143,7 @@ def learning_curves(histories: dict[int, list[dict]], path: Path, title: str) ->
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for trial, history in histories.items():
+        history = [h for h in history if "val_accuracy" in h]  # a rung run validates its last epoch only
         ax.plot([h["epoch"] for h in history], [h["val_accuracy"] for h in history], marker=".",
                 label=f"trial {trial}")
     ax.set_xlabel("epoch")

@@ -113,8 +113,8 @@ class SweepProgress:
         self._say(f"start {self.current}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in params.items()))
 
     def epoch_done(self, number: int, epoch: int, epochs: int, logs: dict) -> None:
-        self._say(f"trial {number} epoch {epoch}/{epochs}: val_accuracy {logs['val_accuracy']:.4f} "
-                  f"loss {logs['loss']:.4f}", quiet_when_live=True)
+        validated = f"val_accuracy {logs['val_accuracy']:.4f} " if "val_accuracy" in logs else ""
+        self._say(f"trial {number} epoch {epoch}/{epochs}: {validated}loss {logs['loss']:.4f}", quiet_when_live=True)
 
     def trial_done(self, record: TrialRecord) -> None:
         if record.state == State.INTERRUPTED:  # not a result: it does not count

@@ -106,7 +106,7 @@ class Space(_Strict):
 
     def rung_config(self, rung: int | None) -> dict[str, Any]:
         """The configuration values a run at successive-halving ``rung`` trains with (none
-        without rungs): its fidelity (train_images, epochs, batch_size, tta)."""
+        without rungs): its fidelity (train_images, epochs, batch_size, tta, validate)."""
         return dict(self.search.rungs[rung]) if rung is not None and self.search.rungs else {}
 
     def rung_name(self, rung: int) -> str:

@@ -133,7 +133,7 @@ def _check_start_with(space: Space) -> None:
             raise SpaceError(f"{where}: architecture impossible: {e}") from None
 
 
-RUNG_KNOBS = ("train_images", "epochs", "batch_size", "tta")  # a rung's fidelity: data, schedule, steps, views
+RUNG_KNOBS = ("train_images", "epochs", "batch_size", "tta", "validate")  # fidelity: data, schedule, steps, views
 
 
 def _check_rungs(space: Space) -> None:
@@ -163,6 +163,9 @@ def _check_rungs(space: Space) -> None:
                              f"{previous[1]}); each rung needs more images or more epochs, never fewer images "
                              "and never fewer images x epochs")
         previous = size
+    if "validate" in space.params:  # outside the rungs, pruning, KerasTuner and the curves read every epoch
+        raise SpaceError(f"{space.source}: params.validate: a rung's setting; set it in search.rungs (a trial "
+                         "outside the rungs validates after every epoch)")
     if space.search.rungs and space.minimize:
         raise SpaceError(f"{space.source}: search.rungs: promotion ranks by validation accuracy alone; a "
                          "multi-objective study (minimize) cannot use rungs")

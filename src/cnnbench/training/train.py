@@ -133,9 +133,11 @@ def evaluate_probabilities(probabilities: np.ndarray, labels: np.ndarray) -> dic
 
 
 def _epoch_callback(on_epoch, n_train: int, evaluator, x_val, y_val, whiten_gate=None, whiten_epochs: int = 0,
-                    after_epoch: Callable[[int], None] | None = None):
+                    after_epoch: Callable[[int], None] | None = None, validate_from: int = 1):
     """The trainer's per-epoch work. Without validation images (the final training on every
     training image) nothing is validated and the last epoch's weights are the result.
+    Epochs before ``validate_from`` (1-based) are not validated: their logs hold no
+    val_accuracy (``validate: last_epoch`` sets it to the last epoch).
     ``after_epoch(epochs_done)`` (the checkpoint) runs once the epoch is validated and kept,
     before the engine hears of it: an epoch the engine saw is one a resume can go on from."""
     import keras
@@ -163,13 +165,13 @@ def _epoch_callback(on_epoch, n_train: int, evaluator, x_val, y_val, whiten_gate
             if not math.isfinite(loss):
                 raise TrialFailed(f"training loss became {loss} at epoch {epoch + 1}")
             logs = logs if logs is not None else {}
-            if len(y_val):
+            if len(y_val) and epoch + 1 >= validate_from:
                 val = evaluate_probabilities(evaluator.predict(x_val, batch_size=EVAL_BATCH, verbose=0), y_val)
                 # in place: callbacks after this one (TensorBoard) see them too
                 logs.update(val_accuracy=val["accuracy"], val_loss=val["loss"])
             logs = {**{k: float(v) for k, v in logs.items()}, "epoch": epoch + 1}
             self.history.append(logs)
-            if not len(y_val) or logs["val_accuracy"] > self.best:
+            if not len(y_val) or logs.get("val_accuracy", -1.0) > self.best:
                 self.best, self.best_weights = logs.get("val_accuracy", -1.0), self.model.get_weights()
             if after_epoch is not None:
                 after_epoch(epoch + 1)
@@ -209,7 +211,8 @@ def _callbacks(config: dict, watcher, total_steps: int, log_dir: str | None) -> 
 def train_and_evaluate(config: dict, data: DataBundle, on_epoch: Callable[[int, dict], None] | None = None,
                        seed: int = 0, log_dir: str | None = None, checkpoint: str | None = None) -> TrialResult:
     """Train ``config`` on ``data.x_train``, validating on ``data.x_val`` after every epoch
-    (when it holds images: the final training has none).
+    (when it holds images: the final training has none), or after the last one only
+    (``validate: last_epoch``, a rung's setting).
 
     ``on_epoch(epoch, logs)`` may raise PruneTrial to stop early. Raises TrialFailed when
     training diverges. With ``log_dir``, TensorBoard logs of every epoch go there. With
@@ -248,7 +251,8 @@ def train_and_evaluate(config: dict, data: DataBundle, on_epoch: Callable[[int, 
     evaluator = with_tta(model, config["tta"])
     saver = Checkpointer(Path(checkpoint)) if checkpoint else None
     watcher = _epoch_callback(on_epoch, images_per_epoch(len(data.x_train), config), evaluator, data.x_val, data.y_val, whiten_gate,
-                              config["whiten_bias_epochs"], saver.after_epoch if saver else None)
+                              config["whiten_bias_epochs"], saver.after_epoch if saver else None,
+                              validate_from=config["epochs"] if config.get("validate") == "last_epoch" else 1)
     callbacks = _callbacks(config, watcher, steps * config["epochs"], log_dir)
     first_epoch = saver.resume(model, watcher, callbacks) if saver else 0
     stats = architecture_stats(config, image_size, num_classes)
