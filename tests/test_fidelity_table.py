@@ -171,3 +171,16 @@ def test_tabulate_trains_every_configuration_at_every_fidelity(tmp_path, jpeg_ro
     trained = len(list(gate.glob("training-*")))
     tabulate(str(space), "tiny", str(results))  # resumes: everything is there already
     assert len(list(gate.glob("training-*"))) == trained
+
+
+def test_a_table_of_rungs_validated_at_their_last_epoch_replays_their_score_there(table_path):
+    # tabulate over rungs with validate: last_epoch writes no score for the earlier epochs
+    rows = pd.read_csv(table_path)
+    rows.loc[(rows["fidelity"] == 0) & (rows["epoch"] == 1), ["val_accuracy", "val_loss"]] = None
+    rows.to_csv(table_path, index=False)
+    table = Table.load(table_path)
+    cheap = {**parse_space(SPACE).complete(configurations()[3]), **RUNGS[0]}
+    seen = []
+    result = TableTrainer(table)(cheap, None, lambda epoch, logs: seen.append(sorted(logs)))
+    assert seen == [["loss"], ["loss", "val_accuracy", "val_loss"]]
+    assert result.val_accuracy == pytest.approx(score(0, 3)) and result.best_epoch == 2

@@ -159,3 +159,15 @@ def test_epoch_curves_place_each_epoch_at_its_wall_clock_minute():
     curves = epoch_curves([timed, untimed], origin=0.0)
     assert curves[0] == ([2.0, 4.0], [0.5, 0.6])  # started at minute 1, epochs of 1 and 2 minutes
     assert curves[1] == ([6.0, 7.0], [0.4, 0.45])  # no timings: its 2 minutes shared evenly
+
+
+def test_epoch_curves_leave_out_the_epochs_a_rung_run_did_not_validate():
+    """validate: last_epoch: the progress picture of the NO_START_WITH hour of 2026-12-07 ended
+    the sweep with a KeyError after the export, on a record whose first epoch had no score."""
+    from cnnbench.reports.results import epoch_curves
+    from cnnbench.trials import TrialRecord
+
+    rung_run = TrialRecord(trial=0, state="complete", engine="optuna", values={}, config={}, started_at=60.0,
+                           finished_at=180.0, history=[{"epoch": 1, "loss": 2.0, "seconds": 30.0},
+                                                       {"epoch": 2, "val_accuracy": 0.55, "seconds": 30.0}])
+    assert epoch_curves([rung_run], origin=0.0) == {0: ([2.0], [0.55])}  # started at minute 1

@@ -87,9 +87,11 @@ def related_study(table: Table, count: int, seed: int) -> list:
     for i in sorted(picked):
         curve = table.curves[keys[i]]
         epoch = max(1, int(len(curve) * WARM_EPOCH_SHARE))
+        scores = curve["val_accuracy"].iloc[:epoch].dropna()  # none where only the last epoch was validated
+        if scores.empty:
+            continue
         pairs.append(("related", TrialRecord(trial=int(i), engine="optuna", values=json.loads(keys[i]),
-                                             state=State.COMPLETE,
-                                             val_accuracy=float(curve["val_accuracy"].iloc[:epoch].max()))))
+                                             state=State.COMPLETE, val_accuracy=float(scores.max()))))
     return pairs
 
 

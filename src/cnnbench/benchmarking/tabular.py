@@ -201,11 +201,15 @@ class TableTrainer:
         history = []
         for epoch in range(1, min(config["epochs"], len(curve)) + 1):
             row = curve.iloc[epoch - 1]
-            logs = {"loss": 0.0, "val_accuracy": float(row["val_accuracy"]), "val_loss": float(row["val_loss"])}
+            logs: dict = {"loss": 0.0}
+            if pd.notna(row["val_accuracy"]):  # a table of rungs that validate their last epoch only has gaps
+                logs.update(val_accuracy=float(row["val_accuracy"]), val_loss=float(row["val_loss"]))
             history.append({**logs, "epoch": epoch})
             on_epoch(epoch, logs)
-        best = max(history, key=lambda h: h["val_accuracy"])
-        return TrialResult(val_accuracy=best["val_accuracy"], val_loss=best["val_loss"], best_epoch=int(best["epoch"]),
+        validated = [h for h in history if "val_accuracy" in h]
+        best = max(validated, key=lambda h: h["val_accuracy"]) if validated else {"epoch": len(history)}
+        return TrialResult(val_accuracy=best.get("val_accuracy"), val_loss=best.get("val_loss"),
+                           best_epoch=int(best["epoch"]),
                            epochs_run=len(history), train_seconds=float(curve["seconds"].iloc[:len(history)].sum()),
                            images_per_s=0.0, parameter_count=int(curve["parameter_count"].iloc[0]),
                            flops=int(curve["flops"].iloc[0]), history=history, model=None)

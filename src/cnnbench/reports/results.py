@@ -71,7 +71,7 @@ def progress_frame(records: list[TrialRecord], origin: float) -> pd.DataFrame:
 
 
 def epoch_curves(records: list[TrialRecord], origin: float) -> dict[int, tuple[list[float], list[float]]]:
-    """Per trial, its validation accuracy after each epoch against minutes since ``origin``:
+    """Per trial, its validation accuracy after each validated epoch against minutes since ``origin``:
     from the wall seconds of each epoch where the record has them, else the trial's span
     shared evenly among its epochs (records written before epochs were timed)."""
     curves = {}
@@ -84,7 +84,10 @@ def epoch_curves(records: list[TrialRecord], origin: float) -> dict[int, tuple[l
             ends = np.linspace(0, r.finished_at - r.started_at, len(r.history) + 1)[1:] + (r.started_at - origin)
         else:
             continue
-        curves[r.trial] = ([float(t) / 60 for t in ends], [h["val_accuracy"] for h in r.history])
+        # a rung run with validate: last_epoch has a score at its last epoch only
+        scored = [(float(t) / 60, h["val_accuracy"]) for t, h in zip(ends, r.history) if "val_accuracy" in h]
+        if scored:
+            curves[r.trial] = ([minutes for minutes, _ in scored], [score for _, score in scored])
     return curves
 
 
