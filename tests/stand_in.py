@@ -76,7 +76,8 @@ def gated_train(config, data, on_epoch, seed):
         while not (gate.exists() or own.exists()):
             time.sleep(0.05)
         acc = 0.1 + 0.01 * epoch + 0.001 * (seed % 7)
-        logs = {"val_accuracy": acc, "loss": 1.0} if len(data.y_val) else {"loss": 1.0}
+        validated = len(data.y_val) and (epoch == config["epochs"] or config.get("validate") != "last_epoch")
+        logs = {"val_accuracy": acc, "loss": 1.0} if validated else {"loss": 1.0}
         history.append(logs)
         on_epoch(epoch, logs)
     if not len(data.y_val):

@@ -103,3 +103,27 @@ def test_cnnbench_sweep_stays_the_api_function_after_the_sweep_module_is_importe
     seen = []
     monkeypatch.setattr(api, "sweep", lambda *a, **k: seen.append((a, k)) or "study")
     assert cnnbench.sweep("space.yaml", study="s") == "study" and seen == [(("space.yaml",), {"study": "s"})]
+
+
+def test_a_sweep_whose_rungs_validate_their_last_epoch_only_ends_with_its_pictures(tmp_path, monkeypatch, jpeg_root):
+    """The NO_START_WITH hour of 2026-12-07 (905a008) exported its model, then stopped with a
+    KeyError drawing progress.png from rung runs without a score before their last epoch."""
+    import cnnbench
+
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    (gate / "go").touch()
+    monkeypatch.setenv("CNNBENCH_STAND_IN_DIR", str(gate))
+    for name, value in __import__("stand_in").stand_in_model_env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("CNNBENCH_CIFAR10", str(jpeg_root))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    space = cnnbench.load_space(SPACES / "smoke.yaml")
+    rungs = [{"train_images": 300, "epochs": 2, "validate": "last_epoch"},
+             {"train_images": 900, "epochs": 2, "validate": "last_epoch"}]
+    space = space.model_copy(update={"search": space.search.model_copy(update={"rungs": rungs})})
+    study = cnnbench.sweep(space, trials=4, results=tmp_path / "results", progress=False,
+                           trainer="stand_in:gated_train")
+    assert {r.rung for r in study.records} == {0, 1} and study.final.state == "complete"
+    assert all([("val_accuracy" in h) for h in r.history] == [False, True] for r in study.records)
+    assert (study.path / "progress.png").exists() and (study.path / "report.html").exists()
