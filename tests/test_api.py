@@ -13,22 +13,28 @@ from conftest import SPACES
 from test_reliability import TESTS
 
 
-def test_the_readme_example_runs_as_written(tmp_path, monkeypatch, jpeg_root):
-    import cnnbench
-
+def _gated_stand_in(tmp_path, monkeypatch, jpeg_root, *gates: str) -> None:
+    """Trials' child processes may load stand_in:gated_train (tests/ on their path), its gate
+    ``go`` (and ``gates``) open, the prebuilt stand-in model and the test images in place."""
     gate = tmp_path / "gate"
     gate.mkdir()
-    (gate / "go").touch()
-    (gate / "go-final").touch()
-    import importlib
-
-    # the example as written; only the trainer its trials' child processes load is the stand-in
-    monkeypatch.setattr(importlib.import_module("cnnbench.sweep"), "DEFAULT_TRAINER", "stand_in:gated_train")
+    for name in ("go", *gates):
+        (gate / name).touch()
     monkeypatch.setenv("CNNBENCH_STAND_IN_DIR", str(gate))
     for name, value in __import__("stand_in").stand_in_model_env().items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("CNNBENCH_CIFAR10", str(jpeg_root))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+
+
+def test_the_readme_example_runs_as_written(tmp_path, monkeypatch, jpeg_root):
+    import importlib
+
+    import cnnbench
+
+    _gated_stand_in(tmp_path, monkeypatch, jpeg_root, "go-final")
+    # the example as written; only the trainer its trials' child processes load is the stand-in
+    monkeypatch.setattr(importlib.import_module("cnnbench.sweep"), "DEFAULT_TRAINER", "stand_in:gated_train")
     # the README's block itself, run where its relative paths hold (search_spaces/, results/)
     readme = (SPACES.parent / "README.md").read_text()
     block = readme.split("### From Python (a notebook)", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
@@ -55,14 +61,7 @@ def test_a_space_object_sweeps_as_its_file_would_with_its_changes(tmp_path, monk
     import cnnbench
     from cnnbench.space import SpaceError
 
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    (gate / "go").touch()
-    monkeypatch.setenv("CNNBENCH_STAND_IN_DIR", str(gate))
-    for name, value in __import__("stand_in").stand_in_model_env().items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("CNNBENCH_CIFAR10", str(jpeg_root))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    _gated_stand_in(tmp_path, monkeypatch, jpeg_root)
     space = cnnbench.load_space(SPACES / "smoke.yaml")
     changed = space.model_copy(update={"seed": 4321})
     study = cnnbench.sweep(changed, trials=1, results=tmp_path / "results", progress=False, final=False,
@@ -110,14 +109,7 @@ def test_a_sweep_whose_rungs_validate_their_last_epoch_only_ends_with_its_pictur
     KeyError drawing progress.png from rung runs without a score before their last epoch."""
     import cnnbench
 
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    (gate / "go").touch()
-    monkeypatch.setenv("CNNBENCH_STAND_IN_DIR", str(gate))
-    for name, value in __import__("stand_in").stand_in_model_env().items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("CNNBENCH_CIFAR10", str(jpeg_root))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    _gated_stand_in(tmp_path, monkeypatch, jpeg_root)
     space = cnnbench.load_space(SPACES / "smoke.yaml")
     rungs = [{"train_images": 300, "epochs": 2, "validate": "last_epoch"},
              {"train_images": 900, "epochs": 2, "validate": "last_epoch"}]

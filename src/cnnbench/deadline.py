@@ -18,7 +18,7 @@ from pathlib import Path
 
 from cnnbench.training import runtime
 from cnnbench.files import atomic_write
-from cnnbench.knobs import TTA_VIEWS, unspell
+from cnnbench.knobs import TTA_VIEWS, first_validated_epoch, unspell
 from cnnbench.model import architecture_stats
 from cnnbench.trials import TRAIN_FLOPS_PER_FORWARD as TRAIN_COST  # a training image: ~3 forward passes
 
@@ -45,7 +45,7 @@ def forward_images(config: dict, n_train: int, n_val: int) -> float:
     """Forward-pass equivalents of images one trial processes: training x 3, validation
     after each epoch, or the last only (times the test-time augmentation's views)."""
     n_train = min(n_train, config.get("train_images") or n_train)
-    validations = 1 if config.get("validate") == "last_epoch" else config["epochs"]
+    validations = config["epochs"] - first_validated_epoch(config) + 1
     return (config["epochs"] * n_train * TRAIN_COST
             + validations * n_val * TTA_VIEWS[unspell("tta", config["tta"])])
 

@@ -178,6 +178,13 @@ BOOLEAN_SPELLINGS = {"flip": {True: "random", False: "off"}, "tta": {True: "mirr
 TTA_VIEWS = {"off": 1, "mirror": 2, "mirror_translate": 6}  # forward passes per evaluated image
 
 
+def first_validated_epoch(config: dict) -> int:
+    """The first epoch (1-based) a run with validation images validates after: 1, or its
+    last with ``validate: last_epoch`` (the trainer validates from there; the deadline prices
+    that many passes)."""
+    return config["epochs"] if config.get("validate") == "last_epoch" else 1
+
+
 def unspell(name: str, value: Any) -> Any:
     """A former boolean knob's true/false (or KerasTuner's 0/1) as the setting it names."""
     if name in BOOLEAN_SPELLINGS and type(value) in (bool, int) and value in (0, 1):

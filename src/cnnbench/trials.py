@@ -154,6 +154,13 @@ NOT_RECORDED = ("model", "resumed_checkpoint_at")
 RECORDED_METRICS = tuple(f.name for f in fields(TrialResult) if f.name not in NOT_RECORDED)
 
 
+def best_epoch(history: list[dict]) -> dict:
+    """The entry of a training's per-epoch ``history`` that scores it: the validated epoch
+    with the highest val_accuracy, else (nothing validated: the final training) the last."""
+    validated = [h for h in history if "val_accuracy" in h]
+    return max(validated, key=lambda h: h["val_accuracy"]) if validated else history[-1]
+
+
 def take_metrics(record: TrialRecord, metrics: dict, skip: tuple[str, ...] = ()) -> None:
     """Copy what a trainer reported (an Outcome's metrics) into its record: every recorded
     figure it gave a value, but those in ``skip``."""

@@ -27,7 +27,7 @@ import pandas as pd
 from cnnbench.provenance import RunInfo
 from cnnbench.reports.results import atomic_write, json_text, read_json
 from cnnbench.space import Space, SpaceError, parse_space
-from cnnbench.trials import StudyPaths, read_records, State
+from cnnbench.trials import StudyPaths, best_epoch, read_records, State
 from cnnbench.trials import config_key as key  # a configuration's identity in the table
 
 TABLE = "table.csv"
@@ -206,8 +206,7 @@ class TableTrainer:
                 logs.update(val_accuracy=float(row["val_accuracy"]), val_loss=float(row["val_loss"]))
             history.append({**logs, "epoch": epoch})
             on_epoch(epoch, logs)
-        validated = [h for h in history if "val_accuracy" in h]
-        best = max(validated, key=lambda h: h["val_accuracy"]) if validated else {"epoch": len(history)}
+        best = best_epoch(history)
         return TrialResult(val_accuracy=best.get("val_accuracy"), val_loss=best.get("val_loss"),
                            best_epoch=int(best["epoch"]),
                            epochs_run=len(history), train_seconds=float(curve["seconds"].iloc[:len(history)].sum()),

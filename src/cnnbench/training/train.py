@@ -17,9 +17,9 @@ import numpy as np
 
 from cnnbench.training import runtime
 from cnnbench.training.data import DataBundle
-from cnnbench.knobs import unspell
+from cnnbench.knobs import first_validated_epoch, unspell
 # re-exported: the trainer's contract lives with the records (no TensorFlow there)
-from cnnbench.trials import TRAIN_FLOPS_PER_FORWARD, PruneTrial, TrialFailed, TrialResult  # noqa: F401
+from cnnbench.trials import TRAIN_FLOPS_PER_FORWARD, PruneTrial, TrialFailed, TrialResult, best_epoch  # noqa: F401
 from cnnbench.model import architecture_stats, build_model, set_whitening, with_tta
 from cnnbench.training.checkpoint import Checkpointer
 from cnnbench.training.optim import lookahead_callback, make_optimizer
@@ -252,14 +252,13 @@ def train_and_evaluate(config: dict, data: DataBundle, on_epoch: Callable[[int, 
     saver = Checkpointer(Path(checkpoint)) if checkpoint else None
     watcher = _epoch_callback(on_epoch, images_per_epoch(len(data.x_train), config), evaluator, data.x_val, data.y_val, whiten_gate,
                               config["whiten_bias_epochs"], saver.after_epoch if saver else None,
-                              validate_from=config["epochs"] if config.get("validate") == "last_epoch" else 1)
+                              validate_from=first_validated_epoch(config))
     callbacks = _callbacks(config, watcher, steps * config["epochs"], log_dir)
     first_epoch = saver.resume(model, watcher, callbacks) if saver else 0
     stats = architecture_stats(config, image_size, num_classes)
 
     def result(with_model) -> TrialResult:
-        validated = [h for h in watcher.history if "val_accuracy" in h]
-        best = max(validated, key=lambda h: h["val_accuracy"]) if validated else watcher.history[-1]
+        best = best_epoch(watcher.history)
         return TrialResult(
             val_accuracy=best.get("val_accuracy"), val_loss=best.get("val_loss"), best_epoch=best["epoch"],
             epochs_run=len(watcher.history), train_seconds=round(sum(watcher.train_times), 2),
