@@ -191,7 +191,7 @@ def make_job(space, root: Path, study: str = "s", trials: int | None = None, eng
     paths = StudyPaths(Path(root) / study)
     paths.root.mkdir(parents=True, exist_ok=True)
     return StudyJob(study=study, engine=engine, space=space, paths=paths, trials=trials or space.budget.trials,
-                    progress=SilentProgress(), runner=InProcessRunner(data, trainer),
+                    progress=kw.pop("progress", SilentProgress()), runner=InProcessRunner(data, trainer),
                     algo=module.validate(space, algo, kw.get("storage")),
                     deadline=kw.pop("deadline", Deadline(None)), **kw)
 

@@ -75,3 +75,27 @@ def test_a_grid_enumerates_a_finite_space_and_stops_there(tmp_path, engine, algo
     records = stand_in.run(space, tmp_path, engine=engine, algo=algo)
     assert sorted((r.values["optimizer"], r.values["learning_rate"]) for r in records) == \
         [("adam", 1e-3), ("adam", 1e-2), ("adamw", 1e-3), ("adamw", 1e-2)]
+
+
+@pytest.mark.parametrize("engine, algo", ENGINES)
+def test_after_its_workers_the_starting_process_counts_their_trials_and_their_best(tmp_path, engine, algo,
+                                                                                   monkeypatch):
+    """With --workers the search runs in worker processes; the starting process then goes on
+    (the search's last refusals, the final training) with a progress line that said
+    "1 of 100 | best val_accuracy -" in a measured hour. Here the workers' trials are a study
+    run before, and starting the workers does nothing."""
+    from cnnbench import engines
+    from cnnbench.reports.report import SweepProgress
+
+    space = _space(trials=3)
+    by_workers = stand_in.run(space, tmp_path, trials=3, engine=engine, algo=algo)
+    module = engines.get(engine)
+    if engine == "optuna":
+        monkeypatch.setattr(module, "run_workers", lambda job, study: None)
+    else:
+        monkeypatch.setattr(module, "_run_distributed", lambda job: False)
+    progress = SweepProgress("s", total=3, live=False)
+    job = stand_in.make_job(space, tmp_path, trials=3, engine=engine, algo=algo, workers=2, progress=progress)
+    module.run(job)
+    assert progress.done == 3
+    assert progress.best == max(r.val_accuracy for r in by_workers) and progress.best is not None

@@ -72,10 +72,9 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
     run = describe(sweep, data)
     before = trials.read_records(paths)
     deadline = _deadline(sweep, data, before)
-    best = max((r.val_accuracy for r in before if r.state == State.COMPLETE and r.val_accuracy is not None),
-               default=None)
     label = f"{sweep.study} worker {req.worker}" if is_worker(sweep) else sweep.study
-    progress = SweepProgress(label, sweep.trials, trials.finished_count(before), best, sweep.timeout, live)
+    progress = SweepProgress(label, sweep.trials, timeout_minutes=sweep.timeout, live=live)
+    progress.caught_up(before)
     if data.skipped and not is_worker(sweep):
         shown = "; ".join(data.skipped[:5]) + (f"; and {len(data.skipped) - 5} more" if len(data.skipped) > 5 else "")
         progress.say(f"skipped {len(data.skipped)} unreadable image(s) (listed in run.json): {shown}")

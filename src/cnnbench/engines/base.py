@@ -26,6 +26,7 @@ class Progress(Protocol):
     def epoch_done(self, number: int, epoch: int, epochs: int, logs: dict) -> None: ...
     def trial_done(self, record: TrialRecord) -> None: ...
     def say(self, message: str) -> None: ...
+    def caught_up(self, records: list[TrialRecord]) -> None: ...  # trials this process did not run
 
 
 class SilentProgress:
@@ -36,6 +37,7 @@ class SilentProgress:
     def epoch_done(self, *a): pass
     def trial_done(self, *a): pass
     def say(self, *a): pass
+    def caught_up(self, *a): pass
 
 
 class Runner(Protocol):
@@ -142,6 +144,12 @@ def share_used_up(job: StudyJob) -> None:
     if job.deadline.search_end is not None:
         job.ended_by = (f"search.time_share: no run fitted in what was left of the search's "
                         f"{job.space.search.time_share:g} of the time; the final training fills the rest")
+
+
+def workers_finished(job: StudyJob) -> None:
+    """The worker processes ran the search in their own processes: this one's progress line
+    (the search's last refusals, the final training) counts their trials and their best."""
+    job.progress.caught_up(trials.read_records(job.paths))
 
 
 def wait_all(processes: list, on_exit: Callable | None = None) -> list[int]:

@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cnnbench.provenance import RunInfo
-from cnnbench.trials import TrialRecord, State
+from cnnbench.trials import TrialRecord, State, finished_count
 
 TERMINAL_COLUMNS = ["trial", "state", "val_accuracy", "val_loss", "epochs_run", "train_seconds",
                     "images_per_s", "parameter_count"]
@@ -132,6 +132,13 @@ class SweepProgress:
     def say(self, message: str) -> None:
         """Something the sweep decided (a lost trial retried, a stop before the deadline)."""
         self._say(message)
+
+    def caught_up(self, records: list[TrialRecord]) -> None:
+        """Count and best from the study's records: those of earlier runs (a resumed study),
+        or those its worker processes just finished, which this process did not see."""
+        self.done = finished_count(records)
+        self.best = max((r.val_accuracy for r in records if r.state == State.COMPLETE and r.val_accuracy is not None),
+                        default=None)
 
     # -- rendering -----------------------------------------------------------------------------
     def _headline(self) -> str:

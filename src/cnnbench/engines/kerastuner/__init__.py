@@ -25,7 +25,8 @@ from cnnbench.deadline import NotStarted
 from cnnbench.engines.kerastuner import recovery as lost
 from cnnbench.engines.kerastuner.oracle import AtomicTunerSave, adopt, check_state_files, is_the_oracle
 from cnnbench.engines.recovery import describe_exit
-from cnnbench.engines.base import StudyJob, TrialTaken, share_used_up, stop_rule_reason, wait_all
+from cnnbench.engines.base import (StudyJob, TrialTaken, share_used_up, stop_rule_reason, wait_all,
+                                   workers_finished)
 from cnnbench.engines.trial import run_trial
 from cnnbench.training.isolation import worker_preexec
 from cnnbench.knobs import coerce
@@ -143,7 +144,9 @@ def run(job: StudyJob) -> None:
     chief and that many workers on this machine instead, wait for them, then finish here
     whatever dead workers left undone."""
     if job.workers and "KERASTUNER_TUNER_ID" not in os.environ:
-        if _run_distributed(job):
+        worker_died = _run_distributed(job)
+        workers_finished(job)
+        if worker_died:
             _search(job)
         return
     _search(job)

@@ -27,7 +27,8 @@ from cnnbench.deadline import EXPORT_SECONDS, NotStarted
 from cnnbench.engines import promotion
 from cnnbench.engines.recovery import describe_exit
 from cnnbench.engines.optuna.recovery import OWNER, recover_lost, tell_outcome
-from cnnbench.engines.base import StudyJob, TrialTaken, share_used_up, stop_rule_reason, wait_all
+from cnnbench.engines.base import (StudyJob, TrialTaken, share_used_up, stop_rule_reason, wait_all,
+                                   workers_finished)
 from cnnbench.engines.trial import run_trial
 from cnnbench.engines.optuna.study import _Grid, check_study, check_study_data, counted_trials, open_rdb, open_study, suggest
 from cnnbench.training.isolation import worker_preexec
@@ -72,6 +73,7 @@ def run(job: StudyJob) -> None:
         job.progress.say(f"warm start: {added} finished trial(s) of earlier studies added before sampling")
     if job.workers:
         run_workers(job, study)  # then finish here whatever dead workers left undone
+        workers_finished(job)
     refused = 0  # configurations in a row that could not finish before the deadline
     while _should_continue(job, study):
         if job.space.search.rungs and not refused:
