@@ -3,6 +3,7 @@ display, and a StudyJob built around them. Everything else (run_trial, the recor
 engines and their storages) is real."""
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnbench import engines
-from cnnbench.deadline import Deadline
+from cnnbench.deadline import FINAL_SAFETY, Deadline
 from cnnbench.engines.base import SilentProgress, StudyJob
 from cnnbench.training.isolation import InProcessRunner
 from cnnbench.trials import TrialResult
@@ -20,20 +21,24 @@ from cnnbench.trials import StudyPaths, read_records
 SEEN: list = []  # (seed, (train images, validation images)) of every fake_train call, in-process
 
 
-def fake_train(config, data, on_epoch, seed):
-    """Accuracy grows with the learning rate's closeness to 1e-2; sgd always crashes."""
+def fake_train(config, data, on_epoch, seed, stretch_to=None):
+    """Accuracy grows with the learning rate's closeness to 1e-2; sgd always crashes. With
+    ``stretch_to`` it is re-sized as cnnbench's trainer is: to the epochs ``on_epoch``
+    returns (at least one more than done, at most ``stretch_to``)."""
     if config["optimizer"] == "sgd":
         raise ValueError("sgd broken on purpose")
     quality = 1.0 / (1.0 + abs(np.log10(config["learning_rate"]) + 2))
-    history = []
-    for epoch in range(1, config["epochs"] + 1):
-        acc = quality * epoch / config["epochs"]
+    history, epochs, epoch = [], config["epochs"], 0
+    while epoch < epochs:
+        epoch += 1
+        acc = quality * epoch / epochs
         history.append({"val_accuracy": acc})
-        on_epoch(epoch, {"val_accuracy": acc, "loss": 1.0})
+        wanted = on_epoch(epoch, {"val_accuracy": acc, "loss": 1.0})
+        if stretch_to and isinstance(wanted, int):
+            epochs = min(max(wanted, epoch + 1), stretch_to)
     SEEN.append((seed, None if data is None else (len(data.x_train), len(data.x_val))))
-    return TrialResult(val_accuracy=acc, val_loss=1 - acc, best_epoch=config["epochs"],
-                       epochs_run=config["epochs"], train_seconds=0.1, images_per_s=1000.0, parameter_count=10,
-                       flops=20, history=history, model=None)
+    return TrialResult(val_accuracy=acc, val_loss=1 - acc, best_epoch=epoch, epochs_run=epoch, train_seconds=0.1,
+                       images_per_s=1000.0, parameter_count=10, flops=20, history=history, model=None)
 
 
 HOARD: list = []  # what hoarding_train keeps alive in its (child) process
@@ -183,6 +188,15 @@ def stand_in_model_env() -> dict:
         _PREBUILT.update(CNNBENCH_STAND_IN_MODEL=str(folder / "tiny.keras"),
                          CNNBENCH_STAND_IN_PARAMS=str(model.count_params()))
     return dict(_PREBUILT)
+
+
+def final_epochs_take(monkeypatch, deadline: Deadline, config: dict, epochs_left: int, n_test: int = 60) -> None:
+    """The final training's epoch timer (final.clock) reads, for every epoch, the time at
+    which the time left holds ``epochs_left`` more epochs (half an epoch clear), so its
+    re-size after its second epoch is stated, never measured: no test waits on a clock."""
+    seconds = deadline.final_budget(config, n_test) / ((epochs_left + 0.5) * FINAL_SAFETY)
+    ticks = itertools.count()
+    monkeypatch.setattr("cnnbench.final.clock", lambda: next(ticks) * seconds)
 
 
 def make_job(space, root: Path, study: str = "s", trials: int | None = None, engine: str = "optuna",

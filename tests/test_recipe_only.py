@@ -6,6 +6,7 @@ never a clock: each deadline here leaves half an epoch's forecast of slack.
 """
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -17,7 +18,7 @@ from cnnbench.model import architecture_stats
 from cnnbench.request import SweepRequest, prepare
 from cnnbench.space.variants import recipe_alone
 from cnnbench.space import SpaceError, load_space, parse_space
-from cnnbench.trials import State, TrialRecord, write_record
+from cnnbench.trials import State, TrialRecord, read_record, write_record
 from cnnbench.training.data import synthetic_bundle
 from conftest import SPACES
 
@@ -97,15 +98,33 @@ def _recipe_job(tmp_path, deadline, **kw):
     return job, space.complete({})
 
 
-def test_a_recipe_only_final_fills_the_deadline_and_its_record_says_so(tmp_path):
+def test_a_recipe_only_final_fills_the_deadline_and_its_record_says_so(tmp_path, monkeypatch):
     config = {**_recipe_job(tmp_path, Deadline(None))[1], "train_images": 0}
     deadline = _deadline(tmp_path, config, final_images=360)
     deadline.end = time.time() + _slack_for(deadline, config, 6, 60)
+    stand_in.final_epochs_take(monkeypatch, deadline, config, 4)  # as forecast: 4 more after its second
     job, _ = _recipe_job(tmp_path, deadline)
     outcome = run_final(job, None, 360)
     assert outcome.complete and outcome.record.config["epochs"] == 6 and outcome.record.epochs_run == 6
     assert outcome.source.startswith("the recipe alone (--recipe-only; 6 epochs")
     assert outcome.record.config["learning_rate"] == pytest.approx(0.01)  # the recipe's, not the centre's
+
+
+@pytest.mark.parametrize("left, epochs", [(6, 8), (2, 4), (40, 9)])
+def test_a_filling_final_is_re_sized_to_what_its_second_epoch_measured(tmp_path, monkeypatch, left, epochs):
+    """Sized at 6 epochs from the log's speed, it times its second epoch (the first one's
+    includes tracing): faster, it grows to what the time left holds, at most 1.5 times (9);
+    slower, it shrinks rather than be cut short; its record keeps the new schedule."""
+    config = {**_recipe_job(tmp_path, Deadline(None))[1], "train_images": 0}
+    deadline = _deadline(tmp_path, config, final_images=360)
+    deadline.end = time.time() + _slack_for(deadline, config, 6, 60)
+    stand_in.final_epochs_take(monkeypatch, deadline, config, left)
+    job, _ = _recipe_job(tmp_path, deadline)
+    outcome = run_final(job, None, 360)
+    record = read_record(job.paths.final_record)
+    assert outcome.complete and record.config["epochs"] == epochs == record.epochs_run
+    assert f"re-sized from 6 to {epochs} epochs after epoch 2" in record.note
+    assert outcome.source.endswith(f", re-sized to {epochs} epochs after epoch 2")  # the model card's words
 
 
 def test_an_unknown_speed_is_measured_before_the_final_is_sized(tmp_path, monkeypatch):
@@ -181,8 +200,8 @@ def test_a_recipe_only_final_keeps_the_small_margin_once_trainings_of_its_size_r
         deadline.end = time.time() + export + (at_final_margin(10) + at_final_margin(11)) / 2
         job, _ = _recipe_job(tmp_path / name, deadline)
         outcome = run_final(job, None, 360)
-        assert outcome.complete
-        epochs[name] = outcome.record.config["epochs"]
+        assert outcome.complete  # the size it started with (its second epoch then re-sizes it)
+        epochs[name] = int(re.search(r"; (\d+) epochs, as many as", outcome.source).group(1))
     assert epochs["large"] == 10 and epochs["measure"] == epochs["small"] < 10
     # the plan says what the sweep will do
     alone = recipe_alone(parse_space({"params": {"precision": {"type": "fixed", "value": "float32"}}}))

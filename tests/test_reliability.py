@@ -482,6 +482,30 @@ def test_a_trial_child_may_grow_by_a_real_trials_footprint_before_it_is_replaced
     assert isolation.TrialRunner(None, recycle_mb=100).recycle_mb == 100
 
 
+def test_a_training_in_a_child_is_re_sized_by_what_the_sweeps_on_epoch_returns():
+    """The final training re-sizes itself through the pipe (final.py): an epoch count that
+    on_epoch returns reaches the trainer, which ends at it (up to ``stretch_to``); without
+    ``stretch_to`` it keeps its epochs."""
+    from cnnbench.knobs import default_config
+    from cnnbench.training.isolation import TrialRunner
+
+    runner = TrialRunner(None, "stand_in:fake_train")
+    config = {**default_config(), "optimizer": "adam", "learning_rate": 0.01, "epochs": 3}
+    heard: list[int] = []
+
+    def resize_to_five(epoch: int, logs: dict) -> int | None:
+        heard.append(epoch)
+        return 5 if epoch == 2 else None
+
+    try:
+        grown = runner.run(config, 0, None, resize_to_five, stretch_to=8)
+        kept = runner.run(config, 0, None, lambda epoch, logs: 5)
+    finally:
+        runner.close(kill=True)
+    assert heard == [1, 2, 3, 4, 5] and grown.state == "complete" and grown.metrics["epochs_run"] == 5
+    assert kept.metrics["epochs_run"] == 3
+
+
 def test_a_trial_child_whose_memory_grew_past_the_limit_is_replaced_by_a_fresh_one():
     """isolation.recycle_limit_mb(): a child that grew (a leak across trials) is stopped after its
     trial, and the next trial starts in a new process; one that did not keeps serving."""

@@ -108,6 +108,36 @@ def test_prune_stops_training_and_reports_how_far_it_got():
     assert pruned.value.result.epochs_run == 2 and pruned.value.result.model is None
 
 
+def test_a_stretchable_training_follows_the_epochs_on_epoch_returns_schedule_and_averaging_too(monkeypatch):
+    """The final training re-sizes itself once it has timed its epochs (final.py): the
+    learning-rate schedule's length and the weight averaging's follow, and fit ends at the
+    new last epoch, whether longer or shorter; without ``stretch_to`` nothing changes."""
+    import cnnbench.training.train as train
+
+    lengths, averaging = [], []
+    make_optimizer, lookahead_callback = train.make_optimizer, train.lookahead_callback
+    monkeypatch.setattr(train, "make_optimizer",
+                        lambda *a: lengths.append(a[-1]) or make_optimizer(*a))  # the schedule's length variable
+    monkeypatch.setattr(train, "lookahead_callback", lambda steps: averaging.append(lookahead_callback(steps))
+                        or averaging[-1])
+    config = {**default_config(), "stages": 1, "base_filters": 4, "epochs": 3, "batch_size": 30, "lookahead": True}
+    steps = train.steps_per_epoch(len(_tiny_data().x_train), config)
+    seen: list[int] = []
+
+    def five_at_two(epoch, logs):
+        seen.append(epoch)
+        return 5 if epoch == 2 else None
+
+    grown = train_and_evaluate(config, _tiny_data(), five_at_two, seed=0, stretch_to=6)
+    assert seen == [1, 2, 3, 4, 5] and grown.epochs_run == 5
+    assert float(lengths[-1]) == steps * 5 and averaging[-1].total_steps == steps * 5
+    shrunk = train_and_evaluate(config, _tiny_data(), lambda epoch, logs: 2 if epoch == 1 else None, seed=0,
+                                stretch_to=6)
+    assert shrunk.epochs_run == 2 and float(lengths[-1]) == steps * 2
+    kept = train_and_evaluate(config, _tiny_data(), lambda epoch, logs: 5, seed=0)
+    assert kept.epochs_run == 3 and float(lengths[-1]) == steps * 3
+
+
 def test_warmup_then_linear_schedule_is_one_cycle_ending_at_zero():
     from cnnbench.training.optim import WARMUP_START, lr_multiplier
 

@@ -35,6 +35,13 @@ DEADLINE_ENV = "CNNBENCH_DEADLINE"  # absolute end (Unix seconds) a parent hands
 SEARCH_END_ENV = "CNNBENCH_SEARCH_END"  # and the end of its search phase (search.time_share)
 SAMPLES_KEPT = 50
 MAX_FILL_EPOCHS = 1000  # --recipe-only: the longest schedule a timeout is filled with
+# A final training filling the time is sized before it starts from the log's speed for
+# networks of its size, then re-sized once it has timed its own second epoch (still in its
+# warm-up), up to this many times the epochs it started with: the log's speed is a median
+# over days and networks within a factor of two: a measured Zen 4 --recipe-only hour
+# (ee70497) took 112 s an epoch where 127 were planned and left 8.9 of its minutes unused.
+STRETCH = 1.5
+RESIZE_AFTER = 2  # ... after this epoch: the first one's time includes tracing the graph
 
 
 class NotStarted(Exception):
@@ -177,10 +184,7 @@ class Deadline:
         """``config`` with the most epochs (of ``epoch_options``, at most its own) whose final
         training fits in the time left less the export (its test pass over ``n_test``
         images), and a note when they were cut."""
-        from cnnbench.training.runtime import resolve_precision
-
-        budget = self.left() - max(2 * EXPORT_SECONDS,
-                                   self.export_seconds(config, n_test, resolve_precision(config["precision"])))
+        budget = self.final_budget(config, n_test)
         if self.end is None or self.final_at_start(config) <= budget:
             return config, ""
         # the space's epoch choices when it searches epochs, else any shorter schedule (the
@@ -201,12 +205,9 @@ class Deadline:
         a final training the deadline cuts short leaves no finished schedule. After a
         search (search.time_share), FINAL_SAFETY's: the speed was just measured on this
         network's own size, and at 1.15 a 35-minute final would idle 4.5 minutes."""
-        from cnnbench.training.runtime import resolve_precision
-
         if self.end is None or not self.final_seconds(config):
             return config, ""
-        budget = self.left() - max(2 * EXPORT_SECONDS,
-                                   self.export_seconds(config, n_test, resolve_precision(config["precision"])))
+        budget = self.final_budget(config, n_test)
 
         def seconds(epochs: int) -> float:
             return self.final_seconds({**config, "epochs": epochs}, margin)
@@ -218,6 +219,21 @@ class Deadline:
             mid = (lo + hi + 1) // 2
             lo, hi = (mid, hi) if seconds(mid) <= budget else (lo, mid - 1)
         return {**config, "epochs": lo}, f"; {lo} epochs, as many as the {budget / 60:.1f} min left hold"
+
+    def final_budget(self, config: dict, n_test: int = 0) -> float:
+        """Seconds the final training may take: the time left less the export (its test
+        pass over ``n_test`` images)."""
+        from cnnbench.training.runtime import resolve_precision
+
+        return self.left() - max(2 * EXPORT_SECONDS,
+                                 self.export_seconds(config, n_test, resolve_precision(config["precision"])))
+
+    def refill_final(self, config: dict, n_test: int, done: int, epoch_seconds: float) -> int:
+        """The epochs a final training filling the time should have in all, once ``done``
+        epochs ran and the last took ``epoch_seconds``: as many as the time left holds at
+        FINAL_SAFETY's margin on the speed it measured itself (at least one more)."""
+        left = self.final_budget(config, n_test)
+        return done + max(1, int(left // (epoch_seconds * FINAL_SAFETY)))
 
     def search_over(self) -> bool:
         """search.time_share: the search's share of the timeout has passed."""

@@ -17,19 +17,21 @@ configuration is still the best is never repeated.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
 from cnnbench import trials
 from cnnbench.engines import cache
 from cnnbench.engines.base import StudyJob
-from cnnbench.deadline import FINAL_SAFETY
+from cnnbench.deadline import FINAL_SAFETY, RESIZE_AFTER, STRETCH
 from cnnbench.engines.trial import log_throughput, signal_name
 from cnnbench.training.isolation import ChildDied
 from cnnbench.trials import NO_TRIAL, PruneTrial  # noqa: F401 (NO_TRIAL: re-exported)
 from cnnbench.trials import Outcome, TrialRecord, State
 
 FINAL_SEED_OFFSET = 1_000_000  # trials train with seed + trial number; the final with seed + this
+clock = time.perf_counter  # times the final's epochs (tests state it: no test waits on a clock)
 UNVALIDATED = ("history", "val_accuracy", "val_loss", "best_epoch")  # result fields a final record leaves out
 
 
@@ -72,7 +74,7 @@ def run_final(job: StudyJob, best: TrialRecord | None, train_images: int, recipe
     """
     number = best.trial if best is not None else NO_TRIAL
     previous = read_final(job)
-    config, values, shortened = _final_config(job, best, recipe, previous)
+    config, values, shortened, stretch_to = _final_config(job, best, recipe, previous)
     if previous is not None and _already_done(previous, number, config, job):
         return FinalOutcome(previous, f"final training of trial {number} already done ({previous.train_images} "
                                       "images); exporting it")
@@ -90,7 +92,9 @@ def run_final(job: StudyJob, best: TrialRecord | None, train_images: int, recipe
     record = trials.started(number, job.engine, values, config,
                             f"final training of {source} on all {train_images:,} training images", seed=seed)
     record.train_images = train_images
-    _train_final(job, record, config, seed, source, train_images)
+    _train_final(job, record, config, seed, source, train_images, stretch_to)
+    if record.config["epochs"] != config["epochs"]:
+        source += f", re-sized to {record.config['epochs']} epochs after epoch {RESIZE_AFTER}"
     state, reason = record.state, record.reason
     log_throughput(job, record)
     if state != State.COMPLETE:
@@ -101,13 +105,15 @@ def run_final(job: StudyJob, best: TrialRecord | None, train_images: int, recipe
 
 
 def _final_config(job: StudyJob, best: TrialRecord | None, recipe: dict | None,
-                  previous: TrialRecord | None = None) -> tuple[dict, dict, str]:
-    """(config, values, how it was shortened) of the final training. Every training image,
+                  previous: TrialRecord | None = None) -> tuple[dict, dict, str, int | None]:
+    """(config, values, how it was shortened, the most epochs it may be re-sized to) of the
+    final training. Every training image,
     whatever fidelity the search compared it at; a rung's schedule was a cheap fidelity too,
     so a configuration ranked at a rung trains the space's own, sized to the time left (as
     is a fallback recipe); a plain search trial's time was kept for it by the deadline.
     ``job.fill_final`` (--recipe-only, search.time_share): as many epochs as the time left
-    holds, whatever the space's own."""
+    holds, whatever the space's own, re-sized once it has timed its own epochs (up to
+    STRETCH times them; an earlier run's size is kept)."""
     ranked_at_rung = best is not None and best.rung is not None
     if best is None:
         base = job.space.complete(recipe or {})
@@ -115,7 +121,7 @@ def _final_config(job: StudyJob, best: TrialRecord | None, recipe: dict | None,
         base = job.space.complete(best.values) if ranked_at_rung else best.config
     config = {**base, "train_images": 0}
     values = dict(best.values) if best is not None else dict(recipe or {})
-    shortened = ""
+    shortened, stretch_to = "", None
     n_test = job.data_sizes[2] if job.data_sizes else 0
     number = best.trial if best is not None else NO_TRIAL
     if job.fill_final and previous is not None and previous.trial == number and previous.state != State.PRUNED \
@@ -131,9 +137,28 @@ def _final_config(job: StudyJob, best: TrialRecord | None, recipe: dict | None,
         # --recipe-only too once trainings of its size have run here
         margin = FINAL_SAFETY if best is not None else job.deadline.final_margin(config)
         config, shortened = job.deadline.fill_final(config, n_test, margin)
+        if shortened and config["epochs"] > RESIZE_AFTER:
+            stretch_to = math.ceil(config["epochs"] * STRETCH)
     elif recipe is not None or ranked_at_rung:
         config, shortened = job.deadline.fit_final(config, job.space.epoch_options(), n_test)
-    return config, values, shortened
+    return config, values, shortened, stretch_to
+
+
+def _resized(job: StudyJob, record: TrialRecord, stretch_to: int, done: int, seconds: float) -> int:
+    """The epochs the final training now has in all: as many as the time left holds at the
+    speed of the epoch it just timed (up to ``stretch_to``), written into its record, so a
+    stopped final goes on with this schedule at the next run of the command."""
+    n_test = job.data_sizes[2] if job.data_sizes else 0
+    planned = record.config["epochs"]
+    epochs = min(job.deadline.refill_final(record.config, n_test, done, seconds), stretch_to)
+    if epochs != planned:
+        record.config = {**record.config, "epochs": epochs}
+        record.note += (f"; re-sized from {planned} to {epochs} epochs after epoch {done} "
+                        f"({seconds:.0f} s an epoch here)")
+        trials.write_record(job.paths, record, job.paths.final_record)
+        job.progress.say(f"final training re-sized from {planned} to {epochs} epochs: epoch {done} took "
+                         f"{seconds:.0f} s")
+    return epochs
 
 
 def _but_epochs(config: dict) -> dict:
@@ -153,21 +178,27 @@ def _know_the_speed(job: StudyJob, config: dict) -> None:
 
 
 def _train_final(job: StudyJob, record: TrialRecord, config: dict, seed: int, source: str,
-                 train_images: int) -> None:
+                 train_images: int, stretch_to: int | None = None) -> None:
     """Train it (validating nothing: nothing is held out), its end written into the final
-    record; a signal is recorded as interrupted and propagates."""
-    last = [time.perf_counter()]
+    record; a signal is recorded as interrupted and propagates. With ``stretch_to`` it is
+    re-sized once (``_resized``)."""
+    last, first = [clock()], [0]  # the last report's time; the first epoch this run reported
 
-    def on_epoch(epoch: int, logs: dict) -> None:
-        now = time.perf_counter()
+    def on_epoch(epoch: int, logs: dict) -> int | None:
+        now = clock()
         seconds, last[0] = now - last[0], now
+        first[0] = first[0] or epoch
         record.history.append({**{k: v for k, v in logs.items() if k != "epoch"}, "epoch": epoch,
                                "seconds": round(seconds, 2)})
         record.epochs_run = epoch
-        job.progress.say(f"final training epoch {epoch}/{config['epochs']}: loss {logs.get('loss', float('nan')):.4f} "
+        planned = record.config["epochs"]
+        job.progress.say(f"final training epoch {epoch}/{planned}: loss {logs.get('loss', float('nan')):.4f} "
                          f"({seconds:.0f} s)")
-        if epoch < config["epochs"] and job.deadline.epoch_would_overrun(seconds, keep_final=False):
-            raise PruneTrial(f"stopped after epoch {epoch} of {config['epochs']}: the deadline is near")
+        if stretch_to and epoch == RESIZE_AFTER and first[0] == 1:  # epoch 2 of a fresh start: untraced
+            return _resized(job, record, stretch_to, epoch, seconds)
+        if epoch < planned and job.deadline.epoch_would_overrun(seconds, keep_final=False):
+            raise PruneTrial(f"stopped after epoch {epoch} of {planned}: the deadline is near")
+        return None
 
     job.progress.phase = "final"  # the progress line says which phase the sweep is in
     job.paths.final_model.parent.mkdir(parents=True, exist_ok=True)
@@ -175,10 +206,14 @@ def _train_final(job: StudyJob, record: TrialRecord, config: dict, seed: int, so
     job.progress.say(f"final training: {source} on {train_images:,} images, {config['epochs']} epochs, seed {seed}")
     # A stopped final training goes on from its last epoch at the next run of the command
     # (the key is what it trains: a changed best configuration is a new training).
+    # Filling the time, its epochs are the time's, not the configuration's: the record keeps
+    # them (re-sized or not) and an earlier run's are taken from it (_final_config).
     version = cache.trainer_version(job.trainer_name) if job.data_fingerprint else None
-    checkpoint = job.paths.checkpoint("final-" + trials.checkpoint_key(config, seed, job.data_fingerprint, version))
+    trained = _but_epochs(config) if job.fill_final else config
+    checkpoint = job.paths.checkpoint("final-" + trials.checkpoint_key(trained, seed, job.data_fingerprint, version))
     try:
-        outcome = job.runner.run(config, seed, job.paths.final_model, on_epoch, final=True, checkpoint=checkpoint)
+        outcome = job.runner.run(config, seed, job.paths.final_model, on_epoch, final=True, checkpoint=checkpoint,
+                                 stretch_to=stretch_to)
     except ChildDied as died:  # kept: the next run goes on from the checkpoint
         outcome = Outcome(State.FAILED, str(died), None)
     except KeyboardInterrupt as stop:
@@ -188,6 +223,9 @@ def _train_final(job: StudyJob, record: TrialRecord, config: dict, seed: int, so
     else:
         checkpoint.unlink(missing_ok=True)
     metrics = outcome.metrics or {}
+    if outcome.state == State.COMPLETE and metrics.get("epochs_run"):
+        # what it trained: a trainer of one's own may have kept its epochs when asked to re-size
+        record.config = {**record.config, "epochs": metrics["epochs_run"]}
     if metrics.get("resumed_from_epoch"):
         job.progress.say(f"final training went on from epoch {metrics['resumed_from_epoch'][-1]} of an earlier run")
     record.state, record.reason, record.finished_at = outcome.state, outcome.reason, time.time()

@@ -7,11 +7,12 @@ forecast alike; the sweep re-forecasts before every trial at the speed it measur
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 from dataclasses import dataclass, field
 
-from cnnbench.deadline import FINAL_SAFETY, Deadline, ThroughputLog
+from cnnbench.deadline import FINAL_SAFETY, RESIZE_AFTER, STRETCH, Deadline, ThroughputLog
 
 
 def measure(space, images: int = 2048, log: ThroughputLog | None = None) -> float:
@@ -57,6 +58,12 @@ class HourPlan:
         """The search's time: all of its share when it has one (the final is sized to start then)."""
         return self.time_share * self.minutes * 60 if self.time_share is not None else self.search_seconds
 
+    def _resizing(self) -> str:
+        if self.filled_epochs <= RESIZE_AFTER:
+            return ""
+        return (f"\n      (re-sized after its epoch {RESIZE_AFTER} to what its own speed holds, at most "
+                f"{math.ceil(self.filled_epochs * STRETCH)} epochs)")
+
     def text(self) -> str:
         lines = [f"  plan for {self.minutes:g} min here (at {self.rate / 1e9:.0f} GFLOP/s training):"]
         if self.recipe_only:
@@ -66,7 +73,7 @@ class HourPlan:
             return "\n".join(lines + [
                 "    no search (--recipe-only): the recipe alone",
                 f"    final training on all training images: {self.filled_epochs} epochs, "
-                f"{self.final_seconds / 60:.1f} min",
+                f"{self.final_seconds / 60:.1f} min{self._resizing()}",
                 f"    export: {self.export_seconds / 60:.1f} min",
                 f"    total: {(self.final_seconds + self.export_seconds) / 60:.1f} min"])
         if self.time_share is not None:
@@ -85,7 +92,7 @@ class HourPlan:
             lines.append(f"    a trial of the first configuration: {self.trial_seconds / 60:.1f} min")
         epochs = f"{self.filled_epochs} epochs, " if self.time_share is not None and self.filled_epochs else ""
         lines += [f"    final training on all training images: {epochs}{self.final_seconds / 60:.1f} min"
-                  if self.final_seconds else "    final training: off",
+                  f"{self._resizing() if epochs else ''}" if self.final_seconds else "    final training: off",
                   f"    export: {self.export_seconds / 60:.1f} min",
                   f"    total: {(self._search_total() + self.final_seconds + self.export_seconds) / 60:.1f} min"]
         if not self.rungs:

@@ -43,10 +43,11 @@ class SilentProgress:
 class Runner(Protocol):
     """Trains one configuration: ``isolation.TrialRunner`` (a child process) or in-process.
     ``final`` trains on train + validation (the final training), validating nothing;
-    ``checkpoint`` is where the training keeps its per-epoch state (training/checkpoint.py)."""
+    ``checkpoint`` is where the training keeps its per-epoch state (training/checkpoint.py);
+    with ``stretch_to``, ``on_epoch`` may return a new number of epochs, up to it (final.py)."""
     def run(self, config: dict, seed: int, model_path: Path | None, on_epoch,
             log_dir: Path | None = None, final: bool = False,
-            checkpoint: Path | None = None) -> Outcome: ...
+            checkpoint: Path | None = None, stretch_to: int | None = None) -> Outcome: ...
     def close(self, kill: bool = False) -> None: ...
 
 

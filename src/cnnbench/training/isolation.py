@@ -93,26 +93,33 @@ def load_trainer(dotted: str):
     return getattr(importlib.import_module(module), name)
 
 
-def takes_checkpoint(trainer) -> bool:
-    """Whether ``trainer`` accepts ``checkpoint=`` (cnnbench's own does; a trainer of one's
-    own may, to resume its trainings, and otherwise starts them over)."""
+def takes(trainer, keyword: str) -> bool:
+    """Whether ``trainer`` accepts ``keyword=``: ``checkpoint`` and ``stretch_to`` are
+    optional (cnnbench's own takes both; a trainer of one's own may, to resume its
+    trainings and let the final training re-size its schedule, and otherwise starts them
+    over and keeps the epochs it was given)."""
     import inspect
 
     try:
         parameters = inspect.signature(trainer).parameters.values()
     except (TypeError, ValueError):
         return False
-    return any(p.name == "checkpoint" or p.kind is p.VAR_KEYWORD for p in parameters)
+    return any(p.name == keyword or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
 def train_one(trainer, config: dict, data, seed: int, model_path, on_epoch,
-              log_dir: str | None = None, checkpoint: str | Path | None = None) -> Outcome:
+              log_dir: str | None = None, checkpoint: str | Path | None = None,
+              stretch_to: int | None = None) -> Outcome:
     """Train one trial wherever we are: its Outcome (the result's fields without the model).
     A completed trial's model is saved at ``model_path``; ``log_dir`` gets TensorBoard logs;
-    ``checkpoint`` is the per-epoch checkpoint's path, for a trainer that takes one."""
-    extra = {"log_dir": str(log_dir)} if log_dir else {}
-    if checkpoint and takes_checkpoint(trainer):
+    ``checkpoint`` is the per-epoch checkpoint's path, for a trainer that takes one;
+    ``stretch_to``: the most epochs ``on_epoch`` may re-size the training to (by returning
+    that number), for a trainer that takes it."""
+    extra: dict = {"log_dir": str(log_dir)} if log_dir else {}
+    if checkpoint and takes(trainer, "checkpoint"):
         extra["checkpoint"] = str(checkpoint)
+    if stretch_to and takes(trainer, "stretch_to"):
+        extra["stretch_to"] = int(stretch_to)
     try:
         result = trainer(config, data, on_epoch, seed, **extra)
     except PruneTrial as pruned:
@@ -165,16 +172,17 @@ def _serve(conn, trainer, data) -> None:
         message = conn.recv()
         if message[0] == "stop":
             return
-        _, config, seed, model_path, log_dir, final, checkpoint = message
+        _, config, seed, model_path, log_dir, final, checkpoint, stretch_to = message
 
-        def on_epoch(epoch: int, logs: dict) -> None:
+        def on_epoch(epoch: int, logs: dict) -> int | None:
             conn.send(("epoch", epoch, logs))
-            verdict, reason = conn.recv()
+            verdict, said = conn.recv()
             if verdict == "prune":
-                raise PruneTrial(reason)
+                raise PruneTrial(said)
+            return int(said) if verdict == "resize" else None
 
         conn.send(train_one(trainer, config, final_data(data) if final else data, seed, model_path, on_epoch,
-                            log_dir, checkpoint))
+                            log_dir, checkpoint, stretch_to))
         conn.send(("memory", _resident_mb() - baseline))
 
 
@@ -198,10 +206,10 @@ class InProcessRunner:
         self.data, self.trainer = data, trainer
 
     def run(self, config: dict, seed: int, model_path, on_epoch, log_dir=None,
-            final: bool = False, checkpoint: Path | None = None) -> Outcome:
+            final: bool = False, checkpoint: Path | None = None, stretch_to: int | None = None) -> Outcome:
         trainer = self.trainer or load_trainer(DEFAULT_TRAINER)
         data = final_data(self.data) if final else self.data
-        return train_one(trainer, config, data, seed, model_path, on_epoch, log_dir, checkpoint)
+        return train_one(trainer, config, data, seed, model_path, on_epoch, log_dir, checkpoint, stretch_to)
 
     def close(self, kill: bool = False) -> None:
         pass
@@ -238,25 +246,27 @@ class TrialRunner:
 
     def run(self, config: dict, seed: int, model_path: Path | None, on_epoch,
             log_dir: Path | None = None, final: bool = False,
-            checkpoint: Path | None = None) -> Outcome:
+            checkpoint: Path | None = None, stretch_to: int | None = None) -> Outcome:
         """Train one trial: returns its Outcome. ``on_epoch(epoch, logs)``
         runs here, in the sweep's process; if it raises PruneTrial the child is told to stop
-        the trial. Raises ChildDied when the child ends mid-trial (its exit is described)."""
+        the trial, if it returns a number of epochs the training is re-sized to it (up to
+        ``stretch_to``). Raises ChildDied when the child ends mid-trial (its exit is described)."""
         if self.process is None or not self.process.is_alive():
             self._start()
         self.conn.send(("train", config, seed, str(model_path) if model_path else None,
-                        str(log_dir) if log_dir else None, final, str(checkpoint) if checkpoint else None))
+                        str(log_dir) if log_dir else None, final, str(checkpoint) if checkpoint else None,
+                        stretch_to))
         try:
             while True:
                 message = self.conn.recv()
                 if message[0] != "epoch":
                     break
                 try:
-                    on_epoch(message[1], message[2])
+                    wanted = on_epoch(message[1], message[2])
                 except PruneTrial as pruned:
                     self.conn.send(("prune", str(pruned)))
                 else:
-                    self.conn.send(("go", ""))
+                    self.conn.send(("resize", wanted) if isinstance(wanted, int) else ("go", ""))
             outcome = Outcome(*message)
             _, grown = self.conn.recv()
         except (EOFError, OSError, BrokenPipeError):

@@ -7,20 +7,21 @@ from __future__ import annotations
 WARMUP_START = 0.1  # the warm-up's default start, as a share of the peak (the lr_start knob's default)
 
 
-def lr_multiplier(step, total_steps: int, schedule: str, warmup: float, start: float = WARMUP_START,
+def lr_multiplier(step, total_steps, schedule: str, warmup: float, start: float = WARMUP_START,
                   end: float = 0.0):
     """The learning rate at ``step`` as a share of the peak (a TensorFlow scalar).
 
     Linear warm-up over ``warmup`` of the steps (from ``start`` x the peak), then the
     schedule over the remaining steps: constant, cosine to ``end``, step (x0.1 at 50% and
     75%), or linear to ``end`` at the last step (with a warm-up: one-cycle).
+    ``total_steps`` may be a variable: a re-sized training (the final's) changes it.
     """
     import tensorflow as tf
 
     step = tf.cast(step, tf.float32)
-    total = float(max(total_steps, 1))
+    total = tf.maximum(tf.cast(total_steps, tf.float32), 1.0)
     ramp = warmup * total
-    after = tf.clip_by_value((step - ramp) / max(total - ramp, 1.0), 0.0, 1.0)  # 0..1 past the warm-up
+    after = tf.clip_by_value((step - ramp) / tf.maximum(total - ramp, 1.0), 0.0, 1.0)  # 0..1 past the warm-up
     if schedule == "cosine":
         decayed = end + (1.0 - end) * 0.5 * (1.0 + tf.cos(3.141592653589793 * after))
     elif schedule == "step":
@@ -29,7 +30,7 @@ def lr_multiplier(step, total_steps: int, schedule: str, warmup: float, start: f
         decayed = 1.0 - (1.0 - end) * after
     else:
         decayed = tf.ones_like(after)
-    if ramp <= 0:
+    if warmup <= 0:
         return decayed
     rising = start + (1.0 - start) * step / ramp
     return tf.where(step < ramp, rising, decayed)
@@ -57,7 +58,7 @@ def keras_rates(config: dict) -> tuple[float, float]:
     return lr * config["batch_size"] / (1024 * gain), (wd / (lr * (1 - momentum)) if lr else 0.0)
 
 
-def _schedule(config: dict, total_steps: int):
+def _schedule(config: dict, total_steps):
     import keras
 
     peak, kind, warmup = keras_rates(config)[0], config["lr_schedule"], config["warmup"]
@@ -70,7 +71,7 @@ def _schedule(config: dict, total_steps: int):
             return peak * lr_multiplier(step, total_steps, kind, warmup, start, end)
 
         def get_config(self):
-            return {"peak": peak, "schedule": kind, "warmup": warmup, "total_steps": total_steps,
+            return {"peak": peak, "schedule": kind, "warmup": warmup, "total_steps": int(total_steps),
                     "start": start, "end": end}
 
     return WarmupSchedule()
@@ -92,15 +93,16 @@ def _ids(variables) -> set[int]:
     return {id(v) for v in variables} | {id(getattr(v, "value", v)) for v in variables}
 
 
-def make_optimizer(config: dict, steps_per_epoch: int, model, whiten_gate=None):
-    """The configured Keras optimizer for a trial of ``steps_per_epoch`` x epochs steps.
+def make_optimizer(config: dict, steps_per_epoch: int, model, whiten_gate=None, total_steps=None):
+    """The configured Keras optimizer for a trial of ``steps_per_epoch`` x epochs steps
+    (or ``total_steps``, a variable the trainer may change: a re-sized schedule).
 
     ``whiten_gate`` is a scalar variable (1.0 or 0.0) that the trainer sets at each epoch's
     start; while it is 0 the whitening stem's bias does not move (whiten_bias_epochs).
     """
     import keras
 
-    lr = _schedule(config, steps_per_epoch * config["epochs"])
+    lr = _schedule(config, steps_per_epoch * config["epochs"] if total_steps is None else total_steps)
     extra = {"use_ema": True, "ema_momentum": config["ema"]} if config["ema"] else {}
     if config["optimizer"] == "sgd":
         cls, kwargs = keras.optimizers.SGD, dict(momentum=config["momentum"], nesterov=config["nesterov"])
@@ -151,13 +153,18 @@ def lookahead_callback(total_steps: int):
     """A Keras callback doing airbench's Lookahead-style averaging (the ``lookahead`` knob):
     every LOOKAHEAD_EVERY steps the average of all weights (batch-norm statistics included)
     moves toward the weights by 1 - decay and the weights are set to it; after the last
-    step the weights are the average."""
+    step the weights are the average. Its ``total_steps`` attribute is the schedule's
+    length (a re-sized training sets it)."""
     import keras
     import numpy as np
     import tensorflow as tf
 
     class Lookahead(keras.callbacks.Callback):
         restore = None  # (step, average arrays) from a checkpoint, set before training resumes
+
+        def __init__(self):
+            super().__init__()
+            self.total_steps = total_steps
 
         def on_train_begin(self, logs=None):
             self.weights = [w for w in self.model.weights if w.dtype in ("float32", "float16", "bfloat16")]
@@ -175,8 +182,8 @@ def lookahead_callback(total_steps: int):
         def on_train_batch_end(self, batch, logs=None):
             self.step += 1
             if self.step % LOOKAHEAD_EVERY == 0:
-                self.update(tf.constant(lookahead_decay(self.step, total_steps), tf.float32))
-            if self.step == total_steps:
+                self.update(tf.constant(lookahead_decay(self.step, self.total_steps), tf.float32))
+            if self.step == self.total_steps:
                 self.update(tf.constant(1.0, tf.float32))
 
         def state(self) -> tuple[int, list]:

@@ -139,7 +139,10 @@ def _epoch_callback(on_epoch, n_train: int, evaluator, x_val, y_val, whiten_gate
     Epochs before ``validate_from`` (1-based) are not validated: their logs hold no
     val_accuracy (``validate: last_epoch`` sets it to the last epoch).
     ``after_epoch(epochs_done)`` (the checkpoint) runs once the epoch is validated and kept,
-    before the engine hears of it: an epoch the engine saw is one a resume can go on from."""
+    before the engine hears of it: an epoch the engine saw is one a resume can go on from.
+    When ``on_epoch`` returns a number of epochs and the watcher has a ``resize(epochs)``
+    (which re-sizes the schedule and returns the epochs it now has), it is called; training
+    stops after the schedule's last epoch, ``stop_after``."""
     import keras
 
     class EpochWatcher(keras.callbacks.Callback):
@@ -150,6 +153,8 @@ def _epoch_callback(on_epoch, n_train: int, evaluator, x_val, y_val, whiten_gate
             self.history, self.train_times = [], []
             self.traced: list[int] = []  # epochs (0-based) whose time includes tracing the graph
             self.best, self.best_weights = -1.0, None
+            self.stop_after = math.inf  # the schedule's last epoch (set by train_and_evaluate)
+            self.resize: Callable[[int], int] | None = None
 
         def on_train_begin(self, logs=None):
             self.traced.append(len(self.train_times))  # the first epoch of this run (a resume too)
@@ -175,8 +180,11 @@ def _epoch_callback(on_epoch, n_train: int, evaluator, x_val, y_val, whiten_gate
                 self.best, self.best_weights = logs.get("val_accuracy", -1.0), self.model.get_weights()
             if after_epoch is not None:
                 after_epoch(epoch + 1)
-            if on_epoch is not None:
-                on_epoch(epoch + 1, logs)
+            wanted = on_epoch(epoch + 1, logs) if on_epoch is not None else None
+            if self.resize is not None and isinstance(wanted, int):
+                self.stop_after = self.resize(wanted)
+            if epoch + 1 >= self.stop_after:
+                self.model.stop_training = True  # fit runs to the longest schedule a re-size may ask for
 
         def throughput(self) -> float:
             times = [t for i, t in enumerate(self.train_times) if i not in self.traced] or self.train_times
@@ -209,7 +217,8 @@ def _callbacks(config: dict, watcher, total_steps: int, log_dir: str | None) -> 
 
 
 def train_and_evaluate(config: dict, data: DataBundle, on_epoch: Callable[[int, dict], None] | None = None,
-                       seed: int = 0, log_dir: str | None = None, checkpoint: str | None = None) -> TrialResult:
+                       seed: int = 0, log_dir: str | None = None, checkpoint: str | None = None,
+                       stretch_to: int | None = None) -> TrialResult:
     """Train ``config`` on ``data.x_train``, validating on ``data.x_val`` after every epoch
     (when it holds images: the final training has none), or after the last one only
     (``validate: last_epoch``, a rung's setting).
@@ -219,6 +228,10 @@ def train_and_evaluate(config: dict, data: DataBundle, on_epoch: Callable[[int, 
     ``checkpoint`` (a file path), the training's state is written there at every epoch's end
     and, when a checkpoint of this training is already there, it goes on from that epoch
     (training/checkpoint.py); the caller deletes the file once the trial has ended.
+    With ``stretch_to``, ``on_epoch`` may re-size the training by returning its new number
+    of epochs (at most ``stretch_to``, at least one more than done): the learning-rate
+    schedule and the weight averaging are stretched or compressed to it from the next step
+    on (the final training does it once it has timed its own epochs, still in its warm-up).
 
     Longer than most functions here on purpose: one training read top to bottom, as
     airbench's is; its steps depend on their order (the seed before the network, the
@@ -245,7 +258,9 @@ def train_and_evaluate(config: dict, data: DataBundle, on_epoch: Callable[[int, 
         set_whitening(model, data.train_sample(WHITENING_IMAGES))
     steps = steps_per_epoch(len(data.x_train), config)
     whiten_gate = tf.Variable(1.0, trainable=False) if whitened and config["whiten_bias_epochs"] else None
-    model.compile(optimizer=make_optimizer(config, steps, model, whiten_gate),
+    longest = max(config["epochs"], stretch_to or 0)  # what fit runs to; the watcher stops at the schedule's end
+    total_steps = tf.Variable(float(steps * config["epochs"]), trainable=False)  # the schedule's length, re-sizable
+    model.compile(optimizer=make_optimizer(config, steps, model, whiten_gate, total_steps),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=config["label_smoothing"]))
     # Validation sees what export will see: the test-time augmentation's views.
     evaluator = with_tta(model, config["tta"])
@@ -254,6 +269,17 @@ def train_and_evaluate(config: dict, data: DataBundle, on_epoch: Callable[[int, 
                               config["whiten_bias_epochs"], saver.after_epoch if saver else None,
                               validate_from=first_validated_epoch(config))
     callbacks = _callbacks(config, watcher, steps * config["epochs"], log_dir)
+    watcher.stop_after = config["epochs"]
+
+    def resize(epochs: int) -> int:
+        epochs = min(max(epochs, len(watcher.history) + 1), longest)
+        total_steps.assign(float(steps * epochs))
+        for callback in callbacks:
+            if hasattr(callback, "total_steps"):  # the weight averaging's decay follows the schedule
+                callback.total_steps = steps * epochs
+        return epochs
+
+    watcher.resize = resize if stretch_to else None
     first_epoch = saver.resume(model, watcher, callbacks) if saver else 0
     stats = architecture_stats(config, image_size, num_classes)
 
@@ -269,8 +295,8 @@ def train_and_evaluate(config: dict, data: DataBundle, on_epoch: Callable[[int, 
 
     try:
         if first_epoch < config["epochs"]:
-            model.fit(_train_dataset(data.x_train, data.y_train, config, num_classes, seed, first_epoch),
-                      epochs=config["epochs"], initial_epoch=first_epoch, steps_per_epoch=steps, verbose=0,
+            model.fit(_train_dataset(data.x_train, data.y_train, config, num_classes, seed, first_epoch, longest),
+                      epochs=longest, initial_epoch=first_epoch, steps_per_epoch=steps, verbose=0,
                       shuffle=False, callbacks=callbacks)  # the dataset shuffles itself
     except PruneTrial as pruned:
         pruned.result = result(None)  # the leaderboard still shows how far it got
