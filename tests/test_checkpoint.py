@@ -75,6 +75,40 @@ def test_a_checkpoint_of_another_network_is_not_used(tmp_path):
     assert heard == [1, 2] and other.resumed_from_epoch == []  # started over, and said nothing wrong
 
 
+def test_a_re_sized_training_resumes_with_its_new_length_and_no_other_length_resumes_it(tmp_path, monkeypatch):
+    """A final training filling the time is keyed without its epochs and may be re-sized
+    after epoch 2 (final.py): its checkpoint says its schedule's length, re-written at the
+    re-size, and a training of another length starts over rather than go on from it."""
+    import shutil
+
+    from cnnbench.training.train import train_and_evaluate
+
+    config = {**default_config(), "stages": 1, "base_filters": 4, "epochs": 3, "batch_size": 30,
+              "precision": "float32", "lr_schedule": "linear", "warmup": 0.5}
+    written = []
+    save = checkpoint.save
+    monkeypatch.setattr(checkpoint, "save", lambda path, saved: written.append(
+        (saved.epochs_done, saved.schedule_epochs)) or save(path, saved))
+
+    def grow_then_die(epoch, logs):
+        if epoch == 3:
+            raise Killed()
+        return 5 if epoch == 2 else None
+    path = tmp_path / "final.npz"
+    with pytest.raises(Killed):
+        train_and_evaluate(config, _tiny_data(), grow_then_die, seed=0, checkpoint=str(path), stretch_to=6)
+    assert written == [(1, 3), (2, 3), (2, 5), (3, 5)]
+    shutil.copy(path, tmp_path / "copy.npz")
+    heard = []
+    other = train_and_evaluate(config, _tiny_data(), lambda e, logs: heard.append(e), seed=0,
+                               checkpoint=str(tmp_path / "copy.npz"))
+    assert heard == [1, 2, 3] and other.resumed_from_epoch == []  # the 3-epoch schedule started over
+    heard.clear()
+    resumed = train_and_evaluate({**config, "epochs": 5}, _tiny_data(), lambda e, logs: heard.append(e), seed=0,
+                                 checkpoint=str(path))
+    assert heard == [4, 5] and resumed.resumed_from_epoch == [3]
+
+
 def test_a_checkpoint_round_trips_and_a_torn_one_reads_as_none(tmp_path):
     saved = checkpoint.Saved(epochs_done=3, model=[np.arange(6, dtype="float32").reshape(2, 3)],
                              optimizer=[np.array(7, dtype="int64")], history=[{"epoch": 1, "loss": 0.5}],

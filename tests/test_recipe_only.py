@@ -12,7 +12,7 @@ import time
 import pytest
 
 import stand_in
-from cnnbench.deadline import EXPORT_SECONDS, Deadline, ThroughputLog
+from cnnbench.deadline import EXPORT_SECONDS, Deadline, ThroughputLog, stretch_limit
 from cnnbench.final import run_final
 from cnnbench.model import architecture_stats
 from cnnbench.request import SweepRequest, prepare
@@ -88,9 +88,11 @@ def test_the_final_training_is_given_as_many_epochs_as_the_time_left_holds(tmp_p
     assert unknown.fill_final(config) == (config, "")  # speed unknown: the sweep measures it first
 
 
-def _recipe_job(tmp_path, deadline, **kw):
+def _recipe_job(tmp_path, deadline, warmup: float = 0.5, **kw):
+    """A --recipe-only job; its warm-up holds a filled final's epoch 2, so it is re-sized."""
     space = recipe_alone(parse_space({"seed": 3, "params": {
         "learning_rate": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+        "warmup": {"type": "fixed", "value": warmup},
         "epochs": {"type": "fixed", "value": 2}, "precision": {"type": "fixed", "value": "float32"}},
         "start_with": [{"learning_rate": 0.01}]}))
     job = stand_in.make_job(space, tmp_path, data=synthetic_bundle(300, n_val=60), deadline=deadline,
@@ -125,6 +127,51 @@ def test_a_filling_final_is_re_sized_to_what_its_second_epoch_measured(tmp_path,
     assert outcome.complete and record.config["epochs"] == epochs == record.epochs_run
     assert f"re-sized from 6 to {epochs} epochs after epoch 2" in record.note
     assert outcome.source.endswith(f", re-sized to {epochs} epochs after epoch 2")  # the model card's words
+
+
+def _six_epoch_final(tmp_path, warmup: float = 0.5):
+    """A --recipe-only final the deadline sizes at 6 epochs, and its job."""
+    config = {**_recipe_job(tmp_path, Deadline(None), warmup)[1], "train_images": 0}
+    deadline = _deadline(tmp_path, config, final_images=360)
+    deadline.end = time.time() + _slack_for(deadline, config, 6, 60)
+    return config, deadline, _recipe_job(tmp_path, deadline, warmup)[0]
+
+
+def test_a_final_whose_epoch_2_is_past_its_warm_up_is_not_re_sized(tmp_path, monkeypatch):
+    """There a new length would move a decaying learning rate (or undo a step schedule's
+    drops): it keeps the size it started with, however fast its epochs run."""
+    assert stretch_limit({"warmup": 0.23, "epochs": 26}) == 39  # the default recipe's: epoch 2 of 6 warming up
+    assert stretch_limit({"warmup": 0.23, "epochs": 8}) is None  # 1.84 epochs of warm-up
+    config, deadline, job = _six_epoch_final(tmp_path, warmup=0.0)
+    stand_in.final_epochs_take(monkeypatch, deadline, config, 40)  # fast enough for 9
+    outcome = run_final(job, None, 360)
+    assert outcome.complete and outcome.record.epochs_run == 6 and "re-sized" not in outcome.record.note
+
+
+def test_a_final_re_sized_to_more_than_the_time_holds_stops_rather_than_overrun(tmp_path, monkeypatch):
+    """Its epoch 2 took longer than all the time left: the re-size keeps one more epoch at
+    least, and the deadline's check after the re-size stops it there instead."""
+    import itertools
+
+    config, deadline, job = _six_epoch_final(tmp_path)
+    ticks = itertools.chain([0.0, 1.0], itertools.repeat(1.0 + 10 * deadline.left()))
+    monkeypatch.setattr("cnnbench.final.clock", lambda: next(ticks))
+    outcome = run_final(job, None, 360)
+    record = read_record(job.paths.final_record)
+    assert record.state == State.PRUNED and record.epochs_run == 2 and not outcome.complete
+    assert "stopped after epoch 2 of 3" in record.reason
+
+
+def test_a_trainer_that_does_not_take_stretch_to_keeps_its_epochs_and_its_record_says_so(tmp_path, monkeypatch):
+    config, deadline, job = _six_epoch_final(tmp_path)
+    stand_in.final_epochs_take(monkeypatch, deadline, config, 6)  # the sweep asks for 8
+    job.runner.trainer = lambda config, data, on_epoch, seed: stand_in.fake_train(config, data, on_epoch, seed)
+    outcome = run_final(job, None, 360)
+    record = read_record(job.paths.final_record)
+    assert outcome.complete and record.config["epochs"] == record.epochs_run == 6
+    assert record.note.endswith("re-sized from 6 to 8 epochs after epoch 2 (%.0f s an epoch here); the trainer "
+                                "kept 6 epochs" % record.history[1]["seconds"])
+    assert "re-sized" not in outcome.source
 
 
 def test_an_unknown_speed_is_measured_before_the_final_is_sized(tmp_path, monkeypatch):

@@ -33,6 +33,7 @@ def _space(share=0.4, rungs=RUNGS, **search):
                                    **search},
                         "params": {"learning_rate": {"type": "float", "low": 1e-4, "high": 1.0, "log": True},
                                    "epochs": {"type": "fixed", "value": 5},
+                                   "warmup": {"type": "fixed", "value": 0.5},  # a final's epoch 2 in it: re-sizable
                                    "precision": {"type": "fixed", "value": "float32"}}})
 
 

@@ -110,32 +110,40 @@ def test_prune_stops_training_and_reports_how_far_it_got():
 
 def test_a_stretchable_training_follows_the_epochs_on_epoch_returns_schedule_and_averaging_too(monkeypatch):
     """The final training re-sizes itself once it has timed its epochs (final.py): the
-    learning-rate schedule's length and the weight averaging's follow, and fit ends at the
-    new last epoch, whether longer or shorter; without ``stretch_to`` nothing changes."""
+    learning rate the optimizer applies follows the new length (not only the variable that
+    holds it), as does the weight averaging's, and fit ends at the new last epoch, whether
+    longer or shorter; without ``stretch_to`` nothing changes."""
     import cnnbench.training.train as train
+    from cnnbench.training.optim import keras_rates, lr_multiplier
 
-    lengths, averaging = [], []
+    optimizers, averaging = [], []
     make_optimizer, lookahead_callback = train.make_optimizer, train.lookahead_callback
-    monkeypatch.setattr(train, "make_optimizer",
-                        lambda *a: lengths.append(a[-1]) or make_optimizer(*a))  # the schedule's length variable
+    monkeypatch.setattr(train, "make_optimizer", lambda *a: optimizers.append(make_optimizer(*a)) or optimizers[-1])
     monkeypatch.setattr(train, "lookahead_callback", lambda steps: averaging.append(lookahead_callback(steps))
                         or averaging[-1])
-    config = {**default_config(), "stages": 1, "base_filters": 4, "epochs": 3, "batch_size": 30, "lookahead": True}
+    config = {**default_config(), "stages": 1, "base_filters": 4, "epochs": 3, "batch_size": 30, "lookahead": True,
+              "lr_schedule": "linear", "warmup": 0.2}
     steps = train.steps_per_epoch(len(_tiny_data().x_train), config)
-    seen: list[int] = []
+    seen, applied = [], []
 
     def five_at_two(epoch, logs):
         seen.append(epoch)
+        applied.append(float(optimizers[-1].learning_rate))  # the rate its next step would take
         return 5 if epoch == 2 else None
 
+    def rate_at(step, total):
+        return keras_rates(config)[0] * float(lr_multiplier(step, total, "linear", 0.2, config["lr_start"]))
+
     grown = train_and_evaluate(config, _tiny_data(), five_at_two, seed=0, stretch_to=6)
-    assert seen == [1, 2, 3, 4, 5] and grown.epochs_run == 5
-    assert float(lengths[-1]) == steps * 5 and averaging[-1].total_steps == steps * 5
+    assert seen == [1, 2, 3, 4, 5] and grown.epochs_run == 5 and averaging[-1].total_steps == steps * 5
+    assert applied[3] == pytest.approx(rate_at(4 * steps, 5 * steps), rel=1e-4)  # after epoch 4 of 5
+    assert rate_at(4 * steps, 5 * steps) > 2 * rate_at(4 * steps, 3 * steps)  # which the 3-epoch schedule is not
     shrunk = train_and_evaluate(config, _tiny_data(), lambda epoch, logs: 2 if epoch == 1 else None, seed=0,
                                 stretch_to=6)
-    assert shrunk.epochs_run == 2 and float(lengths[-1]) == steps * 2
+    assert shrunk.epochs_run == 2 and float(optimizers[-1].learning_rate) == pytest.approx(
+        rate_at(2 * steps, 2 * steps), abs=1e-7)  # the end of the 2-epoch schedule
     kept = train_and_evaluate(config, _tiny_data(), lambda epoch, logs: 5, seed=0)
-    assert kept.epochs_run == 3 and float(lengths[-1]) == steps * 3
+    assert kept.epochs_run == 3 and averaging[-1].total_steps == steps * 3
 
 
 def test_warmup_then_linear_schedule_is_one_cycle_ending_at_zero():

@@ -10,6 +10,7 @@ when the space searches ``epochs``, starts with the most epochs that fit.
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import time
@@ -42,6 +43,17 @@ MAX_FILL_EPOCHS = 1000  # --recipe-only: the longest schedule a timeout is fille
 # (ee70497) took 112 s an epoch where 127 were planned and left 8.9 of its minutes unused.
 STRETCH = 1.5
 RESIZE_AFTER = 2  # ... after this epoch: the first one's time includes tracing the graph
+
+
+def stretch_limit(config: dict) -> int | None:
+    """The most epochs a final training of ``config`` filling the time may be re-sized to
+    (STRETCH times its own), or None when it is not re-sized: only while its epoch
+    RESIZE_AFTER lies in its warm-up, where a new length changes no more than the slope of
+    the ramp still to come (the rate steps down a little when it grows); past the warm-up
+    it would move a decaying rate up or down, or undo a step schedule's drops."""
+    if config.get("warmup", 0.0) * config["epochs"] <= RESIZE_AFTER:
+        return None
+    return math.ceil(config["epochs"] * STRETCH)
 
 
 class NotStarted(Exception):

@@ -17,14 +17,13 @@ configuration is still the best is never repeated.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
 from cnnbench import trials
 from cnnbench.engines import cache
 from cnnbench.engines.base import StudyJob
-from cnnbench.deadline import FINAL_SAFETY, RESIZE_AFTER, STRETCH
+from cnnbench.deadline import FINAL_SAFETY, RESIZE_AFTER, stretch_limit
 from cnnbench.engines.trial import log_throughput, signal_name
 from cnnbench.training.isolation import ChildDied
 from cnnbench.trials import NO_TRIAL, PruneTrial  # noqa: F401 (NO_TRIAL: re-exported)
@@ -137,8 +136,8 @@ def _final_config(job: StudyJob, best: TrialRecord | None, recipe: dict | None,
         # --recipe-only too once trainings of its size have run here
         margin = FINAL_SAFETY if best is not None else job.deadline.final_margin(config)
         config, shortened = job.deadline.fill_final(config, n_test, margin)
-        if shortened and config["epochs"] > RESIZE_AFTER:
-            stretch_to = math.ceil(config["epochs"] * STRETCH)
+        if shortened:
+            stretch_to = stretch_limit(config)
     elif recipe is not None or ranked_at_rung:
         config, shortened = job.deadline.fit_final(config, job.space.epoch_options(), n_test)
     return config, values, shortened, stretch_to
@@ -194,11 +193,13 @@ def _train_final(job: StudyJob, record: TrialRecord, config: dict, seed: int, so
         planned = record.config["epochs"]
         job.progress.say(f"final training epoch {epoch}/{planned}: loss {logs.get('loss', float('nan')):.4f} "
                          f"({seconds:.0f} s)")
+        wanted = None
         if stretch_to and epoch == RESIZE_AFTER and first[0] == 1:  # epoch 2 of a fresh start: untraced
-            return _resized(job, record, stretch_to, epoch, seconds)
+            wanted = planned = _resized(job, record, stretch_to, epoch, seconds)
+        # a re-size keeps at least one more epoch: this stops it when even that one would overrun
         if epoch < planned and job.deadline.epoch_would_overrun(seconds, keep_final=False):
             raise PruneTrial(f"stopped after epoch {epoch} of {planned}: the deadline is near")
-        return None
+        return wanted
 
     job.progress.phase = "final"  # the progress line says which phase the sweep is in
     job.paths.final_model.parent.mkdir(parents=True, exist_ok=True)
@@ -223,9 +224,11 @@ def _train_final(job: StudyJob, record: TrialRecord, config: dict, seed: int, so
     else:
         checkpoint.unlink(missing_ok=True)
     metrics = outcome.metrics or {}
-    if outcome.state == State.COMPLETE and metrics.get("epochs_run"):
-        # what it trained: a trainer of one's own may have kept its epochs when asked to re-size
-        record.config = {**record.config, "epochs": metrics["epochs_run"]}
+    kept = metrics.get("epochs_run") or record.config["epochs"]
+    if stretch_to and outcome.state == State.COMPLETE and kept != record.config["epochs"]:
+        # a trainer of one's own that does not take stretch_to kept its own epochs
+        record.config = {**record.config, "epochs": kept}
+        record.note += f"; the trainer kept {kept} epochs"
     if metrics.get("resumed_from_epoch"):
         job.progress.say(f"final training went on from epoch {metrics['resumed_from_epoch'][-1]} of an earlier run")
     record.state, record.reason, record.finished_at = outcome.state, outcome.reason, time.time()

@@ -7,12 +7,11 @@ forecast alike; the sweep re-forecasts before every trial at the speed it measur
 """
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 from dataclasses import dataclass, field
 
-from cnnbench.deadline import FINAL_SAFETY, RESIZE_AFTER, STRETCH, Deadline, ThroughputLog
+from cnnbench.deadline import FINAL_SAFETY, RESIZE_AFTER, Deadline, ThroughputLog, stretch_limit
 
 
 def measure(space, images: int = 2048, log: ThroughputLog | None = None) -> float:
@@ -43,6 +42,7 @@ class HourPlan:
     reduction_factor: int = 3
     recipe_only: bool = False # no search: the final training's epochs fill the time
     filled_epochs: int = 0    # those epochs (0: not even one fits); --recipe-only and search.time_share
+    stretch_to: int | None = None  # the most epochs they may be re-sized to after epoch 2 (None: not re-sized)
     time_share: float | None = None  # search.time_share: the search's share; the final fills the rest
     workers: int = 0          # the search on this many worker processes (--workers), each on its share of the cores
     worker_cores: int = 0     # cores each worker is pinned to
@@ -59,10 +59,10 @@ class HourPlan:
         return self.time_share * self.minutes * 60 if self.time_share is not None else self.search_seconds
 
     def _resizing(self) -> str:
-        if self.filled_epochs <= RESIZE_AFTER:
+        if not self.stretch_to:
             return ""
         return (f"\n      (re-sized after its epoch {RESIZE_AFTER} to what its own speed holds, at most "
-                f"{math.ceil(self.filled_epochs * STRETCH)} epochs)")
+                f"{self.stretch_to} epochs)")
 
     def text(self) -> str:
         lines = [f"  plan for {self.minutes:g} min here (at {self.rate / 1e9:.0f} GFLOP/s training):"]
@@ -133,7 +133,8 @@ def plan(space, minutes: float, log: ThroughputLog | None = None, n_train: int =
         margin = deadline.final_margin(config)
         filled, note = deadline.fill_final(config, n_test, margin)
         return HourPlan(minutes, rate, 0.0, deadline.final_seconds(filled, margin) if note else 0.0, export, 0,
-                        recipe_only=True, filled_epochs=filled["epochs"] if note else 0)
+                        recipe_only=True, filled_epochs=filled["epochs"] if note else 0,
+                        stretch_to=stretch_limit(filled) if note else None)
     cores = cores or cpu().cores
     worker_cores = max(1, cores // workers) if workers else cores
     found = (log or deadline.log or ThroughputLog()).rate(
@@ -148,11 +149,12 @@ def plan(space, minutes: float, log: ThroughputLog | None = None, n_train: int =
         filled, note = deadline.fill_final(config, n_test, FINAL_SAFETY)
         filled_epochs = filled["epochs"] if note else 0
         final = deadline.final_at_start(filled) if note else 0.0
+        stretch = stretch_limit(filled) if note else None
     else:
-        final, filled_epochs = deadline.final_seconds(config), 0
+        final, filled_epochs, stretch = deadline.final_seconds(config), 0, None
         search = minutes * 60 - final - export
     side: dict[str, Any] = dict(workers=workers, worker_cores=worker_cores if workers else 0,
-                                worker_rate_assumed=bool(workers) and not found)
+                                worker_rate_assumed=bool(workers) and not found, stretch_to=stretch)
     search *= parallel  # run-seconds: the workers' runs side by side
     if not space.search.rungs:
         return HourPlan(minutes, rate, trial, final, export, max(0, int(search // trial)),

@@ -50,6 +50,7 @@ class Saved:
     ema_in_model: bool = False              # SwapEMAWeights had the averaged weights swapped in
     resumed_from: list[int] = field(default_factory=list)  # epochs this training went on from before
     written_at: float = 0.0                 # Unix seconds
+    schedule_epochs: int | None = None      # the epochs its schedule had then (a re-sized final's change)
 
     def fits(self, model_variables, optimizer_variables) -> bool:
         """Its arrays have the shapes of these variables (the same network and optimizer)."""
@@ -102,7 +103,8 @@ def load(path: Path) -> Saved | None:
     return Saved(**known, **lists)
 
 
-def capture(epochs_done: int, model, watcher, lookahead=None, ema_swap=None, resumed_from=()) -> Saved:
+def capture(epochs_done: int, model, watcher, lookahead=None, ema_swap=None, resumed_from=(),
+            schedule_epochs: int | None = None) -> Saved:
     """The state of a training after ``epochs_done`` epochs, from the trainer's objects:
     the compiled ``model``, its ``watcher`` (train.EpochWatcher), the Lookahead callback and
     the SwapEMAWeights callback when the configuration has them."""
@@ -112,7 +114,8 @@ def capture(epochs_done: int, model, watcher, lookahead=None, ema_swap=None, res
                  history=[dict(h) for h in watcher.history], train_times=list(watcher.train_times),
                  traced=list(watcher.traced), best=float(watcher.best), best_weights=watcher.best_weights,
                  lookahead_step=step, lookahead=average,
-                 ema_in_model=bool(getattr(ema_swap, EMA_FLAG, False)), resumed_from=list(resumed_from))
+                 ema_in_model=bool(getattr(ema_swap, EMA_FLAG, False)), resumed_from=list(resumed_from),
+                 schedule_epochs=schedule_epochs)
 
 
 EMA_FLAG = "_ema_weights_in_model"  # SwapEMAWeights' own record of which weights the model holds (Keras 3)
@@ -151,10 +154,13 @@ class Checkpointer:
     """The trainer's side: a training's checkpoint at ``path``, resumed from before the
     training starts and written after every epoch. ``resumed_from``: the epochs it went on
     from (earlier resumes first); ``resumed_at``: when the checkpoint it went on from was
-    written (what the lost attempt had saved by then)."""
+    written (what the lost attempt had saved by then). ``schedule_epochs``: the length of
+    the schedule it trains; a checkpoint of another length is not resumed (a final training
+    filling the time is keyed without its epochs, and its schedule may be re-sized)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, schedule_epochs: int | None = None):
         self.path: Path | None = path
+        self.schedule_epochs = schedule_epochs
         self.resumed_from: list[int] = []
         self.resumed_at: float | None = None
         self.state: tuple = ()
@@ -170,7 +176,10 @@ class Checkpointer:
             self.path = None  # nothing written: see resumable
             return 0
         saved = load(self.path) if self.path is not None else None
-        if saved is None or not restore(saved, model, watcher, lookahead, swap):
+        if saved is None or None not in (saved.schedule_epochs, self.schedule_epochs) \
+                and saved.schedule_epochs != self.schedule_epochs:
+            return 0
+        if not restore(saved, model, watcher, lookahead, swap):
             return 0
         self.resumed_from, self.resumed_at = [*saved.resumed_from, saved.epochs_done], saved.written_at
         return saved.epochs_done
@@ -178,4 +187,5 @@ class Checkpointer:
     def after_epoch(self, epochs_done: int) -> None:
         if self.path is not None and self.state:
             model, watcher, lookahead, swap = self.state
-            save(self.path, capture(epochs_done, model, watcher, lookahead, swap, self.resumed_from))
+            save(self.path, capture(epochs_done, model, watcher, lookahead, swap, self.resumed_from,
+                                    self.schedule_epochs))

@@ -264,7 +264,7 @@ def train_and_evaluate(config: dict, data: DataBundle, on_epoch: Callable[[int, 
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=config["label_smoothing"]))
     # Validation sees what export will see: the test-time augmentation's views.
     evaluator = with_tta(model, config["tta"])
-    saver = Checkpointer(Path(checkpoint)) if checkpoint else None
+    saver = Checkpointer(Path(checkpoint), config["epochs"]) if checkpoint else None
     watcher = _epoch_callback(on_epoch, images_per_epoch(len(data.x_train), config), evaluator, data.x_val, data.y_val, whiten_gate,
                               config["whiten_bias_epochs"], saver.after_epoch if saver else None,
                               validate_from=first_validated_epoch(config))
@@ -277,6 +277,9 @@ def train_and_evaluate(config: dict, data: DataBundle, on_epoch: Callable[[int, 
         for callback in callbacks:
             if hasattr(callback, "total_steps"):  # the weight averaging's decay follows the schedule
                 callback.total_steps = steps * epochs
+        if saver is not None:  # its checkpoint says the new length: a resume goes on with it
+            saver.schedule_epochs = epochs
+            saver.after_epoch(len(watcher.history))
         return epochs
 
     watcher.resize = resize if stretch_to else None
