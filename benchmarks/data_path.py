@@ -31,7 +31,7 @@ def main() -> None:
     from cnnbench.training.data import load_data
     from cnnbench.knobs import default_config
     from cnnbench.space import Data
-    from cnnbench.training.train import _train_dataset
+    from cnnbench.training.pipeline import train_dataset
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "cifar10-jpeg"))
@@ -44,7 +44,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 256, (10000, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 10000)
     for flip, translate in (("off", 0), ("random", 0), ("random", 4)):
-        ds = _train_dataset(x, y, {**default_config(), "flip": flip, "translate": translate}, 10, seed=0)
+        ds = train_dataset(x, y, {**default_config(), "flip": flip, "translate": translate}, 10, seed=0)
         for _ in ds.take(2):  # warm-up: graph tracing
             pass
         start, n = time.perf_counter(), 0

@@ -5,7 +5,7 @@
 
 With the autotuner (the pipeline cnnbench used until 2026-11-25: map with AUTOTUNE
 parallelism, AUTOTUNE prefetch, autotune on), about half the epochs began with a ~10 s stall
-with both cores idle on a 2-core VM; ``train._train_dataset`` now builds a fixed pipeline.
+with both cores idle on a 2-core VM; ``pipeline.train_dataset`` now builds a fixed pipeline.
 Each arm trains ref-net (the knob defaults) in float32 for 5 epochs of 8,192 random images
 in a fresh process, arms alternating; images/s are over epochs 2-5 (epoch 1 traces).
 """
@@ -20,12 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 EPOCHS, IMAGES = 5, 8192
 
 
-def autotuned_dataset(x, y, config, num_classes, seed, first_epoch=0):
+def autotuned_dataset(x, y, config, num_classes, seed, first_epoch=0, epochs=None):
     """The earlier pipeline, for comparison only (its epochs one after the other, as the
     trainer now takes them)."""
     import tensorflow as tf
 
-    from cnnbench.training.train import augment_batch
+    from cnnbench.training.pipeline import augment_batch
 
     def prepare(images, labels):
         if config["flip"] != "off" or config["translate"]:
@@ -33,7 +33,7 @@ def autotuned_dataset(x, y, config, num_classes, seed, first_epoch=0):
         return images, tf.one_hot(labels, num_classes)
 
     ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(config["batch_size"]).repeat(config["epochs"] - first_epoch)
+    ds = ds.batch(config["batch_size"]).repeat((epochs or config["epochs"]) - first_epoch)
     return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
@@ -47,7 +47,7 @@ def arm(pipeline: str) -> dict:
     from cnnbench.knobs import default_config
 
     if pipeline == "autotuned":
-        train._train_dataset = autotuned_dataset
+        train.train_dataset = autotuned_dataset
     config = {**default_config(), "precision": "float32", "batch_size": 128, "epochs": EPOCHS}
     result = train.train_and_evaluate(config, synthetic_bundle(IMAGES))
     return {"pipeline": pipeline, "images_per_s": result.images_per_s, "train_seconds": result.train_seconds}

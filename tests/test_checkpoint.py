@@ -126,7 +126,7 @@ def test_a_checkpoint_round_trips_and_a_torn_one_reads_as_none(tmp_path):
 
 
 def test_every_epoch_draws_its_order_and_augmentation_from_the_seed_and_epoch_alone():
-    from cnnbench.training.train import _train_dataset
+    from cnnbench.training.pipeline import train_dataset
 
     n = 40
     x = np.random.default_rng(2).integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
@@ -134,7 +134,7 @@ def test_every_epoch_draws_its_order_and_augmentation_from_the_seed_and_epoch_al
 
     def batches(first_epoch):
         return [(images.numpy(), onehot.numpy().argmax(1)) for images, onehot in
-                _train_dataset(x, np.arange(n), config, n, seed=4, first_epoch=first_epoch)]
+                train_dataset(x, np.arange(n), config, n, seed=4, first_epoch=first_epoch)]
 
     every, from_two = batches(0), batches(2)
     steps = 3  # ceil(40 / 16) per epoch

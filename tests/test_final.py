@@ -10,7 +10,8 @@ import pytest
 
 import stand_in
 from cnnbench.training.data import synthetic_bundle
-from cnnbench.deadline import EXPORT_SECONDS, Deadline, NotStarted, ThroughputLog, trial_seconds
+from cnnbench.deadline import EXPORT_SECONDS, Deadline, NotStarted, trial_seconds
+from cnnbench.throughput import ThroughputLog
 from cnnbench.engines.base import Interrupted
 from cnnbench.final import FINAL_SEED_OFFSET, best_trial, run_final
 from cnnbench.knobs import default_config

@@ -80,7 +80,8 @@ def test_compare_live_with_a_misspelt_strategy_is_one_line(tmp_path, capsys):
 def test_the_deadline_prices_trials_at_the_datas_image_size(tmp_path):
     import time
 
-    from cnnbench.deadline import Deadline, NotStarted, ThroughputLog, trial_seconds
+    from cnnbench.deadline import Deadline, NotStarted, trial_seconds
+    from cnnbench.throughput import ThroughputLog
     from cnnbench.knobs import default_config
     from cnnbench.model import architecture_stats
 
@@ -101,7 +102,7 @@ def test_the_plan_prices_trials_at_the_datas_class_count(tmp_path, monkeypatch):
     """Bug 2's other half: `cnnbench check --timeout` assumed 10 classes where the sweep
     counts the data's (an image folder of other classes)."""
     monkeypatch.delenv("CNNBENCH_CIFAR10", raising=False)  # it names the data before a space's path
-    from cnnbench.deadline import ThroughputLog
+    from cnnbench.throughput import ThroughputLog
     from cnnbench.model import architecture_stats
     from cnnbench.plan import plan
     from cnnbench.space import parse_space

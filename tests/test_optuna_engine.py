@@ -75,7 +75,8 @@ def test_rdb_storage_url(tmp_path):
 
 def test_deadline_stops_a_trial_that_cannot_finish(tmp_path):
     from cnnbench.training import runtime
-    from cnnbench.deadline import Deadline, ThroughputLog
+    from cnnbench.deadline import Deadline
+    from cnnbench.throughput import ThroughputLog
 
     log = ThroughputLog(tmp_path / "throughput.json")
     from cnnbench.model import architecture_stats

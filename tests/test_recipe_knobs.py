@@ -77,7 +77,7 @@ def test_six_view_tta_weights_the_views_as_airbench_and_loads_in_safe_mode(tmp_p
 
 
 def test_alternating_flip_mirrors_every_image_in_every_other_epoch():
-    from cnnbench.training.train import _train_dataset
+    from cnnbench.training.pipeline import train_dataset
 
     n = 64
     x = np.random.default_rng(1).integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
@@ -86,7 +86,7 @@ def test_alternating_flip_mirrors_every_image_in_every_other_epoch():
 
     def seen(epoch: int) -> np.ndarray:  # epoch ``epoch`` as the trainer gets it, resumed there or not
         out = np.zeros_like(x)
-        for images, onehot in _train_dataset(x, labels, config, n, seed=3, first_epoch=epoch, epochs=epoch + 1):
+        for images, onehot in train_dataset(x, labels, config, n, seed=3, first_epoch=epoch, epochs=epoch + 1):
             out[onehot.numpy().argmax(1)] = images.numpy()
         return out
 
@@ -99,12 +99,12 @@ def test_alternating_flip_mirrors_every_image_in_every_other_epoch():
 
 @pytest.mark.parametrize("drop_last, batches", [(False, [16, 16, 16, 2]), (True, [16, 16, 16])])
 def test_drop_last_trains_full_batches_only_and_leaves_out_another_remainder_each_epoch(drop_last, batches):
-    from cnnbench.training.train import _train_dataset, images_per_epoch, steps_per_epoch
+    from cnnbench.training.pipeline import images_per_epoch, steps_per_epoch, train_dataset
 
     n = 50
     x = np.zeros((n, 4, 4, 3), dtype=np.uint8)
     config = {**default_config(), "translate": 0, "batch_size": 16, "epochs": 2, "drop_last": drop_last}
-    seen = [onehot.numpy().argmax(1) for _, onehot in _train_dataset(x, np.arange(n), config, n, seed=0)]
+    seen = [onehot.numpy().argmax(1) for _, onehot in train_dataset(x, np.arange(n), config, n, seed=0)]
     assert [len(b) for b in seen] == batches * 2
     assert steps_per_epoch(n, config) == len(batches) and images_per_epoch(n, config) == sum(batches)
     first, second = (np.concatenate(seen[i * len(batches):(i + 1) * len(batches)]) for i in range(2))

@@ -12,7 +12,8 @@ import time
 import pytest
 
 import stand_in
-from cnnbench.deadline import EXPORT_SECONDS, Deadline, ThroughputLog, stretch_limit
+from cnnbench.deadline import EXPORT_SECONDS, Deadline, stretch_limit
+from cnnbench.throughput import ThroughputLog
 from cnnbench.final import run_final
 from cnnbench.model import architecture_stats
 from cnnbench.request import SweepRequest, prepare

@@ -10,7 +10,8 @@ import pytest
 
 import stand_in
 from cnnbench.training.data import synthetic_bundle
-from cnnbench.deadline import Deadline, ThroughputLog, trial_seconds
+from cnnbench.deadline import Deadline, trial_seconds
+from cnnbench.throughput import ThroughputLog
 from cnnbench.plan import plan
 from cnnbench.engines import promotion
 from cnnbench.final import best_trial, run_final
@@ -175,7 +176,7 @@ def test_the_deadline_keeps_time_for_the_final_training_not_for_the_rung(tmp_pat
     space = _space()
     config = space.complete({"learning_rate": 0.01})
     log = ThroughputLog(tmp_path / "t.json")
-    from cnnbench.deadline import machine_key  # noqa: F401 (the log keys by this machine)
+    from cnnbench.throughput import machine_key  # noqa: F401 (the log keys by this machine)
     from cnnbench.model import architecture_stats
 
     flops = architecture_stats(config).flops

@@ -14,7 +14,8 @@ import pytest
 
 import stand_in
 from cnnbench.deadline import (DEADLINE_ENV, FINAL_SAFETY, SAFETY, SEARCH_END_ENV, Deadline, NotStarted,
-                               ThroughputLog, forward_images, trial_seconds)
+                               forward_images, trial_seconds)
+from cnnbench.throughput import ThroughputLog
 from cnnbench.engines.base import stop_rule_reason
 from cnnbench.final import run_final
 from cnnbench.model import architecture_stats
@@ -241,6 +242,6 @@ def test_a_final_training_is_forecast_from_trainings_of_its_size_when_there_are_
     log.add("float32", 2e9, flops, images=50_000)
     assert deadline.final_seconds(config) == pytest.approx(trial_seconds(config, 50_000, 0, 2e9))
     old = tmp_path / "old.json"  # samples written before the image count was kept
-    old.write_text('{"version": 2, "%s": [[%d, 1000000000]]}' % (__import__("cnnbench.deadline").deadline
+    old.write_text('{"version": 2, "%s": [[%d, 1000000000]]}' % (__import__("cnnbench.throughput").throughput
                                                                    .machine_key("float32"), flops))
     assert ThroughputLog(old).rate("float32", flops, images=50_000) == 1e9

@@ -6,7 +6,8 @@ import pytest
 
 from cnnbench.training.data import DataBundle
 from cnnbench.knobs import default_config
-from cnnbench.training.train import PruneTrial, _train_dataset, augment_batch, train_and_evaluate
+from cnnbench.training.pipeline import augment_batch, train_dataset
+from cnnbench.training.train import PruneTrial, train_and_evaluate
 
 
 def images(n=64, size=16):
@@ -39,7 +40,7 @@ def test_translate_shifts_each_image_by_at_most_pad_pixels():
 def test_the_input_pipeline_is_fixed_and_covers_every_image_once_per_epoch():
     # tf.data's autotuner stalled epochs' starts for ~10 s on 2 cores: it stays off
     x, y = images(), np.arange(len(images()))
-    ds = _train_dataset(x, y, {**default_config(), "batch_size": 5, "epochs": 2}, len(x), seed=0)
+    ds = train_dataset(x, y, {**default_config(), "batch_size": 5, "epochs": 2}, len(x), seed=0)
     assert ds.options().autotune.enabled is False
     seen = np.concatenate([labels.numpy().argmax(axis=1) for _, labels in ds])
     first, second = seen[:len(x)], seen[len(x):]  # the epochs one after the other, 13 batches each
@@ -55,11 +56,11 @@ def test_the_pipeline_keeps_one_copy_of_the_images_however_many_epochs_it_holds(
 
     x, y = images(n=512, size=32), np.arange(512)
     config = {**default_config(), "batch_size": 64, "flip": "off", "translate": 0}
-    size = {epochs: len(_train_dataset(x, y, {**config, "epochs": epochs}, 512, seed=0)._as_serialized_graph()
+    size = {epochs: len(train_dataset(x, y, {**config, "epochs": epochs}, 512, seed=0)._as_serialized_graph()
                         .numpy()) for epochs in (2, 20)}
     assert size[20] < size[2] + x.nbytes / 2, size  # not 18 copies more
-    ours = [labels.numpy().argmax(axis=1) for _, labels in _train_dataset(x, y, {**config, "epochs": 2}, 512, seed=3)]
-    from cnnbench.training.train import EPOCH_SEED_STRIDE
+    ours = [labels.numpy().argmax(axis=1) for _, labels in train_dataset(x, y, {**config, "epochs": 2}, 512, seed=3)]
+    from cnnbench.training.pipeline import EPOCH_SEED_STRIDE
 
     slices = tf.data.Dataset.from_tensor_slices((x, y))
     theirs = [b[1].numpy() for epoch in (0, 1) for b in slices.shuffle(

@@ -2,25 +2,21 @@
 
 A trial's training time is forecast from its FLOPs per image (counted on paper), the
 images it will see (training x epochs, plus validation after every epoch) and the
-training FLOPs per second this machine reached in finished trials, kept per CPU and
-precision in a small file in the cache folder. Before a trial starts, the sweep asks
-``Deadline.admit``: a trial that cannot finish before the deadline is not started, or,
-when the space searches ``epochs``, starts with the most epochs that fit.
+training FLOPs per second this machine reached in finished trials (throughput.py).
+Before a trial starts, the sweep asks ``Deadline.admit``: a trial that cannot finish
+before the deadline is not started, or, when the space searches ``epochs``, starts with
+the most epochs that fit.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-import statistics
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-from cnnbench.training import runtime
-from cnnbench.files import atomic_write
 from cnnbench.knobs import TTA_VIEWS, first_validated_epoch, unspell
 from cnnbench.model import architecture_stats
+from cnnbench.throughput import ThroughputLog
 from cnnbench.trials import TRAIN_FLOPS_PER_FORWARD as TRAIN_COST  # a training image: ~3 forward passes
 
 SETUP_SECONDS = 15.0  # building, compiling and tracing a trial before its first step
@@ -34,7 +30,6 @@ EXPORT_SECONDS = 45.0 # ranking, loading the best model, saving the card, on top
 DEPLOY_SECONDS = 60.0  # converting to ONNX and LiteRT, starting the check process, latency runs
 DEADLINE_ENV = "CNNBENCH_DEADLINE"  # absolute end (Unix seconds) a parent hands its workers
 SEARCH_END_ENV = "CNNBENCH_SEARCH_END"  # and the end of its search phase (search.time_share)
-SAMPLES_KEPT = 50
 MAX_FILL_EPOCHS = 1000  # --recipe-only: the longest schedule a timeout is filled with
 # A final training filling the time is sized before it starts from the log's speed for
 # networks of its size, then re-sized once it has timed its own second epoch (still in its
@@ -74,68 +69,6 @@ def trial_seconds(config: dict, n_train: int, n_val: int, flops_per_s: float, im
     """Forecast wall seconds of one trial of ``config`` at ``flops_per_s`` training FLOPs/s."""
     flops = architecture_stats(config, image_size, num_classes).flops
     return SAFETY * (SETUP_SECONDS + forward_images(config, n_train, n_val) * flops / flops_per_s)
-
-
-def machine_key(precision: str, cores: int | None = None) -> str:
-    """This CPU with this process's cores (or ``cores``: a worker pinned to fewer trains at its own speed)."""
-    info = runtime.cpu()
-    return f"{info.model} | {cores or info.cores} cores | {precision}"
-
-
-class ThroughputLog:
-    """Training FLOPs/s of recent trials on each machine, by network size, so forecasts
-    start informed. Small networks use a CPU far less efficiently than large ones (tens
-    against hundreds of GFLOP/s here), so a forecast only uses trials of a similar size."""
-
-    SIMILAR = 2.0  # networks within this factor of FLOPs per image count as similar
-
-    def __init__(self, path: Path | None = None):
-        from cnnbench.training.data import cache_dir
-
-        self.path = path or cache_dir() / "throughput.json"
-
-    def _read(self) -> dict:
-        try:
-            table = json.loads(self.path.read_text())
-            return table if table.get("version") == 2 else {"version": 2}
-        except (OSError, ValueError, AttributeError, RecursionError):
-            return {"version": 2}
-
-    def add(self, precision: str, flops_per_s: float, flops_per_image: float, images: int = 0) -> None:
-        """Keep one training's speed; ``images``: the training images of its epochs (0: unknown)."""
-        if not flops_per_s or flops_per_s <= 0 or not flops_per_image:
-            return
-        table = self._read()
-        samples = table.setdefault(machine_key(precision), [])
-        samples.append([round(flops_per_image), round(flops_per_s)] + ([int(images)] if images else []))
-        del samples[:-SAMPLES_KEPT]
-        atomic_write(self.path, json.dumps(table, indent=1))
-
-    def rate(self, precision: str, flops_per_image: float, images: int = 0, cores: int | None = None) -> float | None:
-        """The median training FLOPs/s of recent trials here of a similar size, or None;
-        ``cores``: of processes on that many cores (a plan's workers), not this one's.
-
-        ``images``: a training of that many images per epoch is forecast from trainings of at
-        least half as many when there are any: first-rung runs (5,000 images at batch 256)
-        train slower per image than a final training on 50,000, and sizing the f80cdb8 hour's
-        final from them left 3 of its minutes unused. Older samples lack the count."""
-        similar = self._similar(precision, flops_per_image, cores)
-        large = [sample for sample in similar if _at_least_half(sample, images)]
-        rates = [sample[1] for sample in (large or similar)]
-        return float(statistics.median(rates)) if rates else None
-
-    def measured_at_size(self, precision: str, flops_per_image: float, images: int) -> bool:
-        """A training of a similar network on at least half of ``images`` per epoch ran here,
-        so a forecast for that many is not from a half-minute ``--measure`` on random images."""
-        return any(_at_least_half(sample, images) for sample in self._similar(precision, flops_per_image))
-
-    def _similar(self, precision: str, flops_per_image: float, cores: int | None = None) -> list:
-        return [sample for sample in self._read().get(machine_key(precision, cores), [])
-                if flops_per_image / self.SIMILAR <= sample[0] <= flops_per_image * self.SIMILAR]
-
-
-def _at_least_half(sample: list, images: int) -> bool:
-    return bool(images) and len(sample) > 2 and sample[2] >= images / 2
 
 
 @dataclass

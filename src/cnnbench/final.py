@@ -208,7 +208,8 @@ def _train_final(job: StudyJob, record: TrialRecord, config: dict, seed: int, so
     # A stopped final training goes on from its last epoch at the next run of the command
     # (the key is what it trains: a changed best configuration is a new training).
     # Filling the time, its epochs are the time's, not the configuration's: the record keeps
-    # them (re-sized or not) and an earlier run's are taken from it (_final_config).
+    # them (re-sized or not) and an earlier run's are taken from it (_final_config); the
+    # checkpoint says its schedule's length, and one of another length is not resumed.
     version = cache.trainer_version(job.trainer_name) if job.data_fingerprint else None
     trained = _but_epochs(config) if job.fill_final else config
     checkpoint = job.paths.checkpoint("final-" + trials.checkpoint_key(trained, seed, job.data_fingerprint, version))

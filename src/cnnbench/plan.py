@@ -11,7 +11,8 @@ import time
 from typing import Any
 from dataclasses import dataclass, field
 
-from cnnbench.deadline import FINAL_SAFETY, RESIZE_AFTER, Deadline, ThroughputLog, stretch_limit
+from cnnbench.deadline import FINAL_SAFETY, RESIZE_AFTER, Deadline, stretch_limit
+from cnnbench.throughput import ThroughputLog
 
 
 def measure(space, images: int = 2048, log: ThroughputLog | None = None) -> float:

@@ -7,7 +7,7 @@ variable of the optimizer (its step counter, which drives the learning-rate sche
 momentum slots and, with ``ema``, the averaged weights), the Lookahead average and its step,
 and the trainer's own bookkeeping (the per-epoch history, the epoch times, the best epoch's
 score and weights). The data order needs nothing: every epoch's shuffle and augmentation are
-functions of (seed, epoch, batch) alone (``train._train_dataset``).
+functions of (seed, epoch, batch) alone (``pipeline.train_dataset``).
 
 One ``.npz`` file (NumPy's own format: arrays by name, plus the bookkeeping as JSON), written
 to a temporary name, flushed to disk and renamed over the last one, so a kill at any moment
