@@ -176,13 +176,15 @@ class Checkpointer:
             self.path = None  # nothing written: see resumable
             return 0
         saved = load(self.path) if self.path is not None else None
-        if saved is None or None not in (saved.schedule_epochs, self.schedule_epochs) \
-                and saved.schedule_epochs != self.schedule_epochs:
-            return 0
-        if not restore(saved, model, watcher, lookahead, swap):
+        if saved is None or not self._same_length(saved) or not restore(saved, model, watcher, lookahead, swap):
             return 0
         self.resumed_from, self.resumed_at = [*saved.resumed_from, saved.epochs_done], saved.written_at
         return saved.epochs_done
+
+    def _same_length(self, saved: Saved) -> bool:
+        """Its schedule is this training's length (one that does not say its length, written
+        before lengths were kept or by a training given none, counts as the same)."""
+        return None in (saved.schedule_epochs, self.schedule_epochs) or saved.schedule_epochs == self.schedule_epochs
 
     def after_epoch(self, epochs_done: int) -> None:
         if self.path is not None and self.state:
