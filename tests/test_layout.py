@@ -4,7 +4,7 @@ from its own layer or the ones below, so the flow reads from the bottom up:
 
   records (files, provenance, knobs, trials) -> model/ -> space/ -> training/ -> throughput, deadline, plan
   -> engines/ and reports/ (side by side, never each other) -> final -> the glue (request,
-  sweep, commands, cli, api, benchmarking/)
+  sweep, commands, results_commands, cli, api, benchmarking/)
 
 Optuna is imported only under engines/optuna/, KerasTuner only under engines/kerastuner/."""
 from __future__ import annotations
@@ -22,8 +22,8 @@ LAYERS = (
     ("cnnbench.throughput", "cnnbench.deadline", "cnnbench.plan"),
     ("cnnbench.engines", "cnnbench.reports"),
     ("cnnbench.final",),
-    ("cnnbench.request", "cnnbench.sweep", "cnnbench.commands", "cnnbench.cli", "cnnbench.api",
-     "cnnbench.benchmarking", "cnnbench"),
+    ("cnnbench.request", "cnnbench.sweep", "cnnbench.commands", "cnnbench.results_commands", "cnnbench.cli",
+     "cnnbench.api", "cnnbench.benchmarking", "cnnbench"),
 )
 SIDE_BY_SIDE = ("cnnbench.engines", "cnnbench.reports")
 

@@ -241,7 +241,8 @@ def test_a_trial_declared_lost_while_paused_does_not_write_again_when_its_proces
 
 def test_a_resume_with_other_data_or_other_knob_defaults_is_refused_before_anything_is_written(tmp_path):
     from cnnbench.training.data import DataError, synthetic_bundle
-    from cnnbench.request import SweepRequest, check_same_data, knob_defaults_hash, prepare
+    from cnnbench.knobs import knob_defaults_hash
+    from cnnbench.request import SweepRequest, check_same_data, prepare
     from conftest import SPACES
 
     request = SweepRequest(space_file=str(SPACES / "smoke.yaml"), results=str(tmp_path), study="r")

@@ -8,7 +8,7 @@ tests/test_layout.py keeps it so): the records (``files``, ``provenance``, ``kno
 configurations; ``engines.trial.run_trial`` runs each one) beside ``reports/`` (leaderboards,
 pictures, the report page, the export and its model card, predict) -> ``final`` (the best
 configuration once more on all training images) -> the glue: ``request`` (validation),
-``sweep`` (one sweep end to end), ``commands``/``cli`` and ``api`` (its doors),
+``sweep`` (one sweep end to end), ``commands``/``results_commands``/``cli`` and ``api`` (its doors),
 ``benchmarking/``.
 
 Importing the package changes nothing in the process. ``cnnbench.prepare()`` readies it for

@@ -14,9 +14,10 @@ import signal
 import sys
 
 from cnnbench.training import runtime
-from cnnbench.commands import (BAD_INPUT, EXIT_FOR_SIGNAL, INTERRUPTED, cmd_check, cmd_compare, cmd_evaluate,
-                               cmd_export, cmd_leaderboard, cmd_plots, cmd_predict, cmd_repair, cmd_report,
-                               cmd_schema, cmd_sweep, cmd_tabulate, cmd_verify_export)
+from cnnbench.commands import (BAD_INPUT, EXIT_FOR_SIGNAL, INTERRUPTED, cmd_check, cmd_compare, cmd_repair,
+                               cmd_schema, cmd_sweep, cmd_tabulate)
+from cnnbench.results_commands import (cmd_evaluate, cmd_export, cmd_leaderboard, cmd_plots, cmd_predict,
+                                       cmd_report, cmd_verify_export)
 from cnnbench.training.data import DataError
 from cnnbench.reports.export import ExportError
 from cnnbench.reports.predict import ModelError

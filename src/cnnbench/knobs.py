@@ -172,6 +172,15 @@ def default_config() -> dict[str, Any]:
     return {name: knob.default for name, knob in KNOBS.items()}
 
 
+def knob_defaults_hash() -> str:
+    """A short hash of every knob's default: a space names only what it sets, so a changed
+    default changes what a resumed study's new trials would train."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(default_config(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 # Knobs that were booleans before they had more than two settings: a space file's (or an
 # old record's) true/false still means what it meant.
 BOOLEAN_SPELLINGS = {"flip": {True: "random", False: "off"}, "tta": {True: "mirror", False: "off"}}

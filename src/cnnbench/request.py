@@ -19,6 +19,7 @@ from cnnbench.training.data import DataError
 from cnnbench.engines.storage_url import masked, resolve, scrub
 from cnnbench.training.isolation import DEFAULT_TRAINER, load_trainer
 from cnnbench.files import read_json
+from cnnbench.knobs import knob_defaults_hash
 from cnnbench.space import Space, SpaceError, load_space, parse_space
 from cnnbench.space.variants import at_fidelity, recipe_alone, with_settings
 from cnnbench.trials import StudyPaths
@@ -131,28 +132,6 @@ class Sweep:
 
 
 MAX_STUDY_NAME = 120
-
-
-def knob_defaults_hash() -> str:
-    """A short hash of every knob's default: a space names only what it sets, so a changed
-    default changes what a resumed study's new trials would train."""
-    import hashlib
-    import json
-
-    from cnnbench.knobs import default_config
-
-    return hashlib.sha256(json.dumps(default_config(), sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def split_fingerprint(data) -> str:
-    """The data and its split into training and validation: a score is only reusable
-    (engines/cache.py) on the very images it was trained and validated on."""
-    import hashlib
-
-    digest = hashlib.sha256(f"{data.fingerprint}/{len(data.y_train)}/{len(data.y_test)}".encode())
-    digest.update(data.x_val.tobytes())
-    digest.update(data.y_val.tobytes())
-    return f"{data.fingerprint}/{digest.hexdigest()[:12]}"
 
 
 def check_same_data(paths: StudyPaths, data) -> None:

@@ -25,7 +25,7 @@ from cnnbench.reports.export import export_best
 from cnnbench.training.isolation import DEFAULT_TRAINER, InProcessRunner, TrialRunner, load_trainer
 from cnnbench.reports.pages import write_report
 from cnnbench.reports.report import SweepProgress, markdown_table, study_markdown
-from cnnbench.request import GLOBAL_BOARD_TITLE, Sweep, SweepRequest, check_same_data, prepare, split_fingerprint
+from cnnbench.request import GLOBAL_BOARD_TITLE, Sweep, SweepRequest, check_same_data, prepare
 from cnnbench.reports.results import (atomic_write, epoch_curves, json_text, leaderboard_frame, phase_spans,
                                       progress_frame, read_json, studies_frame, write_study_leaderboard)
 from cnnbench.trials import State
@@ -67,7 +67,7 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
     check_same_data(paths, data)
     engine = engines.get(req.engine)
     if sweep.storage and hasattr(engine, "check_study_data"):  # a shared storage, another machine's run.json
-        engine.check_study_data(sweep.study, sweep.storage, split_fingerprint(data))
+        engine.check_study_data(sweep.study, sweep.storage, data.split_fingerprint())
     runtime.import_tensorflow_quietly()  # only now: bad data or a mismatched study is an error in a second
     run = describe(sweep, data)
     before = trials.read_records(paths)
@@ -87,7 +87,7 @@ def run_sweep(sweep: Sweep, live: bool | None = None) -> dict:
                    data_sizes=(len(data.y_train), len(data.y_val), len(data.y_test)), deadline=deadline,
                    storage=sweep.storage, workers=0 if is_worker(sweep) else req.workers,
                    worker_command=req.worker_command(), worker_index=req.worker_index,
-                   on_record=refresh, tensorboard=req.tensorboard, data_fingerprint=split_fingerprint(data),
+                   on_record=refresh, tensorboard=req.tensorboard, data_fingerprint=data.split_fingerprint(),
                    cache=req.cache, warm_start=sweep.warm, trainer_name=req.trainer,
                    fill_final=req.recipe_only or (space.search.time_share is not None and deadline.end is not None),
                    recipe_only=req.recipe_only)

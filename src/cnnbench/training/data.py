@@ -58,6 +58,14 @@ class DataBundle:
     fingerprint: str      # sha256 prefix over the train+test arrays actually used
     skipped: list[str] = field(default_factory=list)  # "file: reason" of unreadable images left out
 
+    def split_fingerprint(self) -> str:
+        """The data and its split into training and validation: a score is only reusable
+        (engines/cache.py) on the very images it was trained and validated on."""
+        digest = hashlib.sha256(f"{self.fingerprint}/{len(self.y_train)}/{len(self.y_test)}".encode())
+        digest.update(self.x_val.tobytes())
+        digest.update(self.y_val.tobytes())
+        return f"{self.fingerprint}/{digest.hexdigest()[:12]}"
+
     def train_sample(self, n: int = 5000) -> np.ndarray:
         """``n`` training images drawn evenly over the whole split (seeded), for statistics:
         image folders list their files class by class, so the first ``n`` would be one or
