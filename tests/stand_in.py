@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from cnnbench import engines
-from cnnbench.deadline import FINAL_SAFETY, Deadline
+from cnnbench.deadline import Deadline
+from cnnbench.forecast import FINAL_SAFETY
 from cnnbench.engines.base import SilentProgress, StudyJob
 from cnnbench.training.isolation import InProcessRunner
 from cnnbench.trials import TrialResult

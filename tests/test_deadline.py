@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from cnnbench.deadline import EXPORT_SECONDS, SAFETY, SETUP_SECONDS, Deadline, NotStarted, trial_seconds
+from cnnbench.deadline import Deadline, NotStarted
+from cnnbench.forecast import EXPORT_SECONDS, SAFETY, SETUP_SECONDS, trial_seconds
 from cnnbench.throughput import ThroughputLog
 from cnnbench.knobs import default_config
 from cnnbench.model import architecture_stats

@@ -10,7 +10,8 @@ import pytest
 
 import stand_in
 from cnnbench.training.data import synthetic_bundle
-from cnnbench.deadline import EXPORT_SECONDS, Deadline, NotStarted, trial_seconds
+from cnnbench.deadline import Deadline, NotStarted
+from cnnbench.forecast import EXPORT_SECONDS, trial_seconds
 from cnnbench.throughput import ThroughputLog
 from cnnbench.engines.base import Interrupted
 from cnnbench.final import FINAL_SEED_OFFSET, best_trial, run_final
@@ -215,7 +216,7 @@ def test_the_centre_of_a_space_names_every_searched_parameter_that_applies():
 def test_a_final_training_that_misses_its_margin_by_a_little_keeps_its_epochs(tmp_path):
     """An epoch less is a certain loss: a final whose 15%-margin forecast misses the time left
     by less than 10% keeps its epochs (a 5% margin); one that misses by more is shortened."""
-    from cnnbench.deadline import FINAL_SAFETY, SAFETY
+    from cnnbench.forecast import FINAL_SAFETY, SAFETY
 
     config = {**default_config(), "epochs": 8, "precision": "float32", "tta": "off"}
     deadline = Deadline(None, _log(tmp_path, 1e11, config), final_images=50_000)

@@ -80,7 +80,8 @@ def test_compare_live_with_a_misspelt_strategy_is_one_line(tmp_path, capsys):
 def test_the_deadline_prices_trials_at_the_datas_image_size(tmp_path):
     import time
 
-    from cnnbench.deadline import Deadline, NotStarted, trial_seconds
+    from cnnbench.deadline import Deadline, NotStarted
+    from cnnbench.forecast import trial_seconds
     from cnnbench.throughput import ThroughputLog
     from cnnbench.knobs import default_config
     from cnnbench.model import architecture_stats
@@ -199,7 +200,8 @@ def test_a_kerastuner_trial_stopped_by_the_deadline_is_not_scored(tmp_path):
     import time
 
     import stand_in
-    from cnnbench.deadline import EXPORT_SECONDS, Deadline
+    from cnnbench.deadline import Deadline
+    from cnnbench.forecast import EXPORT_SECONDS
 
     space = parse_space({"budget": {"trials": 1}, "params": {
         "learning_rate": {"type": "float", "low": 1e-3, "high": 1e-1}, "epochs": {"type": "fixed", "value": 3}}})

@@ -2,7 +2,7 @@
 inside a function). The package is laid out like its flow, in layers; a module imports only
 from its own layer or the ones below, so the flow reads from the bottom up:
 
-  records (files, provenance, knobs, trials) -> model/ -> space/ -> training/ -> throughput, deadline, plan
+  records (files, provenance, knobs, trials) -> model/ -> space/ -> training/ -> throughput, forecast, deadline, plan
   -> engines/ and reports/ (side by side, never each other) -> final -> the glue (request,
   sweep, commands, results_commands, cli, api, benchmarking/)
 
@@ -19,7 +19,7 @@ LAYERS = (
     ("cnnbench.space",),
     ("cnnbench.training",),
     ("cnnbench.deploy",),
-    ("cnnbench.throughput", "cnnbench.deadline", "cnnbench.plan"),
+    ("cnnbench.throughput", "cnnbench.forecast", "cnnbench.deadline", "cnnbench.plan"),
     ("cnnbench.engines", "cnnbench.reports"),
     ("cnnbench.final",),
     ("cnnbench.request", "cnnbench.sweep", "cnnbench.commands", "cnnbench.results_commands", "cnnbench.cli",

@@ -12,7 +12,8 @@ import time
 import pytest
 
 import stand_in
-from cnnbench.deadline import EXPORT_SECONDS, Deadline, stretch_limit
+from cnnbench.deadline import Deadline
+from cnnbench.forecast import EXPORT_SECONDS, stretch_limit
 from cnnbench.throughput import ThroughputLog
 from cnnbench.final import run_final
 from cnnbench.model import architecture_stats
@@ -232,7 +233,7 @@ def test_a_recipe_only_final_keeps_the_small_margin_once_trainings_of_its_size_r
     unused, though its speed came from 30,000-image trainings of its own network: with such
     samples (at least half the final's images) it is sized at FINAL_SAFETY, as after a search;
     from a half-minute --measure (no image count) or small runs, at SAFETY still."""
-    from cnnbench.deadline import FINAL_SAFETY, SAFETY
+    from cnnbench.forecast import FINAL_SAFETY, SAFETY
     from cnnbench.plan import plan
 
     config = {**_recipe_job(tmp_path / "probe", Deadline(None))[1], "train_images": 0}

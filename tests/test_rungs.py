@@ -10,7 +10,8 @@ import pytest
 
 import stand_in
 from cnnbench.training.data import synthetic_bundle
-from cnnbench.deadline import Deadline, trial_seconds
+from cnnbench.deadline import Deadline
+from cnnbench.forecast import trial_seconds
 from cnnbench.throughput import ThroughputLog
 from cnnbench.plan import plan
 from cnnbench.engines import promotion

@@ -13,8 +13,8 @@ import time
 import pytest
 
 import stand_in
-from cnnbench.deadline import (DEADLINE_ENV, FINAL_SAFETY, SAFETY, SEARCH_END_ENV, Deadline, NotStarted,
-                               forward_images, trial_seconds)
+from cnnbench.deadline import DEADLINE_ENV, SEARCH_END_ENV, Deadline, NotStarted
+from cnnbench.forecast import FINAL_SAFETY, SAFETY, forward_images, trial_seconds
 from cnnbench.throughput import ThroughputLog
 from cnnbench.engines.base import stop_rule_reason
 from cnnbench.final import run_final

@@ -4,7 +4,7 @@ The flow, and the layout that follows it (each layer imports only from the ones 
 tests/test_layout.py keeps it so): the records (``files``, ``provenance``, ``knobs``,
 ``trials``) -> ``model/`` (config -> keras.Model, counted on paper) -> ``space/`` (a space file
 -> a validated Space) -> ``training/`` (the data, the trainer, the trial child process) ->
-``deadline`` (an hour is an hour) -> ``engines/`` (Optuna or KerasTuner choose the
+``forecast`` and ``deadline`` (an hour is an hour) -> ``engines/`` (Optuna or KerasTuner choose the
 configurations; ``engines.trial.run_trial`` runs each one) beside ``reports/`` (leaderboards,
 pictures, the report page, the export and its model card, predict) -> ``final`` (the best
 configuration once more on all training images) -> the glue: ``request`` (validation),

@@ -1,74 +1,29 @@
-"""An hour is an hour: the sweep's deadline and what a trial will cost on this machine.
+"""An hour is an hour: the sweep's deadline.
 
-A trial's training time is forecast from its FLOPs per image (counted on paper), the
-images it will see (training x epochs, plus validation after every epoch) and the
-training FLOPs per second this machine reached in finished trials (throughput.py).
 Before a trial starts, the sweep asks ``Deadline.admit``: a trial that cannot finish
-before the deadline is not started, or, when the space searches ``epochs``, starts with
-the most epochs that fit.
+before the deadline (at the forecast of forecast.py) is not started, or, when the space
+searches ``epochs``, starts with the most epochs that fit. The deadline also keeps time for
+the final training, sizes it to the time left, and ends a search whose share of the time
+(search.time_share, search.final_min_epochs) is over.
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass
 
-from cnnbench.knobs import TTA_VIEWS, first_validated_epoch, unspell
+from cnnbench.forecast import (DEPLOY_SECONDS, EXPORT_SECONDS, FINAL_SAFETY, FLOOR_SLACK, MAX_FILL_EPOCHS,
+                               SAFETY, trial_seconds)
+from cnnbench.knobs import TTA_VIEWS, unspell
 from cnnbench.model import architecture_stats
 from cnnbench.throughput import ThroughputLog
-from cnnbench.trials import TRAIN_FLOPS_PER_FORWARD as TRAIN_COST  # a training image: ~3 forward passes
 
-SETUP_SECONDS = 15.0  # building, compiling and tracing a trial before its first step
-SAFETY = 1.15         # forecasts run this much long: finishing early is cheaper than overrunning
-# The final training, when the full margin would cost it an epoch, keeps only this one: an
-# epoch less is a certain loss (a measured Zen 3 hour lost its 8th epoch and 15 minutes to a final that
-# missed its 8 epochs by 16 seconds), while the margin covers an error the speed measured on
-# this machine seldom has; each epoch's end still checks the deadline.
-FINAL_SAFETY = 1.05
-EXPORT_SECONDS = 45.0 # ranking, loading the best model, saving the card, on top of its test pass
-DEPLOY_SECONDS = 60.0  # converting to ONNX and LiteRT, starting the check process, latency runs
 DEADLINE_ENV = "CNNBENCH_DEADLINE"  # absolute end (Unix seconds) a parent hands its workers
 SEARCH_END_ENV = "CNNBENCH_SEARCH_END"  # and the end of its search phase (search.time_share)
-MAX_FILL_EPOCHS = 1000  # --recipe-only: the longest schedule a timeout is filled with
-# A final training filling the time is sized before it starts from the log's speed for
-# networks of its size, then re-sized once it has timed its own second epoch (still in its
-# warm-up), up to this many times the epochs it started with: the log's speed is a median
-# over days and networks within a factor of two: a measured Zen 4 --recipe-only hour
-# (ee70497) took 112 s an epoch where 127 were planned and left 8.9 of its minutes unused.
-STRETCH = 1.5
-RESIZE_AFTER = 2  # ... after this epoch: the first one's time includes tracing the graph
-
-
-def stretch_limit(config: dict) -> int | None:
-    """The most epochs a final training of ``config`` filling the time may be re-sized to
-    (STRETCH times its own), or None when it is not re-sized: only while its epoch
-    RESIZE_AFTER lies in its warm-up, where a new length changes no more than the slope of
-    the ramp still to come (the rate steps down a little when it grows); past the warm-up
-    it would move a decaying rate up or down, or undo a step schedule's drops."""
-    if config.get("warmup", 0.0) * config["epochs"] <= RESIZE_AFTER:
-        return None
-    return math.ceil(config["epochs"] * STRETCH)
 
 
 class NotStarted(Exception):
     """A trial was not started because it could not finish before the deadline."""
-
-
-def forward_images(config: dict, n_train: int, n_val: int) -> float:
-    """Forward-pass equivalents of images one trial processes: training x 3, validation
-    after each epoch, or the last only (times the test-time augmentation's views)."""
-    n_train = min(n_train, config.get("train_images") or n_train)
-    validations = config["epochs"] - first_validated_epoch(config) + 1
-    return (config["epochs"] * n_train * TRAIN_COST
-            + validations * n_val * TTA_VIEWS[unspell("tta", config["tta"])])
-
-
-def trial_seconds(config: dict, n_train: int, n_val: int, flops_per_s: float, image_size: int = 32,
-                  num_classes: int = 10) -> float:
-    """Forecast wall seconds of one trial of ``config`` at ``flops_per_s`` training FLOPs/s."""
-    flops = architecture_stats(config, image_size, num_classes).flops
-    return SAFETY * (SETUP_SECONDS + forward_images(config, n_train, n_val) * flops / flops_per_s)
 
 
 @dataclass
@@ -90,6 +45,14 @@ class Deadline:
     # search.time_share: the search phase ends here (Unix seconds); a trial must finish by
     # then, and the final training fills what is left after it instead of being kept aside
     search_end: float | None = None
+    # search.final_min_epochs: the search ends earlier still where its share would leave the
+    # final training fewer epochs than this (a slow CPU), priced on the best configuration so
+    # far (before one finished, ``floor_config``: the space's first) once this machine's speed
+    # for it is known; ``test_images``: the export's test pass, kept beside it
+    final_floor: int = 0
+    floor_config: dict | None = None
+    test_images: int = 0
+    best_config: dict | None = None
 
     def final_seconds(self, config: dict, margin: float = SAFETY) -> float:
         """Forecast wall seconds of ``config``'s final training (0 when off or unknown here),
@@ -168,10 +131,14 @@ class Deadline:
     def final_budget(self, config: dict, n_test: int = 0) -> float:
         """Seconds the final training may take: the time left less the export (its test
         pass over ``n_test`` images)."""
+        return self.left() - self.export_reserve(config, n_test)
+
+    def export_reserve(self, config: dict, n_test: int = 0) -> float:
+        """Seconds kept after the final training for the export (its test pass over
+        ``n_test`` images), at least twice the fixed work."""
         from cnnbench.training.runtime import resolve_precision
 
-        return self.left() - max(2 * EXPORT_SECONDS,
-                                 self.export_seconds(config, n_test, resolve_precision(config["precision"])))
+        return max(2 * EXPORT_SECONDS, self.export_seconds(config, n_test, resolve_precision(config["precision"])))
 
     def refill_final(self, config: dict, n_test: int, done: int, epoch_seconds: float) -> int:
         """The epochs a final training filling the time should have in all, once ``done``
@@ -181,15 +148,46 @@ class Deadline:
         return done + max(1, int(left // (epoch_seconds * FINAL_SAFETY)))
 
     def search_over(self) -> bool:
-        """search.time_share: the search's share of the timeout has passed."""
-        return self.search_end is not None and time.time() >= self.search_end
+        """search.time_share: the search's share of the timeout has passed (or the time the
+        final training keeps for search.final_min_epochs has come)."""
+        ends = self.search_ends_at()
+        return ends is not None and time.time() >= ends
+
+    def search_ends_at(self) -> float | None:
+        """When the search must be over (Unix seconds; None: no search share): its share's
+        end, or earlier when the final training of the best configuration so far needs more
+        than the rest for search.final_min_epochs (``floor_binds``)."""
+        floor = self.floor_start()
+        if self.search_end is None or floor is None:
+            return self.search_end
+        return min(self.search_end, floor)
+
+    def floor_binds(self) -> bool:
+        """search.final_min_epochs ends the search before its share does."""
+        floor = self.floor_start()
+        return self.search_end is not None and floor is not None and floor < self.search_end
+
+    def floor_start(self) -> float | None:
+        """The moment (Unix seconds) the search must end for the final training to train
+        search.final_min_epochs epochs before the export (FLOOR_SLACK before the latest one
+        it could start); None without a floor, a deadline,
+        or this machine's speed for the configuration it is priced on (the first runs
+        measure that)."""
+        config = self.best_config or self.floor_config
+        if not self.final_floor or self.end is None or config is None:
+            return None
+        floor = {**config, "epochs": self.final_floor, "train_images": 0}
+        seconds = self.final_seconds(floor, FINAL_SAFETY)
+        if not seconds:
+            return None
+        return self.end - self.export_reserve(floor, self.test_images) - seconds - FLOOR_SLACK
 
     def note_complete(self, config: dict, val_accuracy: float | None, rung: int | None = None) -> None:
         """A trial completed: when it is the best so far (at the highest rung yet, with
         successive halving), keep time for its final training."""
         if val_accuracy is not None and (rung or 0, val_accuracy) > (self.best_rung, self.best_val):
             self.best_val, self.best_final_seconds = val_accuracy, self.final_seconds(config)
-            self.best_rung = rung or 0
+            self.best_rung, self.best_config = rung or 0, config
 
     @classmethod
     def from_minutes(cls, minutes: float | None, started: float | None = None) -> "Deadline":
@@ -205,8 +203,9 @@ class Deadline:
         """What a worker process started by this sweep is handed in its environment, so that
         it keeps this deadline and search phase (``from_minutes`` reads them back)."""
         env = {DEADLINE_ENV: repr(self.end)} if self.end is not None else {}
-        if self.end is not None and self.search_end is not None:
-            env[SEARCH_END_ENV] = repr(self.search_end)
+        ends = self.search_ends_at()  # as it stands now; a worker prices the floor again as its runs finish
+        if self.end is not None and ends is not None:
+            env[SEARCH_END_ENV] = repr(ends)
         return env
 
     def left(self) -> float:
@@ -246,8 +245,9 @@ class Deadline:
             return config, ""
         # the export tests the final model (its views), not this run's cheaper fidelity
         budget = self.left() - self.export_seconds(final_config or config, n_test, precision)
-        if self.search_end is not None:  # the search has its share; the final, all after it
-            budget = min(budget, self.search_end - time.time())
+        search_end = self.search_ends_at()
+        if search_end is not None:  # the search has its share; the final, all after it
+            budget = min(budget, search_end - time.time())
 
         left_share = max(config["epochs"] - epochs_done, 0) / config["epochs"]
 
@@ -269,14 +269,16 @@ class Deadline:
         need = self._seconds(config, n_train, n_val, rate) * left_share
         final = reserve_for(config)
         kept = f", {final / 60:.1f} min of it kept for the final training" if final else ""
-        until = "the search's share of the time ends (search.time_share)" if self.search_end else "the deadline"
+        until = ("the final training's time for its search.final_min_epochs" if self.floor_binds()
+                 else "the search's share of the time ends (search.time_share)" if self.search_end else "the deadline")
         raise NotStarted(f"not started: forecast {need / 60:.1f} min at {rate / 1e9:.0f} GFLOP/s, "
                          f"{max(budget, 0) / 60:.1f} min left before {until}{kept}")
 
     def epoch_would_overrun(self, seconds_per_epoch: float, keep_final: bool = True) -> bool:
         """True when another epoch of this length would end past the deadline (minus export
         and, for a search trial, the time kept for the final training or the search's end)."""
-        if keep_final and self.search_end is not None:
-            return self.search_end - time.time() < seconds_per_epoch
+        search_end = self.search_ends_at()
+        if keep_final and search_end is not None:
+            return search_end - time.time() < seconds_per_epoch
         reserve = self.best_final_seconds if keep_final else 0.0
         return self.end is not None and self.left() - EXPORT_SECONDS - reserve < seconds_per_epoch

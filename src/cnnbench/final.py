@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from cnnbench import trials
 from cnnbench.engines import cache
 from cnnbench.engines.base import StudyJob
-from cnnbench.deadline import FINAL_SAFETY, RESIZE_AFTER, stretch_limit
+from cnnbench.forecast import FINAL_SAFETY, RESIZE_AFTER, stretch_limit
 from cnnbench.engines.trial import log_throughput, signal_name
 from cnnbench.training.isolation import ChildDied
 from cnnbench.trials import NO_TRIAL, PruneTrial  # noqa: F401 (NO_TRIAL: re-exported)

@@ -11,7 +11,8 @@ import time
 from typing import Any
 from dataclasses import dataclass, field
 
-from cnnbench.deadline import FINAL_SAFETY, RESIZE_AFTER, Deadline, stretch_limit
+from cnnbench.deadline import Deadline
+from cnnbench.forecast import FINAL_SAFETY, RESIZE_AFTER, stretch_limit
 from cnnbench.throughput import ThroughputLog
 
 
@@ -45,6 +46,8 @@ class HourPlan:
     filled_epochs: int = 0    # those epochs (0: not even one fits); --recipe-only and search.time_share
     stretch_to: int | None = None  # the most epochs they may be re-sized to after epoch 2 (None: not re-sized)
     time_share: float | None = None  # search.time_share: the search's share; the final fills the rest
+    search_until: float | None = None  # seconds from the start the search ends by (time_share, or sooner:)
+    final_floor: int = 0      # search.final_min_epochs, which ends the search sooner where it binds
     workers: int = 0          # the search on this many worker processes (--workers), each on its share of the cores
     worker_cores: int = 0     # cores each worker is pinned to
     worker_rate_assumed: bool = False  # no worker of that size has trained here: its speed is a share of the rate
@@ -55,9 +58,27 @@ class HourPlan:
             return sum(seconds * runs for _, seconds, runs in self.rungs) / max(1, self.workers)
         return self.trials * self.trial_seconds / max(1, self.workers)
 
+    @property
+    def floor_takes_all(self) -> bool:
+        """search.final_min_epochs leaves the search no time at all here."""
+        return bool(self.final_floor) and self.search_until is not None and self.search_until <= 0
+
     def _search_total(self) -> float:
         """The search's time: all of its share when it has one (the final is sized to start then)."""
-        return self.time_share * self.minutes * 60 if self.time_share is not None else self.search_seconds
+        return self.search_until if self.search_until is not None else self.search_seconds
+
+    def _search_line(self) -> str:
+        """When the search ends, and what decides it: its share, or the final's floor."""
+        share_end = (self.time_share or 0) * self.minutes
+        ends = (self.search_until or 0) / 60
+        if not self.final_floor or ends >= share_end - 1e-9:
+            return (f"    search.time_share {self.time_share:g}: the search ends by minute {share_end:.1f}, then the "
+                    "final training fills the rest")
+        floor = f"    search.final_min_epochs {self.final_floor}: the final training keeps time for {self.final_floor} epochs"
+        if self.floor_takes_all:
+            return floor + (f", which needs all {self.minutes:g} min here: no search, the first configuration "
+                            "(start_with) is the final training")
+        return floor + f", so the search ends by minute {ends:.1f} (its time_share {self.time_share:g} at {share_end:.1f})"
 
     def _resizing(self) -> str:
         if not self.stretch_to:
@@ -78,27 +99,26 @@ class HourPlan:
                 f"    export: {self.export_seconds / 60:.1f} min",
                 f"    total: {(self.final_seconds + self.export_seconds) / 60:.1f} min"])
         if self.time_share is not None:
-            lines.append(f"    search.time_share {self.time_share:g}: the search ends by minute "
-                         f"{self.time_share * self.minutes:.1f}, then the final training fills the rest")
+            lines.append(self._search_line())
         if self.workers:
             assumed = ", assumed: no worker this size has trained here yet" if self.worker_rate_assumed else ""
             lines.append(f"    the search on {self.workers} worker processes of {self.worker_cores} core(s), "
                          f"{self.workers} runs at a time (run times at a worker's speed{assumed}); the final on "
                          "all cores")
-        if self.rungs:
+        if self.rungs and not self.floor_takes_all:
             lines.append(f"    search: {self.rungs[0][2]} configuration(s), the best 1/{self.reduction_factor} of each "
                          "rung promoted to the next:")
             lines += [f"      {name}: {runs} run(s) of {seconds / 60:.1f} min" for name, seconds, runs in self.rungs]
-        else:
+        elif not self.rungs and not self.floor_takes_all:
             lines.append(f"    a trial of the first configuration: {self.trial_seconds / 60:.1f} min")
         epochs = f"{self.filled_epochs} epochs, " if self.time_share is not None and self.filled_epochs else ""
         lines += [f"    final training on all training images: {epochs}{self.final_seconds / 60:.1f} min"
                   f"{self._resizing() if epochs else ''}" if self.final_seconds else "    final training: off",
                   f"    export: {self.export_seconds / 60:.1f} min",
                   f"    total: {(self._search_total() + self.final_seconds + self.export_seconds) / 60:.1f} min"]
-        if not self.rungs:
+        if not self.rungs and not self.floor_takes_all:
             lines.append(f"    so {self.trials} such trial(s) fit beside the final training and the export")
-        if self.trials == 0:
+        if self.trials == 0 and not self.floor_takes_all:
             lines.append("    none does: the sweep shortens trials where the space searches epochs, and refuses "
                          "the rest" + (" (the final training comes first)" if self.final_seconds else ""))
         return "\n".join(lines)
@@ -122,7 +142,7 @@ def plan(space, minutes: float, log: ThroughputLog | None = None, n_train: int =
     """
     from cnnbench.training.runtime import cpu, resolve_precision
 
-    config = space.complete(space.start_with[0] if space.start_with else {})
+    config = space.first_config()
     deadline = Deadline(None, log or ThroughputLog(), final_images=(n_train + n_val) if space.final else 0,
                         image_size=space.data.image_size, num_classes=num_classes)  # as the sweep's is
     rate = (log or deadline.log or ThroughputLog()).rate(resolve_precision(config["precision"]), deadline._flops(config))
@@ -146,6 +166,12 @@ def plan(space, minutes: float, log: ThroughputLog | None = None, n_train: int =
     share = space.search.time_share if space.final else None
     if share is not None:  # the search gets its share; the final, as many epochs as the rest holds
         search = share * minutes * 60
+        if space.search.final_min_epochs:  # ... less where the final's floor needs more of the time
+            now = time.time()
+            deadline.end, deadline.floor_config, deadline.test_images = now + minutes * 60, config, n_test
+            deadline.final_floor = space.search.final_min_epochs
+            if (floor_start := deadline.floor_start()) is not None:
+                search = max(0.0, min(search, floor_start - now))
         deadline.end = time.time() + minutes * 60 - search
         filled, note = deadline.fill_final(config, n_test, FINAL_SAFETY)
         filled_epochs = filled["epochs"] if note else 0
@@ -155,7 +181,9 @@ def plan(space, minutes: float, log: ThroughputLog | None = None, n_train: int =
         final, filled_epochs, stretch = deadline.final_seconds(config), 0, None
         search = minutes * 60 - final - export
     side: dict[str, Any] = dict(workers=workers, worker_cores=worker_cores if workers else 0,
-                                worker_rate_assumed=bool(workers) and not found, stretch_to=stretch)
+                                worker_rate_assumed=bool(workers) and not found, stretch_to=stretch,
+                                search_until=search if share is not None else None,
+                                final_floor=space.search.final_min_epochs or 0)
     search *= parallel  # run-seconds: the workers' runs side by side
     if not space.search.rungs:
         return HourPlan(minutes, rate, trial, final, export, max(0, int(search // trial)),

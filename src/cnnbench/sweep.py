@@ -144,6 +144,8 @@ def _deadline(sweep: Sweep, data, before: list) -> Deadline:
         deadline.search_end = sweep.started + share * sweep.timeout * 60  # then the final fills the rest
     if sweep.final:  # keep time for the best configuration's final training
         deadline.final_images = len(data.y_train) + len(data.y_val)
+        deadline.final_floor, deadline.test_images = sweep.space.search.final_min_epochs or 0, len(data.y_test)
+        deadline.floor_config = sweep.space.first_config()
     if (known := final_training.best_trial(before)) is not None:  # a rung's own fidelity is not its final's
         deadline.note_complete(sweep.space.complete(known.values) if known.rung is not None else known.config,
                                known.val_accuracy, known.rung)

@@ -108,7 +108,8 @@ def stop_rule_reason(job: StudyJob) -> str | None:
     worker apply the same rule. The reason is kept in ``job.ended_by``."""
     search = job.space.search
     if job.deadline.search_over():
-        job.ended_by = (f"search.time_share: the search's {search.time_share:g} of the time is over; the final "
+        job.ended_by = (_floor_reached(job) if job.deadline.floor_binds() else
+                        f"search.time_share: the search's {search.time_share:g} of the time is over; the final "
                         "training fills the rest")
         return job.ended_by
     if not (search.stop_at or search.stop_after_no_improvement):
@@ -142,9 +143,16 @@ def stop_rule_reason(job: StudyJob) -> str | None:
 def share_used_up(job: StudyJob) -> None:
     """The search stopped because no run fitted before its share's end (search.time_share):
     say so in ``job.ended_by`` as the stop rules do (both engines)."""
-    if job.deadline.search_end is not None:
+    if job.deadline.floor_binds():
+        job.ended_by = _floor_reached(job)
+    elif job.deadline.search_end is not None:
         job.ended_by = (f"search.time_share: no run fitted in what was left of the search's "
                         f"{job.space.search.time_share:g} of the time; the final training fills the rest")
+
+
+def _floor_reached(job: StudyJob) -> str:
+    return (f"search.final_min_epochs: the rest of the time is what {job.deadline.final_floor} epochs of the final "
+            "training need here; the final training fills it")
 
 
 def workers_finished(job: StudyJob) -> None:

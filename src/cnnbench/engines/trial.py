@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cnnbench import trials
 from cnnbench.training import runtime
-from cnnbench.deadline import TRAIN_COST
+from cnnbench.forecast import TRAIN_COST
 from cnnbench.engines.base import StudyJob, TrialTaken
 from cnnbench.engines.recovery import LOST, losses_before, note_resume, retried_attempt, wants_retry
 from cnnbench.training.isolation import ChildDied

@@ -215,7 +215,7 @@ def forecast_line(space, log=None) -> str:
     """How long one trial takes on this machine, from the training speed recent trials here
     reached (``cnnbench check --measure`` measures it when none is known)."""
     from cnnbench.training import runtime
-    from cnnbench.deadline import trial_seconds
+    from cnnbench.forecast import trial_seconds
     from cnnbench.throughput import ThroughputLog
     from cnnbench.knobs import coerce
     from cnnbench.model import architecture_stats

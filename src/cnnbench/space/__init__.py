@@ -104,6 +104,11 @@ class Space(_Strict):
                 values[name] = p.middle()
         return values
 
+    def first_config(self) -> dict[str, Any]:
+        """The whole configuration of the first start_with recipe, else of the space's
+        defaults: what a plan prices its forecasts on before any trial has run."""
+        return self.complete(self.start_with[0] if self.start_with else {})
+
     def rung_config(self, rung: int | None) -> dict[str, Any]:
         """The configuration values a run at successive-halving ``rung`` trains with (none
         without rungs): its fidelity (train_images, epochs, batch_size, tta, validate)."""

@@ -209,6 +209,11 @@ class Search(_Strict):
     # compares cheaply; the hour's accuracy comes from the one long training). None: the
     # search runs until only the final training at the space's own epochs still fits.
     time_share: float | None = Field(None, gt=0, lt=1)
+    # ... but the final training keeps at least this many epochs: where the share would leave
+    # it fewer (a slow CPU), the search ends sooner, or never starts when the whole timeout
+    # holds no more (then the first start_with recipe is the final training). Needs
+    # time_share. None: the share alone decides.
+    final_min_epochs: int | None = Field(None, ge=1, le=1000)
 
 
 class Data(_Strict):

@@ -88,6 +88,9 @@ def check_semantics(space: Space) -> None:
     space._ordered()  # raises on cycles
     _check_start_with(space)
     _check_rungs(space)
+    if space.search.final_min_epochs and space.search.time_share is None:
+        raise SpaceError(f"{src}: search.final_min_epochs: a floor for the final training's share of a timed "
+                         "sweep; it needs search.time_share (without one the final keeps its own epochs)")
     if len(set(space.minimize)) != len(space.minimize):
         raise SpaceError(f"{src}: minimize: an objective is listed twice")
     if space.minimize and space.search.pruner in ("hyperband", "successive_halving"):

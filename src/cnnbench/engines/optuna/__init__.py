@@ -23,7 +23,8 @@ from optuna.trial import TrialState
 
 from cnnbench import trials
 from cnnbench.training import runtime
-from cnnbench.deadline import EXPORT_SECONDS, NotStarted
+from cnnbench.deadline import NotStarted
+from cnnbench.forecast import EXPORT_SECONDS
 from cnnbench.engines import promotion
 from cnnbench.engines.recovery import describe_exit
 from cnnbench.engines.optuna.recovery import OWNER, recover_lost, tell_outcome
