@@ -14,11 +14,11 @@ from cnnbench.deadline import Deadline, NotStarted
 from cnnbench.forecast import EXPORT_SECONDS, trial_seconds
 from cnnbench.throughput import ThroughputLog
 from cnnbench.engines.base import Interrupted
-from cnnbench.final import FINAL_SEED_OFFSET, best_trial, run_final
+from cnnbench.final import FINAL_SEED_OFFSET, run_final
 from cnnbench.knobs import default_config
 from cnnbench.model import architecture_stats
 from cnnbench.space import parse_space
-from cnnbench.trials import read_record, read_records
+from cnnbench.trials import best_trial, read_record, read_records
 from test_reliability import WAIT, sweep, wait_for
 
 SPACE = parse_space({"seed": 5, "budget": {"trials": 3}, "search": {"sampler": "random", "pruner": "none"},

@@ -37,6 +37,10 @@ def _space(floor=10, share=0.45, **search):
                         "start_with": [{"learning_rate": 0.01, "base_filters": 32}]})
 
 
+def _recipe(space) -> dict:
+    return space.complete(space.recipe())
+
+
 def _log(tmp_path, config, epoch_seconds: float) -> ThroughputLog:
     """A machine on which an epoch of 50,000 images of ``config`` takes ``epoch_seconds``."""
     flops = architecture_stats(config).flops
@@ -49,7 +53,7 @@ def _log(tmp_path, config, epoch_seconds: float) -> ThroughputLog:
 def _deadline(space, log, minutes=60.0) -> Deadline:
     now = time.time()
     return Deadline(now + minutes * 60, log, final_images=50_000, search_end=now + space.search.time_share * minutes * 60,
-                    final_floor=space.search.final_min_epochs or 0, floor_config=space.first_config(),
+                    final_floor=space.search.final_min_epochs or 0, floor_config=_recipe(space),
                     test_images=10_000)
 
 
@@ -71,16 +75,16 @@ def test_a_floor_is_a_whole_number_of_epochs_and_needs_a_search_share():
 
 def test_where_the_share_leaves_the_final_enough_the_floor_changes_nothing(tmp_path):
     space = _space()
-    deadline = _deadline(space, _log(tmp_path, space.first_config(), 60.0))  # a minute an epoch
+    deadline = _deadline(space, _log(tmp_path, _recipe(space), 60.0))  # a minute an epoch
     assert deadline.search_ends_at() == deadline.search_end and not deadline.floor_binds()
 
 
 def test_on_a_slower_machine_the_search_ends_when_the_final_needs_the_rest(tmp_path):
     space = _space()
-    deadline = _deadline(space, _log(tmp_path, space.first_config(), 240.0))  # 4 min an epoch: 10 need 42+
+    deadline = _deadline(space, _log(tmp_path, _recipe(space), 240.0))  # 4 min an epoch: 10 need 42+
     ends = deadline.search_ends_at()
     assert ends < deadline.search_end and deadline.floor_binds()
-    assert ends == pytest.approx(deadline.end - _floor_seconds(deadline, space.first_config()), abs=1.0)
+    assert ends == pytest.approx(deadline.end - _floor_seconds(deadline, _recipe(space)), abs=1.0)
     assert time.time() < ends  # some search still fits: 60 - 42 - export minutes
     wider = space.complete({"learning_rate": 0.01, "base_filters": 40})  # the best so far costs 1.5x: sooner still
     deadline.note_complete(wider, 0.5, rung=0)
@@ -90,13 +94,46 @@ def test_on_a_slower_machine_the_search_ends_when_the_final_needs_the_rest(tmp_p
 
 def test_a_trial_that_would_end_after_the_floors_start_is_not_started_and_says_why(tmp_path):
     space = _space()
-    config = space.first_config()
+    config = _recipe(space)
     deadline = _deadline(space, _log(tmp_path, config, 240.0))
     rung = {**config, **RUNGS[0]}
     assert deadline.admit(rung, 45_000, 5_000, 10_000, "float32", [], final_config=config)[0] == rung
     deadline.end -= (deadline.search_ends_at() - time.time()) - 1  # now the floor starts in a second
     with pytest.raises(NotStarted, match=r"before the final training's time for its search\.final_min_epochs"):
         deadline.admit(rung, 45_000, 5_000, 10_000, "float32", [], final_config=config)
+
+
+def test_a_costlier_run_is_not_started_where_its_own_final_would_miss_the_floor(tmp_path):
+    """It may become the best: then its final, not the best's so far, is the one trained."""
+    space = _space()
+    config = _recipe(space)
+    wider = space.complete({"learning_rate": 0.01, "base_filters": 40})
+    deadline = _deadline(space, _log(tmp_path, config, 150.0))  # the recipe's floor leaves the share alone
+    rung = {**wider, **RUNGS[0]}
+    room = deadline.floor_start(wider) - time.time()  # the wider final's floor starts first
+    assert 0 < room < deadline.search_ends_at() - time.time()
+    deadline.end -= room - 1  # now it starts in a second; the recipe's floor a few minutes later
+    assert deadline.search_ends_at() - time.time() > 60 and not deadline.search_over()
+    with pytest.raises(NotStarted, match=r"before the final training's time for its search\.final_min_epochs"):
+        deadline.admit(rung, 45_000, 5_000, 10_000, "float32", [], final_config=wider)
+    recipe_rung = {**config, **RUNGS[0]}
+    assert deadline.admit(recipe_rung, 45_000, 5_000, 10_000, "float32", [], final_config=config)[0] == recipe_rung
+
+
+def test_after_its_workers_the_sweep_prices_the_floor_on_their_best(tmp_path):
+    from cnnbench.engines.base import workers_finished
+    from cnnbench.trials import State, TrialRecord, write_record
+
+    space = _space()
+    deadline = _deadline(space, _log(tmp_path, _recipe(space), 240.0))
+    job = stand_in.make_job(space, tmp_path / "s", deadline=deadline)
+    for trial, filters, acc in ((0, 32, 0.5), (1, 40, 0.7)):  # the workers' records: the wider one won
+        write_record(job.paths, TrialRecord(trial=trial, engine="optuna", values={"learning_rate": 0.01,
+                                                                                  "base_filters": filters},
+                                            state=State.COMPLETE, val_accuracy=acc, rung=0, train_images=100))
+    before = deadline.search_ends_at()
+    workers_finished(job)
+    assert deadline.best_config["base_filters"] == 40 and deadline.search_ends_at() < before
 
 
 def test_while_this_machines_speed_is_unknown_the_share_decides(tmp_path):
@@ -107,7 +144,7 @@ def test_while_this_machines_speed_is_unknown_the_share_decides(tmp_path):
 
 def test_the_plan_shortens_the_search_to_what_the_floor_leaves(tmp_path):
     space = _space()
-    config = space.first_config()
+    config = _recipe(space)
     log = _log(tmp_path, config, 240.0)
     hour = plan(space, 60, log)
     floor_start = _deadline(space, log).floor_start() - time.time()
@@ -123,43 +160,58 @@ def test_the_plan_shortens_the_search_to_what_the_floor_leaves(tmp_path):
 
 def test_where_the_floor_needs_the_whole_hour_the_plan_has_no_search(tmp_path):
     space = _space()
-    hour = plan(space, 60, _log(tmp_path, space.first_config(), 400.0))  # 10 epochs: 70 min
+    hour = plan(space, 60, _log(tmp_path, _recipe(space), 400.0))  # 10 epochs: 70 min
     assert hour.floor_takes_all and hour.search_until == 0 and hour.trials == 0
     assert 7 <= hour.filled_epochs < 10  # what the whole hour holds, the export beside it
     text = hour.text()
-    assert "which needs all 60 min here: no search, the first configuration (start_with) is the final" in text
+    assert "which needs all 60 min here: no search, the space's recipe (its first start_with, else its centre)" in text
     assert "search:" not in text and "none does" not in text
     assert f"final training on all training images: {hour.filled_epochs} epochs" in text
-    fast = plan(space, 60, _log(tmp_path / "fast", space.first_config(), 30.0))
+    fast = plan(space, 60, _log(tmp_path / "fast", _recipe(space), 30.0))
     assert fast.search_until == pytest.approx(0.45 * 3600) and "search.time_share 0.45: the search ends by" in fast.text()
 
 
 @pytest.mark.parametrize("engine", ["optuna", "kerastuner"])
 def test_a_search_the_floor_leaves_no_time_runs_nothing_and_says_why(tmp_path, engine):
     space = _space(rungs=[])  # no rungs (KerasTuner refuses them): the floor applies to any timed search
-    deadline = _deadline(space, _log(tmp_path, space.first_config(), 400.0))
+    deadline = _deadline(space, _log(tmp_path, _recipe(space), 400.0))
     job = stand_in.make_job(space, tmp_path / "s", engine=engine, deadline=deadline)
     stand_in.engines.get(engine).run(job)
     assert stand_in.read_records(job.paths) == []
     assert job.ended_by.startswith("search.final_min_epochs: the rest of the time is what 10 epochs of the final")
-    roomy = _deadline(space, _log(tmp_path / "fast", space.first_config(), 30.0))
+    roomy = _deadline(space, _log(tmp_path / "fast", _recipe(space), 30.0))
     job = stand_in.make_job(space, tmp_path / "roomy", engine=engine, deadline=roomy, trials=3)
     stand_in.engines.get(engine).run(job)
     assert len(stand_in.read_records(job.paths)) == 3 and stop_rule_reason(job) is None
 
 
-def test_the_sweep_prices_the_floor_on_the_spaces_first_configuration(tmp_path):
+def test_the_sweep_prices_the_floor_on_the_spaces_recipe(tmp_path, monkeypatch):
     import importlib
+
+    from cnnbench.deadline import DEADLINE_ENV, SEARCH_END_ENV
+
+    for name in (DEADLINE_ENV, SEARCH_END_ENV):  # this process is no sweep's worker
+        monkeypatch.delenv(name, raising=False)
 
     sweep_module = importlib.import_module("cnnbench.sweep")  # cnnbench.sweep is the API's function
 
     space = _space(8)
     data = SimpleNamespace(x_train=SimpleNamespace(shape=(900, 32, 32, 3)), class_names=list("abcdefghij"),
                            y_train=[0] * 900, y_val=[0] * 100, y_test=[0] * 200)
-    run = SimpleNamespace(timeout=60, started=time.time(), space=space, final=True)
+    run = SimpleNamespace(timeout=60, started=time.time(), space=space, final=True,
+                          request=SimpleNamespace(worker=None))
     deadline = sweep_module._deadline(run, data, [])
     assert (deadline.final_floor, deadline.test_images, deadline.final_images) == (8, 200, 1000)
     assert deadline.floor_config == space.complete({"learning_rate": 0.01, "base_filters": 32})
     assert deadline.search_end == pytest.approx(run.started + 0.45 * 3600)
-    run.final = False
+    run.request.worker = "1"  # a worker keeps the end its parent handed it (fewer cores, its own trials)
+    assert sweep_module._deadline(run, data, []).final_floor == 0
+    run.final, run.request.worker = False, None
     assert sweep_module._deadline(run, data, []).final_floor == 0  # no final training, no floor
+
+
+def test_without_a_recipe_the_floor_is_priced_on_the_centre_the_sweep_would_train():
+    space = _space()
+    assert space.recipe() == {"learning_rate": 0.01, "base_filters": 32}
+    bare = space.model_copy(update={"start_with": []})
+    assert bare.recipe() == bare.centre() and bare.recipe()["base_filters"] in (32, 40)

@@ -15,7 +15,8 @@ from cnnbench.forecast import trial_seconds
 from cnnbench.throughput import ThroughputLog
 from cnnbench.plan import plan
 from cnnbench.engines import promotion
-from cnnbench.final import best_trial, run_final
+from cnnbench.final import run_final
+from cnnbench.trials import best_trial
 from cnnbench.reports.results import leaderboard_frame
 from cnnbench.space import SpaceError, parse_space
 from cnnbench.trials import TrialResult

@@ -66,7 +66,7 @@ class Study:
 
     @property
     def best_trial(self) -> TrialRecord | None:
-        from cnnbench.final import best_trial
+        from cnnbench.trials import best_trial
 
         return best_trial(self.records)
 

@@ -167,13 +167,13 @@ class Deadline:
         floor = self.floor_start()
         return self.search_end is not None and floor is not None and floor < self.search_end
 
-    def floor_start(self) -> float | None:
-        """The moment (Unix seconds) the search must end for the final training to train
-        search.final_min_epochs epochs before the export (FLOOR_SLACK before the latest one
-        it could start); None without a floor, a deadline,
-        or this machine's speed for the configuration it is priced on (the first runs
-        measure that)."""
-        config = self.best_config or self.floor_config
+    def floor_start(self, config: dict | None = None) -> float | None:
+        """The moment (Unix seconds) the search must end for the final training of ``config``
+        (default: the best so far, else ``floor_config``) to train search.final_min_epochs
+        epochs before the export (FLOOR_SLACK before the latest one it could start); None
+        without a floor, a deadline, or this machine's speed for that configuration (the
+        first runs measure it)."""
+        config = config or self.best_config or self.floor_config
         if not self.final_floor or self.end is None or config is None:
             return None
         floor = {**config, "epochs": self.final_floor, "train_images": 0}
@@ -245,8 +245,12 @@ class Deadline:
             return config, ""
         # the export tests the final model (its views), not this run's cheaper fidelity
         budget = self.left() - self.export_seconds(final_config or config, n_test, precision)
-        search_end = self.search_ends_at()
+        search_end, floored = self.search_ends_at(), self.floor_binds()
         if search_end is not None:  # the search has its share; the final, all after it
+            # ... and this run's own final keeps the floor too, should it become the best
+            own_floor = self.floor_start(final_config or config)
+            if own_floor is not None and own_floor < search_end:  # a costlier network than the best
+                search_end, floored = own_floor, True
             budget = min(budget, search_end - time.time())
 
         left_share = max(config["epochs"] - epochs_done, 0) / config["epochs"]
@@ -269,7 +273,7 @@ class Deadline:
         need = self._seconds(config, n_train, n_val, rate) * left_share
         final = reserve_for(config)
         kept = f", {final / 60:.1f} min of it kept for the final training" if final else ""
-        until = ("the final training's time for its search.final_min_epochs" if self.floor_binds()
+        until = ("the final training's time for its search.final_min_epochs" if floored
                  else "the search's share of the time ends (search.time_share)" if self.search_end else "the deadline")
         raise NotStarted(f"not started: forecast {need / 60:.1f} min at {rate / 1e9:.0f} GFLOP/s, "
                          f"{max(budget, 0) / 60:.1f} min left before {until}{kept}")

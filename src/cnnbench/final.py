@@ -45,13 +45,6 @@ class FinalOutcome:
         return self.record is not None and self.record.state == State.COMPLETE
 
 
-def best_trial(records: list[TrialRecord]) -> TrialRecord | None:
-    """The completed search trial with the best validation accuracy (lowest number on ties),
-    among those at the largest data fidelity."""
-    done = trials.top_fidelity(records)  # a 5,000-image score is never compared with a 45,000-image one
-    return max(done, key=lambda r: (r.val_accuracy, -r.trial), default=None)
-
-
 def read_final(job: StudyJob) -> TrialRecord | None:
     return trials.read_record(job.paths.final_record)
 

@@ -76,8 +76,8 @@ class HourPlan:
                     "final training fills the rest")
         floor = f"    search.final_min_epochs {self.final_floor}: the final training keeps time for {self.final_floor} epochs"
         if self.floor_takes_all:
-            return floor + (f", which needs all {self.minutes:g} min here: no search, the first configuration "
-                            "(start_with) is the final training")
+            return floor + (f", which needs all {self.minutes:g} min here: no search, the space's recipe (its "
+                            "first start_with, else its centre) is the final training")
         return floor + f", so the search ends by minute {ends:.1f} (its time_share {self.time_share:g} at {share_end:.1f})"
 
     def _resizing(self) -> str:
@@ -142,7 +142,7 @@ def plan(space, minutes: float, log: ThroughputLog | None = None, n_train: int =
     """
     from cnnbench.training.runtime import cpu, resolve_precision
 
-    config = space.first_config()
+    config = space.complete(space.start_with[0] if space.start_with else {})
     deadline = Deadline(None, log or ThroughputLog(), final_images=(n_train + n_val) if space.final else 0,
                         image_size=space.data.image_size, num_classes=num_classes)  # as the sweep's is
     rate = (log or deadline.log or ThroughputLog()).rate(resolve_precision(config["precision"]), deadline._flops(config))
@@ -168,7 +168,8 @@ def plan(space, minutes: float, log: ThroughputLog | None = None, n_train: int =
         search = share * minutes * 60
         if space.search.final_min_epochs:  # ... less where the final's floor needs more of the time
             now = time.time()
-            deadline.end, deadline.floor_config, deadline.test_images = now + minutes * 60, config, n_test
+            deadline.end, deadline.test_images = now + minutes * 60, n_test
+            deadline.floor_config = space.complete(space.recipe())  # what a sweep without a search trains
             deadline.final_floor = space.search.final_min_epochs
             if (floor_start := deadline.floor_start()) is not None:
                 search = max(0.0, min(search, floor_start - now))

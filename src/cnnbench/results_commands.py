@@ -77,7 +77,8 @@ def cmd_report(args) -> int:
 def cmd_export(args) -> int:
     """Export a chosen trial (e.g. a point of a Pareto front) with its model card."""
     from cnnbench.reports.export import export_best
-    from cnnbench.final import NO_TRIAL, FinalOutcome, best_trial
+    from cnnbench.final import NO_TRIAL, FinalOutcome
+    from cnnbench.trials import best_trial
     from cnnbench.trials import read_record, read_records
 
     paths, run, data = _study_data(args)

@@ -144,9 +144,11 @@ def _deadline(sweep: Sweep, data, before: list) -> Deadline:
         deadline.search_end = sweep.started + share * sweep.timeout * 60  # then the final fills the rest
     if sweep.final:  # keep time for the best configuration's final training
         deadline.final_images = len(data.y_train) + len(data.y_val)
-        deadline.final_floor, deadline.test_images = sweep.space.search.final_min_epochs or 0, len(data.y_test)
-        deadline.floor_config = sweep.space.first_config()
-    if (known := final_training.best_trial(before)) is not None:  # a rung's own fidelity is not its final's
+        if not is_worker(sweep):  # a worker keeps the search's end its parent handed it: it trains on
+            # fewer cores than the final will, and sees only its own trials
+            deadline.final_floor, deadline.test_images = sweep.space.search.final_min_epochs or 0, len(data.y_test)
+            deadline.floor_config = sweep.space.complete(sweep.space.recipe())
+    if (known := trials.best_trial(before)) is not None:  # a rung's own fidelity is not its final's
         deadline.note_complete(sweep.space.complete(known.values) if known.rung is not None else known.config,
                                known.val_accuracy, known.rung)
     return deadline
@@ -184,15 +186,14 @@ def _search_then_final(sweep: Sweep, job: StudyJob, run: dict):
             atomic_write(paths.root / "run.json", json_text(run))
     if not sweep.final or is_worker(sweep):
         return None
-    best_trial = final_training.best_trial(trials.read_records(paths))
+    best_trial = trials.best_trial(trials.read_records(paths))
     if best_trial is not None or not sweep.search_needed:
         return final_training.run_final(job, best_trial, deadline.final_images)
     if deadline.end is not None and not trials.finished_count(trials.read_records(paths)):
         # The hour held no search trial beside a final training (a slow machine: every one
         # was refused, none failed): rather than nothing, the known recipe (else the space's
         # centre) on all images, sized to the time left.
-        recipe = space.start_with[0] if space.start_with else space.centre()
-        return final_training.run_final(job, None, deadline.final_images, recipe=recipe,
+        return final_training.run_final(job, None, deadline.final_images, recipe=space.recipe(),
                                         recipe_name="the start_with recipe" if space.start_with
                                         else "the space's centre (no start_with recipe)")
     return None

@@ -281,5 +281,12 @@ def top_fidelity(records: list[TrialRecord]) -> list[TrialRecord]:
     return [r for r in done if fidelity(r) == top]
 
 
+def best_trial(records: list[TrialRecord]) -> TrialRecord | None:
+    """The completed search trial with the best validation accuracy (lowest number on ties),
+    among those at the largest data fidelity."""
+    done = top_fidelity(records)  # a 5,000-image score is never compared with a 45,000-image one
+    return max(done, key=lambda r: (r.val_accuracy, -r.trial), default=None)
+
+
 def finished_count(records: list[TrialRecord]) -> int:
     return sum(r.state in FINISHED for r in records)

@@ -157,8 +157,13 @@ def _floor_reached(job: StudyJob) -> str:
 
 def workers_finished(job: StudyJob) -> None:
     """The worker processes ran the search in their own processes: this one's progress line
-    (the search's last refusals, the final training) counts their trials and their best."""
-    job.progress.caught_up(trials.read_records(job.paths))
+    (the search's last refusals, the final training) counts their trials and their best, and
+    its deadline keeps time for that best's final training (search.final_min_epochs)."""
+    records = trials.read_records(job.paths)
+    job.progress.caught_up(records)
+    if (best := trials.best_trial(records)) is not None:  # a rung's own fidelity is not its final's
+        job.deadline.note_complete(job.space.complete(best.values) if best.rung is not None else best.config,
+                                   best.val_accuracy, best.rung)
 
 
 def wait_all(processes: list, on_exit: Callable | None = None) -> list[int]:

@@ -104,10 +104,11 @@ class Space(_Strict):
                 values[name] = p.middle()
         return values
 
-    def first_config(self) -> dict[str, Any]:
-        """The whole configuration of the first start_with recipe, else of the space's
-        defaults: what a plan prices its forecasts on before any trial has run."""
-        return self.complete(self.start_with[0] if self.start_with else {})
+    def recipe(self) -> dict[str, Any]:
+        """The values trained when no search trial can be (a slow machine, or a timeout whose
+        search.final_min_epochs leaves no search): the first start_with recipe, else the
+        centre; the final training's floor is priced on them before any trial has finished."""
+        return dict(self.start_with[0]) if self.start_with else self.centre()
 
     def rung_config(self, rung: int | None) -> dict[str, Any]:
         """The configuration values a run at successive-halving ``rung`` trains with (none

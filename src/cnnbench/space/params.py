@@ -211,8 +211,8 @@ class Search(_Strict):
     time_share: float | None = Field(None, gt=0, lt=1)
     # ... but the final training keeps at least this many epochs: where the share would leave
     # it fewer (a slow CPU), the search ends sooner, or never starts when the whole timeout
-    # holds no more (then the first start_with recipe is the final training). Needs
-    # time_share. None: the share alone decides.
+    # holds no more (then Space.recipe(), the first start_with else the centre, is the final
+    # training). Needs time_share. None: the share alone decides.
     final_min_epochs: int | None = Field(None, ge=1, le=1000)
 
 
