@@ -47,7 +47,7 @@ class Deadline:
     search_end: float | None = None
     # search.final_min_epochs: the search ends earlier still where its share would leave the
     # final training fewer epochs than this (a slow CPU), priced on the best configuration so
-    # far (before one finished, ``floor_config``: the space's first) once this machine's speed
+    # far (before one finished, ``floor_config``: the space's recipe) once this machine's speed
     # for it is known; ``test_images``: the export's test pass, kept beside it
     final_floor: int = 0
     floor_config: dict | None = None
@@ -164,8 +164,10 @@ class Deadline:
 
     def floor_binds(self) -> bool:
         """search.final_min_epochs ends the search before its share does."""
-        floor = self.floor_start()
-        return self.search_end is not None and floor is not None and floor < self.search_end
+        return self._before_share(self.search_ends_at())
+
+    def _before_share(self, ends: float | None) -> bool:
+        return ends is not None and self.search_end is not None and ends < self.search_end
 
     def floor_start(self, config: dict | None = None) -> float | None:
         """The moment (Unix seconds) the search must end for the final training of ``config``
@@ -203,7 +205,7 @@ class Deadline:
         """What a worker process started by this sweep is handed in its environment, so that
         it keeps this deadline and search phase (``from_minutes`` reads them back)."""
         env = {DEADLINE_ENV: repr(self.end)} if self.end is not None else {}
-        ends = self.search_ends_at()  # as it stands now; a worker prices the floor again as its runs finish
+        ends = self.search_ends_at()  # as it stands now: a worker prices no floor of its own
         if self.end is not None and ends is not None:
             env[SEARCH_END_ENV] = repr(ends)
         return env
@@ -245,13 +247,14 @@ class Deadline:
             return config, ""
         # the export tests the final model (its views), not this run's cheaper fidelity
         budget = self.left() - self.export_seconds(final_config or config, n_test, precision)
-        search_end, floored = self.search_ends_at(), self.floor_binds()
+        search_end = self.search_ends_at()
         if search_end is not None:  # the search has its share; the final, all after it
-            # ... and this run's own final keeps the floor too, should it become the best
+            # ... and this run's own final keeps the floor too, should it become the best (a
+            # costlier network than the best so far)
             own_floor = self.floor_start(final_config or config)
-            if own_floor is not None and own_floor < search_end:  # a costlier network than the best
-                search_end, floored = own_floor, True
+            search_end = search_end if own_floor is None else min(search_end, own_floor)
             budget = min(budget, search_end - time.time())
+        floored = self._before_share(search_end)
 
         left_share = max(config["epochs"] - epochs_done, 0) / config["epochs"]
 

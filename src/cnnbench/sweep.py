@@ -20,7 +20,7 @@ from cnnbench.training import runtime
 from cnnbench import final as final_training
 from cnnbench.training.data import DataSpec, load_data
 from cnnbench.deadline import Deadline
-from cnnbench.engines.base import StudyJob
+from cnnbench.engines.base import StudyJob, note_best
 from cnnbench.reports.export import export_best
 from cnnbench.training.isolation import DEFAULT_TRAINER, InProcessRunner, TrialRunner, load_trainer
 from cnnbench.reports.pages import write_report
@@ -148,9 +148,7 @@ def _deadline(sweep: Sweep, data, before: list) -> Deadline:
             # fewer cores than the final will, and sees only its own trials
             deadline.final_floor, deadline.test_images = sweep.space.search.final_min_epochs or 0, len(data.y_test)
             deadline.floor_config = sweep.space.complete(sweep.space.recipe())
-    if (known := trials.best_trial(before)) is not None:  # a rung's own fidelity is not its final's
-        deadline.note_complete(sweep.space.complete(known.values) if known.rung is not None else known.config,
-                               known.val_accuracy, known.rung)
+    note_best(deadline, sweep.space, before)
     return deadline
 
 

@@ -161,9 +161,15 @@ def workers_finished(job: StudyJob) -> None:
     its deadline keeps time for that best's final training (search.final_min_epochs)."""
     records = trials.read_records(job.paths)
     job.progress.caught_up(records)
-    if (best := trials.best_trial(records)) is not None:  # a rung's own fidelity is not its final's
-        job.deadline.note_complete(job.space.complete(best.values) if best.rung is not None else best.config,
-                                   best.val_accuracy, best.rung)
+    note_best(job.deadline, job.space, records)
+
+
+def note_best(deadline: Deadline, space, records: list) -> None:
+    """Trials finished elsewhere (workers, an earlier run of the command): the deadline keeps
+    time for the final training of their best, at the final's fidelity, not a rung's."""
+    if (best := trials.best_trial(records)) is not None:
+        deadline.note_complete(space.complete(best.values) if best.rung is not None else best.config,
+                               best.val_accuracy, best.rung)
 
 
 def wait_all(processes: list, on_exit: Callable | None = None) -> list[int]:
