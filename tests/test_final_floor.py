@@ -215,3 +215,44 @@ def test_without_a_recipe_the_floor_is_priced_on_the_centre_the_sweep_would_trai
     assert space.recipe() == {"learning_rate": 0.01, "base_filters": 32}
     bare = space.model_copy(update={"start_with": []})
     assert bare.recipe() == bare.centre() and bare.recipe()["base_filters"] in (32, 40)
+
+
+def _left_for(deadline: Deadline, config: dict, epochs: int, spare: float) -> float:
+    """Seconds from now that hold ``epochs`` of ``config``'s final at FINAL_SAFETY's margin,
+    the export and ``spare`` seconds."""
+    final = {**config, "epochs": epochs, "train_images": 0}
+    return deadline.final_seconds(final, FINAL_SAFETY) + deadline.export_reserve(final, 10_000) + spare
+
+
+def test_a_final_filling_the_time_at_the_wider_margin_still_keeps_its_floor(tmp_path):
+    """The floor was kept at FINAL_SAFETY's margin; the fallback final (no search trial
+    finished) and --recipe-only size at SAFETY's while this network has not trained at the
+    final's size here, which would give back an epoch the plan promised."""
+    space = _space()
+    config = {**_recipe(space), "train_images": 0}
+    deadline = _deadline(space, _log(tmp_path, config, 240.0))
+    deadline.end = time.time() + _left_for(deadline, config, 10, 60.0)
+    assert deadline.final_margin(config) > FINAL_SAFETY  # no training of this size logged here
+    filled, note = deadline.fill_final(config, 10_000, deadline.final_margin(config))
+    assert filled["epochs"] == 10 and "search.final_min_epochs" in note
+    deadline.final_floor = 0  # without a floor, the wider margin holds one epoch fewer
+    assert deadline.fill_final(config, 10_000, deadline.final_margin(config))[0]["epochs"] == 9
+    deadline.final_floor = 10
+    deadline.end = time.time() + _left_for(deadline, config, 8, 60.0)  # the floor does not fit: what does
+    assert deadline.fill_final(config, 10_000, deadline.final_margin(config))[0]["epochs"] == 7
+
+
+def test_the_recipe_only_plan_keeps_the_floor_the_sweep_keeps(tmp_path):
+    from cnnbench.space.variants import recipe_alone
+
+    space = recipe_alone(_space())
+    config = {**_recipe(space), "train_images": 0}
+    log = _log(tmp_path, config, 240.0)
+    probe = _deadline(_space(), log)
+    minutes = _left_for(probe, config, 10, 60.0) / 60
+    hour = plan(space, minutes, log, recipe_only=True)
+    assert hour.filled_epochs == 10
+    assert hour.final_seconds == pytest.approx(probe.final_seconds({**config, "epochs": 10}, FINAL_SAFETY))
+    bare = recipe_alone(_space().model_copy(update={"search": _space().search.model_copy(
+        update={"final_min_epochs": None})}))
+    assert plan(bare, minutes, log, recipe_only=True).filled_epochs == 9

@@ -112,7 +112,8 @@ class Deadline:
         keeps the full SAFETY: its speed may come from half a minute on random images, and
         a final training the deadline cuts short leaves no finished schedule. After a
         search (search.time_share), FINAL_SAFETY's: the speed was just measured on this
-        network's own size, and at 1.15 a 35-minute final would idle 4.5 minutes."""
+        network's own size, and at 1.15 a 35-minute final would idle 4.5 minutes. Never fewer
+        than search.final_min_epochs where they fit at FINAL_SAFETY's margin."""
         if self.end is None or not self.final_seconds(config):
             return config, ""
         budget = self.final_budget(config, n_test)
@@ -120,12 +121,17 @@ class Deadline:
         def seconds(epochs: int) -> float:
             return self.final_seconds({**config, "epochs": epochs}, margin)
 
-        lo, hi = 1, MAX_FILL_EPOCHS  # a forecast grows with the epochs: the most that fit, by bisection
-        if seconds(lo) > budget:
-            return config, ""  # not even one epoch: run_final refuses it and says why
+        lo, hi = 0, MAX_FILL_EPOCHS  # a forecast grows with the epochs: the most that fit, by bisection
         while lo < hi:
             mid = (lo + hi + 1) // 2
             lo, hi = (mid, hi) if seconds(mid) <= budget else (lo, mid - 1)
+        # search.final_min_epochs was kept at FINAL_SAFETY's margin (floor_start, the plan): a
+        # wider one must not take back an epoch of it (the sweep would train fewer than planned)
+        floor = self.final_floor
+        if lo < floor and self.final_seconds({**config, "epochs": floor}, FINAL_SAFETY) <= budget:
+            return {**config, "epochs": floor}, f"; {floor} epochs (search.final_min_epochs) in the {budget / 60:.1f} min left"
+        if not lo:
+            return config, ""  # not even one epoch: run_final refuses it and says why
         return {**config, "epochs": lo}, f"; {lo} epochs, as many as the {budget / 60:.1f} min left hold"
 
     def final_budget(self, config: dict, n_test: int = 0) -> float:

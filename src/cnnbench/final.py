@@ -114,7 +114,7 @@ def _final_config(job: StudyJob, best: TrialRecord | None, recipe: dict | None,
     config = {**base, "train_images": 0}
     values = dict(best.values) if best is not None else dict(recipe or {})
     shortened, stretch_to = "", None
-    n_test = job.data_sizes[2] if job.data_sizes else 0
+    n_test = job.test_images
     number = best.trial if best is not None else NO_TRIAL
     if job.fill_final and previous is not None and previous.trial == number and previous.state != State.PRUNED \
             and _but_epochs(previous.config) == _but_epochs(config):
@@ -140,9 +140,8 @@ def _resized(job: StudyJob, record: TrialRecord, stretch_to: int, done: int, sec
     """The epochs the final training now has in all: as many as the time left holds at the
     speed of the epoch it just timed (up to ``stretch_to``), written into its record, so a
     stopped final goes on with this schedule at the next run of the command."""
-    n_test = job.data_sizes[2] if job.data_sizes else 0
     planned = record.config["epochs"]
-    epochs = min(job.deadline.refill_final(record.config, n_test, done, seconds), stretch_to)
+    epochs = min(job.deadline.refill_final(record.config, job.test_images, done, seconds), stretch_to)
     if epochs != planned:
         record.config = {**record.config, "epochs": epochs}
         record.note += (f"; re-sized from {planned} to {epochs} epochs after epoch {done} "

@@ -151,8 +151,11 @@ def plan(space, minutes: float, log: ThroughputLog | None = None, n_train: int =
     export = deadline.export_seconds(config, n_test, resolve_precision(config["precision"]))
     if recipe_only:  # no trial, and the final's length is what the minutes hold, not its own
         deadline.end = time.time() + minutes * 60
+        deadline.final_floor = space.search.final_min_epochs or 0  # as the sweep's: the final keeps it
         margin = deadline.final_margin(config)
         filled, note = deadline.fill_final(config, n_test, margin)
+        if note and filled["epochs"] <= deadline.final_floor:  # at its floor: priced at the floor's margin
+            margin = FINAL_SAFETY
         return HourPlan(minutes, rate, 0.0, deadline.final_seconds(filled, margin) if note else 0.0, export, 0,
                         recipe_only=True, filled_epochs=filled["epochs"] if note else 0,
                         stretch_to=stretch_limit(filled) if note else None)

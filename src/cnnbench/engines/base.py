@@ -99,6 +99,11 @@ class StudyJob:
     def retries(self) -> int:
         return self.space.search.retries
 
+    @property
+    def test_images(self) -> int:
+        """The test split's size: the export evaluates the final model on it (0: unknown)."""
+        return self.data_sizes[2] if self.data_sizes else 0
+
 
 def stop_rule_reason(job: StudyJob) -> str | None:
     """Why the space's stop rules end the search now (``search.stop_at``: a trial reached
