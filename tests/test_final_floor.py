@@ -21,6 +21,7 @@ from cnnbench.engines.base import stop_rule_reason
 from cnnbench.model import architecture_stats
 from cnnbench.plan import plan
 from cnnbench.space import SpaceError, parse_space
+from cnnbench.space.variants import recipe_alone
 from cnnbench.throughput import ThroughputLog
 
 RUNGS = [{"train_images": 100, "epochs": 1}, {"train_images": 200, "epochs": 2}]
@@ -38,7 +39,7 @@ def _space(floor=10, share=0.45, **search):
 
 
 def _recipe(space) -> dict:
-    return space.complete(space.recipe())
+    return space.recipe_config()
 
 
 def _log(tmp_path, config, epoch_seconds: float) -> ThroughputLog:
@@ -217,6 +218,26 @@ def test_without_a_recipe_the_floor_is_priced_on_the_centre_the_sweep_would_trai
     assert bare.recipe() == bare.centre() and bare.recipe()["base_filters"] in (32, 40)
 
 
+def test_a_recipe_naming_some_parameters_takes_the_rest_from_the_centre():
+    """The fallback final, --recipe-only and the plan all train or price Space.recipe; the
+    knob defaults (base_filters 32 here) would be a network the space may not even hold."""
+    partial = _space().model_copy(update={"start_with": [{"learning_rate": 0.05}]})
+    assert partial.recipe() == {"learning_rate": 0.05, "base_filters": 40}  # choices [32, 40]: the middle
+    assert recipe_alone(partial).recipe_config()["base_filters"] == 40 == partial.recipe_config()["base_filters"]
+
+
+def test_the_plan_prices_the_network_a_sweep_without_a_recipe_trains(tmp_path):
+    space = _space()
+    bare = space.model_copy(update={"start_with": []})
+    centred = space.model_copy(update={"start_with": [bare.centre()]})
+    assert bare.recipe_config()["base_filters"] == 40 != bare.complete({})["base_filters"]
+    log = _log(tmp_path, _recipe(bare), 240.0)
+    hour, same = plan(bare, 60, log), plan(centred, 60, log)
+    assert (hour.trial_seconds, hour.filled_epochs, hour.search_until, hour.trials) == \
+           (same.trial_seconds, same.filled_epochs, same.search_until, same.trials)
+    assert hour.trial_seconds > plan(space, 60, log).trial_seconds  # 40 filters cost more than the recipe's 32
+
+
 def _left_for(deadline: Deadline, config: dict, epochs: int, spare: float) -> float:
     """Seconds from now that hold ``epochs`` of ``config``'s final at FINAL_SAFETY's margin,
     the export and ``spare`` seconds."""
@@ -243,8 +264,6 @@ def test_a_final_filling_the_time_at_the_wider_margin_still_keeps_its_floor(tmp_
 
 
 def test_the_recipe_only_plan_keeps_the_floor_the_sweep_keeps(tmp_path):
-    from cnnbench.space.variants import recipe_alone
-
     space = recipe_alone(_space())
     config = {**_recipe(space), "train_images": 0}
     log = _log(tmp_path, config, 240.0)

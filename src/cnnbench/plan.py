@@ -17,13 +17,13 @@ from cnnbench.throughput import ThroughputLog
 
 
 def measure(space, images: int = 2048, log: ThroughputLog | None = None) -> float:
-    """Train the space's first configuration for two short epochs on random images and log
+    """Train the space's recipe (Space.recipe) for two short epochs on random images and log
     the training FLOPs/s this machine reaches (``cnnbench check --measure``, and a
     ``--recipe-only`` sweep on a machine whose speed is not known yet)."""
     from cnnbench.training.data import synthetic_bundle
     from cnnbench.training.train import train_and_evaluate
 
-    config = {**space.complete(space.start_with[0] if space.start_with else {}), "epochs": 2}
+    config = {**space.recipe_config(), "epochs": 2}
     result = train_and_evaluate(config, synthetic_bundle(images, image_size=space.data.image_size))
     (log or ThroughputLog()).add(result.precision, result.train_flops_per_s, result.flops)
     return result.train_flops_per_s
@@ -33,10 +33,10 @@ def measure(space, images: int = 2048, log: ThroughputLog | None = None) -> floa
 class HourPlan:
     """What a sweep of ``minutes`` holds on this machine, before it runs (cnnbench check
     --timeout): forecasts at the training speed this machine reached for networks of the
-    first configuration's size."""
+    recipe's size (Space.recipe: the first start_with, else the space's centre)."""
     minutes: float
     rate: float               # training FLOPs/s
-    trial_seconds: float      # one trial of the first configuration (start_with[0], else the defaults)
+    trial_seconds: float      # one trial of the recipe (Space.recipe)
     final_seconds: float      # its final training on train + validation (0: off)
     export_seconds: float
     trials: int               # such trials that fit beside the final training and the export
@@ -110,7 +110,7 @@ class HourPlan:
                          "rung promoted to the next:")
             lines += [f"      {name}: {runs} run(s) of {seconds / 60:.1f} min" for name, seconds, runs in self.rungs]
         elif not self.rungs and not self.floor_takes_all:
-            lines.append(f"    a trial of the first configuration: {self.trial_seconds / 60:.1f} min")
+            lines.append(f"    a trial of the recipe: {self.trial_seconds / 60:.1f} min")
         epochs = f"{self.filled_epochs} epochs, " if self.time_share is not None and self.filled_epochs else ""
         lines += [f"    final training on all training images: {epochs}{self.final_seconds / 60:.1f} min"
                   f"{self._resizing() if epochs else ''}" if self.final_seconds else "    final training: off",
@@ -142,7 +142,7 @@ def plan(space, minutes: float, log: ThroughputLog | None = None, n_train: int =
     """
     from cnnbench.training.runtime import cpu, resolve_precision
 
-    config = space.complete(space.start_with[0] if space.start_with else {})
+    config = space.recipe_config()  # what a sweep without a search trains; the floor is priced on it too
     deadline = Deadline(None, log or ThroughputLog(), final_images=(n_train + n_val) if space.final else 0,
                         image_size=space.data.image_size, num_classes=num_classes)  # as the sweep's is
     rate = (log or deadline.log or ThroughputLog()).rate(resolve_precision(config["precision"]), deadline._flops(config))
@@ -172,7 +172,7 @@ def plan(space, minutes: float, log: ThroughputLog | None = None, n_train: int =
         if space.search.final_min_epochs:  # ... less where the final's floor needs more of the time
             now = time.time()
             deadline.end, deadline.test_images = now + minutes * 60, n_test
-            deadline.floor_config = space.complete(space.recipe())  # what a sweep without a search trains
+            deadline.floor_config = config
             deadline.final_floor = space.search.final_min_epochs
             if (floor_start := deadline.floor_start()) is not None:
                 search = max(0.0, min(search, floor_start - now))

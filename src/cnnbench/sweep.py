@@ -147,7 +147,7 @@ def _deadline(sweep: Sweep, data, before: list) -> Deadline:
         if not is_worker(sweep):  # a worker keeps the search's end its parent handed it: it trains on
             # fewer cores than the final will, and sees only its own trials
             deadline.final_floor, deadline.test_images = sweep.space.search.final_min_epochs or 0, len(data.y_test)
-            deadline.floor_config = sweep.space.complete(sweep.space.recipe())
+            deadline.floor_config = sweep.space.recipe_config()
     note_best(deadline, sweep.space, before)
     return deadline
 

@@ -106,9 +106,14 @@ class Space(_Strict):
 
     def recipe(self) -> dict[str, Any]:
         """The values trained when no search trial can be (a slow machine, or a timeout whose
-        search.final_min_epochs leaves no search): the first start_with recipe, else the
-        centre; the final training's floor is priced on them before any trial has finished."""
-        return dict(self.start_with[0]) if self.start_with else self.centre()
+        search.final_min_epochs leaves no search, or --recipe-only): the first start_with
+        recipe, the parameters it does not name at the centre; else the centre. The plan and
+        the final training's floor are priced on them before any trial has finished."""
+        return {**self.centre(), **(self.start_with[0] if self.start_with else {})}
+
+    def recipe_config(self) -> dict[str, Any]:
+        """The recipe as a full configuration (``complete``): the network the plan prices."""
+        return self.complete(self.recipe())
 
     def rung_config(self, rung: int | None) -> dict[str, Any]:
         """The configuration values a run at successive-halving ``rung`` trains with (none

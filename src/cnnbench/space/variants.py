@@ -16,7 +16,7 @@ def recipe_alone(space: Space, final: bool | None = None) -> Space:
     if final is False or not space.final:
         raise SpaceError(f"{space.source}: --recipe-only trains the recipe as the final training on all training "
                          "images; it cannot go with --no-final or final: false")
-    recipe = {**space.centre(), **(space.start_with[0] if space.start_with else {})}
+    recipe = space.recipe()
     raw = space.model_dump(mode="json")
     chosen = space.complete(recipe)
     for name, param in list(raw["params"].items()):
