@@ -245,3 +245,18 @@ def test_a_final_training_is_forecast_from_trainings_of_its_size_when_there_are_
     old.write_text('{"version": 2, "%s": [[%d, 1000000000]]}' % (__import__("cnnbench.throughput").throughput
                                                                    .machine_key("float32"), flops))
     assert ThroughputLog(old).rate("float32", flops, images=50_000) == 1e9
+
+
+def test_a_forecast_takes_trainings_of_the_same_network_first(tmp_path):
+    """Within the similar-size window a CPU is still more efficient the larger the network:
+    the 88c5cc0 Zen 3 hour sized its 164 MFLOP final from the window's median (wider
+    finals, 125-130 GFLOP/s) where it trained at 117, and lost an epoch to it."""
+    log = ThroughputLog(tmp_path / "throughput.json")
+    for flops, rate, images in [(236e6, 125e9, 30_000), (303e6, 133e9, 30_000), (303e6, 130e9, 50_000),
+                                (236e6, 131e9, 50_000), (164e6, 116e9, 30_000), (164e6, 105e9, 5_000),
+                                (108e6, 100e9, 5_000)]:
+        log.add("float32", rate, flops, images=images)
+    assert log.rate("float32", 164e6, images=50_000) == pytest.approx(116e9)  # its own rung-1 run
+    assert log.rate("float32", 170e6) == pytest.approx(110.5e9)  # a trial's: every one of its size
+    assert log.rate("float32", 200e6, images=50_000) == pytest.approx(130e9)  # none of its size: the window's
+    assert log.rate("float32", 108e6, images=50_000) == pytest.approx(116e9)  # the image count comes first

@@ -28,6 +28,12 @@ class ThroughputLog:
     against hundreds of GFLOP/s here), so a forecast only uses trials of a similar size."""
 
     SIMILAR = 2.0  # networks within this factor of FLOPs per image count as similar
+    # ... and within this one as the same network: a forecast takes those first, as the CPU's
+    # efficiency still climbs with size inside SIMILAR's window (Zen 3 VM, float32: about 100
+    # GFLOP/s at 108 MFLOP per image, 115 at 164, 125-130 at 236-303). The median of the
+    # window sized the 88c5cc0 hour's 164 MFLOP final at 125-130 where it trained at 117: the
+    # search ran into the time the final's floor needed, and the final was cut an epoch.
+    SAME = 1.1
 
     def __init__(self, path: Path | None = None):
         from cnnbench.training.data import cache_dir
@@ -52,16 +58,20 @@ class ThroughputLog:
         atomic_write(self.path, json.dumps(table, indent=1))
 
     def rate(self, precision: str, flops_per_image: float, images: int = 0, cores: int | None = None) -> float | None:
-        """The median training FLOPs/s of recent trials here of a similar size, or None;
-        ``cores``: of processes on that many cores (a plan's workers), not this one's.
+        """The median training FLOPs/s of recent trials here of a similar size (of the same
+        size, where there are any), or None; ``cores``: of processes on that many cores (a
+        plan's workers), not this one's.
 
         ``images``: a training of that many images per epoch is forecast from trainings of at
         least half as many when there are any: first-rung runs (5,000 images at batch 256)
         train slower per image than a final training on 50,000, and sizing the f80cdb8 hour's
         final from them left 3 of its minutes unused. Older samples lack the count."""
         similar = self._similar(precision, flops_per_image, cores)
+        same = _within(similar, flops_per_image, self.SAME)
         large = [sample for sample in similar if _at_least_half(sample, images)]
-        rates = [sample[1] for sample in (large or similar)]
+        same_large = [sample for sample in same if _at_least_half(sample, images)]
+        # a training of its image count first (f80cdb8), then of its network's size
+        rates = [sample[1] for sample in (same_large or large or same or similar)]
         return float(statistics.median(rates)) if rates else None
 
     def measured_at_size(self, precision: str, flops_per_image: float, images: int) -> bool:
@@ -70,8 +80,12 @@ class ThroughputLog:
         return any(_at_least_half(sample, images) for sample in self._similar(precision, flops_per_image))
 
     def _similar(self, precision: str, flops_per_image: float, cores: int | None = None) -> list:
-        return [sample for sample in self._read().get(machine_key(precision, cores), [])
-                if flops_per_image / self.SIMILAR <= sample[0] <= flops_per_image * self.SIMILAR]
+        return _within(self._read().get(machine_key(precision, cores), []), flops_per_image, self.SIMILAR)
+
+
+def _within(samples: list, flops_per_image: float, factor: float) -> list:
+    """The samples of networks within ``factor`` of ``flops_per_image`` FLOPs per image."""
+    return [sample for sample in samples if flops_per_image / factor <= sample[0] <= flops_per_image * factor]
 
 
 def _at_least_half(sample: list, images: int) -> bool:
