@@ -37,9 +37,14 @@ sweep: $(VENV)/.installed
 	$(BIN)/cnnbench sweep $(SWEEP_ARGS)
 
 # make test: everything but the real-process end-to-end tests (marked slow), under 4 minutes
-# on 2 cores; make test-slow: those; .ci/run runs both.
+# on 2 cores, one pytest process per core (pytest-xdist; a test file stays in one process, so
+# its module and session fixtures are built once); PYTEST_ARGS=-n0 runs it in this process.
+# make test-slow: those, one at a time (each starts sweeps of its own); .ci/run runs both.
+# nproc: the cores this process may use (xdist's "auto" counts physical cores where psutil
+# is installed: one on a 2-vCPU VM with SMT).
+TEST_PROCESSES ?= $(shell nproc 2>/dev/null || echo 1)
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" -n $(TEST_PROCESSES) --dist loadfile $(PYTEST_ARGS)
 
 test-slow: $(VENV)/.installed
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
