@@ -2,7 +2,8 @@
 
 Each finished training adds its training FLOPs per second, per CPU, cores and precision,
 to a small JSON file in the cache folder (the last SAMPLES_KEPT of each); a forecast
-(deadline.py, plan.py) takes the median of trainings of networks of a similar size.
+(deadline.py, plan.py) takes the median of trainings of networks of the same size, else of
+a similar one.
 """
 from __future__ import annotations
 
